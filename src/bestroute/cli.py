@@ -1,0 +1,153 @@
+"""The `bestroute` command line."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._exceptions import BestRouteError
+from .data import load_dataset, split_prompts
+from .evaluation import DEFAULT_ROUTERS, evaluate, markdown_table, write_results
+from .routers import ROUTERS, load_router
+
+app = typer.Typer(help="bestroute: route each LLM request to a (model, n) option.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Inspect routing data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+DataPath = Annotated[Path, typer.Option("--data", help="Routing-data directory or RouterBench table.")]
+
+
+def _fail(exc: Exception) -> None:
+    # One plain line (no wrapping) so scripts and people can read it.
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@data_app.command("describe")
+def describe(path: Annotated[Path, typer.Argument(help="Routing-data directory or RouterBench table.")]) -> None:
+    """Models, quality and cost per 1k prompts, and the per-prompt oracle."""
+    try:
+        data = load_dataset(path)
+    except BestRouteError as exc:
+        _fail(exc)
+    summary = data.describe()
+    table = Table(title=f"{path}: {summary['prompts']} prompts, {len(data.models)} models")
+    for column in ("model", "prompts", "samples", "quality", "cost per 1k ($)"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in sorted(summary["models"], key=lambda r: -r["quality"]):
+        table.add_row(row["model"], str(row["prompts"]), str(row["samples"]), f"{row['quality']:.4f}",
+                      f"{row['cost_per_1k']:.4f}")
+    oracle = summary["oracle"]
+    table.add_section()
+    table.add_row("per-prompt oracle", str(summary["prompts"]), "1", f"{oracle['quality']:.4f}",
+                  f"{oracle['cost_per_1k']:.4f}")
+    console.print(table)
+
+
+@app.command()
+def train(
+    data_path: DataPath,
+    router: Annotated[str, typer.Option(help=f"One of: {', '.join(ROUTERS)}.")] = "best-route",
+    out: Annotated[Path, typer.Option(help="Artifact file to write.")] = Path("router.bestroute"),
+    features: Annotated[str, typer.Option(help="auto, static, minilm or lexical.")] = "auto",
+    reference: Annotated[str | None, typer.Option(help="Reference model (default: best on validation).")] = None,
+    max_n: Annotated[int, typer.Option("--max-n", help="Largest n of a best-of-n option.")] = 5,
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+) -> None:
+    """Fit a router on the train split and save it as one artifact file."""
+    try:
+        if router not in ROUTERS:
+            raise BestRouteError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
+        data = load_dataset(data_path)
+        split = split_prompts(data.prompt_ids, seed=seed)
+        fitted = ROUTERS[router](features=features, reference=reference, max_n=max_n, seed=seed)
+        fitted.fit(data, split.train, split.val)
+        fitted.save(out)
+    except BestRouteError as exc:
+        _fail(exc)
+    console.print(f"saved {router} router ({len(fitted.options_)} options, reference "
+                  f"{fitted.reference_.model}, features {fitted.extractor_.name}) to {out}")
+
+
+@app.command()
+def route(
+    artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")],
+    prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
+    threshold: Annotated[float | None, typer.Option(help="Raw knob (threshold or cost penalty).")] = None,
+    min_quality: Annotated[float | None, typer.Option(
+        help="Operating point: at least this fraction of the reference's quality, e.g. 0.99.")] = None,
+    max_cost: Annotated[float | None, typer.Option(
+        help="Operating point: at most this many USD per 1k prompts.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the routing decision for one prompt: option, predicted scores, expected cost."""
+    try:
+        router = load_router(artifact)
+        knob = threshold
+        if min_quality is not None or max_cost is not None:
+            knob = router.knob_for(min_relative_quality=min_quality, max_cost_per_1k=max_cost)
+        decision = router.route([prompt], knob=knob)[0]
+    except BestRouteError as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(json.dumps(decision))
+        return
+    console.print(f"option: [bold]{decision['option']}[/bold]   {router.knob}: {decision[router.knob]:.4g}   "
+                  f"expected cost: ${decision['expected_cost_usd']:.6f}")
+    table = Table("option", "score", "expected cost ($)")
+    for o, option in enumerate(router.options_):
+        if router.active_[o]:
+            table.add_row(option.label, f"{decision['scores'][option.label]:.4f}", f"{router.option_cost_[o]:.6f}")
+    console.print(table)
+
+
+@app.command()
+def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")]) -> None:
+    """The validation operating table: knob, quality relative to the reference, cost per 1k."""
+    try:
+        router = load_router(artifact)
+    except BestRouteError as exc:
+        _fail(exc)
+    if not router.table_:
+        _fail(BestRouteError("this router has no validation table"))
+    table = Table(title=f"{router.name}: reference {router.reference_.model}; validation operating points",
+                  caption="route with --min-quality 0.99 or --max-cost 0.5 instead of a raw knob")
+    for column in (router.knob, "quality", "vs reference", "cost per 1k ($)"):
+        table.add_column(column, justify="right")
+    last = None
+    for point in router.table_:
+        key = (round(point.quality, 6), round(point.cost_per_1k, 6))
+        if key == last:
+            continue  # knob values that change nothing make the table longer, not clearer
+        last = key
+        table.add_row(f"{point.knob:.4g}", f"{point.quality:.4f}", f"{point.relative_quality:.2%}",
+                      f"{point.cost_per_1k:.4f}")
+    console.print(table)
+
+
+@app.command("eval")
+def eval_command(
+    data_path: DataPath,
+    out: Annotated[Path, typer.Option(help="Directory for results.json and curves.png.")],
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    routers: Annotated[list[str] | None, typer.Option(help="Routers to evaluate (repeat); default all.")] = None,
+    features: Annotated[str, typer.Option(help="auto, static, minilm or lexical.")] = "auto",
+    max_n: Annotated[int, typer.Option("--max-n", help="Restrict options to n <= this.")] = 5,
+    reference: Annotated[str | None, typer.Option(help="Reference model (default: best on validation).")] = None,
+) -> None:
+    """Sweep each router's knob on the test split; write results.json and curves.png."""
+    names = [n.strip() for item in (routers or DEFAULT_ROUTERS) for n in item.split(",") if n.strip()]
+    try:
+        data = load_dataset(data_path)
+        results = evaluate(data, routers=names, seed=seed, features=features, max_n=max_n,
+                           reference=reference, log=lambda m: typer.echo(m, err=True))
+        write_results(results, out)
+    except BestRouteError as exc:
+        _fail(exc)
+    typer.echo(markdown_table(results))
+    typer.echo(f"\nwrote {out / 'results.json'} and {out / 'curves.png'}")

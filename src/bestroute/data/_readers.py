@@ -1,0 +1,179 @@
+"""Reading routing data from disk: the native layout and RouterBench's wide format."""
+
+import csv
+import gzip
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ValidationError
+
+from .._exceptions import DataError
+from ._dataset import RoutingDataset
+from ._schema import ModelPrice, PromptRecord, ResponseRecord
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+_TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".csv.gz", ".parquet")
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line, row)`` of a JSONL(.gz), CSV(.gz) or Parquet table; line counts from 1."""
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+            raise DataError(f"not a readable Parquet file ({exc})", path=str(path)) from exc
+        for index, row in enumerate(table.to_pylist(), start=1):
+            yield index, row
+        return
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as handle:
+            if ".csv" in name:
+                # Line 1 is the header, so the first row is line 2.
+                for index, row in enumerate(csv.DictReader(handle), start=2):
+                    yield index, {k: (None if v == "" else v) for k, v in row.items()}
+                return
+            for index, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"invalid JSON ({exc.msg})", path=str(path), line=index) from exc
+                if not isinstance(row, dict):
+                    raise DataError("expected a JSON object", path=str(path), line=index)
+                yield index, row
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DataError(f"cannot read file ({exc})", path=str(path)) from exc
+
+
+def _validate(model: type[RecordT], row: dict[str, Any], path: Path, line: int) -> RecordT:
+    try:
+        return model.model_validate(row)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "record"
+        raise DataError(f"{field}: {first['msg']}", path=str(path), line=line) from exc
+
+
+def _find_table(directory: Path, stem: str) -> Path:
+    for suffix in _TABLE_SUFFIXES:
+        candidate = directory / f"{stem}{suffix}"
+        if candidate.exists():
+            return candidate
+    raise DataError(f"missing {stem} table (one of {', '.join(stem + s for s in _TABLE_SUFFIXES)})",
+                    path=str(directory))
+
+
+def read_models(path: Path) -> dict[str, ModelPrice]:
+    """Read ``models.json``: ``{"models": {name: {input_usd_per_mtok, output_usd_per_mtok}}}``."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read model catalog ({exc})", path=str(path)) from exc
+    models = document.get("models") if isinstance(document, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise DataError('expected {"models": {name: prices}} with at least one model', path=str(path))
+    prices = {}
+    for name, entry in models.items():
+        try:
+            prices[name] = ModelPrice.model_validate(entry)
+        except ValidationError as exc:
+            raise DataError(f"model {name!r}: {exc.errors()[0]['msg']}", path=str(path)) from exc
+    return prices
+
+
+def read_native(directory: Path) -> RoutingDataset:
+    """Read a directory in the exchange layout: prompts, responses and ``models.json``."""
+    if not directory.is_dir():
+        raise DataError("not a directory in the routing-data layout", path=str(directory))
+    prices = read_models(directory / "models.json")
+    prompts_path = _find_table(directory, "prompts")
+    prompts: list[PromptRecord] = []
+    seen: set[str] = set()
+    for line, row in iter_rows(prompts_path):
+        record = _validate(PromptRecord, row, prompts_path, line)
+        if record.prompt_id in seen:
+            raise DataError(f"duplicate prompt_id {record.prompt_id!r}", path=str(prompts_path), line=line)
+        seen.add(record.prompt_id)
+        prompts.append(record)
+    responses_path = _find_table(directory, "responses")
+    responses: list[ResponseRecord] = []
+    keys: set[tuple[str, str, int]] = set()
+    for line, row in iter_rows(responses_path):
+        record = _validate(ResponseRecord, row, responses_path, line)
+        if record.prompt_id not in seen:
+            raise DataError(f"unknown prompt_id {record.prompt_id!r}", path=str(responses_path), line=line)
+        if record.model not in prices and record.cost_usd is None:
+            raise DataError(f"unknown model {record.model!r} (not in models.json)",
+                            path=str(responses_path), line=line)
+        key = (record.prompt_id, record.model, record.sample)
+        if key in keys:
+            raise DataError(f"duplicate response {key}", path=str(responses_path), line=line)
+        keys.add(key)
+        responses.append(record)
+    return RoutingDataset.from_records(prompts, responses, prices, source=str(directory))
+
+
+def read_routerbench(path: Path) -> RoutingDataset:
+    """Read RouterBench's wide table: a row per prompt, per model ``<m>``, ``<m>|total_cost``
+    and ``<m>|model_response``. Token counts are estimated as characters / 4."""
+    prompts: list[PromptRecord] = []
+    responses: list[ResponseRecord] = []
+    models: list[str] | None = None
+    for line, row in iter_rows(path):
+        if models is None:
+            models = [c.split("|", 1)[0] for c in row if c.endswith("|total_cost")]
+            if not models or "prompt" not in row:
+                raise DataError("not a RouterBench table: needs 'prompt' and '<model>|total_cost' columns",
+                                path=str(path), line=line)
+        prompt_id = str(row.get("sample_id") or f"row-{line}")
+        text = _prompt_text(row["prompt"])
+        prompts.append(_validate(PromptRecord, {"prompt_id": prompt_id, "prompt": text,
+                                                "task": row.get("eval_name")}, path, line))
+        for model in models:
+            quality, cost = row.get(model), row.get(f"{model}|total_cost")
+            if quality is None and cost is None:
+                continue  # this model did not answer this prompt
+            answer = row.get(f"{model}|model_response")
+            answer = "" if answer is None else str(answer)
+            responses.append(_validate(ResponseRecord, {
+                "prompt_id": prompt_id, "model": model, "quality": _number(quality),
+                "cost_usd": _number(cost), "input_tokens": math.ceil(len(text) / 4),
+                "output_tokens": math.ceil(len(answer) / 4), "response": answer}, path, line))
+    if models is None:
+        raise DataError("empty RouterBench table", path=str(path))
+    return RoutingDataset.from_records(prompts, responses, {}, source=str(path))
+
+
+def _number(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value  # let validation name the field
+
+
+def _prompt_text(value: Any) -> str:
+    # RouterBench stores prompts as a list of turns in some releases.
+    if isinstance(value, list):
+        return "\n".join(str(part) for part in value)
+    if isinstance(value, str) and value.startswith("['") and value.endswith("']"):
+        return value[2:-2]
+    return str(value)
+
+
+def load_dataset(path: str | Path) -> RoutingDataset:
+    """Load routing data: a native-layout directory or a RouterBench wide table file."""
+    path = Path(path)
+    if path.is_dir():
+        return read_native(path)
+    if path.is_file() and path.name.lower().endswith(_TABLE_SUFFIXES):
+        return read_routerbench(path)
+    raise DataError("expected a routing-data directory or a RouterBench table "
+                    f"({', '.join(_TABLE_SUFFIXES)})", path=str(path))

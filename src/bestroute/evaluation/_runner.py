@@ -1,0 +1,159 @@
+"""`bestroute eval`: fit every router on train, choose hyperparameters on validation, sweep
+its knob on test, and report the cost-quality metrics."""
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._exceptions import RouterError
+from ..data import RoutingDataset, Split, split_prompts
+from ..features import make_extractor
+from ..routers import ROUTERS, Decisions, Router
+from ._metrics import area_under_curve, cost_reduction_at_drop, quality_at_cost
+from ._plot import plot_curves
+
+# Candidate hyperparameters, chosen per router by validation AUC.
+HYPERPARAMETERS: dict[str, dict[str, list[Any]]] = {
+    "best-route": {"C": [0.3, 1.0, 3.0], "prune_dominated": [True, False]},
+    "n-label": {"C": [0.3, 1.0, 3.0]},
+    "n-class": {"C": [0.3, 1.0, 3.0]},
+    "knn": {"k": [10, 30, 100]},
+    "mf": {"dim": [8, 32]},
+    "cascade": {"C": [0.3, 1.0, 3.0]},
+    "random": {},
+    "oracle": {},
+}
+DEFAULT_ROUTERS = list(HYPERPARAMETERS)
+
+
+def _curve(decisions: list[Decisions]) -> np.ndarray:
+    return np.array([[float(np.mean(d.cost) * 1000), float(np.mean(d.quality))] for d in decisions])
+
+
+def _grid(name: str) -> list[dict[str, Any]]:
+    space = HYPERPARAMETERS.get(name, {})
+    return [dict(zip(space, values)) for values in itertools.product(*space.values())] or [{}]
+
+
+def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: int = 0,
+             features: str = "auto", max_n: int = 5, selector: str = "majority",
+             reference: str | None = None, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Evaluate routers on ``data``; returns the document written to ``results.json``."""
+    names = routers or DEFAULT_ROUTERS
+    unknown = [n for n in names if n not in ROUTERS]
+    if unknown:
+        raise RouterError(f"unknown router(s) {', '.join(unknown)}; choose from {', '.join(ROUTERS)}")
+    split = split_prompts(data.prompt_ids, seed=seed)
+    if min(len(split.train), len(split.val), len(split.test)) == 0:
+        raise RouterError(f"too few prompts ({data.n_prompts}) to split into train, validation and test")
+    started = time.perf_counter()
+    extractor = make_extractor(features)
+    x = extractor.transform(data.texts)
+    log(f"features: {extractor.name} {x.shape[1]}-d for {data.n_prompts} prompts "
+        f"in {time.perf_counter() - started:.1f}s")
+    common = {"features": extractor.name, "reference": reference, "max_n": max_n, "selector": selector,
+              "seed": seed}
+    results: dict[str, Any] = {"data": data.source, "seed": seed, "features": extractor.name, "max_n": max_n,
+                               "selector": selector, "split": {k: int(len(getattr(split, k)))
+                                                               for k in ("train", "val", "test")},
+                               "routers": {}}
+    reference_info: dict[str, Any] | None = None
+    for name in names:
+        tic = time.perf_counter()
+        best: tuple[float, Router, dict[str, Any]] | None = None
+        for params in _grid(name):
+            router = ROUTERS[name](**common, **params).fit(data, split.train, split.val, features=x,
+                                                           extractor=extractor)
+            val_points = _curve(router.sweep(data, split.val, x[split.val]))
+            val_auc = _auc(router, val_points, split.val)
+            if best is None or val_auc > best[0]:
+                best = (val_auc, router, params)
+        val_auc, router, params = best
+        if reference_info is None:
+            reference_info = _reference(router, split)
+            results["reference"] = reference_info
+            results["single_models"] = _single_models(router, data, split)
+        points = _curve(router.sweep(data, split.test, x[split.test]))
+        entry = _metrics(router, points, split, reference_info)
+        entry |= {"params": params, "val_auc": val_auc, "options": len(router.options_),
+                  "decision_latency_ms_p50": _latency_ms(router, [data.texts[i] for i in split.test[:50]])}
+        results["routers"][name] = entry
+        log(f"{name}: auc={entry['auc']:.4f} cost_reduction@1%={entry['cost_reduction_at_1pct_drop']:.3f} "
+            f"({time.perf_counter() - tic:.1f}s)")
+    return results
+
+
+def _reference(router: Router, split: Split) -> dict[str, Any]:
+    outcomes, ref = router.outcomes_, router.reference_index_
+    complete = outcomes.available[split.test].all(axis=0)
+    cost = outcomes.cost[split.test].mean(axis=0) * 1000
+    return {"model": router.reference_.model,
+            "quality": float(outcomes.quality[split.test, ref].mean()),
+            "cost_per_1k": float(cost[ref]),
+            "cheapest_cost_per_1k": float(np.where(complete, cost, np.inf).min())}
+
+
+def _single_models(router: Router, data: RoutingDataset, split: Split) -> list[dict[str, Any]]:
+    """Test quality and cost of each model (one sample) that answered every test prompt."""
+    outcomes = router.outcomes_
+    rows = []
+    for o, option in enumerate(router.options_):
+        if option.n == 1 and outcomes.available[split.test, o].all():
+            rows.append({"model": option.model, "quality": float(outcomes.quality[split.test, o].mean()),
+                         "cost_per_1k": float(outcomes.cost[split.test, o].mean() * 1000)})
+    return rows
+
+
+def _auc(router: Router, points: np.ndarray, rows: np.ndarray) -> float:
+    outcomes = router.outcomes_
+    complete = outcomes.available[rows].all(axis=0)
+    cost = outcomes.cost[rows].mean(axis=0) * 1000
+    return area_under_curve(points, cheapest_cost=float(np.where(complete, cost, np.inf).min()),
+                            reference_cost=float(cost[router.reference_index_]))
+
+
+def _metrics(router: Router, points: np.ndarray, split: Split, ref: dict[str, Any]) -> dict[str, Any]:
+    at_ref_cost = quality_at_cost(points, max_cost=ref["cost_per_1k"])
+    return {"curve": points.round(6).tolist(),
+            "auc": _auc(router, points, split.test),
+            "cost_reduction_at_1pct_drop": cost_reduction_at_drop(
+                points, reference_quality=ref["quality"], reference_cost=ref["cost_per_1k"]),
+            "quality_at_reference_cost": at_ref_cost,
+            "quality_gain_at_reference_cost": at_ref_cost - ref["quality"]}
+
+
+def _latency_ms(router: Router, texts: list[str]) -> float | None:
+    """Median wall time of routing one prompt (features + heads + decision)."""
+    if router.name == "oracle":
+        return None
+    knob = router.default_knob()
+    timings = []
+    for text in texts:
+        tic = time.perf_counter()
+        router.decide(router.predict([text]), knob)
+        timings.append((time.perf_counter() - tic) * 1000)
+    return float(np.median(timings))
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    ref = results["reference"]
+    lines = [f"Reference: {ref['model']} — quality {ref['quality']:.4f}, ${ref['cost_per_1k']:.3f} per 1k prompts",
+             "",
+             "| router | AUC | cost reduction at 1% drop | quality at reference cost | vs reference | p50 ms |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results["routers"].items():
+        latency = "—" if r["decision_latency_ms_p50"] is None else f"{r['decision_latency_ms_p50']:.2f}"
+        lines.append(f"| {name} | {r['auc']:.4f} | {r['cost_reduction_at_1pct_drop']:.3f} | "
+                     f"{r['quality_at_reference_cost']:.4f} | {r['quality_gain_at_reference_cost']:+.4f} | {latency} |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    plot_curves(results, out_dir / "curves.png")

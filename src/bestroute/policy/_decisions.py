@@ -1,0 +1,27 @@
+"""Decision rules: per-option scores and one knob in, one option per prompt out."""
+
+import numpy as np
+
+
+def cheapest_above(scores: np.ndarray, threshold: float, option_cost: np.ndarray, fallback: int,
+                   available: np.ndarray | None = None) -> np.ndarray:
+    """BEST-Route's rule: the cheapest option whose score is >= ``threshold``, else ``fallback``."""
+    ok = scores >= threshold
+    if available is not None:
+        ok &= available
+    ranked = np.where(ok, option_cost[None, :], np.inf)
+    choice = ranked.argmin(axis=1)
+    return np.where(np.isfinite(ranked[np.arange(len(choice)), choice]), choice, fallback)
+
+
+def best_value(scores: np.ndarray, penalty: float, option_cost: np.ndarray, reference_cost: float,
+               available: np.ndarray | None = None) -> np.ndarray:
+    """The option maximising predicted quality minus ``penalty`` x cost / reference cost."""
+    value = scores - penalty * (option_cost / reference_cost)[None, :]
+    if available is not None:
+        value = np.where(available, value, -np.inf)
+    return value.argmax(axis=1)
+
+
+THRESHOLD_GRID = np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.geomspace(1e-4, 5e-3, 20)]))
+PENALTY_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 10.0, 120)])

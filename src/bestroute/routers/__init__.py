@@ -1,0 +1,29 @@
+"""Routers: BEST-Route and the baselines, one interface (fit / predict / decide / save / load)."""
+
+from ._base import Decisions, Router, load_router
+from ._baselines import (
+    CascadeRouter,
+    KNNRouter,
+    MFRouter,
+    NClassRouter,
+    NLabelRouter,
+    OracleRouter,
+    RandomRouter,
+)
+from ._best_route import BestRouteRouter
+from ._registry import ROUTERS
+from ._selection import (
+    MajorityVote,
+    Option,
+    OptionOutcomes,
+    OracleSelector,
+    extract_answer,
+    make_selector,
+    option_outcomes,
+    soft_labels,
+)
+
+__all__ = ["ROUTERS", "BestRouteRouter", "CascadeRouter", "Decisions", "KNNRouter", "MFRouter",
+           "MajorityVote", "NClassRouter", "NLabelRouter", "Option", "OptionOutcomes", "OracleRouter",
+           "OracleSelector", "RandomRouter", "Router", "extract_answer", "load_router", "make_selector",
+           "option_outcomes", "soft_labels"]

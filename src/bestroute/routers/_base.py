@@ -1,0 +1,252 @@
+"""The router interface shared by BEST-Route and the baselines."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from .._exceptions import ArtifactError, RouterError
+from ..data import RoutingDataset
+from ..features import FeatureExtractor, extractor_from_state, make_extractor
+from ..policy import (
+    PENALTY_GRID,
+    THRESHOLD_GRID,
+    OperatingPoint,
+    best_value,
+    cheapest_above,
+    choose_knob,
+    table_from_json,
+    table_to_json,
+)
+from ._selection import Option, OptionOutcomes, make_selector, option_outcomes
+
+ARTIFACT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Offline outcome of one knob value on a set of prompts."""
+
+    option: np.ndarray  # chosen option per prompt
+    quality: np.ndarray
+    cost: np.ndarray  # USD per prompt
+
+
+class Router:
+    """Base of every router: options, reference, features, decisions and the artifact.
+
+    Subclasses set ``name`` and ``knob`` ("threshold": cheapest option scoring >= t, or
+    "cost_penalty": best score minus penalty x relative cost), and implement ``_fit_scores``,
+    ``_scores`` and the ``_state``/``_load_state`` pair for their fitted parameters.
+
+    Parameters
+    ----------
+    features : str
+        Feature extractor: ``auto``, ``static``, ``minilm`` or ``lexical``.
+    reference : str or None
+        The reference (large) model; None picks the best model on validation among those
+        that answered every prompt.
+    max_n : int
+        Largest number of samples an option may draw.
+    selector : str
+        How best-of-n keeps one response offline (``majority``; ``oracle`` is a bound).
+    seed : int
+        Seed for anything random.
+    """
+
+    name: ClassVar[str]
+    knob: ClassVar[str] = "cost_penalty"
+    uses_samples: ClassVar[bool] = False  # True: options (model, n) for n > 1 too
+
+    def __init__(self, *, features: str = "auto", reference: str | None = None, max_n: int = 5,
+                 selector: str = "majority", seed: int = 0) -> None:
+        self.features = features
+        self.reference = reference
+        self.max_n = max_n
+        self.selector = selector
+        self.seed = seed
+
+    # ----------------------------------------------------------------- fitting
+    def fit(self, data: RoutingDataset, train: np.ndarray, val: np.ndarray | None = None, *,
+            features: np.ndarray | None = None, extractor: FeatureExtractor | None = None) -> Self:
+        """Fit on the ``train`` prompts of ``data``; with ``val``, choose the reference there and
+        record the operating-point table. ``features``/``extractor`` reuse precomputed rows."""
+        if self.max_n < 1:
+            raise RouterError(f"max_n must be >= 1, got {self.max_n}")
+        self.extractor_ = extractor or make_extractor(self.features)
+        x = features if features is not None else self.extractor_.transform(data.texts)
+        chooser = val if val is not None and len(val) else train
+        self.reference_ = Option(self.reference or _best_complete_model(data, chooser))
+        data.model_index(self.reference_.model)
+        self.options_ = self._make_options(data)
+        self.outcomes_ = option_outcomes(data, self.options_, make_selector(self.selector))
+        self._fit_data = data
+        self.reference_index_ = self.options_.index(self.reference_)
+        cost = np.where(self.outcomes_.available[train], self.outcomes_.cost[train], np.nan)
+        self.option_cost_ = np.nan_to_num(np.nanmean(cost, axis=0), nan=np.inf)
+        self.active_ = np.ones(len(self.options_), dtype=bool)
+        self._fit_scores(data, x, train)
+        self.table_ = self._operating_table(data, val, x[val]) if val is not None and len(val) else []
+        return self
+
+    def _make_options(self, data: RoutingDataset) -> list[Option]:
+        options = []
+        for j, model in enumerate(data.models):
+            top = min(self.max_n, data.max_samples(j)) if self.uses_samples else 1
+            options += [Option(model, n) for n in range(1, max(top, 1) + 1)]
+        return options
+
+    def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- predicting
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "options_"):
+            raise RouterError(f"router {self.name!r} is not fitted")
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        """Per-option scores, shape (len(texts), len(options_))."""
+        self._check_fitted()
+        return self._scores(self.extractor_.transform(list(texts)))
+
+    def decide(self, scores: np.ndarray, knob: float, available: np.ndarray | None = None) -> np.ndarray:
+        """One option index per row of ``scores`` for the knob value."""
+        available = self.active_[None, :] if available is None else available & self.active_[None, :]
+        if self.knob == "threshold":
+            return cheapest_above(scores, knob, self.option_cost_, self.reference_index_, available)
+        return best_value(scores, knob, self.option_cost_, self.option_cost_[self.reference_index_], available)
+
+    def route(self, texts: list[str], *, knob: float | None = None) -> list[dict[str, Any]]:
+        """Decisions with what led to them: option, scores, expected cost."""
+        knob = self.default_knob() if knob is None else knob
+        scores = self.predict(texts)
+        return [{"option": self.options_[c].label, "model": self.options_[c].model, "n": self.options_[c].n,
+                 self.knob: knob, "expected_cost_usd": float(self.option_cost_[c]),
+                 "scores": {o.label: float(s) for o, s in zip(self.options_, row)}}
+                for c, row in zip(self.decide(scores, knob), scores)]
+
+    def knob_grid(self) -> np.ndarray:
+        return THRESHOLD_GRID if self.knob == "threshold" else PENALTY_GRID
+
+    def default_knob(self) -> float:
+        """The cheapest validation operating point within 1% of the reference's quality."""
+        try:
+            return choose_knob(self.table_, min_relative_quality=0.99).knob
+        except RouterError:
+            return float(self.knob_grid()[-1] if self.knob == "threshold" else 0.0)
+
+    def knob_for(self, *, min_relative_quality: float | None = None,
+                 max_cost_per_1k: float | None = None) -> float:
+        """The knob value that met the target on validation."""
+        self._check_fitted()
+        if not self.table_:
+            raise RouterError("this router was fitted without validation data; it has no operating table")
+        return choose_knob(self.table_, min_relative_quality=min_relative_quality,
+                           max_cost_per_1k=max_cost_per_1k).knob
+
+    # ---------------------------------------------------------------- offline
+    def sweep(self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray,
+              knobs: np.ndarray | None = None) -> list[Decisions]:
+        """Decisions on ``rows`` for every knob value; ``x`` are the rows' features."""
+        knobs = self.knob_grid() if knobs is None else knobs
+        outcomes = self._outcomes_on(data)
+        scores = self._scores(x)
+        available = outcomes.available[rows]
+        index = np.arange(len(rows))
+        out = []
+        for knob in knobs:
+            choice = self.decide(scores, float(knob), available)
+            out.append(Decisions(option=choice, quality=outcomes.quality[rows][index, choice],
+                                 cost=outcomes.cost[rows][index, choice]))
+        return out
+
+    def _outcomes_on(self, data: RoutingDataset) -> OptionOutcomes:
+        # Outcomes of the fitting data are kept from fit; other data gets its own.
+        if data is getattr(self, "_fit_data", None):
+            return self.outcomes_
+        return option_outcomes(data, self.options_, make_selector(self.selector))
+
+    def _operating_table(self, data: RoutingDataset, val: np.ndarray, x: np.ndarray) -> list[OperatingPoint]:
+        ref_quality = float(np.mean(self.outcomes_.quality[val, self.reference_index_]))
+        table = []
+        for knob, d in zip(self.knob_grid(), self.sweep(data, val, x)):
+            quality = float(np.mean(d.quality))
+            table.append(OperatingPoint(knob=float(knob), quality=quality,
+                                        relative_quality=quality / ref_quality if ref_quality else 0.0,
+                                        cost_per_1k=float(np.mean(d.cost) * 1000)))
+        return table
+
+    # --------------------------------------------------------------- artifact
+    def save(self, path: str | Path) -> None:
+        """Write the fitted router to one file (a NumPy .npz archive, no pickles)."""
+        self._check_fitted()
+        feature_meta, feature_arrays = self.extractor_.state()
+        meta, arrays = self._state()
+        document = {
+            "version": ARTIFACT_VERSION, "router": self.name, "params": self._params(),
+            "options": [[o.model, o.n] for o in self.options_], "reference": self.reference_.model,
+            "option_cost": self.option_cost_.tolist(), "active": self.active_.tolist(), "table": table_to_json(self.table_),
+            "features": feature_meta, "state": meta,
+        }
+        payload = {"meta": np.array(json.dumps(document))}
+        payload |= {f"features.{k}": v for k, v in feature_arrays.items()}
+        payload |= {f"state.{k}": v for k, v in arrays.items()}
+        path = Path(path)
+        with path.open("wb") as handle:
+            np.savez_compressed(handle, **payload)
+
+    @classmethod
+    def _load(cls, document: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Router":
+        router = cls(**document["params"])
+        router.options_ = [Option(m, int(n)) for m, n in document["options"]]
+        router.reference_ = Option(document["reference"])
+        router.reference_index_ = router.options_.index(router.reference_)
+        router.option_cost_ = np.array(document["option_cost"], dtype=float)
+        router.active_ = np.array(document["active"], dtype=bool)
+        router.table_ = table_from_json(document["table"])
+        router.extractor_ = extractor_from_state(
+            document["features"], {k[9:]: v for k, v in arrays.items() if k.startswith("features.")})
+        router._load_state(document["state"], {k[6:]: v for k, v in arrays.items() if k.startswith("state.")})
+        return router
+
+    def _params(self) -> dict[str, Any]:
+        return {"features": self.features, "reference": self.reference, "max_n": self.max_n,
+                "selector": self.selector, "seed": self.seed}
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+
+def _best_complete_model(data: RoutingDataset, rows: np.ndarray) -> str:
+    """The model with the best mean quality on ``rows`` among those that answered every prompt."""
+    complete = data.available.all(axis=0)
+    if not complete.any():
+        raise RouterError("no model answered every prompt; name the reference model explicitly")
+    quality = np.where(complete, data.mean_quality()[rows].mean(axis=0), -np.inf)
+    return data.models[int(np.argmax(quality))]
+
+
+def load_router(path: str | Path) -> Router:
+    """Load any router saved with :meth:`Router.save`."""
+    from ._registry import ROUTERS
+
+    try:
+        with np.load(Path(path), allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        document = json.loads(str(arrays.pop("meta")))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{path}: not a bestroute router artifact ({exc})") from exc
+    if document.get("version") != ARTIFACT_VERSION:
+        raise ArtifactError(f"{path}: artifact version {document.get('version')} is not supported "
+                            f"(this bestroute reads version {ARTIFACT_VERSION})")
+    if document.get("router") not in ROUTERS:
+        raise ArtifactError(f"{path}: unknown router {document.get('router')!r}")
+    return ROUTERS[document["router"]]._load(document, arrays)

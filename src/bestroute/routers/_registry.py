@@ -1,0 +1,17 @@
+"""Routers by the names used on the CLI and in results."""
+
+from ._baselines import (
+    CascadeRouter,
+    KNNRouter,
+    MFRouter,
+    NClassRouter,
+    NLabelRouter,
+    OracleRouter,
+    RandomRouter,
+)
+from ._base import Router
+from ._best_route import BestRouteRouter
+
+ROUTERS: dict[str, type[Router]] = {r.name: r for r in (
+    BestRouteRouter, KNNRouter, MFRouter, NClassRouter, NLabelRouter, CascadeRouter, RandomRouter,
+    OracleRouter)}

@@ -1,0 +1,179 @@
+"""Best-of-n selection and the soft labels and outcomes it leads to.
+
+A selector sees only the responses (and, for the oracle bound, their ground-truth quality).
+Each selector gives every sample a *key* and a *score*; within a subset the pick is the sample
+whose key is most common in the subset, then the highest score, then the earliest. Majority
+vote uses answer keys; a reward model unique keys and its scores.
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from itertools import combinations
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from .._exceptions import RouterError
+from ..data import RoutingDataset
+
+
+@dataclass(frozen=True, order=True)
+class Option:
+    """A routing option: ``n`` samples from ``model``, best one kept."""
+
+    model: str
+    n: int = 1
+
+    @property
+    def label(self) -> str:
+        return self.model if self.n == 1 else f"{self.model} x{self.n}"
+
+
+class Selector(Protocol):
+    name: ClassVar[str]
+
+    def keys_scores(self, prompt: str, responses: list[str | None],
+                    quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+
+
+def extract_answer(response: str | None) -> str:
+    """The final answer of a response, normalised: a JSON ``answer`` field, a '####' or
+    'answer is' marker, else the last number, else the last non-empty line."""
+    if not response:
+        return ""
+    text = response.strip()
+    candidates = re.findall(r"\{.*\}", text, flags=re.DOTALL)
+    for blob in candidates:
+        try:
+            parsed = json.loads(blob)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict) and "answer" in parsed:
+            return _normalise_answer(str(parsed["answer"]))
+    marker = re.search(r'(?:####|answer is|"answer"\s*:)\s*"?([^"\n]+)', text, flags=re.IGNORECASE)
+    if marker:
+        return _normalise_answer(marker.group(1))
+    numbers = _NUMBER.findall(text)
+    if numbers:
+        return _normalise_answer(numbers[-1])
+    return _normalise_answer(text.splitlines()[-1])
+
+
+def _normalise_answer(answer: str) -> str:
+    answer = answer.strip().strip(".").strip().lower()
+    try:
+        value = float(answer.replace(",", "").replace("$", ""))
+    except ValueError:
+        return answer
+    return repr(int(value)) if value.is_integer() else repr(value)
+
+
+class MajorityVote:
+    """Pick the most common extracted final answer (ties: the earliest sample)."""
+
+    name: ClassVar[str] = "majority"
+
+    def keys_scores(self, prompt: str, responses: list[str | None],
+                    quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        answers = [extract_answer(r) for r in responses]
+        ids = {a: i for i, a in reversed(list(enumerate(answers)))}
+        return np.array([ids[a] for a in answers]), np.zeros(len(answers))
+
+
+class OracleSelector:
+    """Pick by ground-truth quality: an upper bound, never a serving selector."""
+
+    name: ClassVar[str] = "oracle"
+
+    def keys_scores(self, prompt: str, responses: list[str | None],
+                    quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(len(quality)), np.asarray(quality, dtype=float)
+
+
+SELECTORS: dict[str, type] = {s.name: s for s in (MajorityVote, OracleSelector)}
+
+
+def make_selector(name: str) -> Selector:
+    if name not in SELECTORS:
+        raise RouterError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
+    return SELECTORS[name]()
+
+
+def pick(keys: np.ndarray, scores: np.ndarray, subset: np.ndarray) -> int:
+    """Index (into the samples) of the sample the selector keeps from ``subset``."""
+    k = keys[subset]
+    counts = (k[:, None] == k[None, :]).sum(axis=1)
+    order = np.lexsort((np.arange(len(subset)), -scores[subset], -counts))
+    return int(subset[order[0]])
+
+
+def _subsets(k: int, n: int, *, max_subsets: int, rng: np.random.Generator) -> np.ndarray:
+    """All n-subsets of k samples when there are few, else ``max_subsets`` random ones."""
+    if math.comb(k, n) <= max_subsets:
+        return np.array(list(combinations(range(k), n)))
+    return np.array([np.sort(rng.choice(k, size=n, replace=False)) for _ in range(max_subsets)])
+
+
+def _keys_scores(data: RoutingDataset, selector: Selector, i: int, j: int, k: int):
+    return selector.keys_scores(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k])
+
+
+def soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], reference: Option,
+                selector: Selector, *, max_subsets: int = 64, seed: int = 0) -> np.ndarray:
+    """BEST-Route labels: for each prompt and option, the probability over subsets of n of the
+    model's samples (exact when they are few, bootstrap otherwise) and over the reference's
+    samples that the selected response's quality is >= the reference response's quality.
+    NaN where the model lacks the samples."""
+    rng = np.random.default_rng(seed)
+    ref_j = data.model_index(reference.model)
+    labels = np.full((len(rows), len(options)), np.nan)
+    for o, option in enumerate(options):
+        j = data.model_index(option.model)
+        for r, i in enumerate(rows):
+            quality = data.quality[i, j]
+            k = int((~np.isnan(quality)).sum())
+            ref_q = data.quality[i, ref_j]
+            ref_q = ref_q[~np.isnan(ref_q)]
+            if k < option.n or ref_q.size == 0:
+                continue
+            if k == 1:
+                labels[r, o] = float(np.mean(quality[0] >= ref_q))
+                continue
+            keys, scores = _keys_scores(data, selector, i, j, k)
+            picked = np.array([quality[pick(keys, scores, s)]
+                               for s in _subsets(k, option.n, max_subsets=max_subsets, rng=rng)])
+            labels[r, o] = float(np.mean(picked[:, None] >= ref_q[None, :]))
+    return labels
+
+
+@dataclass(frozen=True)
+class OptionOutcomes:
+    """What each option realises on each prompt: the quality of the response the selector keeps
+    from the first n samples, and the cost of the call (input once, n outputs)."""
+
+    quality: np.ndarray  # (P, O)
+    cost: np.ndarray  # (P, O) USD
+    available: np.ndarray  # (P, O) bool
+
+
+def option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector) -> OptionOutcomes:
+    shape = (data.n_prompts, len(options))
+    quality, cost = np.full(shape, np.nan), np.full(shape, np.nan)
+    for o, option in enumerate(options):
+        j = data.model_index(option.model)
+        q = data.quality[:, j, :option.n]
+        ok = ~np.isnan(q).any(axis=1)
+        cost[ok, o] = data.input_cost[ok, j] + data.output_cost[ok, j, :option.n].sum(axis=1)
+        if option.n == 1:
+            quality[ok, o] = q[ok, 0]
+            continue
+        subset = np.arange(option.n)
+        for i in np.flatnonzero(ok):
+            keys, scores = _keys_scores(data, selector, i, j, option.n)
+            quality[i, o] = q[i, pick(keys, scores, subset)]
+    return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality))

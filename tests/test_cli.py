@@ -1,0 +1,74 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def bestroute(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bestroute", *args], capture_output=True, text=True,
+                          env=os.environ | {"COLUMNS": "200"}, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def artifact(subset_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("artifact") / "router.bestroute"
+    done = bestroute("train", "--data", str(subset_dir), "--router", "best-route", "--features", "lexical",
+                     "--out", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "saved best-route router" in done.stdout
+    return path
+
+
+def test_route_prints_decision_scores_and_cost(artifact):
+    done = bestroute("route", str(artifact), "Natalia sold clips to 48 of her friends. How many?", "--json")
+    assert done.returncode == 0, done.stderr
+    decision = json.loads(done.stdout)
+    assert decision["option"] in decision["scores"]
+    assert decision["expected_cost_usd"] > 0
+    cheap = json.loads(bestroute("route", str(artifact), "What is 2+2?", "--threshold", "0", "--json").stdout)
+    full = json.loads(bestroute("route", str(artifact), "What is 2+2?", "--threshold", "1", "--json").stdout)
+    assert full["model"] == "gpt-4o-2024-08-06"
+    assert cheap["expected_cost_usd"] < full["expected_cost_usd"]
+    target = bestroute("route", str(artifact), "What is 2+2?", "--max-cost", "0.5")
+    assert target.returncode == 0 and "option:" in target.stdout
+
+
+def test_explain_prints_operating_table(artifact):
+    done = bestroute("explain", str(artifact))
+    assert done.returncode == 0, done.stderr
+    assert "vs reference" in done.stdout and "100.00%" in done.stdout
+
+
+def test_bad_inputs_exit_non_zero_with_one_line(artifact, subset_dir, tmp_path):
+    cases = [
+        ("train", "--data", str(subset_dir), "--router", "magic", "--out", str(tmp_path / "x")),
+        ("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")),
+        ("route", str(tmp_path / "missing.bestroute"), "hi"),
+        ("route", str(artifact), "hi", "--max-cost", "0.0000001"),
+        ("eval", "--data", str(subset_dir), "--out", str(tmp_path / "e"), "--routers", "nope"),
+    ]
+    for args in cases:
+        done = bestroute(*args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_eval_writes_results_and_plot(subset_dir, tmp_path):
+    out = tmp_path / "eval"
+    done = bestroute("eval", "--data", str(subset_dir), "--out", str(out), "--features", "lexical",
+                     "--routers", "best-route,knn,random", "--routers", "oracle")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["routers"]) == {"best-route", "knn", "random", "oracle"}
+    ref = results["reference"]
+    assert {"model", "quality", "cost_per_1k"} <= set(ref)
+    for name, entry in results["routers"].items():
+        assert {"curve", "auc", "cost_reduction_at_1pct_drop", "quality_at_reference_cost",
+                "decision_latency_ms_p50"} <= set(entry)
+        assert 0.0 <= entry["cost_reduction_at_1pct_drop"] <= 1.0
+        assert entry["quality_at_reference_cost"] >= ref["quality"] - 1e-9  # every sweep reaches the reference
+    assert results["routers"]["oracle"]["auc"] >= max(e["auc"] for e in results["routers"].values())
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert "| best-route |" in done.stdout

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+
+from bestroute import ROUTERS, RouterError, load_dataset, load_router, split_prompts
+from bestroute.evaluation import area_under_curve
+from bestroute.features import LexicalFeatures
+from bestroute.routers import BestRouteRouter
+
+ROUTABLE = [name for name in ROUTERS if name != "oracle"]
+
+
+@pytest.fixture(scope="module")
+def subset(subset_dir):
+    data = load_dataset(subset_dir)
+    return data, split_prompts(data.prompt_ids, seed=0)
+
+
+@pytest.mark.parametrize("name", ROUTABLE)
+def test_fit_predict_decide_save_load(name, subset, tmp_path):
+    data, split = subset
+    router = ROUTERS[name](features="lexical").fit(data, split.train, split.val)
+    assert router.reference_.model == "gpt-4o-2024-08-06"  # best on validation of those answering all
+    texts = [data.texts[i] for i in split.test]
+    scores = router.predict(texts)
+    assert scores.shape == (len(texts), len(router.options_))
+    assert np.isfinite(scores).all()
+    choices = router.decide(scores, router.default_knob())
+    assert ((choices >= 0) & (choices < len(router.options_))).all()
+    assert router.active_[choices].all()
+    assert router.table_, "fitting with validation data records the operating table"
+    path = tmp_path / f"{name}.bestroute"
+    router.save(path)
+    loaded = load_router(path)
+    assert type(loaded) is type(router) and loaded.options_ == router.options_
+    np.testing.assert_allclose(loaded.predict(texts), scores, rtol=1e-6, atol=1e-9)
+    assert loaded.route(texts[:2]) == router.route(texts[:2])
+
+
+def test_best_route_beats_random_mix_and_can_reach_the_reference(subset):
+    data, split = subset
+    x = LexicalFeatures().transform(data.texts)
+    auc = {}
+    for name in ("best-route", "random"):
+        router = ROUTERS[name](features="lexical").fit(data, split.train, split.val, features=x)
+        decisions = router.sweep(data, split.test, x[split.test])
+        points = np.array([[np.mean(d.cost), np.mean(d.quality)] for d in decisions])
+        complete = router.outcomes_.available[split.test].all(axis=0)
+        cost = router.outcomes_.cost[split.test].mean(axis=0)
+        auc[name] = area_under_curve(points, cheapest_cost=cost[complete].min(),
+                                     reference_cost=cost[router.reference_index_])
+        ref = router.outcomes_.quality[split.test, router.reference_index_].mean()
+        # The top of each sweep sends everything to the reference.
+        assert points[-1, 1] == pytest.approx(ref)
+    assert auc["best-route"] > auc["random"]
+
+
+def test_best_route_uses_best_of_n_options(multisample_dir):
+    data = load_dataset(multisample_dir)
+    split = split_prompts(data.prompt_ids, seed=0)
+    router = BestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(data, split.train, split.val)
+    labels = {o.label for o in router.options_}
+    assert {"small", "small x2", "small x3", "big"} <= labels and "small x4" not in labels
+    # "small x3" has soft label 1 everywhere (see test_selection): at a threshold of 0.95 it is
+    # the cheapest option that qualifies.
+    decision = router.route([data.texts[0]], knob=0.95)[0]
+    assert decision["option"] == "small x3"
+    assert decision["scores"]["small"] < 0.95 <= decision["scores"]["small x3"]
+    restricted = BestRouteRouter(features="lexical", max_n=1).fit(data, split.train, split.val)
+    assert all(o.n == 1 for o in restricted.options_)
+
+
+def test_operating_point_targets(subset):
+    data, split = subset
+    router = BestRouteRouter(features="lexical").fit(data, split.train, split.val)
+    cheap = router.knob_for(max_cost_per_1k=0.2)
+    point = next(p for p in router.table_ if p.knob == cheap)
+    assert point.cost_per_1k <= 0.2
+    assert all(p.quality <= point.quality for p in router.table_ if p.cost_per_1k <= 0.2)
+    good = router.knob_for(min_relative_quality=0.99)
+    point = next(p for p in router.table_ if p.knob == good)
+    assert point.relative_quality >= 0.99
+    with pytest.raises(RouterError, match="no operating point"):
+        router.knob_for(max_cost_per_1k=1e-9)
+
+
+def test_oracle_is_an_upper_bound_and_cannot_route(subset):
+    data, split = subset
+    x = LexicalFeatures().transform(data.texts)
+    oracle = ROUTERS["oracle"](features="lexical").fit(data, split.train, split.val, features=x)
+    best = max(float(np.mean(d.quality)) for d in oracle.sweep(data, split.test, x[split.test]))
+    per_model = np.nanmax(oracle.outcomes_.quality[split.test], axis=1).mean()
+    assert best == pytest.approx(per_model)
+    with pytest.raises(RouterError, match="ground-truth"):
+        oracle.predict(["hello"])
+
+
+def test_static_features_travel_inside_the_artifact(subset, tmp_path):
+    data, split = subset
+    router = BestRouteRouter(features="static").fit(data, split.train, split.val)
+    path = tmp_path / "static.bestroute"
+    router.save(path)
+    with np.load(path) as archive:
+        assert archive["features.table"].shape == (30522, 256)
+    loaded = load_router(path)
+    text = [data.texts[split.test[0]]]
+    np.testing.assert_allclose(loaded.predict(text), router.predict(text), rtol=1e-3, atol=1e-4)
+
+
+def test_unknown_reference_and_bad_artifact(subset, tmp_path):
+    data, split = subset
+    from bestroute import ArtifactError, DataError
+    with pytest.raises(DataError, match="unknown model 'gpt-5'"):
+        BestRouteRouter(features="lexical", reference="gpt-5").fit(data, split.train, split.val)
+    bad = tmp_path / "bad.bestroute"
+    bad.write_bytes(b"not an artifact")
+    with pytest.raises(ArtifactError, match="not a bestroute router artifact"):
+        load_router(bad)
