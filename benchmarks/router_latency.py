@@ -9,16 +9,16 @@ import os
 # One core, one thread: set before numpy loads its BLAS.
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
     os.environ[variable] = "1"
-os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bestroute import BestRouteRouter, load_dataset, split_prompts  # noqa: E402
+from bestroute import BestRouteRouter, load_dataset, split_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 

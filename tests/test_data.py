@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_native
 
 from bestroute import DataError, load_dataset
 from bestroute.data import read_native
-from conftest import write_native
 
 PRICES = {"a": {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}}
 
@@ -128,12 +128,12 @@ def test_routerbench_wide_format(tmp_path):
 
 def test_cli_describe(zeroeval_dir, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "bestroute", "data", "describe", str(zeroeval_dir)],
-                        capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"})
+                        check=False, capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"})
     assert ok.returncode == 0, ok.stderr
     assert "claude-3-5-sonnet-20241022" in ok.stdout and "per-prompt oracle" in ok.stdout
     write_native(tmp_path, [_prompt(0)], [_response(0, quality=2)], PRICES)
     bad = subprocess.run([sys.executable, "-m", "bestroute", "data", "describe", str(tmp_path)],
-                         capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0
     assert "responses.jsonl.gz:1: quality" in bad.stderr

@@ -59,7 +59,7 @@ def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: in
     common = {"features": extractor.name, "reference": reference, "max_n": max_n, "selector": selector,
               "seed": seed}
     results: dict[str, Any] = {"data": data.source, "seed": seed, "features": extractor.name, "max_n": max_n,
-                               "selector": selector, "split": {k: int(len(getattr(split, k)))
+                               "selector": selector, "split": {k: len(getattr(split, k))
                                                                for k in ("train", "val", "test")},
                                "routers": {}}
     reference_info: dict[str, Any] | None = None

@@ -1,5 +1,6 @@
 """Routers by the names used on the CLI and in results."""
 
+from ._base import Router
 from ._baselines import (
     CascadeRouter,
     KNNRouter,
@@ -9,7 +10,6 @@ from ._baselines import (
     OracleRouter,
     RandomRouter,
 )
-from ._base import Router
 from ._best_route import BestRouteRouter
 
 ROUTERS: dict[str, type[Router]] = {r.name: r for r in (
