@@ -4,7 +4,8 @@
     ├── DataError        bad routing data (names the file and line)
     ├── FeatureError     a feature extractor cannot be built or run
     ├── ArtifactError    a router artifact cannot be saved or loaded
-    └── RouterError      a router is used wrongly (not fitted, unknown option, bad target)
+    ├── RouterError      a router is used wrongly (not fitted, unknown option, bad target)
+    └── ConfigError      the gateway configuration is invalid
 """
 
 
@@ -32,3 +33,7 @@ class ArtifactError(BestRouteError):
 
 class RouterError(BestRouteError):
     """A router was asked for something it cannot do."""
+
+
+class ConfigError(BestRouteError):
+    """The gateway configuration is missing, malformed or inconsistent."""

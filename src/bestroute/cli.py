@@ -17,6 +17,8 @@ app = typer.Typer(help="bestroute: route each LLM request to a (model, n) option
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Inspect routing data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+log_app = typer.Typer(help="The gateway's decision log.", no_args_is_help=True)
+app.add_typer(log_app, name="log")
 console = Console()
 
 DataPath = Annotated[Path, typer.Option("--data", help="Routing-data directory or RouterBench table.")]
@@ -151,3 +153,36 @@ def eval_command(
         _fail(exc)
     typer.echo(markdown_table(results))
     typer.echo(f"\nwrote {out / 'results.json'} and {out / 'curves.png'}")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option(help="Gateway YAML configuration.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the OpenAI-compatible routing gateway."""
+    import uvicorn
+
+    from .serving import create_app, load_config
+
+    try:
+        gateway = create_app(load_config(config))
+    except BestRouteError as exc:
+        _fail(exc)
+    uvicorn.run(gateway, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+@log_app.command("export")
+def export(
+    config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its decision_log.url).")],
+    out: Annotated[Path, typer.Option(help="Directory to write routing data to.")],
+) -> None:
+    """Write logged requests with feedback as routing data in the exchange format."""
+    from .serving import export_log, load_config
+
+    try:
+        count = export_log(load_config(config), out)
+    except BestRouteError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {count} prompts with feedback to {out}")

@@ -23,5 +23,24 @@ def best_value(scores: np.ndarray, penalty: float, option_cost: np.ndarray, refe
     return value.argmax(axis=1)
 
 
+def fallback_order(scores: np.ndarray, knob: float, *, threshold_rule: bool, option_cost: np.ndarray,
+                   reference: int, first: int, available: np.ndarray) -> list[int]:
+    """All available options of one prompt, best first: the decision ``first``, then (threshold
+    rule) the other options scoring >= the knob from cheapest up, the reference, the rest by
+    score; (cost-penalty rule) the rest by penalised value."""
+    rest = [o for o in np.flatnonzero(available) if o != first]
+    if threshold_rule:
+        def rank(o: int) -> tuple[int, float]:
+            if scores[o] >= knob:
+                return 0, float(option_cost[o])
+            return (1, 0.0) if o == reference else (2, -float(scores[o]))
+    else:
+        value = scores - knob * option_cost / option_cost[reference]
+
+        def rank(o: int) -> tuple[int, float]:
+            return 0, -float(value[o])
+    return [first] + sorted(rest, key=rank)
+
+
 THRESHOLD_GRID = np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.geomspace(1e-4, 5e-3, 20)]))
 PENALTY_GRID = np.concatenate([[0.0], np.geomspace(1e-4, 10.0, 120)])

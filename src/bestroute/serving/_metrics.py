@@ -1,0 +1,40 @@
+"""Prometheus metrics of one gateway (its own registry, so several apps can live in one process)."""
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("bestroute_requests_total", "Chat completion requests by answering model, n "
+                                "and HTTP status", ["model", "n", "status"], registry=self.registry)
+        self.latency = Histogram("bestroute_request_seconds", "Request wall time", ["model"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.routing_seconds = Histogram("bestroute_routing_seconds", "Router decision time (features + heads)",
+                                         registry=self.registry,
+                                         buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05))
+        self.tokens = Counter("bestroute_tokens_total", "Tokens over all samples", ["model", "kind"],
+                              registry=self.registry)
+        self.cost = Counter("bestroute_cost_usd_total", "Cost of all samples in USD", ["model"],
+                            registry=self.registry)
+        self.upstream_failures = Counter("bestroute_upstream_failures_total",
+                                         "Backend calls that failed after retries", ["backend"],
+                                         registry=self.registry)
+        self.circuit_open = Gauge("bestroute_circuit_open", "1 while a backend's circuit is open", ["backend"],
+                                  registry=self.registry)
+
+    def watch_circuit(self, backend: str, is_open: Callable[[], bool]) -> None:
+        self.circuit_open.labels(backend=backend).set_function(lambda: float(is_open()))
+
+    def observe(self, *, model: str, n: int, status: int, seconds: float, prompt_tokens: int,
+                completion_tokens: int, cost_usd: float) -> None:
+        self.requests.labels(model=model, n=str(n), status=str(status)).inc()
+        self.latency.labels(model=model).observe(seconds)
+        self.tokens.labels(model=model, kind="prompt").inc(prompt_tokens)
+        self.tokens.labels(model=model, kind="completion").inc(completion_tokens)
+        self.cost.labels(model=model).inc(cost_usd)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

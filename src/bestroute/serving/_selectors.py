@@ -1,0 +1,88 @@
+"""Best-of-n selectors at serving time: majority vote, a reward-model endpoint, an LLM judge."""
+
+import re
+from typing import Protocol
+
+import httpx
+import numpy as np
+
+from ..routers import MajorityVote
+from ..routers._selection import pick
+from ._config import SelectorConfig
+from ._upstream import Upstream, UpstreamError
+
+
+class ServingSelector(Protocol):
+    name: str
+
+    async def select(self, prompt: str, responses: list[str]) -> int: ...
+
+
+class MajoritySelector:
+    """Majority vote over extracted final answers; the same rule as offline label estimation."""
+
+    name = "majority"
+
+    async def select(self, prompt: str, responses: list[str]) -> int:
+        keys, scores = MajorityVote().keys_scores(prompt, list(responses), np.zeros(len(responses)))
+        return pick(keys, scores, np.arange(len(responses)))
+
+
+class RewardSelector:
+    """POST ``{"prompt", "responses"}`` to a reward-model endpoint that answers ``{"scores": [...]}``."""
+
+    name = "reward"
+
+    def __init__(self, url: str, client: httpx.AsyncClient, timeout_s: float) -> None:
+        self.url, self.client, self.timeout_s = url, client, timeout_s
+
+    async def select(self, prompt: str, responses: list[str]) -> int:
+        try:
+            answer = await self.client.post(self.url, json={"prompt": prompt, "responses": responses},
+                                            timeout=self.timeout_s)
+            answer.raise_for_status()
+            scores = [float(s) for s in answer.json()["scores"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise UpstreamError("reward-model", f"no usable scores ({type(exc).__name__})") from exc
+        if len(scores) != len(responses):
+            raise UpstreamError("reward-model", f"{len(scores)} scores for {len(responses)} responses")
+        return int(np.argmax(scores))
+
+
+_JUDGE_PROMPT = """You are judging candidate answers to a request. Pick the single best answer:
+correct, complete and following the request's instructions.
+
+Request:
+{prompt}
+
+{candidates}
+
+Reply with only the number of the best answer."""
+
+
+class JudgeSelector:
+    """Ask a configured backend which response is best; its reply must name a candidate number."""
+
+    name = "judge"
+
+    def __init__(self, judge: Upstream) -> None:
+        self.judge = judge
+
+    async def select(self, prompt: str, responses: list[str]) -> int:
+        candidates = "\n\n".join(f"Answer {i + 1}:\n{r}" for i, r in enumerate(responses))
+        message = _JUDGE_PROMPT.format(prompt=prompt, candidates=candidates)
+        result = await self.judge.complete({"messages": [{"role": "user", "content": message}],
+                                            "temperature": 0, "max_tokens": 8}, 1)
+        match = re.search(r"\d+", result.texts[0])
+        if match and 1 <= int(match.group()) <= len(responses):
+            return int(match.group()) - 1
+        return 0  # an unusable verdict keeps the first sample rather than failing the request
+
+
+def make_serving_selector(config: SelectorConfig, client: httpx.AsyncClient,
+                          upstreams: dict[str, Upstream]) -> ServingSelector:
+    if config.kind == "reward":
+        return RewardSelector(config.url or "", client, config.timeout_s)
+    if config.kind == "judge":
+        return JudgeSelector(upstreams[config.backend or ""])
+    return MajoritySelector()

@@ -1,0 +1,185 @@
+"""Calls to OpenAI-compatible upstreams: retries with backoff, a circuit breaker per backend,
+n samples as one request or n concurrent ones, and streams that fail over before their first chunk."""
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ._config import BackendConfig, CircuitConfig, RetryConfig
+
+_RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class UpstreamError(Exception):
+    """A backend did not answer usefully. The message names the backend, never its key."""
+
+    def __init__(self, backend: str, reason: str) -> None:
+        super().__init__(f"backend {backend!r}: {reason}")
+        self.backend = backend
+
+
+@dataclass
+class Completion:
+    """What one backend returned for one (model, n) option, over all its requests."""
+
+    texts: list[str]
+    finish_reasons: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class CircuitBreaker:
+    """Opens after ``failures`` consecutive failures; after ``reset_s`` lets one probe through
+    (half-open); a success closes it, a failure opens it again."""
+
+    def __init__(self, config: CircuitConfig) -> None:
+        self.config = config
+        self.consecutive_failures = 0
+        self.opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if time.monotonic() - self.opened_at >= self.config.reset_s else "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half-open" and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.consecutive_failures, self.opened_at, self._probing = 0, None, False
+
+    def record_failure(self) -> None:
+        self.consecutive_failures += 1
+        if self._probing or self.consecutive_failures >= self.config.failures:
+            self.opened_at, self._probing = time.monotonic(), False
+
+
+@dataclass
+class Upstream:
+    """One configured backend and its client state."""
+
+    config: BackendConfig
+    retry: RetryConfig
+    client: httpx.AsyncClient
+    breaker: CircuitBreaker
+    _headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        key = self.config.api_key()
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.config.input_usd_per_mtok
+                + completion_tokens * self.config.output_usd_per_mtok) / 1e6
+
+    async def complete(self, body: dict[str, Any], n: int) -> Completion:
+        """n samples: one request asking for n where the backend honours it, else n at once."""
+        if n == 1 or self.config.supports_n:
+            result = await self._post(body | ({"n": n} if n > 1 else {}))
+            if len(result.texts) < n:
+                raise UpstreamError(self.name, f"asked for {n} choices, got {len(result.texts)}")
+            return result
+        single = {k: v for k, v in body.items() if k != "n"}
+        parts = await asyncio.gather(*(self._post(single) for _ in range(n)))
+        return Completion(texts=[t for p in parts for t in p.texts],
+                          finish_reasons=[f for p in parts for f in p.finish_reasons],
+                          prompt_tokens=sum(p.prompt_tokens for p in parts),
+                          completion_tokens=sum(p.completion_tokens for p in parts))
+
+    async def _post(self, body: dict[str, Any]) -> Completion:
+        response = await self._send(body, stream=False)
+        try:
+            document = response.json()
+            choices = document["choices"]
+            texts = [c["message"].get("content") or "" for c in choices]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamError(self.name, "malformed chat completion") from exc
+        usage = document.get("usage") or {}
+        return Completion(
+            texts=texts, finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
+            prompt_tokens=int(usage.get("prompt_tokens") or _estimate_tokens(_body_text(body))),
+            completion_tokens=int(usage.get("completion_tokens") or sum(_estimate_tokens(t) for t in texts)))
+
+    async def _send(self, body: dict[str, Any], *, stream: bool) -> httpx.Response:
+        """POST with retries on connection errors, timeouts, 429 and 5xx. With ``stream`` the
+        response is returned open, its body unread."""
+        url = self.config.base_url.rstrip("/") + "/chat/completions"
+        payload = body | {"model": self.config.upstream_model, "stream": stream}
+        wait = self.retry.backoff_s
+        last = "no attempt"
+        for attempt in range(self.retry.attempts):
+            if attempt:
+                await asyncio.sleep(wait)
+                wait *= 2
+            try:
+                request = self.client.build_request("POST", url, json=payload, headers=self._headers,
+                                                    timeout=self.config.timeout_s)
+                response = await self.client.send(request, stream=stream)
+            except httpx.TimeoutException:
+                last = "timed out"
+                continue
+            except httpx.TransportError as exc:
+                last = f"connection failed ({type(exc).__name__})"
+                continue
+            if response.status_code < 400:
+                return response
+            await response.aclose()
+            last = f"HTTP {response.status_code}"
+            if response.status_code not in _RETRYABLE_STATUS:
+                break
+        raise UpstreamError(self.name, last)
+
+    async def stream(self, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+        """Open a stream and read its first chunk, so a failure before it can fail over.
+        Returns the first chunk and an iterator of the rest (closing it closes the upstream)."""
+        response = await self._send(body, stream=True)
+        events = _sse_events(response)
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            await response.aclose()
+            raise UpstreamError(self.name, "stream ended before its first chunk") from None
+        except (httpx.HTTPError, ValueError) as exc:
+            await response.aclose()
+            raise UpstreamError(self.name, f"stream broke before its first chunk ({type(exc).__name__})") from exc
+        return first, events
+
+
+async def _sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            yield json.loads(data)
+    finally:
+        await response.aclose()
+
+
+def _body_text(body: dict[str, Any]) -> str:
+    return " ".join(str(m.get("content") or "") for m in body.get("messages", []))
+
+
+def _estimate_tokens(text: str) -> int:
+    """Characters / 4, for upstreams that report no usage."""
+    return math.ceil(len(text) / 4)

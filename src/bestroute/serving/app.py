@@ -1,0 +1,177 @@
+"""The FastAPI app: thin endpoints over ChatService; every error becomes OpenAI-style JSON."""
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .._exceptions import ConfigError
+from ..routers import load_router
+from ._config import GatewayConfig
+from ._errors import ClientDisconnected, GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, Unauthorized, Unprocessable
+from ._log import DecisionLog
+from ._metrics import GatewayMetrics
+from ._selectors import make_serving_selector
+from ._upstream import CircuitBreaker, Upstream
+from .protocol import ChatCompletionRequest, ErrorBody, ErrorResponse, FeedbackRequest
+from .serving import ROUTED_MODEL, ChatService
+
+T = TypeVar("T")
+
+
+def _error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    """Build the gateway; backends, router and decision log are opened at start-up."""
+    router = load_router(config.router)
+    if router.name in ("oracle", "cascade"):
+        raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
+    if router.reference_.model not in {b.name for b in config.backends}:
+        raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
+    client_keys = [k.encode() for k in config.client_keys()]
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        async with httpx.AsyncClient(limits=limits) as client:
+            upstreams = {b.name: Upstream(b, config.retries, client, CircuitBreaker(config.circuit_breaker))
+                         for b in config.backends}
+            for name, upstream in upstreams.items():
+                metrics.watch_circuit(name, lambda u=upstream: u.breaker.state == "open")
+            log = DecisionLog(config.decision_log.url)
+            app.state.service = ChatService(
+                config=config, router=router, upstreams=upstreams, log=log, metrics=metrics,
+                selector=make_serving_selector(config.selector, client, upstreams))
+            try:
+                yield
+            finally:
+                log.close()  # drains every queued row before the process exits
+
+    app = FastAPI(title="bestroute gateway", lifespan=lifespan)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.type, exc.param, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_response(exc.errors())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return _error(500, "internal error", "server_error")  # no stack trace leaves the process
+
+    async def authorize(request: Request) -> None:
+        if not client_keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        given = token.strip().encode()
+        # Compare with every key, always, so timing says nothing about which key nearly matched.
+        matched = False
+        for key in client_keys:
+            matched |= hmac.compare_digest(given, key)
+        if scheme.lower() != "bearer" or not matched:
+            raise Unauthorized("invalid or missing API key", code="invalid_api_key")
+
+    async def read_json(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > config.limits.max_body_bytes:
+            raise PayloadTooLarge(f"request body exceeds {config.limits.max_body_bytes} bytes")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > config.limits.max_body_bytes:
+                raise PayloadTooLarge(f"request body exceeds {config.limits.max_body_bytes} bytes")
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        await authorize(request)
+        document = await read_json(request)
+        try:
+            chat = ChatCompletionRequest.model_validate(document)
+        except ValidationError as exc:
+            return _validation_response(exc.errors())
+        if len(chat.messages) > config.limits.max_messages:
+            raise PayloadTooLarge(f"at most {config.limits.max_messages} messages per request", param="messages")
+        service: ChatService = request.app.state.service
+        plan = service.plan(chat)
+        if chat.stream:
+            outcome, chunks = await _unless_disconnected(request, service.stream(chat, plan))
+            return StreamingResponse(chunks, media_type="text/event-stream", headers=outcome.headers())
+        body, outcome = await _unless_disconnected(request, service.complete(chat, plan))
+        return JSONResponse(body, headers=outcome.headers())
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        await authorize(request)
+        names = [ROUTED_MODEL] + [b.name for b in config.backends]
+        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "bestroute"} for n in names]}
+
+    @app.post("/v1/feedback")
+    async def post_feedback(request: Request) -> dict[str, Any]:
+        await authorize(request)
+        try:
+            feedback = FeedbackRequest.model_validate(await read_json(request))
+        except ValidationError as exc:
+            return _validation_response(exc.errors())
+        log: DecisionLog = request.app.state.service.log
+        await asyncio.to_thread(log.flush)  # the decision may still be queued
+        if not await asyncio.to_thread(log.exists, feedback.id):
+            raise ModelNotFound(f"no request with id {feedback.id!r}", param="id")
+        await asyncio.to_thread(log.add_feedback, feedback.id, feedback.quality, feedback.comment)
+        return {"id": feedback.id, "object": "feedback", "status": "recorded"}
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> dict[str, Any]:
+        service: ChatService = request.app.state.service
+        return {"status": "ok", "router": router.name, "reference": router.reference_.model,
+                "backends": {n: u.breaker.state for n, u in service.upstreams.items()}}
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _validation_response(errors: list[Any]) -> JSONResponse:
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    exc = Unprocessable(f"{param or 'body'}: {first.get('msg')}", param=param)
+    return _error(exc.status, exc.message, exc.type, exc.param)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; cancel it (and its upstream requests) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise ClientDisconnected("client disconnected")

@@ -1,0 +1,311 @@
+"""Chat completions: route, sample best-of-n, select, fall back, account and log."""
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..policy import fallback_order
+from ..routers import Router
+from ._config import GatewayConfig
+from ._errors import InvalidRequest, ModelNotFound, UpstreamFailed
+from ._log import DecisionLog
+from ._metrics import GatewayMetrics
+from ._selectors import ServingSelector
+from ._upstream import Completion, Upstream, UpstreamError, _estimate_tokens
+from .protocol import ChatCompletionRequest
+
+ROUTED_MODEL = "bestroute"
+
+
+@dataclass
+class Attempt:
+    """One option to try: a backend and how many samples to draw from it."""
+
+    upstream: Upstream
+    n: int
+    label: str
+
+
+@dataclass
+class Plan:
+    attempts: list[Attempt]
+    threshold: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    routed: bool = True
+
+
+@dataclass
+class Outcome:
+    """What was decided and paid for one request."""
+
+    request_id: str
+    plan: Plan
+    started: float
+    attempt: Attempt | None = None
+    fallbacks: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    selected: int = 0
+    call_input_tokens: int | None = None
+    response_tokens: int | None = None
+
+    def charge(self, upstream: Upstream, prompt_tokens: int, completion_tokens: int) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += upstream.cost(prompt_tokens, completion_tokens)
+
+    def headers(self) -> dict[str, str]:
+        assert self.attempt is not None
+        headers = {"x-bestroute-model": self.attempt.upstream.name, "x-bestroute-n": str(self.attempt.n),
+                   "x-bestroute-cost-usd": f"{self.cost_usd:.8f}", "x-request-id": self.request_id}
+        if self.plan.threshold is not None:
+            headers["x-bestroute-threshold"] = f"{self.plan.threshold:g}"
+        return headers
+
+    def details(self, selector: str) -> dict[str, Any]:
+        assert self.attempt is not None
+        return {"option": self.attempt.label, "model": self.attempt.upstream.name, "n": self.attempt.n,
+                "threshold": self.plan.threshold, "routed": self.plan.routed, "scores": self.plan.scores,
+                "fallbacks": self.fallbacks, "selector": selector if self.attempt.n > 1 else None,
+                "selected_sample": self.selected, "cost_usd": self.cost_usd}
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+class ChatService:
+    """The logic behind POST /v1/chat/completions."""
+
+    def __init__(self, *, config: GatewayConfig, router: Router, upstreams: dict[str, Upstream],
+                 selector: ServingSelector, log: DecisionLog, metrics: GatewayMetrics) -> None:
+        self.config, self.router, self.upstreams = config, router, upstreams
+        self.selector, self.log, self.metrics = selector, log, metrics
+        # Options the gateway can serve: a backend is configured and allows that many samples.
+        self._servable = np.array([
+            o.model in upstreams and o.n <= upstreams[o.model].config.max_n for o in router.options_])
+        self._default_knob = config.threshold if config.threshold is not None else router.default_knob()
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, request: ChatCompletionRequest) -> Plan:
+        if request.model == ROUTED_MODEL or request.model.startswith(ROUTED_MODEL + ":"):
+            if request.n != 1:
+                raise InvalidRequest("routed requests return one choice; the router decides how many "
+                                     "samples to draw", param="n")
+            return self._route(request, self._parse_threshold(request.model))
+        upstream = self.upstreams.get(request.model)
+        if upstream is None:
+            raise ModelNotFound(f"model {request.model!r} does not exist; use 'bestroute', "
+                                "'bestroute:<threshold>' or a configured backend", param="model",
+                                code="model_not_found")
+        if not 1 <= request.n <= upstream.config.max_n:
+            raise InvalidRequest(f"n must be between 1 and {upstream.config.max_n} for {upstream.name}",
+                                 param="n")
+        return Plan(attempts=[Attempt(upstream, request.n, upstream.name)], routed=False)
+
+    def _parse_threshold(self, model: str) -> float:
+        if model == ROUTED_MODEL:
+            return self._default_knob
+        raw = model.split(":", 1)[1]
+        try:
+            knob = float(raw)
+        except ValueError:
+            raise InvalidRequest(f"threshold {raw!r} in model name is not a number", param="model") from None
+        if self.router.knob == "threshold" and not 0.0 <= knob <= 1.0:
+            raise InvalidRequest("threshold must be between 0 and 1", param="model")
+        if not np.isfinite(knob) or knob < 0:
+            raise InvalidRequest("the routing knob must be a finite non-negative number", param="model")
+        return knob
+
+    def _route(self, request: ChatCompletionRequest, knob: float) -> Plan:
+        tic = time.perf_counter()
+        scores = self.router.predict([request.prompt_text()])[0]
+        available = self._servable & self.router.active_
+        first = int(self.router.decide(scores[None, :], knob, available[None, :])[0])
+        order = fallback_order(scores, knob, threshold_rule=self.router.knob == "threshold",
+                               option_cost=self.router.option_cost_, reference=self.router.reference_index_,
+                               first=first, available=available)
+        self.metrics.routing_seconds.observe(time.perf_counter() - tic)
+        options = self.router.options_
+        return Plan(attempts=[Attempt(self.upstreams[options[o].model], options[o].n, options[o].label)
+                              for o in order],
+                    threshold=knob, scores={options[o].label: round(float(scores[o]), 6)
+                                            for o in np.flatnonzero(available)})
+
+    def _attempts(self, outcome: Outcome) -> AsyncIterator[Attempt]:
+        """Options in plan order, skipping backends whose circuit is open or that already failed."""
+        failed: set[str] = set()
+
+        async def generate() -> AsyncIterator[Attempt]:
+            for attempt in outcome.plan.attempts:
+                name = attempt.upstream.name
+                if name in failed:
+                    continue
+                if not attempt.upstream.breaker.allow():
+                    outcome.fallbacks.append(f"{attempt.label}: circuit open")
+                    failed.add(name)
+                    continue
+                failed.add(name)  # a backend gets one (retried) chance per request
+                yield attempt
+        return generate()
+
+    def _failed(self, outcome: Outcome, attempt: Attempt, error: UpstreamError) -> None:
+        attempt.upstream.breaker.record_failure()
+        self.metrics.upstream_failures.labels(backend=attempt.upstream.name).inc()
+        outcome.fallbacks.append(f"{attempt.label}: {error}")
+
+    # ------------------------------------------------------------- completing
+    async def complete(self, request: ChatCompletionRequest, plan: Plan) -> tuple[dict[str, Any], Outcome]:
+        outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter())
+        try:
+            async for attempt in self._attempts(outcome):
+                try:
+                    completion = await self._try(request, outcome, attempt)
+                except UpstreamError:
+                    continue
+                return self._answer(request, outcome, completion), outcome
+        except asyncio.CancelledError:
+            self._record(request, outcome, 499, error="client disconnected")
+            raise
+        raise self._exhausted(request, outcome)
+
+    async def _try(self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt) -> Completion:
+        """Draw the attempt's samples and select one; an UpstreamError is recorded and re-raised."""
+        body = request.upstream_body(attempt.upstream.config.upstream_model, n=attempt.n, stream=False)
+        try:
+            completion = await attempt.upstream.complete(body, attempt.n)
+        except UpstreamError as error:
+            self._failed(outcome, attempt, error)
+            raise
+        attempt.upstream.breaker.record_success()
+        outcome.charge(attempt.upstream, completion.prompt_tokens, completion.completion_tokens)
+        outcome.attempt = attempt
+        calls = 1 if attempt.n == 1 or attempt.upstream.config.supports_n else attempt.n
+        outcome.call_input_tokens = completion.prompt_tokens // calls
+        if outcome.plan.routed and attempt.n > 1:
+            try:
+                outcome.selected = await self.selector.select(request.prompt_text(), completion.texts)
+            except UpstreamError as error:
+                outcome.fallbacks.append(f"selector: {error}; kept the first sample")
+        outcome.response_tokens = _estimate_tokens(completion.texts[outcome.selected])
+        return completion
+
+    def _answer(self, request: ChatCompletionRequest, outcome: Outcome, completion: Completion) -> dict[str, Any]:
+        """The chat.completion body: routed requests get the selected sample, direct ones all."""
+        picked = range(len(completion.texts)) if not outcome.plan.routed else [outcome.selected]
+        choices = [{"index": i, "message": {"role": "assistant", "content": completion.texts[k]},
+                    "finish_reason": completion.finish_reasons[k]} for i, k in enumerate(picked)]
+        self._record(request, outcome, 200, response=choices[0]["message"]["content"])
+        return {"id": outcome.request_id, "object": "chat.completion", "created": int(time.time()),
+                "model": outcome.attempt.upstream.name, "choices": choices, "usage": outcome.usage(),
+                "bestroute": outcome.details(self.selector.name)}
+
+    def _exhausted(self, request: ChatCompletionRequest, outcome: Outcome) -> UpstreamFailed:
+        error = UpstreamFailed("no backend could answer: " + ("; ".join(outcome.fallbacks) or "none available"))
+        self._record(request, outcome, error.status, error=error.message)
+        return error
+
+    # -------------------------------------------------------------- streaming
+    async def stream(self, request: ChatCompletionRequest, plan: Plan) -> tuple[Outcome, AsyncIterator[bytes]]:
+        """Start a stream. One sample: the upstream's stream is relayed, failing over to the next
+        option while no chunk has arrived. n samples: all are drawn, the selected one is streamed."""
+        if not plan.routed and request.n > 1:
+            raise InvalidRequest("streaming returns one choice; use n = 1 or stream = false", param="n")
+        outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter())
+        async for attempt in self._attempts(outcome):
+            try:
+                if attempt.n > 1:
+                    completion = await self._try(request, outcome, attempt)
+                    return outcome, _replay(self._answer(request, outcome, completion))
+                body = request.upstream_body(attempt.upstream.config.upstream_model, n=1, stream=True)
+                try:
+                    first, rest = await attempt.upstream.stream(body)
+                except UpstreamError as error:
+                    self._failed(outcome, attempt, error)
+                    raise
+            except UpstreamError:
+                continue
+            attempt.upstream.breaker.record_success()
+            outcome.attempt = attempt
+            return outcome, self._relay(request, outcome, first, rest)
+        raise self._exhausted(request, outcome)
+
+    async def _relay(self, request: ChatCompletionRequest, outcome: Outcome, first: dict[str, Any],
+                     rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+        text: list[str] = []
+        usage: dict[str, Any] | None = None
+        status, error = 499, "client disconnected"
+        try:
+            chunk: dict[str, Any] | None = first
+            while chunk is not None:
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    text.append((choice.get("delta") or {}).get("content") or "")
+                chunk |= {"id": outcome.request_id, "model": outcome.attempt.upstream.name}
+                yield _sse(chunk)
+                chunk = await anext(rest, None)
+            status, error = 200, None
+        except Exception as exc:  # the upstream broke mid-stream: the client sees an error event
+            status, error = 502, f"stream broke after it started ({type(exc).__name__})"
+            yield _sse({"error": {"message": error, "type": "upstream_error"}})
+        finally:
+            await rest.aclose()
+            prompt_tokens = int((usage or {}).get("prompt_tokens") or _estimate_tokens(request.prompt_text()))
+            completion_tokens = int((usage or {}).get("completion_tokens") or _estimate_tokens("".join(text)))
+            outcome.charge(outcome.attempt.upstream, prompt_tokens, completion_tokens)
+            outcome.call_input_tokens, outcome.response_tokens = prompt_tokens, completion_tokens
+            self._record(request, outcome, status, error=error, response="".join(text))
+        if status == 200:
+            yield _sse({"id": outcome.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": outcome.attempt.upstream.name, "choices": [], "usage": outcome.usage(),
+                        "bestroute": outcome.details(self.selector.name)})
+            yield b"data: [DONE]\n\n"
+
+    # ----------------------------------------------------------------- logging
+    def _record(self, request: ChatCompletionRequest, outcome: Outcome, status: int, *,
+                error: str | None = None, response: str | None = None) -> None:
+        latency = time.perf_counter() - outcome.started
+        prompt = request.prompt_text()
+        model = outcome.attempt.upstream.name if outcome.attempt else None
+        store = self.config.decision_log.store_prompts
+        self.log.write({
+            "id": outcome.request_id, "created_at": time.time(),
+            "prompt_hash": hashlib.sha256(prompt.encode()).hexdigest(), "prompt": prompt if store else None,
+            "requested_model": request.model, "model": model,
+            "n": outcome.attempt.n if outcome.attempt else None, "threshold": outcome.plan.threshold,
+            "scores": outcome.plan.scores, "fallbacks": outcome.fallbacks, "latency_ms": latency * 1000,
+            "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+            "call_input_tokens": outcome.call_input_tokens, "response_tokens": outcome.response_tokens,
+            "cost_usd": outcome.cost_usd, "status": status, "error": error,
+            "response": response if store else None})
+        self.metrics.observe(model=model or "none", n=outcome.attempt.n if outcome.attempt else 0,
+                             status=status, seconds=latency, prompt_tokens=outcome.prompt_tokens,
+                             completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd)
+
+
+def _new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def _sse(document: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _replay(body: dict[str, Any]) -> AsyncIterator[bytes]:
+    """A finished completion as a stream: role, content, finish, usage, [DONE]."""
+    base = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"]}
+    choice = body["choices"][0]
+    yield _sse(base | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    yield _sse(base | {"choices": [{"index": 0, "delta": {"content": choice["message"]["content"]},
+                                    "finish_reason": None}]})
+    yield _sse(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]})
+    yield _sse(base | {"choices": [], "usage": body["usage"], "bestroute": body["bestroute"]})
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,126 @@
+"""Real HTTP servers on loopback for the gateway tests: a scriptable OpenAI-compatible upstream
+that can answer, fail, slow down or break its stream, a reward model, and a runner."""
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """Run an ASGI app with uvicorn in a thread until ``stop``."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@dataclass
+class Script:
+    """What the fake upstream does next. ``answers`` cycle over samples across requests;
+    ``failures`` is a queue of statuses (or "slow", "drop-stream", "break-stream") consumed one
+    per request before it answers normally."""
+
+    answers: list[str] = field(default_factory=lambda: ["42"])
+    failures: list[Any] = field(default_factory=list)
+    always: Any = None  # a failure applied to every request
+    delay_s: float = 0.0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    disconnects: int = 0
+    _next: int = 0
+
+    def answer(self) -> str:
+        text = self.answers[self._next % len(self.answers)]
+        self._next += 1
+        return text
+
+
+def fake_upstream(script: Script) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        script.bodies.append(body)
+        script.headers.append(dict(request.headers))
+        failure = script.always if script.always is not None else (script.failures.pop(0) if script.failures else None)
+        if isinstance(failure, int):
+            return JSONResponse({"error": {"message": "injected", "type": "server_error"}}, status_code=failure)
+        if failure == "slow" or script.delay_s:
+            for _ in range(int((script.delay_s or 5.0) / 0.05)):
+                await asyncio.sleep(0.05)
+                if await request.is_disconnected():
+                    script.disconnects += 1
+                    return Response(status_code=499)
+        n = int(body.get("n", 1))
+        texts = [script.answer() for _ in range(n)]
+        if body.get("stream"):
+            return StreamingResponse(_stream(body["model"], texts[0], failure), media_type="text/event-stream")
+        return JSONResponse({
+            "id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                        for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}})
+
+    return app
+
+
+async def _stream(model: str, text: str, failure: Any):
+    if failure == "drop-stream":
+        return  # 200 with no chunk at all
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                 "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word},
+                              "finish_reason": None}]}
+        yield f"data: {json.dumps(chunk)}\n\n"
+        if failure == "break-stream":
+            raise RuntimeError("injected stream break")
+    yield ('data: ' + json.dumps({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\n")
+    yield "data: [DONE]\n\n"
+
+
+def reward_model(prefer: str) -> FastAPI:
+    """Scores 1 for responses containing ``prefer``, else 0."""
+    app = FastAPI()
+
+    @app.post("/score")
+    async def score(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        return {"scores": [1.0 if prefer in r else 0.0 for r in body["responses"]]}
+
+    return app

@@ -1,0 +1,335 @@
+"""The gateway end to end: real uvicorn servers on loopback, driven with the official openai client."""
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from bestroute import BestRouteRouter, ConfigError, load_dataset, split_prompts
+from bestroute.serving import create_app, load_config
+from servers import Script, ServerThread, fake_upstream, reward_model
+
+
+@pytest.fixture(scope="module")
+def artifact(multisample_dir, tmp_path_factory) -> Path:
+    """A router over small (cheap; options n = 1..3), tiny (no backend) and big (the reference)."""
+    data = load_dataset(multisample_dir)
+    split = split_prompts(data.prompt_ids)
+    router = BestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(data, split.train, split.val)
+    path = tmp_path_factory.mktemp("router") / "router.bestroute"
+    router.save(path)
+    return path
+
+
+@contextmanager
+def upstream(script: Script) -> Iterator[ServerThread]:
+    server = ServerThread(fake_upstream(script)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def gateway(tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]],
+            **overrides: Any) -> Iterator[tuple[ServerThread, openai.OpenAI]]:
+    entries = []
+    for name, spec in backends.items():
+        spec = {"base_url": spec} if isinstance(spec, str) else spec
+        entries.append({"name": name, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0, "timeout_s": 2.0,
+                        "max_n": 3} | spec | {"base_url": spec["base_url"] + "/v1"})
+    config = {"router": str(artifact), "backends": entries,
+              "decision_log": {"url": f"sqlite:///{tmp_path}/decisions.db", "store_prompts": True},
+              "retries": {"attempts": 2, "backoff_s": 0.01},
+              "circuit_breaker": {"failures": 3, "reset_s": 60}} | overrides
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = ServerThread(create_app(load_config(path))).start()
+    try:
+        yield server, openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    finally:
+        server.stop()
+
+
+def ask(client: openai.OpenAI, model: str = "bestroute", text: str = "What is six times seven?", **kw: Any):
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], **kw)
+    return raw.parse(), raw.headers
+
+
+def rows(tmp_path: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(tmp_path / "decisions.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY created_at")]
+
+
+def test_threshold_picks_the_option_and_reports_it(tmp_path, artifact):
+    small, big = Script(answers=["42"]), Script(answers=["It is 42."])
+    with upstream(small) as s, upstream(big) as b, gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
+        cheap, headers = ask(client, "bestroute:0")
+        assert cheap.model == "small" and headers["x-bestroute-model"] == "small"
+        assert headers["x-bestroute-n"] == "1" and headers["x-bestroute-threshold"] == "0"
+        assert cheap.choices[0].message.content == "42"
+        extra = cheap.model_extra["bestroute"]
+        assert extra["option"] == "small" and "big" in extra["scores"] and "tiny" not in extra["scores"]
+        strict, headers = ask(client, "bestroute:1")
+        assert strict.model == "big" and headers["x-bestroute-model"] == "big"
+        assert big.bodies[-1]["model"] == "big"
+        # Cost: 10 prompt + 5 completion tokens at $1 / $2 per million.
+        assert strict.model_extra["bestroute"]["cost_usd"] == pytest.approx((10 * 1 + 5 * 2) / 1e6)
+        default, _ = ask(client)  # model "bestroute": the artifact's default operating point
+        assert default.model in {"small", "big"}
+        models = {m.id for m in client.models.list().data}
+        assert models == {"bestroute", "small", "big"}
+
+
+def test_best_of_n_majority_counts_every_sample(tmp_path, artifact):
+    small = Script(answers=['{"answer": "42"}', '{"answer": "7"}', '{"answer": "42"}'])
+    with upstream(small) as s, upstream(Script()) as b, \
+            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
+        answer, headers = ask(client, "bestroute:0.95")
+        assert headers["x-bestroute-n"] == "3" and answer.model == "small"
+        assert len(small.bodies) == 3 and all("n" not in body for body in small.bodies)  # n requests
+        assert '"42"' in answer.choices[0].message.content and len(answer.choices) == 1
+        assert answer.usage.prompt_tokens == 30 and answer.usage.completion_tokens == 15
+        assert answer.model_extra["bestroute"]["selector"] == "majority"
+        assert float(headers["x-bestroute-cost-usd"]) == pytest.approx((30 + 15 * 2) / 1e6)
+
+
+def test_best_of_n_uses_the_n_parameter_where_supported(tmp_path, artifact):
+    small = Script(answers=["7", "42", "42"])
+    with upstream(small) as s, upstream(Script()) as b, \
+            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "supports_n": True}, "big": b.url}) as (_, c):
+        answer, _ = ask(c, "bestroute:0.95")
+        assert len(small.bodies) == 1 and small.bodies[0]["n"] == 3
+        assert answer.choices[0].message.content == "42"
+        assert answer.usage.prompt_tokens == 10 and answer.usage.completion_tokens == 15
+
+
+def test_reward_model_selector(tmp_path, artifact):
+    small = Script(answers=["42", "7", "42"])
+    reward = ServerThread(reward_model(prefer="7")).start()
+    try:
+        with upstream(small) as s, upstream(Script()) as b, gateway(
+                tmp_path, artifact, {"small": s.url, "big": b.url},
+                selector={"kind": "reward", "url": reward.url + "/score"}) as (_, client):
+            answer, _ = ask(client, "bestroute:0.95")
+            assert answer.choices[0].message.content == "7"
+            assert answer.model_extra["bestroute"]["selector"] == "reward"
+    finally:
+        reward.stop()
+
+
+def test_llm_judge_selector(tmp_path, artifact):
+    small = Script(answers=["alpha", "beta", "gamma"])
+    judge = Script(answers=["2"])
+    with upstream(small) as s, upstream(Script()) as b, upstream(judge) as j, gateway(
+            tmp_path, artifact, {"small": s.url, "big": b.url, "judge": j.url},
+            selector={"kind": "judge", "backend": "judge"}) as (_, client):
+        answer, _ = ask(client, "bestroute:0.95")
+        assert "Answer 3:" in judge.bodies[0]["messages"][0]["content"]
+        # Samples arrive concurrently; the judge named the second of them.
+        assert len(small.bodies) == 3
+        assert answer.model_extra["bestroute"]["selected_sample"] == 1
+        assert answer.choices[0].message.content in {"alpha", "beta", "gamma"}
+
+
+def test_streaming_relays_and_replays_best_of_n(tmp_path, artifact):
+    small = Script(answers=["the answer is 42"])
+    with upstream(small) as s, upstream(Script()) as b, \
+            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
+        chunks = list(client.chat.completions.create(
+            model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "the answer is 42"
+        assert all(c.model == "small" for c in chunks)
+        assert chunks[-1].usage.completion_tokens > 0
+        small.answers = ["42", "42", "7"]
+        chunks = list(client.chat.completions.create(
+            model="bestroute:0.95", messages=[{"role": "user", "content": "q"}], stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "42"
+        assert chunks[-1].model_extra["bestroute"]["n"] == 3
+
+
+def test_fallback_on_errors_before_the_first_chunk(tmp_path, artifact):
+    small, big = Script(always=500), Script(answers=["from big"])
+    with upstream(small) as s, upstream(big) as b, \
+            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
+        answer, headers = ask(client, "bestroute:0")
+        assert answer.model == "big" and headers["x-bestroute-model"] == "big"
+        assert len(small.bodies) == 2  # two attempts (retry) before falling back
+        assert "HTTP 500" in answer.model_extra["bestroute"]["fallbacks"][0]
+        small.always = "drop-stream"
+        chunks = list(client.chat.completions.create(
+            model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "from big"
+
+
+def test_retry_after_429_and_timeout_falls_back(tmp_path, artifact):
+    small, big = Script(failures=[429], answers=["ok"]), Script(answers=["big"])
+    with upstream(small) as s, upstream(big) as b, \
+            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 0.5}, "big": b.url}) as (_, c):
+        answer, _ = ask(c, "bestroute:0")
+        assert answer.model == "small" and len(small.bodies) == 2
+        small.delay_s = 3.0
+        answer, _ = ask(c, "bestroute:0")
+        assert answer.model == "big" and "timed out" in answer.model_extra["bestroute"]["fallbacks"][0]
+
+
+def test_upstream_dies_mid_test_and_circuit_breaks(tmp_path, artifact):
+    big = Script(answers=["big"])
+    small_script = Script(answers=["small"])
+    small = ServerThread(fake_upstream(small_script)).start()
+    port = small.port
+    with upstream(big) as b, gateway(tmp_path, artifact, {"small": small.url, "big": b.url},
+                                     circuit_breaker={"failures": 2, "reset_s": 1.0}) as (server, client):
+        assert ask(client, "bestroute:0")[0].model == "small"
+        small.stop()  # the upstream dies
+        for _ in range(2):
+            answer, _ = ask(client, "bestroute:0")
+            assert answer.model == "big" and "connection failed" in answer.model_extra["bestroute"]["fallbacks"][0]
+        # Two consecutive failures opened the circuit: the dead backend is skipped outright.
+        answer, _ = ask(client, "bestroute:0")
+        assert answer.model_extra["bestroute"]["fallbacks"] == ["small: circuit open"]
+        assert httpx.get(server.url + "/healthz").json()["backends"]["small"] == "open"
+        assert 'bestroute_circuit_open{backend="small"} 1.0' in httpx.get(server.url + "/metrics").text
+        revived = ServerThread(fake_upstream(small_script), port=port).start()  # it comes back
+        try:
+            time.sleep(1.1)
+            answer, _ = ask(client, "bestroute:0")  # the probe goes through and closes the circuit
+            assert answer.model == "small"
+            assert httpx.get(server.url + "/healthz").json()["backends"]["small"] == "closed"
+        finally:
+            revived.stop()
+
+
+def test_all_backends_failing_is_a_502_not_a_500(tmp_path, artifact):
+    with upstream(Script(always=503)) as s, upstream(Script(always=503)) as b, \
+            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
+        with pytest.raises(openai.APIStatusError) as info:
+            ask(client, "bestroute:0")
+        assert info.value.status_code == 502
+        assert info.value.body["type"] == "upstream_error"
+
+
+def test_client_disconnect_cancels_the_upstream_request(tmp_path, artifact):
+    small = Script(delay_s=3.0)
+    with upstream(small) as s, upstream(Script()) as b, \
+            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 10}, "big": b.url}) as (g, _):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(g.url + "/v1/chat/completions", timeout=0.5,
+                       json={"model": "bestroute:0", "messages": [{"role": "user", "content": "q"}]})
+        deadline = time.monotonic() + 3
+        while small.disconnects == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert small.disconnects == 1
+    assert rows(tmp_path)[-1]["status"] == 499
+
+
+def test_auth_and_no_key_leaks(tmp_path, artifact, monkeypatch, caplog):
+    monkeypatch.setenv("CLIENT_KEYS", "key-one,key-two")
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-upstream-secret")
+    small = Script(answers=["42"])
+    with upstream(small) as s, upstream(Script()) as b, gateway(
+            tmp_path, artifact, {"small": {"base_url": s.url, "api_key_env": "UPSTREAM_KEY"}, "big": b.url},
+            client_api_keys_env="CLIENT_KEYS") as (server, _):
+        wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as info:
+            ask(wrong, "bestroute:0")
+        assert info.value.body["code"] == "invalid_api_key"
+        missing = httpx.post(server.url + "/v1/chat/completions",
+                             json={"model": "bestroute", "messages": [{"role": "user", "content": "q"}]})
+        assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+        assert httpx.get(server.url + "/v1/models").status_code == 401
+        good = openai.OpenAI(base_url=server.url + "/v1", api_key="key-two", max_retries=0)
+        answer, _ = ask(good, "bestroute:0")
+        assert answer.model == "small"
+        assert small.headers[-1]["authorization"] == "Bearer sk-upstream-secret"
+        small.always = 500
+        answer, _ = ask(good, "bestroute:0")
+        assert "sk-upstream-secret" not in answer.model_dump_json()
+    stored = "".join(str(v) for row in rows(tmp_path) for v in row.values())
+    assert "key-two" not in stored and "sk-upstream-secret" not in stored
+    assert "key-two" not in caplog.text and "sk-upstream-secret" not in caplog.text
+
+
+@pytest.mark.parametrize(("payload", "status", "param"), [
+    (b"{not json", 400, None),
+    ({"messages": [{"role": "user", "content": "q"}]}, 422, "model"),
+    ({"model": "bestroute"}, 422, "messages"),
+    ({"model": "bestroute", "messages": "hello"}, 422, "messages"),
+    ({"model": "bestroute", "messages": [{"role": "wizard", "content": "q"}]}, 422, "messages.0.role"),
+    ({"model": "bestroute", "messages": [{"role": "user", "content": "q"}], "temperature": "hot"}, 422,
+     "temperature"),
+    ({"model": "gpt-9", "messages": [{"role": "user", "content": "q"}]}, 404, "model"),
+    ({"model": "small", "messages": [{"role": "user", "content": "q"}], "n": 9}, 400, "n"),
+    ({"model": "small", "messages": [{"role": "user", "content": "q"}], "n": 0}, 400, "n"),
+    ({"model": "bestroute", "messages": [{"role": "user", "content": "q"}], "n": 2}, 400, "n"),
+    ({"model": "bestroute:abc", "messages": [{"role": "user", "content": "q"}]}, 400, "model"),
+    ({"model": "bestroute:1.5", "messages": [{"role": "user", "content": "q"}]}, 400, "model"),
+    ({"model": "bestroute", "messages": [{"role": "user", "content": "q"}] * 20}, 413, "messages"),
+    ({"model": "bestroute", "messages": [{"role": "user", "content": "x" * 5000}]}, 413, None),
+    ([1, 2, 3], 422, None),
+])
+def test_bad_input_gets_openai_style_errors(tmp_path, artifact, payload, status, param):
+    with upstream(Script()) as s, upstream(Script()) as b, gateway(
+            tmp_path, artifact, {"small": s.url, "big": b.url},
+            limits={"max_body_bytes": 4096, "max_messages": 10}) as (server, _):
+        kwargs = {"content": payload} if isinstance(payload, bytes) else {"json": payload}
+        response = httpx.post(server.url + "/v1/chat/completions", headers={"content-type": "application/json"},
+                              **kwargs)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["message"] and error["type"]
+        assert error["param"] == param
+        assert "Traceback" not in response.text
+
+
+def test_decision_log_feedback_and_export(tmp_path, artifact):
+    with upstream(Script(answers=["42"])) as s, upstream(Script(answers=["big"])) as b, \
+            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, client):
+        first, _ = ask(client, "bestroute:0", text="What is six times seven?")
+        second, _ = ask(client, "bestroute:1", text="Name the answer to everything.")
+        feedback = httpx.post(server.url + "/v1/feedback", json={"id": first.id, "quality": 1.0})
+        assert feedback.status_code == 200
+        assert httpx.post(server.url + "/v1/feedback", json={"id": "nope", "quality": 1}).status_code == 404
+        assert httpx.post(server.url + "/v1/feedback", json={"id": first.id, "quality": 3}).status_code == 422
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'bestroute_requests_total{model="small",n="1",status="200"} 1.0' in metrics
+    logged = {r["id"]: r for r in rows(tmp_path)}  # the server has shut down: every row is there
+    assert set(logged) == {first.id, second.id}
+    row = logged[first.id]
+    assert row["model"] == "small" and row["n"] == 1 and row["status"] == 200 and row["threshold"] == 0
+    assert row["prompt"] == "What is six times seven?" and len(row["prompt_hash"]) == 64
+    assert row["prompt_tokens"] == 10 and row["completion_tokens"] == 5 and row["cost_usd"] > 0
+    assert logged[second.id]["model"] == "big"
+    from bestroute.cli import app
+    from typer.testing import CliRunner
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["log", "export", "--config", str(tmp_path / "gateway.yaml"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    exported = load_dataset(out)
+    assert exported.prompt_ids == [first.id]  # only the request with feedback
+    assert exported.models == ["small"] and exported.quality[0, 0, 0] == 1.0
+
+
+def test_config_errors_are_clear(tmp_path, artifact):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"router": str(artifact), "backends": [{"name": "small"}]}))
+    with pytest.raises(ConfigError, match=r"backends.0.base_url: Field required"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"router": str(artifact), "backends": [
+        {"name": "small", "base_url": "http://127.0.0.1:9/v1"}]}))
+    with pytest.raises(ConfigError, match="reference model 'big' has no backend"):
+        create_app(load_config(path))
+    path.write_text("router: [unclosed")
+    with pytest.raises(ConfigError, match="cannot read YAML"):
+        load_config(path)
