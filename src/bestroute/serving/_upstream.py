@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from ._config import BackendConfig, CircuitConfig, RetryConfig
 
@@ -74,7 +74,7 @@ class Upstream:
 
     config: BackendConfig
     retry: RetryConfig
-    client: httpx.AsyncClient
+    session: aiohttp.ClientSession
     breaker: CircuitBreaker
     _headers: dict[str, str] = field(default_factory=dict)
 
@@ -107,22 +107,28 @@ class Upstream:
     async def _post(self, body: dict[str, Any]) -> Completion:
         response = await self._send(body, stream=False)
         try:
-            document = response.json()
+            async with response:
+                document = await response.json(content_type=None)
             choices = document["choices"]
             texts = [c["message"].get("content") or "" for c in choices]
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise UpstreamError(self.name, f"response broke ({type(exc).__name__})") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(self.name, "malformed chat completion") from exc
         usage = document.get("usage") or {}
         return Completion(
             texts=texts, finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
-            prompt_tokens=int(usage.get("prompt_tokens") or _estimate_tokens(_body_text(body))),
-            completion_tokens=int(usage.get("completion_tokens") or sum(_estimate_tokens(t) for t in texts)))
+            prompt_tokens=int(usage.get("prompt_tokens") or estimate_tokens(_body_text(body))),
+            completion_tokens=int(usage.get("completion_tokens") or sum(estimate_tokens(t) for t in texts)))
 
-    async def _send(self, body: dict[str, Any], *, stream: bool) -> httpx.Response:
-        """POST with retries on connection errors, timeouts, 429 and 5xx. With ``stream`` the
-        response is returned open, its body unread."""
+    async def _send(self, body: dict[str, Any], *, stream: bool) -> aiohttp.ClientResponse:
+        """POST with retries on connection errors, timeouts, 429 and 5xx; the response is returned
+        unread. A plain request must finish within the timeout; a stream must not stall longer."""
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         payload = body | {"model": self.config.upstream_model, "stream": stream}
+        limit = self.config.timeout_s
+        timeout = (aiohttp.ClientTimeout(total=None, sock_connect=limit, sock_read=limit) if stream
+                   else aiohttp.ClientTimeout(total=limit))
         wait = self.retry.backoff_s
         last = "no attempt"
         for attempt in range(self.retry.attempts):
@@ -130,20 +136,18 @@ class Upstream:
                 await asyncio.sleep(wait)
                 wait *= 2
             try:
-                request = self.client.build_request("POST", url, json=payload, headers=self._headers,
-                                                    timeout=self.config.timeout_s)
-                response = await self.client.send(request, stream=stream)
-            except httpx.TimeoutException:
+                response = await self.session.post(url, json=payload, headers=self._headers, timeout=timeout)
+            except asyncio.TimeoutError:
                 last = "timed out"
                 continue
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 last = f"connection failed ({type(exc).__name__})"
                 continue
-            if response.status_code < 400:
+            if response.status < 400:
                 return response
-            await response.aclose()
-            last = f"HTTP {response.status_code}"
-            if response.status_code not in _RETRYABLE_STATUS:
+            response.release()
+            last = f"HTTP {response.status}"
+            if response.status not in _RETRYABLE_STATUS:
                 break
         raise UpstreamError(self.name, last)
 
@@ -155,17 +159,21 @@ class Upstream:
         try:
             first = await anext(events)
         except StopAsyncIteration:
-            await response.aclose()
             raise UpstreamError(self.name, "stream ended before its first chunk") from None
-        except (httpx.HTTPError, ValueError) as exc:
-            await response.aclose()
+        except STREAM_ERRORS as exc:
+            await events.aclose()
             raise UpstreamError(self.name, f"stream broke before its first chunk ({type(exc).__name__})") from exc
         return first, events
 
 
-async def _sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+STREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
+
+
+async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The JSON payloads of an SSE stream until [DONE]; closing it closes the connection."""
     try:
-        async for line in response.aiter_lines():
+        async for raw in response.content:
+            line = raw.decode().strip()
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
@@ -173,13 +181,13 @@ async def _sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]
                 return
             yield json.loads(data)
     finally:
-        await response.aclose()
+        response.release()
 
 
 def _body_text(body: dict[str, Any]) -> str:
     return " ".join(str(m.get("content") or "") for m in body.get("messages", []))
 
 
-def _estimate_tokens(text: str) -> int:
+def estimate_tokens(text: str) -> int:
     """Characters / 4, for upstreams that report no usage."""
     return math.ceil(len(text) / 4)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -18,7 +18,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._exceptions import ConfigError
 from ..routers import load_router
 from ._config import GatewayConfig
-from ._errors import ClientDisconnected, GatewayError, InvalidRequest, ModelNotFound, PayloadTooLarge, Unauthorized, Unprocessable
+from ._errors import (
+    ClientDisconnected,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unprocessable,
+)
 from ._log import DecisionLog
 from ._metrics import GatewayMetrics
 from ._selectors import make_serving_selector
@@ -46,16 +54,16 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        async with httpx.AsyncClient(limits=limits) as client:
-            upstreams = {b.name: Upstream(b, config.retries, client, CircuitBreaker(config.circuit_breaker))
+        connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0)
+        async with aiohttp.ClientSession(connector=connector, read_bufsize=2**20) as session:
+            upstreams = {b.name: Upstream(b, config.retries, session, CircuitBreaker(config.circuit_breaker))
                          for b in config.backends}
             for name, upstream in upstreams.items():
                 metrics.watch_circuit(name, lambda u=upstream: u.breaker.state == "open")
             log = DecisionLog(config.decision_log.url)
             app.state.service = ChatService(
                 config=config, router=router, upstreams=upstreams, log=log, metrics=metrics,
-                selector=make_serving_selector(config.selector, client, upstreams))
+                selector=make_serving_selector(config.selector, session, upstreams))
             try:
                 yield
             finally:

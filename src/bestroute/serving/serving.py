@@ -18,7 +18,7 @@ from ._errors import InvalidRequest, ModelNotFound, UpstreamFailed
 from ._log import DecisionLog
 from ._metrics import GatewayMetrics
 from ._selectors import ServingSelector
-from ._upstream import Completion, Upstream, UpstreamError, _estimate_tokens
+from ._upstream import STREAM_ERRORS, Completion, Upstream, UpstreamError, estimate_tokens
 from .protocol import ChatCompletionRequest
 
 ROUTED_MODEL = "bestroute"
@@ -195,7 +195,7 @@ class ChatService:
                 outcome.selected = await self.selector.select(request.prompt_text(), completion.texts)
             except UpstreamError as error:
                 outcome.fallbacks.append(f"selector: {error}; kept the first sample")
-        outcome.response_tokens = _estimate_tokens(completion.texts[outcome.selected])
+        outcome.response_tokens = estimate_tokens(completion.texts[outcome.selected])
         return completion
 
     def _answer(self, request: ChatCompletionRequest, outcome: Outcome, completion: Completion) -> dict[str, Any]:
@@ -253,13 +253,13 @@ class ChatService:
                 yield _sse(chunk)
                 chunk = await anext(rest, None)
             status, error = 200, None
-        except Exception as exc:  # the upstream broke mid-stream: the client sees an error event
+        except STREAM_ERRORS as exc:  # broke mid-stream: the client sees an error event
             status, error = 502, f"stream broke after it started ({type(exc).__name__})"
             yield _sse({"error": {"message": error, "type": "upstream_error"}})
         finally:
             await rest.aclose()
-            prompt_tokens = int((usage or {}).get("prompt_tokens") or _estimate_tokens(request.prompt_text()))
-            completion_tokens = int((usage or {}).get("completion_tokens") or _estimate_tokens("".join(text)))
+            prompt_tokens = int((usage or {}).get("prompt_tokens") or estimate_tokens(request.prompt_text()))
+            completion_tokens = int((usage or {}).get("completion_tokens") or estimate_tokens("".join(text)))
             outcome.charge(outcome.attempt.upstream, prompt_tokens, completion_tokens)
             outcome.call_input_tokens, outcome.response_tokens = prompt_tokens, completion_tokens
             self._record(request, outcome, status, error=error, response="".join(text))

@@ -1,0 +1,193 @@
+"""Gateway overhead: latency the gateway adds over calling a fast local upstream directly, at a
+fixed request rate, and best-of-5 wall time against one sample on an upstream that serves
+requests concurrently. Prints the figures as one JSON object on its last line.
+
+    python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30]
+
+Three processes on loopback: the upstream (a minimal OpenAI-compatible server), the gateway
+(`bestroute serve`, routing every request with a BEST-Route artifact) and this load generator.
+"""
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+
+try:
+    import uvloop
+except ImportError:  # uvicorn[standard] brings it; without it the standard loop is used
+    uvloop = None
+
+BODY = {"messages": [{"role": "user", "content": "What is six times seven? Answer with a number."}]}
+
+
+def serve_upstream(port: int, delay_s: float) -> None:
+    """The upstream: answers every chat completion after ``delay_s``, concurrently."""
+    import uvicorn
+    from fastapi import FastAPI, Request
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict:
+        body = await request.json()
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        n = int(body.get("n", 1))
+        return {"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
+                "choices": [{"index": i, "message": {"role": "assistant", "content": "42"}, "finish_reason": "stop"}
+                            for i in range(n)],
+                "usage": {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _router(directory: Path) -> Path:
+    """A BEST-Route artifact over models 'small' and 'big' from a small synthetic dataset."""
+    from bestroute import BestRouteRouter, load_dataset, split_prompts
+
+    data_dir = directory / "data"
+    data_dir.mkdir()
+    prompts, responses = [], []
+    for i in range(200):
+        prompts.append({"prompt_id": f"p{i}", "prompt": f"question {i} about {'math' if i % 2 else 'code'}"})
+        for model, quality in (("small", float(i % 3 != 0)), ("big", 1.0)):
+            responses.append({"prompt_id": f"p{i}", "model": model, "quality": quality, "input_tokens": 12,
+                              "output_tokens": 1})
+    (data_dir / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    with gzip.open(data_dir / "responses.jsonl.gz", "wt") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in responses)
+    (data_dir / "models.json").write_text(json.dumps({"models": {
+        "small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
+        "big": {"input_usd_per_mtok": 5, "output_usd_per_mtok": 15}}}))
+    data = load_dataset(data_dir)
+    split = split_prompts(data.prompt_ids)
+    path = directory / "router.bestroute"
+    BestRouteRouter(features="auto").fit(data, split.train, split.val).save(path)
+    return path
+
+
+async def _load(url: str, model: str, rate: float, seconds: float) -> tuple[list[float], int]:
+    """Open-loop load: request i is sent at start + i / rate whatever the earlier ones do."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        async def one() -> None:
+            nonlocal errors
+            tic = time.perf_counter()
+            try:
+                response = await client.post(url, json=BODY | {"model": model})
+                response.raise_for_status()
+            except httpx.HTTPError:
+                errors += 1
+                return
+            latencies.append((time.perf_counter() - tic) * 1000)
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+async def _wall(url: str, body: dict, repeats: int) -> float:
+    async with httpx.AsyncClient(timeout=30) as client:
+        times = []
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            (await client.post(url, json=body)).raise_for_status()
+            times.append(time.perf_counter() - tic)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream, args.delay)
+        return
+    processes: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        try:
+            fast_port, slow_port, gateway_port = _port(), _port(), _port()
+            for port, delay in ((fast_port, 0.0), (slow_port, 0.2)):
+                processes.append(subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port),
+                                                   "--delay", str(delay)]))
+            config = {"router": str(_router(directory)),
+                      "backends": [{"name": "small", "base_url": f"http://127.0.0.1:{fast_port}/v1"},
+                                   {"name": "big", "base_url": f"http://127.0.0.1:{fast_port}/v1"},
+                                   {"name": "slow", "base_url": f"http://127.0.0.1:{slow_port}/v1", "max_n": 5}],
+                      "decision_log": {"url": f"sqlite:///{directory}/decisions.db"}}
+            (directory / "gateway.yaml").write_text(yaml.safe_dump(config))
+            processes.append(subprocess.Popen(["bestroute", "serve", "--config", str(directory / "gateway.yaml"),
+                                               "--port", str(gateway_port)], env=os.environ))
+            for port, process in ((fast_port, processes[0]), (slow_port, processes[1]),
+                                  (gateway_port, processes[2])):
+                _wait(f"http://127.0.0.1:{port}/", process)
+            direct_url = f"http://127.0.0.1:{fast_port}/v1/chat/completions"
+            gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
+            if uvloop is not None:  # a lighter event loop keeps the load generator's own delay small
+                asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            asyncio.run(_load(gateway_url, "bestroute:0", args.rate, 2))  # warm-up
+            direct, direct_errors = asyncio.run(_load(direct_url, "small", args.rate, args.seconds))
+            routed, routed_errors = asyncio.run(_load(gateway_url, "bestroute:0", args.rate, args.seconds))
+            single = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow"}, 10))
+            best_of_5 = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow", "n": 5}, 10))
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(timeout=30)
+    d50, d99 = np.percentile(direct, [50, 99])
+    g50, g99 = np.percentile(routed, [50, 99])
+    print(f"direct: p50 {d50:.2f} ms, p99 {d99:.2f} ms over {len(direct)} requests", file=sys.stderr)
+    print(f"gateway: p50 {g50:.2f} ms, p99 {g99:.2f} ms over {len(routed)} requests", file=sys.stderr)
+    print(json.dumps({"rate_per_s": args.rate, "seconds": args.seconds, "requests": len(routed) + routed_errors,
+                      "direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
+                      "p50_added_ms": g50 - d50, "p99_added_ms": g99 - d99,
+                      "errors": routed_errors + direct_errors,
+                      "single_wall_s": single, "bo5_wall_s": best_of_5, "bo5_wall_ratio": best_of_5 / single}))
+
+
+if __name__ == "__main__":
+    main()
