@@ -72,9 +72,11 @@ def _sqlite_wal(connection: Any, _: Any) -> None:
 
 
 class DecisionLog:
-    """Queue rows from the event loop; a thread inserts them in batches."""
+    """Queue rows from the event loop; a thread inserts them in batches, at most
+    ``batch_window_s`` after they were queued."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, batch_window_s: float = 0.05) -> None:
+        self.batch_window_s = batch_window_s
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_wal)
@@ -98,9 +100,12 @@ class DecisionLog:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while True:  # take what else is waiting: one transaction for a burst
+            # Gather what arrives in the next moment too: one transaction per batch keeps the
+            # writer's share of the GIL (and the database's commits) small under load.
+            deadline = time.monotonic() + self.batch_window_s
+            while len(batch) < 1000 and batch[-1] is not _STOP:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
                 except queue.Empty:
                     break
             rows = [r for r in batch if r is not _STOP]

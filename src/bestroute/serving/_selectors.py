@@ -3,8 +3,6 @@
 import re
 from typing import Protocol
 
-import asyncio
-
 import aiohttp
 import numpy as np
 
@@ -43,7 +41,7 @@ class RewardSelector:
             async with self.session.post(self.url, json={"prompt": prompt, "responses": responses},
                                          timeout=self.timeout, raise_for_status=True) as answer:
                 scores = [float(s) for s in (await answer.json(content_type=None))["scores"]]
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, TypeError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
             raise UpstreamError("reward-model", f"no usable scores ({type(exc).__name__})") from exc
         if len(scores) != len(responses):
             raise UpstreamError("reward-model", f"{len(scores)} scores for {len(responses)} responses")

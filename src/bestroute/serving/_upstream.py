@@ -111,7 +111,7 @@ class Upstream:
                 document = await response.json(content_type=None)
             choices = document["choices"]
             texts = [c["message"].get("content") or "" for c in choices]
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(self.name, f"response broke ({type(exc).__name__})") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(self.name, "malformed chat completion") from exc
@@ -137,7 +137,7 @@ class Upstream:
                 wait *= 2
             try:
                 response = await self.session.post(url, json=payload, headers=self._headers, timeout=timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 last = "timed out"
                 continue
             except aiohttp.ClientError as exc:

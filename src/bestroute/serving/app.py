@@ -114,7 +114,6 @@ def create_app(config: GatewayConfig) -> FastAPI:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
 
-    @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         await authorize(request)
         document = await read_json(request)
@@ -131,6 +130,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
             return StreamingResponse(chunks, media_type="text/event-stream", headers=outcome.headers())
         body, outcome = await _unless_disconnected(request, service.complete(chat, plan))
         return JSONResponse(body, headers=outcome.headers())
+
+    # A plain Starlette route: the hot path needs no dependency injection or response model.
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
