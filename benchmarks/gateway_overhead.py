@@ -117,7 +117,7 @@ async def _load(url: str, model: str, rate: float, seconds: float) -> tuple[list
                     if response.status != 200:
                         errors += 1
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 errors += 1
                 return
             latencies.append((time.perf_counter() - tic) * 1000)

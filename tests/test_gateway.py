@@ -331,6 +331,10 @@ def test_config_errors_are_clear(tmp_path, artifact):
         {"name": "small", "base_url": "http://127.0.0.1:9/v1"}]}))
     with pytest.raises(ConfigError, match="reference model 'big' has no backend"):
         create_app(load_config(path))
+    path.write_text(yaml.safe_dump({"router": str(artifact), "backends": [
+        {"name": "big", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "BESTROUTE_TEST_UNSET_KEY"}]}))
+    with pytest.raises(ConfigError, match="BESTROUTE_TEST_UNSET_KEY is not set"):
+        create_app(load_config(path))
     path.write_text("router: [unclosed")
     with pytest.raises(ConfigError, match="cannot read YAML"):
         load_config(path)

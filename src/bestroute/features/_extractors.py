@@ -150,7 +150,11 @@ class StaticEmbedder:
         self._table = np.asarray(table, dtype=np.float32)
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        texts = list(texts)
+        # One prompt is the serving path: encode it inline rather than waking the tokenizer's
+        # thread pool, which competes with the event loop for the cores.
+        encodings = ([self._tokenizer.encode(texts[0], add_special_tokens=False)] if len(texts) == 1
+                     else self._tokenizer.encode_batch(texts, add_special_tokens=False))
         out = np.zeros((len(encodings), self._table.shape[1]), dtype=np.float32)
         for row, encoding in enumerate(encodings):
             if encoding.ids:

@@ -76,11 +76,10 @@ class Upstream:
     retry: RetryConfig
     session: aiohttp.ClientSession
     breaker: CircuitBreaker
-    _headers: dict[str, str] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)  # never printed
 
     def __post_init__(self) -> None:
-        key = self.config.api_key()
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def name(self) -> str:

@@ -50,13 +50,15 @@ def create_app(config: GatewayConfig) -> FastAPI:
     if router.reference_.model not in {b.name for b in config.backends}:
         raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
     client_keys = [k.encode() for k in config.client_keys()]
+    backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
     metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector, read_bufsize=2**20) as session:
-            upstreams = {b.name: Upstream(b, config.retries, session, CircuitBreaker(config.circuit_breaker))
+            upstreams = {b.name: Upstream(b, config.retries, session, CircuitBreaker(config.circuit_breaker),
+                                     backend_keys[b.name])
                          for b in config.backends}
             for name, upstream in upstreams.items():
                 metrics.watch_circuit(name, lambda u=upstream: u.breaker.state == "open")

@@ -5,7 +5,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,22 +140,18 @@ class ChatService:
                     threshold=knob, scores={options[o].label: round(float(scores[o]), 6)
                                             for o in np.flatnonzero(available)})
 
-    def _attempts(self, outcome: Outcome) -> AsyncIterator[Attempt]:
+    def _attempts(self, outcome: Outcome) -> Iterator[Attempt]:
         """Options in plan order, skipping backends whose circuit is open or that already failed."""
-        failed: set[str] = set()
-
-        async def generate() -> AsyncIterator[Attempt]:
-            for attempt in outcome.plan.attempts:
-                name = attempt.upstream.name
-                if name in failed:
-                    continue
-                if not attempt.upstream.breaker.allow():
-                    outcome.fallbacks.append(f"{attempt.label}: circuit open")
-                    failed.add(name)
-                    continue
-                failed.add(name)  # a backend gets one (retried) chance per request
-                yield attempt
-        return generate()
+        tried: set[str] = set()
+        for attempt in outcome.plan.attempts:
+            name = attempt.upstream.name
+            if name in tried:
+                continue
+            tried.add(name)  # a backend gets one (retried) chance per request
+            if not attempt.upstream.breaker.allow():
+                outcome.fallbacks.append(f"{attempt.label}: circuit open")
+                continue
+            yield attempt
 
     def _failed(self, outcome: Outcome, attempt: Attempt, error: UpstreamError) -> None:
         attempt.upstream.breaker.record_failure()
@@ -166,7 +162,7 @@ class ChatService:
     async def complete(self, request: ChatCompletionRequest, plan: Plan) -> tuple[dict[str, Any], Outcome]:
         outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter())
         try:
-            async for attempt in self._attempts(outcome):
+            for attempt in self._attempts(outcome):
                 try:
                     completion = await self._try(request, outcome, attempt)
                 except UpstreamError:
@@ -220,7 +216,7 @@ class ChatService:
         if not plan.routed and request.n > 1:
             raise InvalidRequest("streaming returns one choice; use n = 1 or stream = false", param="n")
         outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter())
-        async for attempt in self._attempts(outcome):
+        for attempt in self._attempts(outcome):
             try:
                 if attempt.n > 1:
                     completion = await self._try(request, outcome, attempt)
