@@ -18,6 +18,8 @@ app = typer.Typer(help="bestroute: route each LLM request to a (model, n) option
 data_app = typer.Typer(help="Inspect routing data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 log_app = typer.Typer(help="The gateway's decision log.", no_args_is_help=True)
+local_app = typer.Typer(help="Local GGUF models shipped in PyPI packages.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
 app.add_typer(log_app, name="log")
 console = Console()
 
@@ -186,3 +188,96 @@ def export(
     except BestRouteError as exc:
         _fail(exc)
     typer.echo(f"wrote {count} prompts with feedback to {out}")
+
+
+@local_app.command("serve")
+def local_serve(
+    model: Annotated[str, typer.Option(help="smollm2-135m, gemma3-270m, or a .gguf path.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8101,
+    threads: Annotated[int, typer.Option(help="CPU threads for generation.")] = 2,
+) -> None:
+    """Serve a local model behind an OpenAI-compatible endpoint (llama.cpp)."""
+    from .local import serve_local
+
+    try:
+        serve_local(model, host=host, port=port, threads=threads)
+    except BestRouteError as exc:
+        _fail(exc)
+
+
+@local_app.command("list")
+def local_list() -> None:
+    """Packaged models and whether they are installed."""
+    from .local import PACKAGED_MODELS, model_path
+
+    for name, packaged in PACKAGED_MODELS.items():
+        try:
+            where = str(model_path(name))
+        except BestRouteError as exc:
+            where = f"not available ({exc})"
+        typer.echo(f"{name}\t{packaged.description}\t{where}")
+
+
+@app.command()
+def collect(
+    prompts: Annotated[Path, typer.Option(help="JSONL or CSV: prompt, optional prompt_id, reference, check, task.")],
+    config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its backends).")],
+    out: Annotated[Path, typer.Option(help="Output directory (exchange format); an existing one is resumed.")],
+    samples: Annotated[int, typer.Option(help="Samples per prompt and model.")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.8,
+    max_tokens: Annotated[int, typer.Option(help="Longest response in tokens.")] = 64,
+    models: Annotated[str | None, typer.Option(help="Comma-separated backends (default: all).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight per backend.")] = 2,
+    rate: Annotated[float | None, typer.Option(help="Requests started per second per backend.")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Stop after spending this many USD.")] = None,
+    budget_tokens: Annotated[int | None, typer.Option(help="Stop after this many tokens.")] = None,
+    scorer: Annotated[str, typer.Option(help="reference, reward or judge.")] = "reference",
+    check: Annotated[str, typer.Option(help="Reference check for prompts that name none.")] = "exact",
+    reward_url: Annotated[str | None, typer.Option(help="Reward-model endpoint (scorer reward).")] = None,
+    judge: Annotated[str | None, typer.Option(help="Backend that judges (scorer judge).")] = None,
+) -> None:
+    """Sample k responses per prompt and model, score them and write routing data."""
+    import asyncio
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from .collection import CollectSettings
+    from .collection import collect as run_collect
+    from .serving import load_config
+
+    settings = CollectSettings(
+        samples=samples, temperature=temperature, max_tokens=max_tokens,
+        models=[m.strip() for m in models.split(",") if m.strip()] if models else None, concurrency=concurrency,
+        rate_per_s=rate, budget_usd=budget_usd, budget_tokens=budget_tokens, scorer=scorer, check=check,
+        reward_url=reward_url, judge=judge)
+    try:
+        gateway_config = load_config(config)
+        settings.check_against(gateway_config)
+    except BestRouteError as exc:
+        _fail(exc)
+    columns = (TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[spent]}"))
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("collect", total=None, spent="")
+
+        def show(report, total: int) -> None:
+            bar.update(task, total=total, completed=report.written + report.failed,
+                       spent=f"{report.tokens:,} tokens ${report.cost_usd:.4f} failed {report.failed}")
+
+        try:
+            report = asyncio.run(run_collect(gateway_config, prompts, out, settings, progress=show))
+        except BestRouteError as exc:
+            bar.stop()
+            _fail(exc)
+    for line in report.bad_lines:
+        typer.echo(f"skipped {line}", err=True)
+    typer.echo(f"{report.prompts} prompts; {report.written} samples written, {report.already_done} already there, "
+               f"{report.failed} failed (rerun to retry); {report.tokens:,} tokens, ${report.cost_usd:.4f}"
+               + ("; stopped at the budget" if report.stopped_by_budget else ""))

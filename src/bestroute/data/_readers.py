@@ -4,7 +4,7 @@ import csv
 import gzip
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,8 +20,10 @@ RecordT = TypeVar("RecordT", bound=BaseModel)
 _TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".csv.gz", ".parquet")
 
 
-def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line, row)`` of a JSONL(.gz), CSV(.gz) or Parquet table; line counts from 1."""
+def iter_rows(path: Path, *, on_error: Callable[[DataError], None] | None = None
+              ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line, row)`` of a JSONL(.gz), CSV(.gz) or Parquet table; line counts from 1.
+    A line that is not a JSON object raises, or with ``on_error`` is reported there and skipped."""
     name = path.name.lower()
     if name.endswith(".parquet"):
         try:
@@ -44,10 +46,15 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"invalid JSON ({exc.msg})", path=str(path), line=index) from exc
-                if not isinstance(row, dict):
-                    raise DataError("expected a JSON object", path=str(path), line=index)
+                    if not isinstance(row, dict):
+                        raise DataError("expected a JSON object", path=str(path), line=index)
+                except (json.JSONDecodeError, DataError) as exc:
+                    error = exc if isinstance(exc, DataError) else DataError(
+                        f"invalid JSON ({exc.msg})", path=str(path), line=index)
+                    if on_error is None:
+                        raise error from exc
+                    on_error(error)
+                    continue
                 yield index, row
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"cannot read file ({exc})", path=str(path)) from exc

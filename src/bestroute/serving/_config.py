@@ -78,7 +78,8 @@ class DecisionLogConfig(_Section):
 
 
 class GatewayConfig(_Section):
-    router: Path = Field(description="router artifact from `bestroute train`")
+    router: Path | None = Field(default=None, description="router artifact from `bestroute train` "
+                                                           "(needed by serve, not by collect)")
     threshold: float | None = Field(default=None, description="default knob; None: the artifact's default")
     backends: list[BackendConfig] = Field(min_length=1)
     selector: SelectorConfig = SelectorConfig()
@@ -127,6 +128,6 @@ def load_config(path: str | Path) -> GatewayConfig:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
-    if not config.router.is_absolute():
+    if config.router is not None and not config.router.is_absolute():
         config = config.model_copy(update={"router": path.parent / config.router})
     return config

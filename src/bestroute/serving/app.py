@@ -44,6 +44,8 @@ def _error(status: int, message: str, type_: str, param: str | None = None, code
 
 def create_app(config: GatewayConfig) -> FastAPI:
     """Build the gateway; backends, router and decision log are opened at start-up."""
+    if config.router is None:
+        raise ConfigError("the configuration names no router artifact (key: router)")
     router = load_router(config.router)
     if router.name in ("oracle", "cascade"):
         raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")

@@ -1,0 +1,6 @@
+"""Local models: GGUF files shipped in PyPI packages, served by llama.cpp."""
+
+from ._models import PACKAGED_MODELS, PackagedModel, model_path
+from ._server import serve_local
+
+__all__ = ["PACKAGED_MODELS", "PackagedModel", "model_path", "serve_local"]
