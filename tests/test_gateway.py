@@ -14,6 +14,7 @@ import yaml
 from servers import LlamaServer, Script, ServerThread, fake_upstream, reward_model, smollm2_gguf
 
 from bestroute import BestRouteRouter, ConfigError, load_dataset, split_prompts
+from bestroute.reward import RewardModel
 from bestroute.serving import create_app, load_config
 
 
@@ -387,3 +388,16 @@ def test_stream_breaking_after_it_started_ends_with_an_error_event(tmp_path, art
         assert '"content":"one"' in events[0]
         assert '"upstream_error"' in events[-1]  # no [DONE]: the answer is incomplete
     assert rows(tmp_path)[-1]["status"] == 502
+
+
+def test_trained_reward_model_selector(tmp_path, artifact, multisample_dir):
+    data = load_dataset(multisample_dir)
+    model_path = tmp_path / "reward.bestroute"
+    RewardModel(features="lexical", C=10.0).fit(data, split_prompts(data.prompt_ids).train).save(model_path)
+    small = Script(answers=["I think 3", '{"reasoning": "...", "answer": "42"}', "I think 3"])
+    with upstream(small) as s, upstream(Script()) as b, gateway(
+            tmp_path, artifact, {"small": s.url, "big": b.url},
+            selector={"kind": "reward-model", "path": str(model_path)}) as (_, client):
+        answer, _ = ask(client, "bestroute:0.95")
+        assert answer.choices[0].message.content == '{"reasoning": "...", "answer": "42"}'
+        assert answer.model_extra["bestroute"]["selector"] == "reward-model"

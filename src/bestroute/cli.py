@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._exceptions import BestRouteError
-from .data import load_dataset, split_prompts
+from .data import demo_data_path, load_dataset, split_prompts
 from .evaluation import DEFAULT_ROUTERS, evaluate, markdown_table, write_results
 from .routers import ROUTERS, load_router
 
@@ -136,8 +136,9 @@ def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from 
 
 @app.command("eval")
 def eval_command(
-    data_path: DataPath,
-    out: Annotated[Path, typer.Option(help="Directory for results.json and curves.png.")],
+    data_path: Annotated[Path | None, typer.Option(
+        "--data", help="Routing-data directory or RouterBench table; default: the embedded demo data.")] = None,
+    out: Annotated[Path, typer.Option(help="Directory for results.json and curves.png.")] = Path("results"),
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     routers: Annotated[list[str] | None, typer.Option(help="Routers to evaluate (repeat); default all.")] = None,
     features: Annotated[str, typer.Option(help="auto, static, minilm or lexical.")] = "auto",
@@ -147,7 +148,7 @@ def eval_command(
     """Sweep each router's knob on the test split; write results.json and curves.png."""
     names = [n.strip() for item in (routers or DEFAULT_ROUTERS) for n in item.split(",") if n.strip()]
     try:
-        data = load_dataset(data_path)
+        data = load_dataset(data_path or demo_data_path())
         results = evaluate(data, routers=names, seed=seed, features=features, max_n=max_n,
                            reference=reference, log=lambda m: typer.echo(m, err=True))
         write_results(results, out)
@@ -281,3 +282,29 @@ def collect(
     typer.echo(f"{report.prompts} prompts; {report.written} samples written, {report.already_done} already there, "
                f"{report.failed} failed (rerun to retry); {report.tokens:,} tokens, ${report.cost_usd:.4f}"
                + ("; stopped at the budget" if report.stopped_by_budget else ""))
+
+
+@app.command("train-reward")
+def train_reward(
+    data_path: Annotated[Path | None, typer.Option(
+        "--data", help="Routing data with response texts; default: the embedded demo data.")] = None,
+    out: Annotated[Path, typer.Option(help="Reward-model artifact to write.")] = Path("reward.bestroute"),
+    features: Annotated[str, typer.Option(help="auto, static, minilm or lexical.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+) -> None:
+    """Train the proxy reward model on train prompts; report pairwise accuracy on test prompts."""
+    import json as json_module
+
+    from .reward import RewardModel, pairwise_accuracy
+
+    try:
+        data = load_dataset(data_path or demo_data_path())
+        split = split_prompts(data.prompt_ids, seed=seed)
+        model = RewardModel(features=features).fit(data, split.train)
+        model.save(out)
+        accuracy = pairwise_accuracy(data, split.test, model, seed=seed)
+    except BestRouteError as exc:
+        _fail(exc)
+    typer.echo(f"saved reward model to {out}")
+    typer.echo("pairwise accuracy on held-out prompts: " + json_module.dumps(
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in accuracy.items()}))

@@ -1,9 +1,10 @@
 """Routing data: schema, readers and the split."""
 
 from ._dataset import RoutingDataset
+from ._demo import demo_data_path
 from ._readers import iter_rows, load_dataset, read_models, read_native, read_routerbench
 from ._schema import ModelPrice, PromptRecord, ResponseRecord
 from ._split import Split, split_prompts
 
-__all__ = ["ModelPrice", "PromptRecord", "ResponseRecord", "RoutingDataset", "Split",
+__all__ = ["ModelPrice", "PromptRecord", "ResponseRecord", "RoutingDataset", "Split", "demo_data_path",
            "iter_rows", "load_dataset", "read_models", "read_native", "read_routerbench", "split_prompts"]

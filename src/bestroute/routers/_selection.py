@@ -95,12 +95,31 @@ class OracleSelector:
         return np.arange(len(quality)), np.asarray(quality, dtype=float)
 
 
+class RewardModelSelector:
+    """Pick the response a trained proxy reward model scores highest (see ``bestroute train-reward``)."""
+
+    name: ClassVar[str] = "reward-model"
+
+    def __init__(self, path: str) -> None:
+        from ..reward import RewardModel
+
+        self.model = RewardModel.load(path)
+
+    def keys_scores(self, prompt: str, responses: list[str | None],
+                    quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        texts = [r or "" for r in responses]
+        return np.arange(len(texts)), self.model.score([prompt] * len(texts), texts)
+
+
 SELECTORS: dict[str, type] = {s.name: s for s in (MajorityVote, OracleSelector)}
 
 
 def make_selector(name: str) -> Selector:
+    """``majority``, ``oracle``, or ``reward-model:PATH`` (a reward-model artifact)."""
+    if name.startswith(RewardModelSelector.name + ":"):
+        return RewardModelSelector(name.split(":", 1)[1])
     if name not in SELECTORS:
-        raise RouterError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)}")
+        raise RouterError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)} or reward-model:PATH")
     return SELECTORS[name]()
 
 

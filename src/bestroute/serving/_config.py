@@ -43,8 +43,9 @@ class BackendConfig(_Section):
 class SelectorConfig(_Section):
     """How best-of-n keeps one response."""
 
-    kind: Literal["majority", "reward", "judge"] = "majority"
+    kind: Literal["majority", "reward", "reward-model", "judge"] = "majority"
     url: str | None = Field(default=None, description="reward: POST {prompt, responses} -> {scores}")
+    path: Path | None = Field(default=None, description="reward-model: artifact from `bestroute train-reward`")
     backend: str | None = Field(default=None, description="judge: the backend that judges")
     timeout_s: float = Field(default=30.0, gt=0)
 
@@ -52,6 +53,8 @@ class SelectorConfig(_Section):
     def _needs_target(self) -> "SelectorConfig":
         if self.kind == "reward" and not self.url:
             raise ValueError("selector kind 'reward' needs url")
+        if self.kind == "reward-model" and not self.path:
+            raise ValueError("selector kind 'reward-model' needs path")
         if self.kind == "judge" and not self.backend:
             raise ValueError("selector kind 'judge' needs backend")
         return self
@@ -130,4 +133,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
     if config.router is not None and not config.router.is_absolute():
         config = config.model_copy(update={"router": path.parent / config.router})
+    if config.selector.path is not None and not config.selector.path.is_absolute():
+        selector = config.selector.model_copy(update={"path": path.parent / config.selector.path})
+        config = config.model_copy(update={"selector": selector})
     return config

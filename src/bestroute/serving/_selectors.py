@@ -28,6 +28,20 @@ class MajoritySelector:
         return pick(keys, scores, np.arange(len(responses)))
 
 
+class RewardModelSelector:
+    """A trained proxy reward model (``bestroute train-reward``), scored in process."""
+
+    name = "reward-model"
+
+    def __init__(self, path: str) -> None:
+        from ..reward import RewardModel
+
+        self.model = RewardModel.load(path)
+
+    async def select(self, prompt: str, responses: list[str]) -> int:
+        return int(np.argmax(self.model.score([prompt] * len(responses), responses)))
+
+
 class RewardSelector:
     """POST ``{"prompt", "responses"}`` to a reward-model endpoint that answers ``{"scores": [...]}``."""
 
@@ -82,6 +96,8 @@ def make_serving_selector(config: SelectorConfig, session: aiohttp.ClientSession
                           upstreams: dict[str, Upstream]) -> ServingSelector:
     if config.kind == "reward":
         return RewardSelector(config.url or "", session, config.timeout_s)
+    if config.kind == "reward-model":
+        return RewardModelSelector(str(config.path))
     if config.kind == "judge":
         return JudgeSelector(upstreams[config.backend or ""])
     return MajoritySelector()

@@ -1,0 +1,132 @@
+"""A proxy reward model, as BEST-Route trains one: a small CPU scorer of (prompt, response)."""
+
+import json
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+from .._exceptions import ArtifactError, RouterError
+from ..data import RoutingDataset
+from ..features import FeatureExtractor, extractor_from_state, make_extractor
+from ..routers._heads import apply_heads, fit_soft_heads
+from ..routers._selection import extract_answer
+
+ARTIFACT_KIND = "bestroute-reward-model"
+
+
+class RewardModel:
+    """Pointwise logistic scorer of response quality from prompt and response features.
+
+    Features: the prompt's and the response's embeddings, their elementwise product (how the
+    response relates to this prompt), and the response's length. Trained on every sampled
+    response of the training prompts with its quality as a soft label.
+
+    Parameters
+    ----------
+    features : str
+        Feature extractor name (see :func:`bestroute.features.make_extractor`).
+    C : float
+        Inverse L2 strength.
+    """
+
+    def __init__(self, *, features: str = "auto", C: float = 1.0) -> None:
+        self.features = features
+        self.C = C
+
+    def _features(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        p = self.extractor_.transform(prompts)
+        r = self.extractor_.transform(responses)
+        length = np.log1p([len(x) for x in responses])[:, None] / 10
+        return np.hstack([p, r, p * r * 10, length])
+
+    def fit(self, data: RoutingDataset, rows: np.ndarray, *, extractor: FeatureExtractor | None = None) -> Self:
+        self.extractor_ = extractor or make_extractor(self.features)
+        prompts, responses, quality = _pairs(data, rows)
+        if not responses:
+            raise RouterError("no response texts in the training prompts: the data has no `response` field")
+        self.coef_, self.intercept_ = fit_soft_heads(self._features(prompts, responses),
+                                                     np.array(quality)[:, None], C=self.C)
+        return self
+
+    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        if not hasattr(self, "coef_"):
+            raise RouterError("the reward model is not fitted")
+        return apply_heads(self._features(list(prompts), list(responses)), self.coef_, self.intercept_)[:, 0]
+
+    def save(self, path: str | Path) -> None:
+        meta, arrays = self.extractor_.state()
+        document = {"kind": ARTIFACT_KIND, "version": 1, "params": {"features": self.features, "C": self.C},
+                    "features": meta}
+        payload = {"meta": np.array(json.dumps(document)), "coef": self.coef_, "intercept": self.intercept_}
+        payload |= {f"features.{k}": v for k, v in arrays.items()}
+        with Path(path).open("wb") as handle:
+            np.savez_compressed(handle, **payload)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RewardModel":
+        try:
+            with np.load(Path(path), allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+            document = json.loads(str(arrays.pop("meta")))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"{path}: not a reward-model artifact ({exc})") from exc
+        if document.get("kind") != ARTIFACT_KIND:
+            raise ArtifactError(f"{path}: not a reward-model artifact")
+        model = cls(**document["params"])
+        model.extractor_ = extractor_from_state(
+            document["features"], {k[9:]: v for k, v in arrays.items() if k.startswith("features.")})
+        model.coef_, model.intercept_ = arrays["coef"], arrays["intercept"]
+        return model
+
+
+def _pairs(data: RoutingDataset, rows: np.ndarray) -> tuple[list[str], list[str], list[float]]:
+    prompts, responses, quality = [], [], []
+    for i in rows:
+        for j in range(len(data.models)):
+            for k in range(data.quality.shape[2]):
+                text = data.responses[i, j, k]
+                if text is not None and not np.isnan(data.quality[i, j, k]):
+                    prompts.append(data.texts[i])
+                    responses.append(text)
+                    quality.append(float(data.quality[i, j, k]))
+    return prompts, responses, quality
+
+
+def pairwise_accuracy(data: RoutingDataset, rows: np.ndarray, model: RewardModel | None = None,
+                      *, max_responses: int = 64, seed: int = 0) -> dict[str, float]:
+    """How often each scorer ranks the better of two responses to the same prompt higher (ties
+    count half), over all pairs of different quality among up to ``max_responses`` responses
+    per prompt: the reward model, majority vote (the share of the prompt's responses giving the
+    same final answer) and random choice (0.5 by construction, reported as measured)."""
+    rng = np.random.default_rng(seed)
+    wins = {"reward_model": 0.0, "majority_vote": 0.0, "random": 0.0}
+    pairs = 0
+    for i in rows:
+        texts, quality = [], []
+        for j in range(len(data.models)):
+            for k in range(data.quality.shape[2]):
+                if data.responses[i, j, k] is not None and not np.isnan(data.quality[i, j, k]):
+                    texts.append(data.responses[i, j, k])
+                    quality.append(data.quality[i, j, k])
+        if len(texts) > max_responses:
+            keep = rng.choice(len(texts), size=max_responses, replace=False)
+            texts, quality = [texts[t] for t in keep], [quality[t] for t in keep]
+        q = np.array(quality)
+        if len(q) < 2 or q.min() == q.max():
+            continue
+        answers = [extract_answer(t) for t in texts]
+        scores = {"majority_vote": np.array([answers.count(a) for a in answers], dtype=float) / len(answers),
+                  "random": rng.random(len(texts))}
+        if model is not None:
+            scores["reward_model"] = model.score([data.texts[i]] * len(texts), texts)
+        better = q[:, None] > q[None, :]
+        count = int(better.sum())
+        pairs += count
+        for name, s in scores.items():
+            wins[name] += float(((s[:, None] > s[None, :]) & better).sum()
+                                + 0.5 * ((s[:, None] == s[None, :]) & better).sum())
+    if not pairs:
+        raise RouterError("no prompt has two responses of different quality")
+    result = {name: wins[name] / pairs for name in wins if name != "reward_model" or model is not None}
+    return result | {"pairs": pairs}
