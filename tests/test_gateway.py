@@ -100,7 +100,7 @@ def test_best_of_n_majority_counts_every_sample(tmp_path, artifact):
         assert len(small.bodies) == 3 and all("n" not in body for body in small.bodies)  # n requests
         assert '"42"' in answer.choices[0].message.content and len(answer.choices) == 1
         assert answer.usage.prompt_tokens == 30 and answer.usage.completion_tokens == 15
-        assert answer.model_extra["bestroute"]["selector"] == "majority"
+        assert answer.model_extra["bestroute"]["selector"] == "consensus"
         assert float(headers["x-bestroute-cost-usd"]) == pytest.approx((30 + 15 * 2) / 1e6)
 
 
@@ -365,7 +365,7 @@ def test_real_local_model_routing_best_of_n_streaming_and_failover(tmp_path, art
         best, headers = ask(client, "bestroute:0.95", text="What is the capital of France?", **kwargs)
         assert best.model == "small" and headers["x-bestroute-n"] == "3"
         assert best.usage.prompt_tokens == 3 * single_prompt_tokens  # every sample is counted
-        assert best.model_extra["bestroute"]["selector"] == "majority"
+        assert best.model_extra["bestroute"]["selector"] == "consensus"
         chunks = list(client.chat.completions.create(
             model="bestroute:0", messages=[{"role": "user", "content": "Say hello."}], stream=True, **kwargs))
         assert all(c.model == "small" for c in chunks)

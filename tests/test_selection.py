@@ -58,3 +58,16 @@ def test_options_without_enough_samples_are_unlabelled(multisample_dir):
     data = load_dataset(multisample_dir)
     labels = soft_labels(data, np.arange(3), [Option("big", 3)], Option("big"), MajorityVote())
     assert np.isnan(labels).all()
+
+
+def test_consensus_agrees_across_free_text_where_majority_cannot():
+    from bestroute.routers import Consensus
+    from bestroute.routers._selection import pick
+
+    responses = ["The capital of France is Paris.", "Lyon", "Paris is the capital of France.", "It is Paris"]
+    quality = np.zeros(4)
+    agreement, scores = Consensus().judge("q", responses, quality)
+    assert pick(agreement, scores, np.arange(4)) in (0, 2, 3)  # a Paris answer, never the outlier
+    assert pick(agreement, scores, np.array([1, 2, 3])) in (2, 3)
+    majority_agreement, majority_scores = MajorityVote().judge("q", responses, quality)
+    assert pick(majority_agreement, majority_scores, np.array([1, 2, 3])) == 1  # all differ: the first

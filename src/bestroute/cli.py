@@ -55,21 +55,24 @@ def describe(path: Annotated[Path, typer.Argument(help="Routing-data directory o
 
 @app.command()
 def train(
-    data_path: DataPath,
+    data_path: Annotated[Path | None, typer.Option(
+        "--data", help="Routing-data directory or RouterBench table; default: the embedded demo data.")] = None,
     router: Annotated[str, typer.Option(help=f"One of: {', '.join(ROUTERS)}.")] = "best-route",
     out: Annotated[Path, typer.Option(help="Artifact file to write.")] = Path("router.bestroute"),
     features: Annotated[str, typer.Option(help="auto, static, minilm or lexical.")] = "auto",
     reference: Annotated[str | None, typer.Option(help="Reference model (default: best on validation).")] = None,
     max_n: Annotated[int, typer.Option("--max-n", help="Largest n of a best-of-n option.")] = 5,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    selector: Annotated[str, typer.Option(help="Best-of-n selector: consensus, majority, reward-model:PATH.")
+                        ] = "consensus",
 ) -> None:
     """Fit a router on the train split and save it as one artifact file."""
     try:
         if router not in ROUTERS:
             raise BestRouteError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
-        data = load_dataset(data_path)
+        data = load_dataset(data_path or demo_data_path())
         split = split_prompts(data.prompt_ids, seed=seed)
-        fitted = ROUTERS[router](features=features, reference=reference, max_n=max_n, seed=seed)
+        fitted = ROUTERS[router](features=features, reference=reference, max_n=max_n, seed=seed, selector=selector)
         fitted.fit(data, split.train, split.val)
         fitted.save(out)
     except BestRouteError as exc:
@@ -144,13 +147,15 @@ def eval_command(
     features: Annotated[str, typer.Option(help="auto, static, minilm or lexical.")] = "auto",
     max_n: Annotated[int, typer.Option("--max-n", help="Restrict options to n <= this.")] = 5,
     reference: Annotated[str | None, typer.Option(help="Reference model (default: best on validation).")] = None,
+    selector: Annotated[str, typer.Option(help="Best-of-n selector: consensus, majority, reward-model:PATH, "
+                                               "oracle (an upper bound).")] = "consensus",
 ) -> None:
     """Sweep each router's knob on the test split; write results.json and curves.png."""
     names = [n.strip() for item in (routers or DEFAULT_ROUTERS) for n in item.split(",") if n.strip()]
     try:
         data = load_dataset(data_path or demo_data_path())
         results = evaluate(data, routers=names, seed=seed, features=features, max_n=max_n,
-                           reference=reference, log=lambda m: typer.echo(m, err=True))
+                           reference=reference, selector=selector, log=lambda m: typer.echo(m, err=True))
         write_results(results, out)
     except BestRouteError as exc:
         _fail(exc)

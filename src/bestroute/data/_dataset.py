@@ -30,10 +30,12 @@ class RoutingDataset:
     output_tokens: np.ndarray  # (P, M, K)
     responses: np.ndarray  # (P, M, K) of str | None
     source: str = ""
+    reference_model: str | None = None  # named by the data; routers default to it
 
     @classmethod
     def from_records(cls, prompts: Sequence[PromptRecord], responses: Sequence[ResponseRecord],
-                     prices: dict[str, ModelPrice], *, source: str = "") -> "RoutingDataset":
+                     prices: dict[str, ModelPrice], *, source: str = "",
+                     reference_model: str | None = None) -> "RoutingDataset":
         if not prompts:
             raise DataError("no prompts", path=source)
         if not responses:
@@ -65,7 +67,7 @@ class RoutingDataset:
                    models=models, prices={m: prices[m] for m in models if m in prices},
                    quality=quality, input_cost=input_cost, output_cost=output_cost,
                    input_tokens=input_tokens, output_tokens=output_tokens, responses=texts,
-                   source=source)
+                   source=source, reference_model=reference_model)
 
     @property
     def n_prompts(self) -> int:

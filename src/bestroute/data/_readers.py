@@ -78,6 +78,15 @@ def _find_table(directory: Path, stem: str) -> Path:
                     path=str(directory))
 
 
+def read_reference(path: Path) -> str | None:
+    """The optional ``"reference"`` of ``models.json``: the large model the data compares against."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    reference = document.get("reference")
+    if reference is not None and reference not in document["models"]:
+        raise DataError(f"reference {reference!r} is not in models", path=str(path))
+    return reference
+
+
 def read_models(path: Path) -> dict[str, ModelPrice]:
     """Read ``models.json``: ``{"models": {name: {input_usd_per_mtok, output_usd_per_mtok}}}``."""
     try:
@@ -125,7 +134,8 @@ def read_native(directory: Path) -> RoutingDataset:
             raise DataError(f"duplicate response {key}", path=str(responses_path), line=line)
         keys.add(key)
         responses.append(record)
-    return RoutingDataset.from_records(prompts, responses, prices, source=str(directory))
+    return RoutingDataset.from_records(prompts, responses, prices, source=str(directory),
+                                       reference_model=read_reference(directory / "models.json"))
 
 
 def read_routerbench(path: Path) -> RoutingDataset:

@@ -41,7 +41,7 @@ def _grid(name: str) -> list[dict[str, Any]]:
 
 
 def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: int = 0,
-             features: str = "auto", max_n: int = 5, selector: str = "majority",
+             features: str = "auto", max_n: int = 5, selector: str = "consensus",
              reference: str | None = None, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Evaluate routers on ``data``; returns the document written to ``results.json``."""
     names = routers or DEFAULT_ROUTERS

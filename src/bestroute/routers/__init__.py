@@ -13,6 +13,7 @@ from ._baselines import (
 from ._best_route import BestRouteRouter
 from ._registry import ROUTERS
 from ._selection import (
+    Consensus,
     MajorityVote,
     Option,
     OptionOutcomes,
@@ -23,7 +24,7 @@ from ._selection import (
     soft_labels,
 )
 
-__all__ = ["ROUTERS", "BestRouteRouter", "CascadeRouter", "Decisions", "KNNRouter", "MFRouter",
+__all__ = ["ROUTERS", "BestRouteRouter", "CascadeRouter", "Consensus", "Decisions", "KNNRouter", "MFRouter",
            "MajorityVote", "NClassRouter", "NLabelRouter", "Option", "OptionOutcomes", "OracleRouter",
            "OracleSelector", "RandomRouter", "Router", "extract_answer", "load_router", "make_selector",
            "option_outcomes", "soft_labels"]

@@ -46,12 +46,13 @@ class Router:
     features : str
         Feature extractor: ``auto``, ``static``, ``minilm`` or ``lexical``.
     reference : str or None
-        The reference (large) model; None picks the best model on validation among those
-        that answered every prompt.
+        The reference (large) model; None takes the one the data names (``models.json``'s
+        ``reference``), else the best model on validation among those that answered every prompt.
     max_n : int
         Largest number of samples an option may draw.
     selector : str
-        How best-of-n keeps one response offline (``majority``; ``oracle`` is a bound).
+        How best-of-n keeps one response offline: ``consensus`` (default), ``majority``,
+        ``reward-model:PATH``; ``oracle`` is an upper bound, never a serving selector.
     seed : int
         Seed for anything random.
     """
@@ -61,7 +62,7 @@ class Router:
     uses_samples: ClassVar[bool] = False  # True: options (model, n) for n > 1 too
 
     def __init__(self, *, features: str = "auto", reference: str | None = None, max_n: int = 5,
-                 selector: str = "majority", seed: int = 0) -> None:
+                 selector: str = "consensus", seed: int = 0) -> None:
         self.features = features
         self.reference = reference
         self.max_n = max_n
@@ -78,7 +79,7 @@ class Router:
         self.extractor_ = extractor or make_extractor(self.features)
         x = features if features is not None else self.extractor_.transform(data.texts)
         chooser = val if val is not None and len(val) else train
-        self.reference_ = Option(self.reference or _best_complete_model(data, chooser))
+        self.reference_ = Option(self.reference or data.reference_model or _best_complete_model(data, chooser))
         data.model_index(self.reference_.model)
         self.options_ = self._make_options(data)
         self.outcomes_ = option_outcomes(data, self.options_, make_selector(self.selector))

@@ -1,9 +1,11 @@
 """Best-of-n selection and the soft labels and outcomes it leads to.
 
 A selector sees only the responses (and, for the oracle bound, their ground-truth quality).
-Each selector gives every sample a *key* and a *score*; within a subset the pick is the sample
-whose key is most common in the subset, then the highest score, then the earliest. Majority
-vote uses answer keys; a reward model unique keys and its scores.
+Each selector gives the samples an *agreement* matrix and a *score* each; within a subset the
+pick is the sample that agrees most with the subset, then the highest score, then the earliest.
+Majority vote: agreement 1 between equal final answers. Consensus (minimum Bayes risk): the
+token-F1 overlap of final answers, so free-text answers that say the same thing agree. A reward
+model or the oracle: no agreement, their scores.
 """
 
 import json
@@ -34,8 +36,10 @@ class Option:
 class Selector(Protocol):
     name: ClassVar[str]
 
-    def keys_scores(self, prompt: str, responses: list[str | None],
-                    quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def judge(self, prompt: str, responses: list[str | None],
+              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(agreement (k, k), scores (k,)) of the k samples."""
+        ...
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
@@ -73,16 +77,40 @@ def _normalise_answer(answer: str) -> str:
     return repr(int(value)) if value.is_integer() else repr(value)
 
 
+def _no_agreement(k: int) -> np.ndarray:
+    return np.zeros((k, k))
+
+
 class MajorityVote:
     """Pick the most common extracted final answer (ties: the earliest sample)."""
 
     name: ClassVar[str] = "majority"
 
-    def keys_scores(self, prompt: str, responses: list[str | None],
-                    quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def judge(self, prompt: str, responses: list[str | None],
+              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         answers = [extract_answer(r) for r in responses]
-        ids = {a: i for i, a in reversed(list(enumerate(answers)))}
-        return np.array([ids[a] for a in answers]), np.zeros(len(answers))
+        agreement = np.array([[float(a == b) for b in answers] for a in answers])
+        return agreement, np.zeros(len(answers))
+
+
+def _token_f1(a: list[str], b: list[str]) -> float:
+    if not a or not b:
+        return float(a == b)
+    common = sum(min(a.count(t), b.count(t)) for t in set(a))
+    return 2 * common / (len(a) + len(b))
+
+
+class Consensus:
+    """Minimum-Bayes-risk pick: the answer with the most token-F1 overlap with the others.
+    Equal to majority vote on exact answers; also works when answers are free text."""
+
+    name: ClassVar[str] = "consensus"
+
+    def judge(self, prompt: str, responses: list[str | None],
+              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tokens = [re.findall(r"\w+", extract_answer(r)) for r in responses]
+        agreement = np.array([[_token_f1(a, b) for b in tokens] for a in tokens])
+        return agreement, np.zeros(len(tokens))
 
 
 class OracleSelector:
@@ -90,9 +118,9 @@ class OracleSelector:
 
     name: ClassVar[str] = "oracle"
 
-    def keys_scores(self, prompt: str, responses: list[str | None],
-                    quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.arange(len(quality)), np.asarray(quality, dtype=float)
+    def judge(self, prompt: str, responses: list[str | None],
+              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _no_agreement(len(quality)), np.asarray(quality, dtype=float)
 
 
 class RewardModelSelector:
@@ -105,13 +133,13 @@ class RewardModelSelector:
 
         self.model = RewardModel.load(path)
 
-    def keys_scores(self, prompt: str, responses: list[str | None],
-                    quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def judge(self, prompt: str, responses: list[str | None],
+              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         texts = [r or "" for r in responses]
-        return np.arange(len(texts)), self.model.score([prompt] * len(texts), texts)
+        return _no_agreement(len(texts)), self.model.score([prompt] * len(texts), texts)
 
 
-SELECTORS: dict[str, type] = {s.name: s for s in (MajorityVote, OracleSelector)}
+SELECTORS: dict[str, type] = {s.name: s for s in (MajorityVote, Consensus, OracleSelector)}
 
 
 def make_selector(name: str) -> Selector:
@@ -123,11 +151,10 @@ def make_selector(name: str) -> Selector:
     return SELECTORS[name]()
 
 
-def pick(keys: np.ndarray, scores: np.ndarray, subset: np.ndarray) -> int:
+def pick(agreement: np.ndarray, scores: np.ndarray, subset: np.ndarray) -> int:
     """Index (into the samples) of the sample the selector keeps from ``subset``."""
-    k = keys[subset]
-    counts = (k[:, None] == k[None, :]).sum(axis=1)
-    order = np.lexsort((np.arange(len(subset)), -scores[subset], -counts))
+    support = agreement[np.ix_(subset, subset)].sum(axis=1)
+    order = np.lexsort((np.arange(len(subset)), -scores[subset], -support))
     return int(subset[order[0]])
 
 
@@ -138,8 +165,8 @@ def _subsets(k: int, n: int, *, max_subsets: int, rng: np.random.Generator) -> n
     return np.array([np.sort(rng.choice(k, size=n, replace=False)) for _ in range(max_subsets)])
 
 
-def _keys_scores(data: RoutingDataset, selector: Selector, i: int, j: int, k: int):
-    return selector.keys_scores(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k])
+def _judge(data: RoutingDataset, selector: Selector, i: int, j: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return selector.judge(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k])
 
 
 def soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], reference: Option,
@@ -163,8 +190,8 @@ def soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], r
             if k == 1:
                 labels[r, o] = float(np.mean(quality[0] >= ref_q))
                 continue
-            keys, scores = _keys_scores(data, selector, i, j, k)
-            picked = np.array([quality[pick(keys, scores, s)]
+            agreement, scores = _judge(data, selector, i, j, k)
+            picked = np.array([quality[pick(agreement, scores, s)]
                                for s in _subsets(k, option.n, max_subsets=max_subsets, rng=rng)])
             labels[r, o] = float(np.mean(picked[:, None] >= ref_q[None, :]))
     return labels
@@ -193,6 +220,6 @@ def option_outcomes(data: RoutingDataset, options: list[Option], selector: Selec
             continue
         subset = np.arange(option.n)
         for i in np.flatnonzero(ok):
-            keys, scores = _keys_scores(data, selector, i, j, option.n)
-            quality[i, o] = q[i, pick(keys, scores, subset)]
+            agreement, scores = _judge(data, selector, i, j, option.n)
+            quality[i, o] = q[i, pick(agreement, scores, subset)]
     return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality))

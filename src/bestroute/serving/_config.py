@@ -43,7 +43,7 @@ class BackendConfig(_Section):
 class SelectorConfig(_Section):
     """How best-of-n keeps one response."""
 
-    kind: Literal["majority", "reward", "reward-model", "judge"] = "majority"
+    kind: Literal["majority", "consensus", "reward", "reward-model", "judge"] = "consensus"
     url: str | None = Field(default=None, description="reward: POST {prompt, responses} -> {scores}")
     path: Path | None = Field(default=None, description="reward-model: artifact from `bestroute train-reward`")
     backend: str | None = Field(default=None, description="judge: the backend that judges")

@@ -6,7 +6,7 @@ from typing import Protocol
 import aiohttp
 import numpy as np
 
-from ..routers import MajorityVote
+from ..routers import make_selector
 from ..routers._selection import pick
 from ._config import SelectorConfig
 from ._upstream import Upstream, UpstreamError
@@ -18,14 +18,16 @@ class ServingSelector(Protocol):
     async def select(self, prompt: str, responses: list[str]) -> int: ...
 
 
-class MajoritySelector:
-    """Majority vote over extracted final answers; the same rule as offline label estimation."""
+class AgreementSelector:
+    """Majority vote or consensus over final answers: the same rules as offline label estimation."""
 
-    name = "majority"
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._rule = make_selector(name)
 
     async def select(self, prompt: str, responses: list[str]) -> int:
-        keys, scores = MajorityVote().keys_scores(prompt, list(responses), np.zeros(len(responses)))
-        return pick(keys, scores, np.arange(len(responses)))
+        agreement, scores = self._rule.judge(prompt, list(responses), np.zeros(len(responses)))
+        return pick(agreement, scores, np.arange(len(responses)))
 
 
 class RewardModelSelector:
@@ -100,4 +102,4 @@ def make_serving_selector(config: SelectorConfig, session: aiohttp.ClientSession
         return RewardModelSelector(str(config.path))
     if config.kind == "judge":
         return JudgeSelector(upstreams[config.backend or ""])
-    return MajoritySelector()
+    return AgreementSelector(config.kind)
