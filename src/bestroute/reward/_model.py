@@ -1,11 +1,11 @@
 """A proxy reward model, as BEST-Route trains one: a small CPU scorer of (prompt, response)."""
 
-import json
 from pathlib import Path
 from typing import Self
 
 import numpy as np
 
+from .._artifact import read_artifact, write_artifact
 from .._exceptions import ArtifactError, RouterError
 from ..data import RoutingDataset
 from ..features import FeatureExtractor, extractor_from_state, make_extractor
@@ -58,25 +58,17 @@ class RewardModel:
         meta, arrays = self.extractor_.state()
         document = {"kind": ARTIFACT_KIND, "version": 1, "params": {"features": self.features, "C": self.C},
                     "features": meta}
-        payload = {"meta": np.array(json.dumps(document)), "coef": self.coef_, "intercept": self.intercept_}
-        payload |= {f"features.{k}": v for k, v in arrays.items()}
-        with Path(path).open("wb") as handle:
-            np.savez_compressed(handle, **payload)
+        write_artifact(path, document, {"features": arrays,
+                                        "state": {"coef": self.coef_, "intercept": self.intercept_}})
 
     @classmethod
     def load(cls, path: str | Path) -> "RewardModel":
-        try:
-            with np.load(Path(path), allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-            document = json.loads(str(arrays.pop("meta")))
-        except (OSError, ValueError, KeyError) as exc:
-            raise ArtifactError(f"{path}: not a reward-model artifact ({exc})") from exc
+        document, arrays = read_artifact(path, "reward-model")
         if document.get("kind") != ARTIFACT_KIND:
             raise ArtifactError(f"{path}: not a reward-model artifact")
         model = cls(**document["params"])
-        model.extractor_ = extractor_from_state(
-            document["features"], {k[9:]: v for k, v in arrays.items() if k.startswith("features.")})
-        model.coef_, model.intercept_ = arrays["coef"], arrays["intercept"]
+        model.extractor_ = extractor_from_state(document["features"], arrays.get("features", {}))
+        model.coef_, model.intercept_ = arrays["state"]["coef"], arrays["state"]["intercept"]
         return model
 
 

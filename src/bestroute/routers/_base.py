@@ -1,12 +1,12 @@
 """The router interface shared by BEST-Route and the baselines."""
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from .._artifact import read_artifact, write_artifact
 from .._exceptions import ArtifactError, RouterError
 from ..data import RoutingDataset
 from ..features import FeatureExtractor, extractor_from_state, make_extractor
@@ -194,15 +194,10 @@ class Router:
             "option_cost": self.option_cost_.tolist(), "active": self.active_.tolist(), "table": table_to_json(self.table_),
             "features": feature_meta, "state": meta,
         }
-        payload = {"meta": np.array(json.dumps(document))}
-        payload |= {f"features.{k}": v for k, v in feature_arrays.items()}
-        payload |= {f"state.{k}": v for k, v in arrays.items()}
-        path = Path(path)
-        with path.open("wb") as handle:
-            np.savez_compressed(handle, **payload)
+        write_artifact(path, document, {"features": feature_arrays, "state": arrays})
 
     @classmethod
-    def _load(cls, document: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Router":
+    def _load(cls, document: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> "Router":
         router = cls(**document["params"])
         router.options_ = [Option(m, int(n)) for m, n in document["options"]]
         router.reference_ = Option(document["reference"])
@@ -210,9 +205,8 @@ class Router:
         router.option_cost_ = np.array(document["option_cost"], dtype=float)
         router.active_ = np.array(document["active"], dtype=bool)
         router.table_ = table_from_json(document["table"])
-        router.extractor_ = extractor_from_state(
-            document["features"], {k[9:]: v for k, v in arrays.items() if k.startswith("features.")})
-        router._load_state(document["state"], {k[6:]: v for k, v in arrays.items() if k.startswith("state.")})
+        router.extractor_ = extractor_from_state(document["features"], arrays.get("features", {}))
+        router._load_state(document["state"], arrays.get("state", {}))
         return router
 
     def _params(self) -> dict[str, Any]:
@@ -239,12 +233,7 @@ def load_router(path: str | Path) -> Router:
     """Load any router saved with :meth:`Router.save`."""
     from ._registry import ROUTERS
 
-    try:
-        with np.load(Path(path), allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-        document = json.loads(str(arrays.pop("meta")))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ArtifactError(f"{path}: not a bestroute router artifact ({exc})") from exc
+    document, arrays = read_artifact(path, "bestroute router")
     if document.get("version") != ARTIFACT_VERSION:
         raise ArtifactError(f"{path}: artifact version {document.get('version')} is not supported "
                             f"(this bestroute reads version {ARTIFACT_VERSION})")
