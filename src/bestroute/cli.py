@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._exceptions import BestRouteError
-from .data import demo_data_path, load_dataset, split_prompts
+from .data import RoutingDataset, Split, demo_data_path, load_dataset, split_prompts
 from .evaluation import DEFAULT_ROUTERS, evaluate, markdown_table, write_results
 from .routers import ROUTERS, load_router
 
@@ -24,6 +24,20 @@ app.add_typer(log_app, name="log")
 console = Console()
 
 DataPath = Annotated[Path, typer.Option("--data", help="Routing-data directory or RouterBench table.")]
+
+
+SELECTOR_HELP = ("Best-of-n selector: auto (consensus, or a reward model fitted on the train split if it "
+                 "picks better on validation), consensus, majority, reward-model:PATH.")
+
+
+def _resolve_selector(selector: str, data: RoutingDataset, split: Split, reward_model_path: Path,
+                      features: str) -> tuple[str, dict[str, float]]:
+    if selector != "auto":
+        return selector, {}
+    from .reward import choose_selector
+
+    reward_model_path.parent.mkdir(parents=True, exist_ok=True)
+    return choose_selector(data, split, reward_model_path.resolve(), features=features)
 
 
 def _fail(exc: Exception) -> None:
@@ -63,8 +77,7 @@ def train(
     reference: Annotated[str | None, typer.Option(help="Reference model (default: best on validation).")] = None,
     max_n: Annotated[int, typer.Option("--max-n", help="Largest n of a best-of-n option.")] = 5,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
-    selector: Annotated[str, typer.Option(help="Best-of-n selector: consensus, majority, reward-model:PATH.")
-                        ] = "consensus",
+    selector: Annotated[str, typer.Option(help=SELECTOR_HELP)] = "auto",
 ) -> None:
     """Fit a router on the train split and save it as one artifact file."""
     try:
@@ -72,6 +85,7 @@ def train(
             raise BestRouteError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
         data = load_dataset(data_path or demo_data_path())
         split = split_prompts(data.prompt_ids, seed=seed)
+        selector, _ = _resolve_selector(selector, data, split, out.with_suffix(".reward.bestroute"), features)
         fitted = ROUTERS[router](features=features, reference=reference, max_n=max_n, seed=seed, selector=selector)
         fitted.fit(data, split.train, split.val)
         fitted.save(out)
@@ -147,15 +161,18 @@ def eval_command(
     features: Annotated[str, typer.Option(help="auto, static, minilm or lexical.")] = "auto",
     max_n: Annotated[int, typer.Option("--max-n", help="Restrict options to n <= this.")] = 5,
     reference: Annotated[str | None, typer.Option(help="Reference model (default: best on validation).")] = None,
-    selector: Annotated[str, typer.Option(help="Best-of-n selector: consensus, majority, reward-model:PATH, "
-                                               "oracle (an upper bound).")] = "consensus",
+    selector: Annotated[str, typer.Option(help=SELECTOR_HELP + " Also: oracle (an upper bound).")] = "auto",
 ) -> None:
     """Sweep each router's knob on the test split; write results.json and curves.png."""
     names = [n.strip() for item in (routers or DEFAULT_ROUTERS) for n in item.split(",") if n.strip()]
     try:
         data = load_dataset(data_path or demo_data_path())
+        split = split_prompts(data.prompt_ids, seed=seed)
+        selector, choice = _resolve_selector(selector, data, split, out / "reward.bestroute", features)
         results = evaluate(data, routers=names, seed=seed, features=features, max_n=max_n,
                            reference=reference, selector=selector, log=lambda m: typer.echo(m, err=True))
+        if choice:
+            results["selector_validation_quality"] = choice
         write_results(results, out)
     except BestRouteError as exc:
         _fail(exc)

@@ -78,8 +78,11 @@ def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: in
             reference_info = _reference(router, split)
             results["reference"] = reference_info
             results["single_models"] = _single_models(router, data, split)
-        points = _curve(router.sweep(data, split.test, x[split.test]))
+        decisions = router.sweep(data, split.test, x[split.test])
+        points = _curve(decisions)
         entry = _metrics(router, points, split, reference_info)
+        best_of_n = np.array([o.n > 1 for o in router.options_])
+        entry["best_of_n_share"] = [round(float(best_of_n[d.option].mean()), 4) for d in decisions]
         entry |= {"params": params, "val_auc": val_auc, "options": len(router.options_),
                   "decision_latency_ms_p50": _latency_ms(router, [data.texts[i] for i in split.test[:50]])}
         results["routers"][name] = entry
@@ -144,12 +147,16 @@ def markdown_table(results: dict[str, Any]) -> str:
     ref = results["reference"]
     lines = [f"Reference: {ref['model']} — quality {ref['quality']:.4f}, ${ref['cost_per_1k']:.3f} per 1k prompts",
              "",
-             "| router | AUC | cost reduction at 1% drop | quality at reference cost | vs reference | p50 ms |",
-             "|---|---|---|---|---|---|"]
+             f"Best-of-n selector: {results['selector']}",
+             "",
+             ("| router | AUC | cost reduction at 1% drop | quality at reference cost | vs reference | "
+              "most best-of-n | p50 ms |"),
+             "|---|---|---|---|---|---|---|"]
     for name, r in results["routers"].items():
         latency = "—" if r["decision_latency_ms_p50"] is None else f"{r['decision_latency_ms_p50']:.2f}"
         lines.append(f"| {name} | {r['auc']:.4f} | {r['cost_reduction_at_1pct_drop']:.3f} | "
-                     f"{r['quality_at_reference_cost']:.4f} | {r['quality_gain_at_reference_cost']:+.4f} | {latency} |")
+                     f"{r['quality_at_reference_cost']:.4f} | {r['quality_gain_at_reference_cost']:+.4f} | "
+                     f"{max(r['best_of_n_share']):.0%} | {latency} |")
     return "\n".join(lines)
 
 

@@ -146,7 +146,9 @@ class StaticEmbedder:
             tokenizer_json, table = distill_static_table()
         self._tokenizer_json = tokenizer_json
         self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        # The packaged tokenizer pads to 128 tokens; the mean must see only the prompt's tokens.
         self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
         self._table = np.asarray(table, dtype=np.float32)
 
     def transform(self, texts: list[str]) -> np.ndarray:

@@ -21,10 +21,11 @@ from ._selection import (
     extract_answer,
     make_selector,
     option_outcomes,
+    selected_quality,
     soft_labels,
 )
 
 __all__ = ["ROUTERS", "BestRouteRouter", "CascadeRouter", "Consensus", "Decisions", "KNNRouter", "MFRouter",
            "MajorityVote", "NClassRouter", "NLabelRouter", "Option", "OptionOutcomes", "OracleRouter",
            "OracleSelector", "RandomRouter", "Router", "extract_answer", "load_router", "make_selector",
-           "option_outcomes", "soft_labels"]
+           "option_outcomes", "selected_quality", "soft_labels"]

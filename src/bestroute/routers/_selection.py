@@ -165,6 +165,19 @@ def _subsets(k: int, n: int, *, max_subsets: int, rng: np.random.Generator) -> n
     return np.array([np.sort(rng.choice(k, size=n, replace=False)) for _ in range(max_subsets)])
 
 
+def selected_quality(data: RoutingDataset, rows: np.ndarray, selector: Selector) -> float:
+    """How well ``selector`` picks: the mean quality of the sample it keeps from all of a model's
+    samples, over the (prompt, model) pairs of ``rows`` that have at least two; NaN if none do."""
+    kept = []
+    for i in rows:
+        for j in range(len(data.models)):
+            k = int((~np.isnan(data.quality[i, j])).cumprod().sum())  # samples are numbered from 0
+            if k >= 2:
+                agreement, scores = _judge(data, selector, i, j, k)
+                kept.append(data.quality[i, j, pick(agreement, scores, np.arange(k))])
+    return float(np.mean(kept)) if kept else float("nan")
+
+
 def _judge(data: RoutingDataset, selector: Selector, i: int, j: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return selector.judge(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k])
 

@@ -3,9 +3,10 @@ waits for the database, and drained completely on a clean shutdown."""
 
 import gzip
 import json
-import queue
+import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,12 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 from .._exceptions import BestRouteError
 from ._config import GatewayConfig
+
+_logger = logging.getLogger(__name__)
 
 metadata = MetaData()
 
@@ -61,9 +65,6 @@ feedback = Table(
     Column("created_at", Float, nullable=False),
 )
 
-_STOP = object()
-
-
 def _sqlite_wal(connection: Any, _: Any) -> None:
     # WAL with synchronous=NORMAL: a commit does not fsync, readers never block the writer,
     # and a crash loses at most the last transactions, never the file.
@@ -72,8 +73,9 @@ def _sqlite_wal(connection: Any, _: Any) -> None:
 
 
 class DecisionLog:
-    """Queue rows from the event loop; a thread inserts them in batches, at most
-    ``batch_window_s`` after they were queued."""
+    """Rows are appended in the event loop; a thread inserts what has accumulated every
+    ``batch_window_s``. It wakes on a timer, not per row, so under load it takes the GIL
+    a few times a second rather than once per request."""
 
     def __init__(self, url: str, *, batch_window_s: float = 0.05) -> None:
         self.batch_window_s = batch_window_s
@@ -81,43 +83,43 @@ class DecisionLog:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_wal)
         metadata.create_all(self.engine)
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._pending: deque[dict[str, Any]] = deque()
+        self._writing = threading.Lock()  # one batch at a time, from the thread or from flush()
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
 
     def write(self, row: dict[str, Any]) -> None:
-        self._queue.put(row)
+        self._pending.append(row)  # atomic; never blocks the event loop
 
     def flush(self) -> None:
-        """Block until every row queued so far is in the database."""
-        self._queue.join()
+        """Block until every row written so far is in the database."""
+        self._drain()
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        self._closing.set()
         self._thread.join()
         self.engine.dispose()
 
     def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            # Gather what arrives in the next moment too: one transaction per batch keeps the
-            # writer's share of the GIL (and the database's commits) small under load.
-            deadline = time.monotonic() + self.batch_window_s
-            while len(batch) < 1000 and batch[-1] is not _STOP:
-                try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            rows = [r for r in batch if r is not _STOP]
-            try:
-                if rows:
-                    with self.engine.begin() as connection:
-                        connection.execute(insert(decisions), rows)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-            if len(rows) != len(batch):
+        while not self._closing.wait(self.batch_window_s):
+            self._drain(keep_on_error=True)
+        self._drain()
+
+    def _drain(self, *, keep_on_error: bool = False) -> None:
+        with self._writing:
+            rows = [self._pending.popleft() for _ in range(len(self._pending))]
+            if not rows:
                 return
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(insert(decisions), rows)
+            except SQLAlchemyError as exc:
+                if not keep_on_error:
+                    raise
+                # The database is away: keep the rows, in order, for the next window.
+                self._pending.extendleft(reversed(rows))
+                _logger.warning("decision log: %d rows wait for the database (%s)", len(rows), type(exc).__name__)
 
     def exists(self, decision_id: str) -> bool:
         with self.engine.connect() as connection:

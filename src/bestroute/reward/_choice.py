@@ -1,0 +1,39 @@
+"""Choose the best-of-n selector on validation: consensus, or a proxy reward model fitted on
+the training prompts."""
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data import RoutingDataset, Split
+from ..features import FeatureExtractor
+from ..routers import make_selector, selected_quality
+from ._model import RewardModel
+
+CONSENSUS = "consensus"
+
+
+def choose_selector(data: RoutingDataset, split: Split, reward_model_path: Path, *, features: str = "auto",
+                    extractor: FeatureExtractor | None = None) -> tuple[str, dict[str, float]]:
+    """The selector whose kept samples score higher on the validation prompts.
+
+    Data with one sample per prompt and model needs no selector: consensus is returned. Else a
+    reward model is fitted on ``split.train`` and saved to ``reward_model_path``, and it is kept
+    only if it picks better samples than consensus on ``split.val`` (ties go to consensus).
+
+    Returns
+    -------
+    selector : str
+        ``"consensus"`` or ``"reward-model:PATH"``, as routers and the gateway take it.
+    validation_quality : dict
+        Mean quality of the kept sample on validation, per candidate.
+    """
+    multi_sample = (~np.isnan(data.quality[:, :, 1:])).any() if data.quality.shape[2] > 1 else False
+    has_texts = any(r is not None for r in data.responses[split.train].ravel())
+    if not multi_sample or not has_texts:
+        return CONSENSUS, {}
+    RewardModel(features=features).fit(data, split.train, extractor=extractor).save(reward_model_path)
+    candidates = [CONSENSUS, f"reward-model:{reward_model_path}"]
+    quality = {name: selected_quality(data, split.val, make_selector(name)) for name in candidates}
+    best = max(candidates, key=lambda name: quality[name])  # the first of equals: consensus
+    return best, {name.split(":", 1)[0]: round(q, 6) for name, q in quality.items()}
