@@ -229,6 +229,38 @@ def local_serve(
         _fail(exc)
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for the router, evaluation, config and decision log.")
+                   ] = Path("bestroute-demo"),
+    port: Annotated[int, typer.Option(help="Port of the gateway.")] = 8000,
+    once: Annotated[bool, typer.Option("--once", help="Stop after answering the demo questions.")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads per local model server.")] = 1,
+) -> None:
+    """The whole loop offline: train and evaluate BEST-Route on the embedded data, serve the local
+    models behind the gateway, and ask it questions with the openai client."""
+    from .local import LoopSettings, ask, start, train_and_evaluate
+
+    settings = LoopSettings(out=out, port=port, threads=threads)
+    try:
+        artifact, selector, threshold = train_and_evaluate(settings, typer.echo)
+        loop = start(settings, artifact, selector, threshold, typer.echo)
+    except BestRouteError as exc:
+        _fail(exc)
+    try:
+        ask(loop, settings, typer.echo)
+        if not once:
+            typer.echo(f"\nThe gateway keeps serving at {loop.gateway_url} (model \"bestroute\"); "
+                       "Ctrl-C stops it and the local models.")
+            loop.wait()
+    except BestRouteError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.stop()
+
+
 @local_app.command("list")
 def local_list() -> None:
     """Packaged models and whether they are installed."""

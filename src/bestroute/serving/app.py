@@ -6,6 +6,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -17,8 +18,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._exceptions import ConfigError
-from ..routers import load_router
-from ._config import GatewayConfig
+from ..routers import Router, load_router
+from ._config import GatewayConfig, SelectorConfig
 from ._errors import (
     ClientDisconnected,
     GatewayError,
@@ -43,6 +44,17 @@ def _error(status: int, message: str, type_: str, param: str | None = None, code
     return JSONResponse(body.model_dump(), status_code=status)
 
 
+def _selector_of(router: Router) -> SelectorConfig:
+    """The selector the router's labels were estimated with, where the gateway can run it: best
+    of n is then picked online the way it was scored offline."""
+    kind, _, path = router.selector.partition(":")
+    if kind == "reward-model" and path:
+        return SelectorConfig(kind="reward-model", path=Path(path))
+    if kind in ("consensus", "majority"):
+        return SelectorConfig(kind=kind)
+    return SelectorConfig()
+
+
 def create_app(config: GatewayConfig) -> FastAPI:
     """Build the gateway; backends, router and decision log are opened at start-up."""
     if config.router is None:
@@ -52,6 +64,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
     if router.reference_.model not in {b.name for b in config.backends}:
         raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
+    if "selector" not in config.model_fields_set:
+        config = config.model_copy(update={"selector": _selector_of(router)})
     client_keys = [k.encode() for k in config.client_keys()]
     backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
     metrics = GatewayMetrics()
