@@ -401,3 +401,20 @@ def test_trained_reward_model_selector(tmp_path, artifact, multisample_dir):
         answer, _ = ask(client, "bestroute:0.95")
         assert answer.choices[0].message.content == '{"reasoning": "...", "answer": "42"}'
         assert answer.model_extra["bestroute"]["selector"] == "reward-model"
+
+
+def test_without_a_selector_the_gateway_uses_the_routers_own(tmp_path, multisample_dir):
+    data = load_dataset(multisample_dir)
+    split = split_prompts(data.prompt_ids)
+    model_path = tmp_path / "reward.bestroute"
+    RewardModel(features="lexical", C=10.0).fit(data, split.train).save(model_path)
+    router_path = tmp_path / "router.bestroute"
+    BestRouteRouter(features="lexical", max_n=3, prune_dominated=False, selector=f"reward-model:{model_path}").fit(
+        data, split.train, split.val).save(router_path)
+    small = Script(answers=["I think 3", '{"reasoning": "...", "answer": "42"}', "I think 3"])
+    with upstream(small) as s, upstream(Script()) as b, \
+            gateway(tmp_path, router_path, {"small": s.url, "big": b.url}) as (_, client):
+        answer, headers = ask(client, "bestroute:0.95")
+        assert headers["x-bestroute-n"] == "3"
+        assert answer.model_extra["bestroute"]["selector"] == "reward-model"
+        assert answer.choices[0].message.content == '{"reasoning": "...", "answer": "42"}'

@@ -4,10 +4,18 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import write_native
 
 from bestroute import ArtifactError, load_dataset, split_prompts
-from bestroute.reward import RewardModel, pairwise_accuracy
-from bestroute.routers import MajorityVote, Option, OracleSelector, make_selector, soft_labels
+from bestroute.reward import RewardModel, choose_selector, pairwise_accuracy
+from bestroute.routers import (
+    MajorityVote,
+    Option,
+    OracleSelector,
+    make_selector,
+    selected_quality,
+    soft_labels,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +70,55 @@ def test_cli_train_reward_reports_accuracy(multisample_dir, tmp_path):
     report = json.loads(done.stdout.splitlines()[-1].split(": ", 1)[1])
     assert set(report) == {"reward_model", "majority_vote", "random", "pairs"}
     assert (tmp_path / "r.bestroute").stat().st_size > 0
+
+
+def _data_where_the_majority_is_wrong(directory):
+    """Model "small" answers 7, 7, then the right 42 with its working; "big" is the reference."""
+    prompts, responses = [], []
+    for i in range(50):
+        prompts.append({"prompt_id": f"q{i}", "prompt": f"What is six times seven? (case {i})"})
+        for sample, (text, quality) in enumerate([("7", 0.0), ("7", 0.0),
+                                                  ("six times seven is 42 because 6 x 7 = 42", 1.0)]):
+            responses.append({"prompt_id": f"q{i}", "model": "small", "sample": sample, "quality": quality,
+                              "input_tokens": 10, "output_tokens": 5, "response": text})
+        responses.append({"prompt_id": f"q{i}", "model": "big", "quality": 1.0, "input_tokens": 10,
+                          "output_tokens": 20, "response": "42"})
+    models = {"small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
+              "big": {"input_usd_per_mtok": 5.0, "output_usd_per_mtok": 15.0}}
+    return load_dataset(write_native(directory, prompts, responses, models))
+
+
+def test_choose_selector_keeps_the_reward_model_where_it_picks_better(tmp_path):
+    data = _data_where_the_majority_is_wrong(tmp_path / "data")
+    split = split_prompts(data.prompt_ids)
+    selector, quality = choose_selector(data, split, tmp_path / "r.bestroute", features="lexical")
+    assert selector == f"reward-model:{tmp_path / 'r.bestroute'}"
+    assert quality == {"consensus": 0.0, "reward-model": 1.0}  # consensus keeps the agreeing 7s
+    assert selected_quality(data, split.val, make_selector(selector)) == 1.0
+
+
+def test_choose_selector_prefers_consensus_on_ties_and_single_samples(tmp_path, multisample_dir, subset_dir):
+    data = load_dataset(multisample_dir)  # every selector keeps a 42 here
+    selector, quality = choose_selector(data, split_prompts(data.prompt_ids), tmp_path / "r.bestroute",
+                                        features="lexical")
+    assert selector == "consensus" and quality["consensus"] == quality["reward-model"]
+    single = load_dataset(subset_dir)  # one sample per prompt and model: nothing to select
+    assert choose_selector(single, split_prompts(single.prompt_ids), tmp_path / "s.bestroute") == ("consensus", {})
+    assert not (tmp_path / "s.bestroute").exists()
+
+
+def test_cli_eval_chooses_the_selector_and_reports_best_of_n_use(tmp_path):
+    directory = tmp_path / "data"
+    _data_where_the_majority_is_wrong(directory)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "bestroute", "eval", "--data", str(directory), "--out", str(out),
+                           "--features", "lexical", "--routers", "best-route", "--max-n", "3"],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["selector"] == f"reward-model:{(out / 'reward.bestroute').resolve()}"
+    assert results["selector_validation_quality"] == {"consensus": 0.0, "reward-model": 1.0}
+    # Best of 3 from the cheap model is as good as the reference, so the router uses it.
+    share = results["routers"]["best-route"]["best_of_n_share"]
+    assert len(share) == len(results["routers"]["best-route"]["curve"]) and max(share) == 1.0
+    assert "| best-route |" in done.stdout and "100% |" in done.stdout
