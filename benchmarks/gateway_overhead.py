@@ -2,7 +2,7 @@
 fixed request rate, and best-of-5 wall time against one sample on an upstream that serves
 requests concurrently. Prints the figures as one JSON object on its last line.
 
-    python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30]
+    python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30] [--blocks 6]
 
 Three processes on loopback: the upstream (a minimal OpenAI-compatible server), the gateway
 (`bestroute serve`, routing every request with a BEST-Route artifact) and this load generator.
@@ -161,7 +161,8 @@ async def _wall(url: str, body: dict, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=30.0, help="per phase (direct, through the gateway)")
+    parser.add_argument("--blocks", type=int, default=6, help="alternating blocks each phase is cut into")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,8 +194,15 @@ def main() -> None:
             if uvloop is not None:  # a lighter event loop keeps the load generator's own delay small
                 asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
             asyncio.run(_load(gateway_url, "bestroute:0", args.rate, 2))  # warm-up
-            direct, direct_errors = asyncio.run(_load(direct_url, "small", args.rate, args.seconds))
-            routed, routed_errors = asyncio.run(_load(gateway_url, "bestroute:0", args.rate, args.seconds))
+            # Both phases alternate in blocks, so drift in the machine's speed (a shared VM's
+            # varies by a millisecond between minutes) falls on both alike.
+            direct, routed, direct_errors, routed_errors = [], [], 0, 0
+            block = args.seconds / args.blocks
+            for _ in range(args.blocks):
+                latencies, errors = asyncio.run(_load(direct_url, "small", args.rate, block))
+                direct, direct_errors = direct + latencies, direct_errors + errors
+                latencies, errors = asyncio.run(_load(gateway_url, "bestroute:0", args.rate, block))
+                routed, routed_errors = routed + latencies, routed_errors + errors
             single = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow"}, 10))
             best_of_5 = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow", "n": 5}, 10))
         finally:

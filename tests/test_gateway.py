@@ -418,3 +418,22 @@ def test_without_a_selector_the_gateway_uses_the_routers_own(tmp_path, multisamp
         assert headers["x-bestroute-n"] == "3"
         assert answer.model_extra["bestroute"]["selector"] == "reward-model"
         assert answer.choices[0].message.content == '{"reasoning": "...", "answer": "42"}'
+
+
+def test_decision_log_keeps_rows_while_the_database_is_away(tmp_path):
+    from bestroute.serving._log import DecisionLog, metadata
+
+    url = f"sqlite:///{tmp_path}/log.db"
+    log = DecisionLog(url, batch_window_s=0.01)
+    row = {"created_at": 1.0, "prompt_hash": "h", "requested_model": "bestroute", "latency_ms": 1.0, "status": 200}
+    log.write(row | {"id": "a"})
+    log.flush()
+    with sqlite3.connect(tmp_path / "log.db") as db:  # the table disappears under the writer
+        db.execute("DROP TABLE decisions")
+    log.write(row | {"id": "b"})
+    log.write(row | {"id": "c"})
+    time.sleep(0.1)  # several windows fail; the rows wait in order
+    metadata.create_all(log.engine)
+    log.close()  # drains what waited
+    with sqlite3.connect(tmp_path / "log.db") as db:
+        assert [r[0] for r in db.execute("SELECT id FROM decisions ORDER BY rowid")] == ["b", "c"]

@@ -115,3 +115,23 @@ def test_unknown_reference_and_bad_artifact(subset, tmp_path):
     bad.write_bytes(b"not an artifact")
     with pytest.raises(ArtifactError, match="not a bestroute router artifact"):
         load_router(bad)
+
+
+@pytest.mark.parametrize("name", ["best-route", "n-label"])  # the threshold rule and the cost-penalty rule
+def test_the_gateways_fallback_order_starts_with_the_routers_decision(name, subset):
+    from bestroute.policy import fallback_order
+
+    data, split = subset
+    router = ROUTERS[name](features="lexical").fit(data, split.train, split.val)
+    scores = router.predict([data.texts[i] for i in split.test])
+    rng = np.random.default_rng(0)
+    for knob in router.knob_grid()[::10]:
+        available = router.active_ & (rng.random(len(router.options_)) < 0.7)
+        available[router.reference_index_] = True
+        decided = router.decide(scores, float(knob), available[None, :])
+        for row, choice in zip(scores, decided, strict=True):
+            order = fallback_order(row, float(knob), threshold_rule=router.knob == "threshold",
+                                   option_cost=router.option_cost_, reference=router.reference_index_,
+                                   available=available)
+            assert order[0] == choice
+            assert sorted(order) == list(np.flatnonzero(available))  # every available option, once

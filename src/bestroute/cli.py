@@ -195,7 +195,8 @@ def serve(
         gateway = create_app(load_config(config))
     except BestRouteError as exc:
         _fail(exc)
-    uvicorn.run(gateway, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    # Access lines are off (the decision log records every request); warnings and errors still print.
+    uvicorn.run(gateway, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
 
 
 @log_app.command("export")

@@ -24,22 +24,28 @@ def best_value(scores: np.ndarray, penalty: float, option_cost: np.ndarray, refe
 
 
 def fallback_order(scores: np.ndarray, knob: float, *, threshold_rule: bool, option_cost: np.ndarray,
-                   reference: int, first: int, available: np.ndarray) -> list[int]:
-    """All available options of one prompt, best first: the decision ``first``, then (threshold
-    rule) the other options scoring >= the knob from cheapest up, the reference, the rest by
-    score; (cost-penalty rule) the rest by penalised value."""
-    rest = [o for o in np.flatnonzero(available) if o != first]
+                   reference: int, available: np.ndarray) -> list[int]:
+    """All available options of one prompt, best first; the first is the decision.
+
+    Threshold rule: the options scoring >= the knob from cheapest up (``cheapest_above``'s
+    choice first), then the reference, then the rest by score. Cost-penalty rule: all by
+    penalised value (``best_value``'s choice first). Ties keep index order, as argmin/argmax do.
+    Plain Python over one prompt's options: the serving path, where each array operation costs
+    more than the whole sort.
+    """
+    values, costs = scores.tolist(), option_cost.tolist()
+    candidates = [o for o, ok in enumerate(available.tolist()) if ok]
     if threshold_rule:
         def rank(o: int) -> tuple[int, float]:
-            if scores[o] >= knob:
-                return 0, float(option_cost[o])
-            return (1, 0.0) if o == reference else (2, -float(scores[o]))
+            if values[o] >= knob:
+                return 0, costs[o]
+            return (1, 0.0) if o == reference else (2, -values[o])
     else:
-        value = scores - knob * option_cost / option_cost[reference]
+        reference_cost = costs[reference]
 
         def rank(o: int) -> tuple[int, float]:
-            return 0, -float(value[o])
-    return [first] + sorted(rest, key=rank)
+            return 0, -(values[o] - knob * costs[o] / reference_cost)
+    return sorted(candidates, key=rank)
 
 
 THRESHOLD_GRID = np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.geomspace(1e-4, 5e-3, 20)]))

@@ -4,7 +4,8 @@ import asyncio
 import gc
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from .._exceptions import ConfigError
 from ..routers import Router, load_router
@@ -37,6 +39,8 @@ from .protocol import ChatCompletionRequest, ErrorBody, ErrorResponse, FeedbackR
 from .serving import ROUTED_MODEL, ChatService
 
 T = TypeVar("T")
+CHAT_PATH = "/v1/chat/completions"
+_logger = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None) -> JSONResponse:
@@ -55,7 +59,32 @@ def _selector_of(router: Router) -> SelectorConfig:
     return SelectorConfig()
 
 
-def create_app(config: GatewayConfig) -> FastAPI:
+class Gateway:
+    """The ASGI app. ``POST /v1/chat/completions`` goes straight to its handler; everything else,
+    start-up and shutdown included, goes through FastAPI. The hot path so skips the framework's
+    middleware layers: at a few hundred requests a second each layer runs from a cold CPU cache,
+    and together they cost a few tenths of a millisecond per request on a 2-core VM."""
+
+    def __init__(self, app: FastAPI, chat: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app = app
+        self._chat = chat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == CHAT_PATH:
+            request = Request(scope, receive)
+            try:
+                response = await self._chat(request)
+            except GatewayError as exc:
+                response = _error(exc.status, exc.message, exc.type, exc.param, exc.code)
+            except Exception:
+                _logger.exception("chat completion failed")
+                response = _error(500, "internal error", "server_error")  # no stack trace leaves the process
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(config: GatewayConfig) -> Gateway:
     """Build the gateway; backends, router and decision log are opened at start-up."""
     if config.router is None:
         raise ConfigError("the configuration names no router artifact (key: router)")
@@ -146,7 +175,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             return _validation_response(exc.errors())
         if len(chat.messages) > config.limits.max_messages:
             raise PayloadTooLarge(f"at most {config.limits.max_messages} messages per request", param="messages")
-        service: ChatService = request.app.state.service
+        service: ChatService = app.state.service
         plan = service.plan(chat)
         if chat.stream:
             outcome, chunks = await _unless_disconnected(request, service.stream(chat, plan))
@@ -154,8 +183,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         body, outcome = await _unless_disconnected(request, service.complete(chat, plan))
         return JSONResponse(body, headers=outcome.headers())
 
-    # A plain Starlette route: the hot path needs no dependency injection or response model.
-    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    # Registered for other methods' 405; POSTs take the Gateway's direct path.
+    app.add_route(CHAT_PATH, chat_completions, methods=["POST"])
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -187,7 +216,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def metrics_endpoint() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return Gateway(app, chat_completions)
 
 
 def _validation_response(errors: list[Any]) -> JSONResponse:

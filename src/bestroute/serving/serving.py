@@ -89,9 +89,11 @@ class ChatService:
                  selector: ServingSelector, log: DecisionLog, metrics: GatewayMetrics) -> None:
         self.config, self.router, self.upstreams = config, router, upstreams
         self.selector, self.log, self.metrics = selector, log, metrics
-        # Options the gateway can serve: a backend is configured and allows that many samples.
-        self._servable = np.array([
+        # Options the gateway can serve: active in the router, a backend is configured and allows
+        # that many samples.
+        self._available = router.active_ & np.array([
             o.model in upstreams and o.n <= upstreams[o.model].config.max_n for o in router.options_])
+        self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._default_knob = config.threshold if config.threshold is not None else router.default_knob()
 
     # ------------------------------------------------------------------ planning
@@ -128,17 +130,15 @@ class ChatService:
     def _route(self, request: ChatCompletionRequest, knob: float) -> Plan:
         tic = time.perf_counter()
         scores = self.router.predict([request.prompt_text()])[0]
-        available = self._servable & self.router.active_
-        first = int(self.router.decide(scores[None, :], knob, available[None, :])[0])
+        # The order's first option is the router's decision (``Router.decide``'s rule).
         order = fallback_order(scores, knob, threshold_rule=self.router.knob == "threshold",
                                option_cost=self.router.option_cost_, reference=self.router.reference_index_,
-                               first=first, available=available)
+                               available=self._available)
         self.metrics.routing_seconds.observe(time.perf_counter() - tic)
-        options = self.router.options_
+        options, values = self.router.options_, scores.tolist()
         return Plan(attempts=[Attempt(self.upstreams[options[o].model], options[o].n, options[o].label)
                               for o in order],
-                    threshold=knob, scores={options[o].label: round(float(scores[o]), 6)
-                                            for o in np.flatnonzero(available)})
+                    threshold=knob, scores={label: round(values[o], 6) for label, o in self._labels})
 
     def _attempts(self, outcome: Outcome) -> Iterator[Attempt]:
         """Options in plan order, skipping backends whose circuit is open or that already failed."""
