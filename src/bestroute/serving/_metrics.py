@@ -1,6 +1,7 @@
 """Prometheus metrics of one gateway (its own registry, so several apps can live in one process)."""
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -22,6 +23,7 @@ class GatewayMetrics:
         self.upstream_failures = Counter("bestroute_upstream_failures_total",
                                          "Backend calls that failed after retries", ["backend"],
                                          registry=self.registry)
+        self._children: dict[tuple[str, int, int], tuple[Any, ...]] = {}
         self.circuit_open = Gauge("bestroute_circuit_open", "1 while a backend's circuit is open", ["backend"],
                                   registry=self.registry)
 
@@ -30,11 +32,19 @@ class GatewayMetrics:
 
     def observe(self, *, model: str, n: int, status: int, seconds: float, prompt_tokens: int,
                 completion_tokens: int, cost_usd: float) -> None:
-        self.requests.labels(model=model, n=str(n), status=str(status)).inc()
-        self.latency.labels(model=model).observe(seconds)
-        self.tokens.labels(model=model, kind="prompt").inc(prompt_tokens)
-        self.tokens.labels(model=model, kind="completion").inc(completion_tokens)
-        self.cost.labels(model=model).inc(cost_usd)
+        key = (model, n, status)
+        children = self._children.get(key)
+        if children is None:  # labels() is the slow part of an update; its children are kept
+            children = self._children[key] = (
+                self.requests.labels(model=model, n=str(n), status=str(status)), self.latency.labels(model=model),
+                self.tokens.labels(model=model, kind="prompt"), self.tokens.labels(model=model, kind="completion"),
+                self.cost.labels(model=model))
+        requests, latency, prompt, completion, cost = children
+        requests.inc()
+        latency.observe(seconds)
+        prompt.inc(prompt_tokens)
+        completion.inc(completion_tokens)
+        cost.inc(cost_usd)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
