@@ -437,3 +437,48 @@ def test_decision_log_keeps_rows_while_the_database_is_away(tmp_path):
     log.close()  # drains what waited
     with sqlite3.connect(tmp_path / "log.db") as db:
         assert [r[0] for r in db.execute("SELECT id FROM decisions ORDER BY rowid")] == ["b", "c"]
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory) -> Iterator[str]:
+    """A real PostgreSQL server (pgserver ships its binaries in a wheel)."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    server.cleanup()
+
+
+def test_replicas_share_a_postgresql_decision_log(tmp_path, artifact, postgres_url):
+    import sqlalchemy
+
+    log = {"url": postgres_url, "store_prompts": True}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with upstream(Script(answers=["42"])) as s, upstream(Script(answers=["big"])) as b:
+        backends = {"small": s.url, "big": b.url}
+        with gateway(tmp_path / "a", artifact, backends, decision_log=log) as (replica_a, client_a), \
+                gateway(tmp_path / "b", artifact, backends, decision_log=log) as (replica_b, client_b):
+            first, _ = ask(client_a, "bestroute:0", text="What is six times seven?")
+            second, _ = ask(client_b, "bestroute:1", text="Name the answer to everything.")
+            # Feedback may reach a replica other than the one that answered.
+            feedback = httpx.post(replica_b.url + "/v1/feedback", json={"id": first.id, "quality": 0.5})
+            assert feedback.status_code == 200, feedback.text
+            assert httpx.post(replica_a.url + "/v1/feedback", json={"id": "nope", "quality": 1}).status_code == 404
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.connect() as connection:
+        logged = {r.id: r for r in connection.execute(sqlalchemy.text("SELECT * FROM decisions"))}
+    engine.dispose()
+    assert {first.id, second.id} <= set(logged)
+    assert logged[first.id].model == "small" and logged[second.id].model == "big"
+    assert logged[first.id].scores and logged[first.id].prompt == "What is six times seven?"
+    from typer.testing import CliRunner
+
+    from bestroute.cli import app
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["log", "export", "--config", str(tmp_path / "a" / "gateway.yaml"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    exported = load_dataset(out)
+    assert first.id in exported.prompt_ids and second.id not in exported.prompt_ids
+    assert exported.quality[exported.prompt_ids.index(first.id), 0, 0] == 0.5

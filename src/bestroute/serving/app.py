@@ -5,6 +5,7 @@ import gc
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -40,6 +41,7 @@ from .serving import ROUTED_MODEL, ChatService
 
 T = TypeVar("T")
 CHAT_PATH = "/v1/chat/completions"
+FEEDBACK_WAIT_S = 1.0  # for a decision logged by another replica sharing the database
 _logger = logging.getLogger(__name__)
 
 
@@ -200,9 +202,13 @@ def create_app(config: GatewayConfig) -> Gateway:
         except ValidationError as exc:
             return _validation_response(exc.errors())
         log: DecisionLog = request.app.state.service.log
-        await asyncio.to_thread(log.flush)  # the decision may still be queued
-        if not await asyncio.to_thread(log.exists, feedback.id):
-            raise ModelNotFound(f"no request with id {feedback.id!r}", param="id")
+        await asyncio.to_thread(log.flush)  # the decision may still be queued here
+        # ... or in another replica's writer, which commits within its batch window.
+        deadline = time.monotonic() + FEEDBACK_WAIT_S
+        while not await asyncio.to_thread(log.exists, feedback.id):
+            if time.monotonic() > deadline:
+                raise ModelNotFound(f"no request with id {feedback.id!r}", param="id")
+            await asyncio.sleep(0.05)
         await asyncio.to_thread(log.add_feedback, feedback.id, feedback.quality, feedback.comment)
         return {"id": feedback.id, "object": "feedback", "status": "recorded"}
 
