@@ -179,3 +179,26 @@ def test_sigkill_mid_run_then_resume_gives_every_sample_exactly_once(tmp_path):
     keys = _keys(out)
     assert len(keys) == len(set(keys)) == 120
     assert set(keys) == set(_keys(tmp_path / "whole"))
+
+
+def test_likelihood_scorer_with_a_real_local_model(tmp_path):
+    upstream = ServerThread(fake_upstream(Script(answers=["The capital of France is Paris.",
+                                                          "The capital of France is Berlin."]))).start()
+    try:
+        config = _config(tmp_path / "c.yaml", {"a": upstream.url})
+        prompts = tmp_path / "p.jsonl"
+        prompts.write_text(json.dumps({"prompt_id": "q", "prompt": "What is the capital of France?"}) + "\n")
+        done = _collect("--prompts", str(prompts), "--config", str(config), "--out", str(tmp_path / "r"),
+                        "--samples", "2", "--scorer", "likelihood", "--likelihood-model", "smollm2-135m",
+                        "--concurrency", "1")
+        assert done.returncode == 0, done.stderr
+        rows = {json.loads(line)["response"]: json.loads(line)["quality"]
+                for line in (tmp_path / "r" / "responses.jsonl").open()}
+        # SmolLM2 finds the right answer far likelier than the wrong one; both are probabilities.
+        assert 0 < rows["The capital of France is Berlin."] < rows["The capital of France is Paris."] <= 1
+        bad = _collect("--prompts", str(prompts), "--config", str(config), "--out", str(tmp_path / "x"),
+                       "--scorer", "likelihood", "--likelihood-model", "no-such-model")
+        assert bad.returncode == 2 and "unknown local model 'no-such-model'" in bad.stderr
+        assert bad.stderr.count("\n") == 1
+    finally:
+        upstream.stop()

@@ -288,10 +288,13 @@ def collect(
     rate: Annotated[float | None, typer.Option(help="Requests started per second per backend.")] = None,
     budget_usd: Annotated[float | None, typer.Option(help="Stop after spending this many USD.")] = None,
     budget_tokens: Annotated[int | None, typer.Option(help="Stop after this many tokens.")] = None,
-    scorer: Annotated[str, typer.Option(help="reference, reward or judge.")] = "reference",
+    scorer: Annotated[str, typer.Option(help="reference, reward, judge or likelihood.")] = "reference",
     check: Annotated[str, typer.Option(help="Reference check for prompts that name none.")] = "exact",
     reward_url: Annotated[str | None, typer.Option(help="Reward-model endpoint (scorer reward).")] = None,
     judge: Annotated[str | None, typer.Option(help="Backend that judges (scorer judge).")] = None,
+    likelihood_model: Annotated[str, typer.Option(
+        help="Local model whose mean log-likelihood scores (scorer likelihood): smollm2-135m, gemma3-270m "
+             "or a .gguf path.")] = "smollm2-135m",
 ) -> None:
     """Sample k responses per prompt and model, score them and write routing data."""
     import asyncio
@@ -312,7 +315,7 @@ def collect(
         samples=samples, temperature=temperature, max_tokens=max_tokens,
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None, concurrency=concurrency,
         rate_per_s=rate, budget_usd=budget_usd, budget_tokens=budget_tokens, scorer=scorer, check=check,
-        reward_url=reward_url, judge=judge)
+        reward_url=reward_url, judge=judge, likelihood_model=likelihood_model)
     try:
         gateway_config = load_config(config)
         settings.check_against(gateway_config)

@@ -20,7 +20,15 @@ from .._exceptions import ConfigError, DataError
 from ..data import iter_rows
 from ..serving._config import GatewayConfig
 from ..serving._upstream import CircuitBreaker, Upstream, UpstreamError
-from ._scorers import CHECKS, JudgeScorer, ReferenceScorer, RewardScorer, Scorer
+from ._scorers import (
+    CHECKS,
+    SCORERS,
+    JudgeScorer,
+    LikelihoodScorer,
+    ReferenceScorer,
+    RewardScorer,
+    Scorer,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +47,7 @@ class CollectSettings:
     check: str = "exact"  # the reference check of prompts that name none
     reward_url: str | None = None
     judge: str | None = None
+    likelihood_model: str = "smollm2-135m"  # scorer likelihood: a packaged local model or a .gguf path
 
     def check_against(self, config: GatewayConfig) -> list[str]:
         """Raise ConfigError for settings that cannot work; return the backends to sample."""
@@ -46,10 +55,14 @@ class CollectSettings:
             raise ConfigError("samples, concurrency and max_tokens must be at least 1")
         if self.check not in CHECKS:
             raise ConfigError(f"unknown check {self.check!r}; choose one of {', '.join(CHECKS)}")
-        if self.scorer not in ("reference", "reward", "judge"):
-            raise ConfigError(f"unknown scorer {self.scorer!r}; choose reference, reward or judge")
+        if self.scorer not in SCORERS:
+            raise ConfigError(f"unknown scorer {self.scorer!r}; choose {', '.join(SCORERS)}")
         if self.scorer == "reward" and not self.reward_url:
             raise ConfigError("the reward scorer needs --reward-url")
+        if self.scorer == "likelihood":
+            from ..local import model_path
+
+            model_path(self.likelihood_model)  # an unknown model or missing file fails here, not mid-run
         if self.scorer == "judge" and config.backend(self.judge or "") is None:
             raise ConfigError(f"the judge scorer needs --judge naming a configured backend, got {self.judge!r}")
         names = self.models or [b.name for b in config.backends]
@@ -146,6 +159,8 @@ def _scorer(settings: CollectSettings, session: aiohttp.ClientSession, upstreams
         return RewardScorer(settings.reward_url or "", session)
     if settings.scorer == "judge":
         return JudgeScorer(upstreams[settings.judge or ""])
+    if settings.scorer == "likelihood":
+        return LikelihoodScorer(settings.likelihood_model)
     return ReferenceScorer(settings.check)
 
 

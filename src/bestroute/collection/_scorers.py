@@ -1,17 +1,21 @@
 """Scorers: the quality in [0, 1] of one response to one prompt."""
 
 import ast
+import asyncio
 import json
 import re
+import threading
 from typing import Any, Protocol
 
 import aiohttp
+import numpy as np
 
 from .._exceptions import ConfigError
 from ..routers import extract_answer
 from ..serving._upstream import Upstream, UpstreamError
 
 CHECKS = ("numeric", "exact", "literal", "regex", "contains", "yesno")
+SCORERS = ("reference", "reward", "judge", "likelihood")
 
 
 class Scorer(Protocol):
@@ -130,3 +134,63 @@ class JudgeScorer:
         if found is None:
             raise UpstreamError(self.judge.name, "the judge gave no rating")
         return min(10.0, float(found.group())) / 10.0
+
+
+class LikelihoodScorer:
+    """A local model's mean log-likelihood of the response given the prompt, reported as the
+    geometric-mean token probability exp(mean log p), in (0, 1]. The prompt goes through the
+    model's chat template as a user turn; llama.cpp runs in-process (the ``local`` extra).
+
+    Parameters
+    ----------
+    model : str
+        A packaged local model (``bestroute local list``) or a .gguf path.
+    threads : int
+        CPU threads for llama.cpp.
+    context : int
+        Longest prompt plus response in tokens; longer pairs are an error.
+    """
+
+    name = "likelihood"
+
+    def __init__(self, model: str, *, threads: int = 2, context: int = 2048) -> None:
+        try:
+            from llama_cpp import Llama
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:
+            raise ConfigError("the likelihood scorer needs the local extra (see scripts/install.sh)") from exc
+        from ..local import model_path
+
+        self.context = context
+        # logits_all: llama.cpp keeps every position's logits, not only the last one's.
+        self._llm = Llama(model_path=str(model_path(model)), n_ctx=context, n_threads=threads, logits_all=True,
+                          verbose=False)
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        special = {name: self._llm.detokenize([token], special=True).decode(errors="replace")
+                   for name, token in (("eos", self._llm.token_eos()), ("bos", self._llm.token_bos()))}
+        self._template = (Jinja2ChatFormatter(template, eos_token=special["eos"], bos_token=special["bos"])
+                          if template else None)
+        self._lock = threading.Lock()  # one llama.cpp context, scored one pair at a time
+
+    async def score(self, prompt: dict[str, Any], response: str) -> float:
+        return await asyncio.to_thread(self.likelihood, prompt["prompt"], response)
+
+    def likelihood(self, prompt: str, response: str) -> float:
+        context = (self._template(messages=[{"role": "user", "content": prompt}]).prompt if self._template
+                   else prompt + "\n")
+        with self._lock:
+            prefix = self._llm.tokenize(context.encode(), add_bos=self._template is None, special=True)
+            tokens = self._llm.tokenize(response.encode(), add_bos=False, special=False)
+            if not tokens:
+                return 0.0
+            if len(prefix) + len(tokens) > self.context:
+                raise ConfigError(f"prompt and response take {len(prefix) + len(tokens)} tokens; the likelihood "
+                                  f"scorer's context is {self.context}")
+            self._llm.reset()
+            self._llm.eval(prefix + tokens)
+            # Row i holds the logits that predict token i + 1.
+            logits = np.asarray(self._llm.scores[len(prefix) - 1: len(prefix) + len(tokens) - 1], dtype=np.float64)
+        top = logits.max(axis=1)
+        log_normaliser = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        log_probs = logits[np.arange(len(tokens)), tokens] - log_normaliser
+        return float(np.exp(log_probs.mean()))
