@@ -2,7 +2,7 @@
 fixed request rate, and best-of-5 wall time against one sample on an upstream that serves
 requests concurrently. Prints the figures as one JSON object on its last line.
 
-    python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30] [--blocks 6]
+    python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30] [--blocks 6] [--no-pin]
 
 Three processes on loopback: the upstream (a minimal OpenAI-compatible server), the gateway
 (`bestroute serve`, routing every request with a BEST-Route artifact) and this load generator.
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=30.0, help="per phase (direct, through the gateway)")
     parser.add_argument("--blocks", type=int, default=6, help="alternating blocks each phase is cut into")
+    parser.add_argument("--no-pin", action="store_true", help="leave the processes wherever the scheduler puts them")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,7 +189,8 @@ def main() -> None:
             for port, process in ((fast_port, processes[0]), (slow_port, processes[1]),
                                   (gateway_port, processes[2])):
                 _wait(f"http://127.0.0.1:{port}/", process)
-            _pin(processes)
+            if not args.no_pin:
+                _pin(processes)
             direct_url = f"http://127.0.0.1:{fast_port}/v1/chat/completions"
             gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
             if uvloop is not None:  # a lighter event loop keeps the load generator's own delay small
