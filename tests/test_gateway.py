@@ -418,6 +418,11 @@ def test_without_a_selector_the_gateway_uses_the_routers_own(tmp_path, multisamp
         assert headers["x-bestroute-n"] == "3"
         assert answer.model_extra["bestroute"]["selector"] == "reward-model"
         assert answer.choices[0].message.content == '{"reasoning": "...", "answer": "42"}'
+    model_path.unlink()  # the router's reward model went missing: a clear start-up error
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({"router": str(router_path), "backends": [
+        {"name": "small", "base_url": "http://127.0.0.1:9/v1"}, {"name": "big", "base_url": "http://127.0.0.1:9/v1"}]}))
+    with pytest.raises(ConfigError, match="trained with the reward model .* does not exist"):
+        create_app(load_config(tmp_path / "gateway.yaml"))
 
 
 def test_decision_log_keeps_rows_while_the_database_is_away(tmp_path):

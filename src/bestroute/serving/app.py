@@ -55,6 +55,9 @@ def _selector_of(router: Router) -> SelectorConfig:
     of n is then picked online the way it was scored offline."""
     kind, _, path = router.selector.partition(":")
     if kind == "reward-model" and path:
+        if not Path(path).is_file():
+            raise ConfigError(f"the router was trained with the reward model {path}, which does not exist; "
+                              "restore it or set `selector` in the configuration")
         return SelectorConfig(kind="reward-model", path=Path(path))
     if kind in ("consensus", "majority"):
         return SelectorConfig(kind=kind)
