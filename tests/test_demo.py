@@ -31,3 +31,17 @@ def test_demo_trains_evaluates_and_answers_through_the_gateway(tmp_path):
     assert {r[1] for r in rows} <= {"smollm2-135m", "gemma3-270m"}
     assert max(r[2] for r in rows) > 1
     assert "by reward-model" in run.stdout
+
+
+def test_demo_fails_fast_on_a_taken_port(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "bestroute", "demo", "--once", "--out", str(tmp_path / "d"),
+                              "--port", str(port)], check=False, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr == f"error: port {port} is in use; choose another with --port\n"
+    assert not (tmp_path / "d").exists()  # nothing was trained or written

@@ -244,6 +244,7 @@ def demo(
 
     settings = LoopSettings(out=out, port=port, threads=threads)
     try:
+        settings.check()
         artifact, selector, threshold = train_and_evaluate(settings, typer.echo)
         loop = start(settings, artifact, selector, threshold, typer.echo)
     except BestRouteError as exc:

@@ -42,6 +42,14 @@ class LoopSettings:
     questions: tuple[str, ...] = DEMO_QUESTIONS
     startup_timeout_s: float = 300.0  # Gemma's file is assembled from package chunks on first use
 
+    def check(self) -> None:
+        """Fail before any work if the gateway's port is taken."""
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError:
+                raise ConfigError(f"port {self.port} is in use; choose another with --port") from None
+
 
 @dataclass
 class Loop:
