@@ -19,8 +19,8 @@ class RewardModel:
     """Pointwise logistic scorer of response quality from prompt and response features.
 
     Features: the prompt's and the response's embeddings, their elementwise product (how the
-    response relates to this prompt), and the response's length. Trained on every sampled
-    response of the training prompts with its quality as a soft label.
+    response relates to this prompt), and the response's length. Trained on the sampled
+    responses of the training prompts with their quality as soft labels.
 
     Parameters
     ----------
@@ -28,14 +28,23 @@ class RewardModel:
         Feature extractor name (see :func:`bestroute.features.make_extractor`).
     C : float
         Inverse L2 strength.
+    max_responses : int
+        At most this many responses, drawn at random, train the model.
+    seed : int
+        Seed of that draw.
     """
 
-    def __init__(self, *, features: str = "auto", C: float = 1.0) -> None:
+    def __init__(self, *, features: str = "auto", C: float = 1.0, max_responses: int = 50_000,
+                 seed: int = 0) -> None:
         self.features = features
         self.C = C
+        self.max_responses = max_responses
+        self.seed = seed
 
     def _features(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        p = self.extractor_.transform(prompts)
+        # Prompts repeat (one per sampled response): embed each distinct one once.
+        distinct, index = np.unique(np.array(prompts, dtype=object), return_inverse=True)
+        p = self.extractor_.transform(list(distinct))[index]
         r = self.extractor_.transform(responses)
         length = np.log1p([len(x) for x in responses])[:, None] / 10
         return np.hstack([p, r, p * r * 10, length])
@@ -45,18 +54,27 @@ class RewardModel:
         prompts, responses, quality = _pairs(data, rows)
         if not responses:
             raise RouterError("no response texts in the training prompts: the data has no `response` field")
+        if len(responses) > self.max_responses:  # a random subset keeps big data quick to fit
+            keep = np.sort(np.random.default_rng(self.seed).choice(len(responses), self.max_responses, replace=False))
+            prompts, responses, quality = ([prompts[t] for t in keep], [responses[t] for t in keep],
+                                           [quality[t] for t in keep])
         self.coef_, self.intercept_ = fit_soft_heads(self._features(prompts, responses),
                                                      np.array(quality)[:, None], C=self.C)
         return self
 
-    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+    def score(self, prompts: list[str], responses: list[str], *, chunk: int = 20_000) -> np.ndarray:
+        """Predicted quality of each (prompt, response), in chunks that bound the memory."""
         if not hasattr(self, "coef_"):
             raise RouterError("the reward model is not fitted")
-        return apply_heads(self._features(list(prompts), list(responses)), self.coef_, self.intercept_)[:, 0]
+        prompts, responses = list(prompts), list(responses)
+        parts = [apply_heads(self._features(prompts[at:at + chunk], responses[at:at + chunk]),
+                             self.coef_, self.intercept_)[:, 0] for at in range(0, len(responses), chunk)]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def save(self, path: str | Path) -> None:
         meta, arrays = self.extractor_.state()
-        document = {"kind": ARTIFACT_KIND, "version": 1, "params": {"features": self.features, "C": self.C},
+        params = {"features": self.features, "C": self.C, "max_responses": self.max_responses, "seed": self.seed}
+        document = {"kind": ARTIFACT_KIND, "version": 1, "params": params,
                     "features": meta}
         write_artifact(path, document, {"features": arrays,
                                         "state": {"coef": self.coef_, "intercept": self.intercept_}})

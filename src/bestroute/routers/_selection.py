@@ -8,12 +8,14 @@ token-F1 overlap of final answers, so free-text answers that say the same thing 
 model or the oracle: no agreement, their scores.
 """
 
+import functools
 import json
 import math
 import re
+import weakref
 from dataclasses import dataclass
 from itertools import combinations
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -38,7 +40,9 @@ class Selector(Protocol):
 
     def judge(self, prompt: str, responses: list[str | None],
               quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(agreement (k, k), scores (k,)) of the k samples."""
+        """(agreement (k, k), scores (k,)) of the k samples. Two samples' agreement and one
+        sample's score must not depend on the other samples: every subset's judgment is then a
+        slice of the judgment of all samples, which is made once (see ``_judgment``)."""
         ...
 
 
@@ -138,12 +142,23 @@ class RewardModelSelector:
         texts = [r or "" for r in responses]
         return _no_agreement(len(texts)), self.model.score([prompt] * len(texts), texts)
 
+    def judge_dataset(self, data: RoutingDataset) -> np.ndarray:
+        """Scores of every scored sample of ``data`` (P, M, K; NaN elsewhere) in one batch:
+        embedding texts in bulk is far faster than one prompt's samples at a time."""
+        where = np.argwhere(~np.isnan(data.quality))
+        scores = np.full(data.quality.shape, np.nan)
+        scores[tuple(where.T)] = self.model.score([data.texts[i] for i in where[:, 0]],
+                                                  [data.responses[i, j, k] or "" for i, j, k in where])
+        return scores
+
 
 SELECTORS: dict[str, type] = {s.name: s for s in (MajorityVote, Consensus, OracleSelector)}
 
 
+@functools.cache
 def make_selector(name: str) -> Selector:
-    """``majority``, ``oracle``, or ``reward-model:PATH`` (a reward-model artifact)."""
+    """``majority``, ``oracle``, or ``reward-model:PATH`` (a reward-model artifact). One instance
+    per name, so the judgments made with it are shared by every router fitted in the process."""
     if name.startswith(RewardModelSelector.name + ":"):
         return RewardModelSelector(name.split(":", 1)[1])
     if name not in SELECTORS:
@@ -173,13 +188,37 @@ def selected_quality(data: RoutingDataset, rows: np.ndarray, selector: Selector)
         for j in range(len(data.models)):
             k = int((~np.isnan(data.quality[i, j])).cumprod().sum())  # samples are numbered from 0
             if k >= 2:
-                agreement, scores = _judge(data, selector, i, j, k)
+                agreement, scores = _judgment(data, selector, i, j)
                 kept.append(data.quality[i, j, pick(agreement, scores, np.arange(k))])
     return float(np.mean(kept)) if kept else float("nan")
 
 
-def _judge(data: RoutingDataset, selector: Selector, i: int, j: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return selector.judge(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k])
+_JUDGMENTS: dict[tuple[int, int], dict[Any, Any]] = {}
+
+
+def _memo(data: RoutingDataset, selector: Selector) -> dict[Any, Any]:
+    """What was computed from ``data`` with ``selector`` in this process: judgments, outcomes
+    and labels, shared by every router fitted on the data (an evaluation fits several per
+    router to choose hyperparameters) and forgotten with the dataset."""
+    key = (id(data), id(selector))
+    memo = _JUDGMENTS.get(key)
+    if memo is None:
+        memo = _JUDGMENTS[key] = {}
+        weakref.finalize(data, _JUDGMENTS.pop, key, None)
+        if hasattr(selector, "judge_dataset"):  # a pointwise scorer that is faster in bulk
+            memo["all"] = selector.judge_dataset(data)
+    return memo
+
+
+def _judgment(data: RoutingDataset, selector: Selector, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """The selector's judgment of all samples of prompt i from model j, made once: every subset's
+    judgment is a slice of it."""
+    memo = _memo(data, selector)
+    if (i, j) not in memo:
+        k = int((~np.isnan(data.quality[i, j])).cumprod().sum())  # samples are numbered from 0
+        memo[i, j] = ((_no_agreement(k), memo["all"][i, j, :k]) if "all" in memo else
+                      selector.judge(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k]))
+    return memo[i, j]
 
 
 def soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], reference: Option,
@@ -188,6 +227,15 @@ def soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], r
     model's samples (exact when they are few, bootstrap otherwise) and over the reference's
     samples that the selected response's quality is >= the reference response's quality.
     NaN where the model lacks the samples."""
+    key = ("labels", tuple(options), reference, np.asarray(rows).tobytes(), max_subsets, seed)
+    memo = _memo(data, selector)
+    if key not in memo:
+        memo[key] = _soft_labels(data, rows, options, reference, selector, max_subsets=max_subsets, seed=seed)
+    return memo[key].copy()
+
+
+def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], reference: Option,
+                 selector: Selector, *, max_subsets: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     ref_j = data.model_index(reference.model)
     labels = np.full((len(rows), len(options)), np.nan)
@@ -195,7 +243,7 @@ def soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], r
         j = data.model_index(option.model)
         for r, i in enumerate(rows):
             quality = data.quality[i, j]
-            k = int((~np.isnan(quality)).sum())
+            k = int((~np.isnan(quality)).cumprod().sum())  # samples are numbered from 0
             ref_q = data.quality[i, ref_j]
             ref_q = ref_q[~np.isnan(ref_q)]
             if k < option.n or ref_q.size == 0:
@@ -203,7 +251,7 @@ def soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], r
             if k == 1:
                 labels[r, o] = float(np.mean(quality[0] >= ref_q))
                 continue
-            agreement, scores = _judge(data, selector, i, j, k)
+            agreement, scores = _judgment(data, selector, i, j)
             picked = np.array([quality[pick(agreement, scores, s)]
                                for s in _subsets(k, option.n, max_subsets=max_subsets, rng=rng)])
             labels[r, o] = float(np.mean(picked[:, None] >= ref_q[None, :]))
@@ -221,6 +269,14 @@ class OptionOutcomes:
 
 
 def option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector) -> OptionOutcomes:
+    memo = _memo(data, selector)
+    key = ("outcomes", tuple(options))
+    if key not in memo:
+        memo[key] = _option_outcomes(data, options, selector)
+    return memo[key]
+
+
+def _option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector) -> OptionOutcomes:
     shape = (data.n_prompts, len(options))
     quality, cost = np.full(shape, np.nan), np.full(shape, np.nan)
     for o, option in enumerate(options):
@@ -233,6 +289,6 @@ def option_outcomes(data: RoutingDataset, options: list[Option], selector: Selec
             continue
         subset = np.arange(option.n)
         for i in np.flatnonzero(ok):
-            agreement, scores = _judge(data, selector, i, j, option.n)
+            agreement, scores = _judgment(data, selector, i, j)
             quality[i, o] = q[i, pick(agreement, scores, subset)]
     return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality))
