@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -122,3 +123,18 @@ def test_cli_eval_chooses_the_selector_and_reports_best_of_n_use(tmp_path):
     share = results["routers"]["best-route"]["best_of_n_share"]
     assert len(share) == len(results["routers"]["best-route"]["curve"]) and max(share) == 1.0
     assert "| best-route |" in done.stdout and "100% |" in done.stdout
+
+
+def test_a_rewritten_reward_model_file_is_loaded_anew(tmp_path):
+    data = _data_where_the_majority_is_wrong(tmp_path / "data")
+    split = split_prompts(data.prompt_ids)
+    path = tmp_path / "r.bestroute"
+    RewardModel(features="lexical", C=10.0).fit(data, split.train).save(path)
+    first = make_selector(f"reward-model:{path}")
+    assert make_selector(f"reward-model:{path}") is first  # judgments made with it are shared
+    time.sleep(0.01)
+    RewardModel(features="lexical", C=0.01).fit(data, split.train).save(path)
+    second = make_selector(f"reward-model:{path}")
+    assert second is not first and second.model.C == 0.01
+    with pytest.raises(ArtifactError):
+        make_selector(f"reward-model:{tmp_path / 'missing.bestroute'}")

@@ -11,6 +11,7 @@ model or the oracle: no agreement, their scores.
 import functools
 import json
 import math
+import os
 import re
 import weakref
 from dataclasses import dataclass
@@ -155,14 +156,27 @@ class RewardModelSelector:
 SELECTORS: dict[str, type] = {s.name: s for s in (MajorityVote, Consensus, OracleSelector)}
 
 
-@functools.cache
 def make_selector(name: str) -> Selector:
     """``majority``, ``oracle``, or ``reward-model:PATH`` (a reward-model artifact). One instance
-    per name, so the judgments made with it are shared by every router fitted in the process."""
+    per name (and per version of the artifact's file), so the judgments made with it are shared
+    by every router fitted in the process."""
     if name.startswith(RewardModelSelector.name + ":"):
-        return RewardModelSelector(name.split(":", 1)[1])
+        path = name.split(":", 1)[1]
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return RewardModelSelector(path)  # raises the artifact error that says what is wrong
+        return _selector(name, stat.st_mtime_ns, stat.st_size)
     if name not in SELECTORS:
         raise RouterError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)} or reward-model:PATH")
+    return _selector(name, 0, 0)
+
+
+@functools.cache
+def _selector(name: str, mtime_ns: int, size: int) -> Selector:
+    # A rewritten reward-model file has another mtime and size, so it is loaded anew.
+    if name.startswith(RewardModelSelector.name + ":"):
+        return RewardModelSelector(name.split(":", 1)[1])
     return SELECTORS[name]()
 
 
