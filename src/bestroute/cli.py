@@ -245,8 +245,9 @@ def demo(
     settings = LoopSettings(out=out, port=port, threads=threads)
     try:
         settings.check()
-        artifact, selector, threshold = train_and_evaluate(settings, typer.echo)
-        loop = start(settings, artifact, selector, threshold, typer.echo)
+        data = load_dataset(demo_data_path())
+        artifact, selector, threshold = train_and_evaluate(data, settings, typer.echo)
+        loop = start(data, settings, artifact, selector, threshold, typer.echo)
     except BestRouteError as exc:
         _fail(exc)
     try:

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import yaml
 
 from .._exceptions import ConfigError
-from ..data import RoutingDataset, demo_data_path, load_dataset, split_prompts
+from ..data import RoutingDataset, split_prompts
 from ..evaluation import evaluate, markdown_table, write_results
 from ..reward import choose_selector
 from ..routers import BestRouteRouter
@@ -71,10 +72,10 @@ class Loop:
                 process.kill()
 
 
-def train_and_evaluate(settings: LoopSettings, echo: Callable[[str], None]) -> tuple[Path, str, float]:
-    """Fit the router (and its selector) on the embedded data and evaluate it against the same
-    router restricted to n = 1. Returns the artifact, the selector and the serving threshold."""
-    data = load_dataset(demo_data_path())
+def train_and_evaluate(data: RoutingDataset, settings: LoopSettings,
+                       echo: Callable[[str], None]) -> tuple[Path, str, float]:
+    """Fit the router (and its selector) on ``data`` and evaluate it against the same router
+    restricted to n = 1. Returns the artifact, the selector and the serving threshold."""
     split = split_prompts(data.prompt_ids)
     settings.out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
@@ -83,7 +84,7 @@ def train_and_evaluate(settings: LoopSettings, echo: Callable[[str], None]) -> t
     router = BestRouteRouter(max_n=settings.max_n, selector=selector).fit(data, split.train, split.val)
     artifact = settings.out / "router.bestroute"
     router.save(artifact)
-    threshold = _threshold_at_reference_cost(router, data, split.val)
+    threshold = _threshold_at_reference_cost(router, split.val)
     echo(f"trained best-route: {len(router.options_)} options, reference {router.reference_.model}, "
          f"serving threshold {threshold:g} ({time.perf_counter() - tic:.0f}s)")
     for max_n, name in ((settings.max_n, "eval"), (1, "eval-n1")):
@@ -94,16 +95,15 @@ def train_and_evaluate(settings: LoopSettings, echo: Callable[[str], None]) -> t
     return artifact, selector, threshold
 
 
-def _threshold_at_reference_cost(router: BestRouteRouter, data: RoutingDataset, rows: Any) -> float:
+def _threshold_at_reference_cost(router: BestRouteRouter, rows: np.ndarray) -> float:
     """The validation operating point of highest quality that costs no more than the reference."""
     reference_cost = float(router.outcomes_.cost[rows, router.reference_index_].mean() * 1000)
     return router.knob_for(max_cost_per_1k=reference_cost)
 
 
-def start(settings: LoopSettings, artifact: Path, selector: str, threshold: float,
+def start(data: RoutingDataset, settings: LoopSettings, artifact: Path, selector: str, threshold: float,
           echo: Callable[[str], None]) -> Loop:
-    """Start one llama.cpp server per model of the embedded data, then the gateway over them."""
-    data = load_dataset(demo_data_path())
+    """Start one llama.cpp server per model of ``data`` (local models), then the gateway over them."""
     loop = Loop(gateway_url=f"http://127.0.0.1:{settings.port}/v1")
     try:
         backends = []

@@ -28,7 +28,7 @@ def choose_selector(data: RoutingDataset, split: Split, reward_model_path: Path,
     validation_quality : dict
         Mean quality of the kept sample on validation, per candidate.
     """
-    multi_sample = (~np.isnan(data.quality[:, :, 1:])).any() if data.quality.shape[2] > 1 else False
+    multi_sample = bool((~np.isnan(data.quality[:, :, 1:])).any())  # empty (False) with one sample
     has_texts = any(r is not None for r in data.responses[split.train].ravel())
     if not multi_sample or not has_texts:
         return CONSENSUS, {}

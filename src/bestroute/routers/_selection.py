@@ -194,20 +194,26 @@ def _subsets(k: int, n: int, *, max_subsets: int, rng: np.random.Generator) -> n
     return np.array([np.sort(rng.choice(k, size=n, replace=False)) for _ in range(max_subsets)])
 
 
+def _sample_count(data: RoutingDataset, i: int, j: int) -> int:
+    """How many samples prompt i has from model j: they are numbered from 0, so the run of
+    scored ones from sample 0."""
+    return int((~np.isnan(data.quality[i, j])).cumprod().sum())
+
+
 def selected_quality(data: RoutingDataset, rows: np.ndarray, selector: Selector) -> float:
     """How well ``selector`` picks: the mean quality of the sample it keeps from all of a model's
     samples, over the (prompt, model) pairs of ``rows`` that have at least two; NaN if none do."""
     kept = []
     for i in rows:
         for j in range(len(data.models)):
-            k = int((~np.isnan(data.quality[i, j])).cumprod().sum())  # samples are numbered from 0
+            k = _sample_count(data, i, j)
             if k >= 2:
                 agreement, scores = _judgment(data, selector, i, j)
                 kept.append(data.quality[i, j, pick(agreement, scores, np.arange(k))])
     return float(np.mean(kept)) if kept else float("nan")
 
 
-_JUDGMENTS: dict[tuple[int, int], dict[Any, Any]] = {}
+_MEMOS: dict[tuple[int, int], dict[Any, Any]] = {}
 
 
 def _memo(data: RoutingDataset, selector: Selector) -> dict[Any, Any]:
@@ -215,10 +221,10 @@ def _memo(data: RoutingDataset, selector: Selector) -> dict[Any, Any]:
     and labels, shared by every router fitted on the data (an evaluation fits several per
     router to choose hyperparameters) and forgotten with the dataset."""
     key = (id(data), id(selector))
-    memo = _JUDGMENTS.get(key)
+    memo = _MEMOS.get(key)
     if memo is None:
-        memo = _JUDGMENTS[key] = {}
-        weakref.finalize(data, _JUDGMENTS.pop, key, None)
+        memo = _MEMOS[key] = {}
+        weakref.finalize(data, _MEMOS.pop, key, None)
         if hasattr(selector, "judge_dataset"):  # a pointwise scorer that is faster in bulk
             memo["all"] = selector.judge_dataset(data)
     return memo
@@ -229,7 +235,7 @@ def _judgment(data: RoutingDataset, selector: Selector, i: int, j: int) -> tuple
     judgment is a slice of it."""
     memo = _memo(data, selector)
     if (i, j) not in memo:
-        k = int((~np.isnan(data.quality[i, j])).cumprod().sum())  # samples are numbered from 0
+        k = _sample_count(data, i, j)
         memo[i, j] = ((_no_agreement(k), memo["all"][i, j, :k]) if "all" in memo else
                       selector.judge(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k]))
     return memo[i, j]
@@ -257,7 +263,7 @@ def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], 
         j = data.model_index(option.model)
         for r, i in enumerate(rows):
             quality = data.quality[i, j]
-            k = int((~np.isnan(quality)).cumprod().sum())  # samples are numbered from 0
+            k = _sample_count(data, i, j)
             ref_q = data.quality[i, ref_j]
             ref_q = ref_q[~np.isnan(ref_q)]
             if k < option.n or ref_q.size == 0:

@@ -64,6 +64,14 @@ def _selector_of(router: Router) -> SelectorConfig:
     return SelectorConfig()
 
 
+def _error_response(exc: Exception) -> JSONResponse:
+    """The one mapping of errors to responses: a GatewayError carries its status and type;
+    anything else is a 500 with no stack trace leaving the process."""
+    if isinstance(exc, GatewayError):
+        return _error(exc.status, exc.message, exc.type, exc.param, exc.code)
+    return _error(500, "internal error", "server_error")
+
+
 class Gateway:
     """The ASGI app. ``POST /v1/chat/completions`` goes straight to its handler; everything else,
     start-up and shutdown included, goes through FastAPI. The hot path so skips the framework's
@@ -79,11 +87,10 @@ class Gateway:
             request = Request(scope, receive)
             try:
                 response = await self._chat(request)
-            except GatewayError as exc:
-                response = _error(exc.status, exc.message, exc.type, exc.param, exc.code)
-            except Exception:
-                _logger.exception("chat completion failed")
-                response = _error(500, "internal error", "server_error")  # no stack trace leaves the process
+            except Exception as exc:
+                if not isinstance(exc, GatewayError):  # a bug, not a client's or backend's error
+                    _logger.exception("chat completion failed")
+                response = _error_response(exc)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -130,7 +137,7 @@ def create_app(config: GatewayConfig) -> Gateway:
 
     @app.exception_handler(GatewayError)
     async def gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -142,7 +149,7 @@ def create_app(config: GatewayConfig) -> Gateway:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return _error(500, "internal error", "server_error")  # no stack trace leaves the process
+        return _error_response(exc)
 
     async def authorize(request: Request) -> None:
         if not client_keys:
