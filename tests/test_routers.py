@@ -113,8 +113,11 @@ def test_unknown_reference_and_bad_artifact(subset, tmp_path):
         BestRouteRouter(features="lexical", reference="gpt-5").fit(data, split.train, split.val)
     bad = tmp_path / "bad.bestroute"
     bad.write_bytes(b"not an artifact")
-    with pytest.raises(ArtifactError, match="not a bestroute router artifact"):
+    with pytest.raises(ArtifactError, match="not a bestroute router artifact") as info:
         load_router(bad)
+    assert "pickle" not in str(info.value)  # NumPy's hint to unpickle an unknown file is not ours to give
+    with pytest.raises(ArtifactError, match="no such file"):
+        load_router(tmp_path / "missing.bestroute")
 
 
 @pytest.mark.parametrize("name", ["best-route", "n-label"])  # the threshold rule and the cost-penalty rule

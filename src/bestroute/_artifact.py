@@ -20,12 +20,15 @@ def write_artifact(path: str | Path, document: dict[str, Any], arrays: dict[str,
 
 def read_artifact(path: str | Path, what: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """The document and the arrays by section; ArtifactError naming ``what`` was expected."""
+    if not Path(path).is_file():
+        raise ArtifactError(f"{path}: no such file")
     try:
         with np.load(Path(path), allow_pickle=False) as archive:
             stored = {k: archive[k] for k in archive.files}
         document = json.loads(str(stored.pop("meta")))
     except (OSError, ValueError, KeyError) as exc:
-        raise ArtifactError(f"{path}: not a {what} artifact ({exc})") from exc
+        # NumPy's own message for a non-archive suggests unpickling it; never repeat that.
+        raise ArtifactError(f"{path}: not a {what} artifact (expected the .npz file bestroute writes)") from exc
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for key, value in stored.items():
         section, _, name = key.partition(".")
