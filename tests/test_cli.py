@@ -72,3 +72,57 @@ def test_eval_writes_results_and_plot(subset_dir, tmp_path):
     assert results["routers"]["oracle"]["auc"] >= max(e["auc"] for e in results["routers"].values())
     assert (out / "curves.png").stat().st_size > 10_000
     assert "| best-route |" in done.stdout
+
+
+def _strict_json(text: str) -> dict:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_eval_on_sparse_data_compares_only_where_the_reference_answered(subset_dir, tmp_path):
+    """Logged traffic is sparse: no model answered every prompt. The reference is then the best
+    of the models that answered at least 80%, and the metrics use only the prompts it answered."""
+    import gzip
+
+    from conftest import write_native
+
+    from bestroute.data import load_dataset, split_prompts
+
+    with gzip.open(subset_dir / "responses.jsonl.gz", "rt") as handle:
+        responses = [json.loads(line) for line in handle]
+    # Each model drops a different tenth of the prompts (by position), so none is complete.
+    models = sorted({r["model"] for r in responses})
+    prompt_ids = sorted({r["prompt_id"] for r in responses})
+    position = {pid: i for i, pid in enumerate(prompt_ids)}
+    kept = [r for r in responses if position[r["prompt_id"]] % 10 != models.index(r["model"])]
+    prompts = [json.loads(line) for line in (subset_dir / "prompts.jsonl").open()]
+    sparse = write_native(tmp_path / "sparse", prompts, kept,
+                          json.loads((subset_dir / "models.json").read_text())["models"])
+    out = tmp_path / "eval"
+    done = bestroute("eval", "--data", str(sparse), "--out", str(out), "--features", "lexical",
+                     "--routers", "best-route,n-label,oracle")
+    assert done.returncode == 0, done.stderr
+    results = _strict_json((out / "results.json").read_text())
+
+    data = load_dataset(sparse)
+    split = split_prompts(data.prompt_ids, seed=0)
+    ref = data.models.index(results["reference"]["model"])
+    answered = data.available[:, ref]
+    assert not data.available.all(axis=0).any()
+    left_out = (~answered[split.val]).sum() + (~answered[split.test]).sum()
+    assert results["split"]["left_out_without_reference"] == left_out > 0
+    assert results["split"]["test"] == answered[split.test].sum()
+    test = split.test[answered[split.test]]
+    assert results["reference"]["quality"] == pytest.approx(data.quality[test, ref, 0].mean())
+    for entry in results["routers"].values():
+        assert 0.0 < entry["auc"] <= 1.0
+        assert entry["quality_at_reference_cost"] is not None
+
+
+def test_eval_refuses_a_reference_with_nothing_to_save(subset_dir, tmp_path):
+    done = bestroute("eval", "--data", str(subset_dir), "--out", str(tmp_path / "e"), "--features", "lexical",
+                     "--routers", "random", "--reference", "gemma-2-2b-it")
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.splitlines()[-1].startswith("error: the reference gemma-2-2b-it costs")
+    assert "Traceback" not in done.stderr

@@ -13,7 +13,7 @@ import numpy as np
 from .._exceptions import RouterError
 from ..data import RoutingDataset, Split, split_prompts
 from ..features import make_extractor
-from ..routers import ROUTERS, Decisions, Router
+from ..routers import ROUTERS, Decisions, Router, choose_reference
 from ._metrics import area_under_curve, cost_reduction_at_drop, quality_at_cost
 from ._plot import plot_curves
 
@@ -51,6 +51,10 @@ def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: in
     split = split_prompts(data.prompt_ids, seed=seed)
     if min(len(split.train), len(split.val), len(split.test)) == 0:
         raise RouterError(f"too few prompts ({data.n_prompts}) to split into train, validation and test")
+    reference = choose_reference(data, split.val, reference)
+    split, unanswered = _answered_by(data, split, reference)
+    if unanswered:
+        log(f"{unanswered} validation and test prompts left out: the reference {reference} did not answer them")
     started = time.perf_counter()
     extractor = make_extractor(features)
     x = extractor.transform(data.texts)
@@ -59,8 +63,9 @@ def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: in
     common = {"features": extractor.name, "reference": reference, "max_n": max_n, "selector": selector,
               "seed": seed}
     results: dict[str, Any] = {"data": data.source, "seed": seed, "features": extractor.name, "max_n": max_n,
-                               "selector": selector, "split": {k: len(getattr(split, k))
-                                                               for k in ("train", "val", "test")},
+                               "selector": selector,
+                               "split": {k: len(getattr(split, k)) for k in ("train", "val", "test")}
+                               | {"left_out_without_reference": unanswered},
                                "routers": {}}
     reference_info: dict[str, Any] | None = None
     for name in names:
@@ -91,14 +96,38 @@ def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: in
     return results
 
 
+def _answered_by(data: RoutingDataset, split: Split, reference: str) -> tuple[Split, int]:
+    """The split with validation and test restricted to prompts the reference answered (a
+    router falls back to it, and every metric compares with it), and how many were left out."""
+    answered = data.available[:, data.model_index(reference)]
+    kept = Split(train=split.train, val=split.val[answered[split.val]], test=split.test[answered[split.test]])
+    if min(len(kept.val), len(kept.test)) == 0:
+        raise RouterError(f"the reference {reference} answered no validation or no test prompt; "
+                          "choose another (--reference)")
+    return kept, len(split.val) + len(split.test) - len(kept.val) - len(kept.test)
+
+
+def _cheapest_cost_per_1k(router: Router, rows: np.ndarray) -> float:
+    """The left end of the AUC's cost axis: the cheapest single model other than the reference
+    that answered every one of ``rows``; in sparse data where none did, the cheapest by its mean
+    over the prompts it answered, among those that answered at least half of them."""
+    outcomes = router.outcomes_
+    single = np.array([o.n == 1 for o in router.options_])
+    single[router.reference_index_] = False
+    answered = outcomes.available[rows]
+    total = np.where(answered, outcomes.cost[rows], 0.0).sum(axis=0)
+    cost = total / np.maximum(answered.sum(axis=0), 1) * 1000
+    complete = single & answered.all(axis=0)
+    usable = complete if complete.any() else single & (answered.mean(axis=0) >= 0.5)
+    return float(np.where(usable, cost, np.inf).min()) if usable.any() else 0.0
+
+
 def _reference(router: Router, split: Split) -> dict[str, Any]:
     outcomes, ref = router.outcomes_, router.reference_index_
-    complete = outcomes.available[split.test].all(axis=0)
-    cost = outcomes.cost[split.test].mean(axis=0) * 1000
     return {"model": router.reference_.model,
             "quality": float(outcomes.quality[split.test, ref].mean()),
-            "cost_per_1k": float(cost[ref]),
-            "cheapest_cost_per_1k": float(np.where(complete, cost, np.inf).min())}
+            "cost_per_1k": float(outcomes.cost[split.test, ref].mean() * 1000),
+            "cheapest_cost_per_1k": _cheapest_cost_per_1k(router, split.test)}
 
 
 def _single_models(router: Router, data: RoutingDataset, split: Split) -> list[dict[str, Any]]:
@@ -113,21 +142,25 @@ def _single_models(router: Router, data: RoutingDataset, split: Split) -> list[d
 
 
 def _auc(router: Router, points: np.ndarray, rows: np.ndarray) -> float:
-    outcomes = router.outcomes_
-    complete = outcomes.available[rows].all(axis=0)
-    cost = outcomes.cost[rows].mean(axis=0) * 1000
-    return area_under_curve(points, cheapest_cost=float(np.where(complete, cost, np.inf).min()),
-                            reference_cost=float(cost[router.reference_index_]))
+    cheapest = _cheapest_cost_per_1k(router, rows)
+    reference_cost = float(router.outcomes_.cost[rows, router.reference_index_].mean() * 1000)
+    if reference_cost <= cheapest:
+        raise RouterError(f"the reference {router.reference_.model} costs ${reference_cost:.4f} "
+                          "per 1k prompts, "
+                          f"no more than the cheapest model (${cheapest:.4f}): there is nothing to save; "
+                          "name a costlier reference (--reference)")
+    return area_under_curve(points, cheapest_cost=cheapest, reference_cost=reference_cost)
 
 
 def _metrics(router: Router, points: np.ndarray, split: Split, ref: dict[str, Any]) -> dict[str, Any]:
     at_ref_cost = quality_at_cost(points, max_cost=ref["cost_per_1k"])
+    affordable = not np.isnan(at_ref_cost)  # None in JSON: no point of the curve costs <= the reference
     return {"curve": points.round(6).tolist(),
             "auc": _auc(router, points, split.test),
             "cost_reduction_at_1pct_drop": cost_reduction_at_drop(
                 points, reference_quality=ref["quality"], reference_cost=ref["cost_per_1k"]),
-            "quality_at_reference_cost": at_ref_cost,
-            "quality_gain_at_reference_cost": at_ref_cost - ref["quality"]}
+            "quality_at_reference_cost": at_ref_cost if affordable else None,
+            "quality_gain_at_reference_cost": at_ref_cost - ref["quality"] if affordable else None}
 
 
 def _latency_ms(router: Router, texts: list[str]) -> float | None:
@@ -154,13 +187,16 @@ def markdown_table(results: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, r in results["routers"].items():
         latency = "—" if r["decision_latency_ms_p50"] is None else f"{r['decision_latency_ms_p50']:.2f}"
-        lines.append(f"| {name} | {r['auc']:.4f} | {r['cost_reduction_at_1pct_drop']:.3f} | "
-                     f"{r['quality_at_reference_cost']:.4f} | {r['quality_gain_at_reference_cost']:+.4f} | "
+        at_cost, gain = r["quality_at_reference_cost"], r["quality_gain_at_reference_cost"]
+        at_cost_text = "—" if at_cost is None else f"{at_cost:.4f}"
+        gain_text = "—" if gain is None else f"{gain:+.4f}"
+        lines.append(f"| {name} | {r['auc']:.4f} | {r['cost_reduction_at_1pct_drop']:.3f} | {at_cost_text} | "
+                     f"{gain_text} | "
                      f"{max(r['best_of_n_share']):.0%} | {latency} |")
     return "\n".join(lines)
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     plot_curves(results, out_dir / "curves.png")

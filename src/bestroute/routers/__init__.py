@@ -1,6 +1,6 @@
 """Routers: BEST-Route and the baselines, one interface (fit / predict / decide / save / load)."""
 
-from ._base import Decisions, Router, load_router
+from ._base import Decisions, Router, choose_reference, load_router
 from ._baselines import (
     CascadeRouter,
     KNNRouter,
@@ -25,7 +25,10 @@ from ._selection import (
     soft_labels,
 )
 
-__all__ = ["ROUTERS", "BestRouteRouter", "CascadeRouter", "Consensus", "Decisions", "KNNRouter", "MFRouter",
-           "MajorityVote", "NClassRouter", "NLabelRouter", "Option", "OptionOutcomes", "OracleRouter",
-           "OracleSelector", "RandomRouter", "Router", "extract_answer", "load_router", "make_selector",
-           "option_outcomes", "selected_quality", "soft_labels"]
+__all__ = [
+    "ROUTERS", "BestRouteRouter", "CascadeRouter", "Consensus", "Decisions", "KNNRouter",
+    "MFRouter", "MajorityVote", "NClassRouter", "NLabelRouter", "Option", "OptionOutcomes",
+    "OracleRouter", "OracleSelector", "RandomRouter", "Router", "choose_reference",
+    "extract_answer", "load_router", "make_selector", "option_outcomes", "selected_quality",
+    "soft_labels",
+]

@@ -47,7 +47,7 @@ class Router:
         Feature extractor: ``auto``, ``static``, ``minilm`` or ``lexical``.
     reference : str or None
         The reference (large) model; None takes the one the data names (``models.json``'s
-        ``reference``), else the best model on validation among those that answered every prompt.
+        ``reference``), else :func:`choose_reference` on validation.
     max_n : int
         Largest number of samples an option may draw.
     selector : str
@@ -79,8 +79,7 @@ class Router:
         self.extractor_ = extractor or make_extractor(self.features)
         x = features if features is not None else self.extractor_.transform(data.texts)
         chooser = val if val is not None and len(val) else train
-        self.reference_ = Option(self.reference or data.reference_model or _best_complete_model(data, chooser))
-        data.model_index(self.reference_.model)
+        self.reference_ = Option(choose_reference(data, chooser, self.reference))
         self.options_ = self._make_options(data)
         self.outcomes_ = option_outcomes(data, self.options_, make_selector(self.selector))
         self._fit_data = data
@@ -173,6 +172,11 @@ class Router:
         return option_outcomes(data, self.options_, make_selector(self.selector))
 
     def _operating_table(self, data: RoutingDataset, val: np.ndarray, x: np.ndarray) -> list[OperatingPoint]:
+        # Relative quality needs the reference's answer; prompts it did not answer say nothing.
+        answered = self.outcomes_.available[val, self.reference_index_]
+        val, x = val[answered], x[answered]
+        if not len(val):
+            return []
         ref_quality = float(np.mean(self.outcomes_.quality[val, self.reference_index_]))
         table = []
         for knob, d in zip(self.knob_grid(), self.sweep(data, val, x)):
@@ -220,12 +224,28 @@ class Router:
         raise NotImplementedError
 
 
-def _best_complete_model(data: RoutingDataset, rows: np.ndarray) -> str:
-    """The model with the best mean quality on ``rows`` among those that answered every prompt."""
-    complete = data.available.all(axis=0)
-    if not complete.any():
-        raise RouterError("no model answered every prompt; name the reference model explicitly")
-    quality = np.where(complete, data.mean_quality()[rows].mean(axis=0), -np.inf)
+MIN_REFERENCE_COVERAGE = 0.8
+
+
+def choose_reference(data: RoutingDataset, rows: np.ndarray, name: str | None = None) -> str:
+    """The reference model: ``name`` if given, else the one the data names, else the model with
+    the best mean quality on ``rows`` among those that answered every prompt — or, in sparse
+    data where none did, among those that answered at least 80% of the prompts (quality over
+    the prompts each answered)."""
+    if name or data.reference_model:
+        chosen = name or data.reference_model
+        data.model_index(chosen)
+        return chosen
+    coverage = data.available.mean(axis=0)
+    eligible = coverage == 1.0 if (coverage == 1.0).any() else coverage >= MIN_REFERENCE_COVERAGE
+    if not eligible.any():
+        raise RouterError(f"no model answered {MIN_REFERENCE_COVERAGE:.0%} of the prompts (best: "
+                          f"{data.models[int(np.argmax(coverage))]}, {coverage.max():.0%}); "
+                          "name the reference model (--reference)")
+    answered = data.available[rows]
+    count = answered.sum(axis=0)
+    quality = np.where(answered, data.mean_quality()[rows], 0.0).sum(axis=0) / np.maximum(count, 1)
+    quality = np.where(eligible & (count > 0), quality, -np.inf)
     return data.models[int(np.argmax(quality))]
 
 
