@@ -41,6 +41,20 @@ def test_reward_model_ranks_better_responses_higher(trained):
     assert good[0] > bad[0]
 
 
+def test_reward_model_reads_a_long_response_by_its_head_and_tail(trained):
+    _, _, model, _ = trained
+    prompt = "What is six times seven?"
+    head, tail = "Let me think. " * 20, '"answer": "42" ' * 60
+    middle = "Some digression about sevens. " * 3000
+    other_middle = ("Nothing to see here at all. " * 4000)[:len(middle)]  # same length, other words
+    long = head + middle + tail
+    # The head and tail (and the length) decide: another middle scores the same, another tail not.
+    np.testing.assert_allclose(model.score([prompt], [head + other_middle + tail]), model.score([prompt], [long]),
+                               rtol=1e-6)
+    wrong_tail = ("I think 3. " * 100)[:len(tail)]
+    assert model.score([prompt], [head + middle + wrong_tail])[0] < model.score([prompt], [long])[0]
+
+
 def test_reward_model_artifact_round_trip(trained, tmp_path):
     data, split, model, path = trained
     loaded = RewardModel.load(path)

@@ -19,8 +19,10 @@ class RewardModel:
     """Pointwise logistic scorer of response quality from prompt and response features.
 
     Features: the prompt's and the response's embeddings, their elementwise product (how the
-    response relates to this prompt), and the response's length. Trained on the sampled
-    responses of the training prompts with their quality as soft labels.
+    response relates to this prompt), and the response's length. A long response is read as
+    its first 128 and last 384 characters (the final answer is usually at the end), which
+    bounds the cost of scoring long chat responses. Trained on the sampled responses of the
+    training prompts with their quality as soft labels.
 
     Parameters
     ----------
@@ -45,7 +47,7 @@ class RewardModel:
         # Prompts repeat (one per sampled response): embed each distinct one once.
         distinct, index = np.unique(np.array(prompts, dtype=object), return_inverse=True)
         p = self.extractor_.transform(list(distinct))[index]
-        r = self.extractor_.transform(responses)
+        r = self.extractor_.transform([_clip(text) for text in responses])
         length = np.log1p([len(x) for x in responses])[:, None] / 10
         return np.hstack([p, r, p * r * 10, length])
 
@@ -88,6 +90,10 @@ class RewardModel:
         model.extractor_ = extractor_from_state(document["features"], arrays.get("features", {}))
         model.coef_, model.intercept_ = arrays["state"]["coef"], arrays["state"]["intercept"]
         return model
+
+
+def _clip(text: str, head: int = 128, tail: int = 384) -> str:
+    return text if len(text) <= head + tail else text[:head] + "\n" + text[-tail:]
 
 
 def _pairs(data: RoutingDataset, rows: np.ndarray) -> tuple[list[str], list[str], list[float]]:

@@ -1,5 +1,8 @@
 """Linear sigmoid heads trained on soft labels, shared by BEST-Route and N-label."""
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
@@ -9,23 +12,29 @@ def fit_soft_heads(x: np.ndarray, labels: np.ndarray, *, C: float) -> tuple[np.n
 
     Soft labels are fitted exactly by cross-entropy: each row appears once as a positive with
     weight y and once as a negative with weight 1 - y. Returns coef (d, H) and intercept (H,).
+    Heads are independent, so they are fitted on a thread per core (the solver's array work
+    releases the GIL); the result is the same as fitting them one by one.
     """
     coef = np.zeros((x.shape[1], labels.shape[1]))
     intercept = np.zeros(labels.shape[1])
-    for h in range(labels.shape[1]):
+
+    def fit(h: int) -> None:
         known = ~np.isnan(labels[:, h])
         y = labels[known, h]
         if y.size == 0:
             intercept[h] = -10.0  # never observed: never trusted
-            continue
+            return
         if np.all(y == y[0]) and y[0] in (0.0, 1.0):
             intercept[h] = 10.0 if y[0] == 1.0 else -10.0
-            continue
+            return
         rows = x[known]
         model = LogisticRegression(C=C, max_iter=2000)
         model.fit(np.vstack([rows, rows]), np.r_[np.ones(len(y)), np.zeros(len(y))],
                   sample_weight=np.r_[y, 1.0 - y] + 1e-9)
         coef[:, h], intercept[h] = model.coef_[0], model.intercept_[0]
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(fit, range(labels.shape[1])))
     return coef, intercept
 
 
