@@ -232,9 +232,9 @@ def choose_reference(data: RoutingDataset, rows: np.ndarray, name: str | None = 
     the best mean quality on ``rows`` among those that answered every prompt — or, in sparse
     data where none did, among those that answered at least 80% of the prompts (quality over
     the prompts each answered)."""
-    if name or data.reference_model:
-        chosen = name or data.reference_model
-        data.model_index(chosen)
+    chosen = name or data.reference_model
+    if chosen:
+        data.model_index(chosen)  # an unknown name fails here, naming the known ones
         return chosen
     coverage = data.available.mean(axis=0)
     eligible = coverage == 1.0 if (coverage == 1.0).any() else coverage >= MIN_REFERENCE_COVERAGE
