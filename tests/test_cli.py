@@ -126,3 +126,33 @@ def test_eval_refuses_a_reference_with_nothing_to_save(subset_dir, tmp_path):
     assert done.returncode == 2, done.stdout
     assert done.stderr.splitlines()[-1].startswith("error: the reference gemma-2-2b-it costs")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("degenerate", ["constant quality", "identical prompts"])
+def test_eval_survives_degenerate_data(degenerate, subset_dir, tmp_path):
+    """Unseen data can be degenerate: every answer right (nothing to learn, everything to save),
+    or one prompt text for every prompt (features carry no signal)."""
+    import gzip
+
+    from conftest import write_native
+
+    prompts = [json.loads(line) for line in (subset_dir / "prompts.jsonl").open()]
+    with gzip.open(subset_dir / "responses.jsonl.gz", "rt") as handle:
+        responses = [json.loads(line) for line in handle]
+    if degenerate == "constant quality":
+        responses = [r | {"quality": 1.0} for r in responses]
+    else:
+        prompts = [p | {"prompt": "What is 2 + 2?"} for p in prompts]
+    data = write_native(tmp_path / "data", prompts, responses,
+                        json.loads((subset_dir / "models.json").read_text())["models"])
+    out = tmp_path / "eval"
+    done = bestroute("eval", "--data", str(data), "--out", str(out), "--features", "lexical",
+                     "--routers", "best-route,knn,mf,n-label,oracle")
+    assert done.returncode == 0, done.stderr
+    results = _strict_json((out / "results.json").read_text())
+    for name, entry in results["routers"].items():
+        assert 0.0 <= entry["auc"] <= 1.0 and 0.0 <= entry["cost_reduction_at_1pct_drop"] <= 1.0, name
+    if degenerate == "constant quality":  # the cheapest model is as good as the reference
+        ref = results["reference"]
+        assert results["routers"]["best-route"]["cost_reduction_at_1pct_drop"] == pytest.approx(
+            1 - ref["cheapest_cost_per_1k"] / ref["cost_per_1k"], abs=1e-3)
