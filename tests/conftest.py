@@ -24,6 +24,14 @@ def write_native(directory: Path, prompts: list[dict], responses: list[dict], mo
     return directory
 
 
+def read_native(directory: Path) -> tuple[list[dict], list[dict], dict]:
+    """Prompts, responses and the price catalog of a directory written by ``write_native``."""
+    prompts = [json.loads(line) for line in (directory / "prompts.jsonl").open()]
+    with gzip.open(directory / "responses.jsonl.gz", "rt") as handle:
+        responses = [json.loads(line) for line in handle]
+    return prompts, responses, json.loads((directory / "models.json").read_text())["models"]
+
+
 @pytest.fixture(scope="session")
 def subset_dir(tmp_path_factory: pytest.TempPathFactory, zeroeval_dir: Path) -> Path:
     """A real slice of the zeroeval data: 150 gsm and 150 crux prompts, six models."""

@@ -2,8 +2,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import read_native, write_native
 
 
 def bestroute(*args: str) -> subprocess.CompletedProcess:
@@ -74,36 +76,29 @@ def test_eval_writes_results_and_plot(subset_dir, tmp_path):
     assert "| best-route |" in done.stdout
 
 
-def _strict_json(text: str) -> dict:
+def _eval_results(data: Path, out: Path, routers: str) -> dict:
+    """Run `bestroute eval` on ``data`` and read its results.json, refusing NaN or Infinity."""
+    done = bestroute("eval", "--data", str(data), "--out", str(out), "--features", "lexical", "--routers", routers)
+    assert done.returncode == 0, done.stderr
+
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
-    return json.loads(text, parse_constant=refuse)
+    return json.loads((out / "results.json").read_text(), parse_constant=refuse)
 
 
 def test_eval_on_sparse_data_compares_only_where_the_reference_answered(subset_dir, tmp_path):
     """Logged traffic is sparse: no model answered every prompt. The reference is then the best
     of the models that answered at least 80%, and the metrics use only the prompts it answered."""
-    import gzip
-
-    from conftest import write_native
-
     from bestroute.data import load_dataset, split_prompts
 
-    with gzip.open(subset_dir / "responses.jsonl.gz", "rt") as handle:
-        responses = [json.loads(line) for line in handle]
+    prompts, responses, models = read_native(subset_dir)
     # Each model drops a different tenth of the prompts (by position), so none is complete.
-    models = sorted({r["model"] for r in responses})
+    names = sorted({r["model"] for r in responses})
     prompt_ids = sorted({r["prompt_id"] for r in responses})
     position = {pid: i for i, pid in enumerate(prompt_ids)}
-    kept = [r for r in responses if position[r["prompt_id"]] % 10 != models.index(r["model"])]
-    prompts = [json.loads(line) for line in (subset_dir / "prompts.jsonl").open()]
-    sparse = write_native(tmp_path / "sparse", prompts, kept,
-                          json.loads((subset_dir / "models.json").read_text())["models"])
-    out = tmp_path / "eval"
-    done = bestroute("eval", "--data", str(sparse), "--out", str(out), "--features", "lexical",
-                     "--routers", "best-route,n-label,oracle")
-    assert done.returncode == 0, done.stderr
-    results = _strict_json((out / "results.json").read_text())
+    kept = [r for r in responses if position[r["prompt_id"]] % 10 != names.index(r["model"])]
+    sparse = write_native(tmp_path / "sparse", prompts, kept, models)
+    results = _eval_results(sparse, tmp_path / "eval", "best-route,n-label,oracle")
 
     data = load_dataset(sparse)
     split = split_prompts(data.prompt_ids, seed=0)
@@ -132,24 +127,13 @@ def test_eval_refuses_a_reference_with_nothing_to_save(subset_dir, tmp_path):
 def test_eval_survives_degenerate_data(degenerate, subset_dir, tmp_path):
     """Unseen data can be degenerate: every answer right (nothing to learn, everything to save),
     or one prompt text for every prompt (features carry no signal)."""
-    import gzip
-
-    from conftest import write_native
-
-    prompts = [json.loads(line) for line in (subset_dir / "prompts.jsonl").open()]
-    with gzip.open(subset_dir / "responses.jsonl.gz", "rt") as handle:
-        responses = [json.loads(line) for line in handle]
+    prompts, responses, models = read_native(subset_dir)
     if degenerate == "constant quality":
         responses = [r | {"quality": 1.0} for r in responses]
     else:
         prompts = [p | {"prompt": "What is 2 + 2?"} for p in prompts]
-    data = write_native(tmp_path / "data", prompts, responses,
-                        json.loads((subset_dir / "models.json").read_text())["models"])
-    out = tmp_path / "eval"
-    done = bestroute("eval", "--data", str(data), "--out", str(out), "--features", "lexical",
-                     "--routers", "best-route,knn,mf,n-label,oracle")
-    assert done.returncode == 0, done.stderr
-    results = _strict_json((out / "results.json").read_text())
+    data = write_native(tmp_path / "data", prompts, responses, models)
+    results = _eval_results(data, tmp_path / "eval", "best-route,knn,mf,n-label,oracle")
     for name, entry in results["routers"].items():
         assert 0.0 <= entry["auc"] <= 1.0 and 0.0 <= entry["cost_reduction_at_1pct_drop"] <= 1.0, name
     if degenerate == "constant quality":  # the cheapest model is as good as the reference
