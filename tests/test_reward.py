@@ -152,3 +152,43 @@ def test_a_rewritten_reward_model_file_is_loaded_anew(tmp_path):
     assert second is not first and second.model.C == 0.01
     with pytest.raises(ArtifactError):
         make_selector(f"reward-model:{tmp_path / 'missing.bestroute'}")
+
+
+def _data_with_memorisable_noise(directory):
+    """Every response is a unique word and right or wrong at random: nothing generalises, but a
+    scorer can memorise which of its training responses were right."""
+    rng = np.random.default_rng(0)
+    prompts, responses = [], []
+    for i in range(120):
+        prompts.append({"prompt_id": f"q{i}", "prompt": f"Question number {i}?"})
+        for sample in range(4):
+            responses.append({"prompt_id": f"q{i}", "model": "small", "sample": sample,
+                              "quality": float(rng.random() < 0.5), "input_tokens": 10, "output_tokens": 5,
+                              "response": f"w{i}x{sample}"})
+        responses.append({"prompt_id": f"q{i}", "model": "big", "quality": 1.0, "input_tokens": 10,
+                          "output_tokens": 20, "response": "yes"})
+    models = {"small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
+              "big": {"input_usd_per_mtok": 5.0, "output_usd_per_mtok": 15.0}}
+    return load_dataset(write_native(directory, prompts, responses, models))
+
+
+def test_reward_model_scores_its_training_prompts_out_of_fold(tmp_path):
+    data = _data_with_memorisable_noise(tmp_path / "data")
+    split = split_prompts(data.prompt_ids)
+    path = tmp_path / "r.bestroute"
+    RewardModel(features="lexical", C=1000.0).fit(data, split.train).save(path)
+    selector = make_selector(f"reward-model:{path}")
+    small = [data.models.index("small")]
+    # Scored by the fold scorer that saw them, its picks would be right nearly always (a right one
+    # is among 4 samples for 94% of prompts); scored out of fold, they are right by chance.
+    oracle = selected_quality(data, split.train, OracleSelector())
+    picked = selected_quality(data, split.train, selector)
+    assert oracle > 0.9 and 0.3 < picked < 0.7
+    # Not a weak scorer: it did memorise, which shows on responses it was trained on when they are
+    # asked under another prompt text (held out of every fold, so scored by the fold average).
+    right = [(i, k) for i in split.train for k in range(4) if data.quality[i, small[0], k] == 1.0][:40]
+    wrong = [(i, k) for i in split.train for k in range(4) if data.quality[i, small[0], k] == 0.0][:40]
+    score = RewardModel.load(path).score
+    unseen = "A prompt it never saw?"
+    assert (score([unseen] * 40, [data.responses[i, small[0], k] for i, k in right]).mean()
+            > score([unseen] * 40, [data.responses[i, small[0], k] for i, k in wrong]).mean() + 0.2)

@@ -1,5 +1,6 @@
 """A proxy reward model, as BEST-Route trains one: a small CPU scorer of (prompt, response)."""
 
+import hashlib
 from pathlib import Path
 from typing import Self
 
@@ -13,6 +14,7 @@ from ..routers._heads import apply_heads, fit_soft_heads
 from ..routers._selection import extract_answer
 
 ARTIFACT_KIND = "bestroute-reward-model"
+ARTIFACT_VERSION = 2  # 2: cross-fitted
 
 
 class RewardModel:
@@ -24,22 +26,31 @@ class RewardModel:
     bounds the cost of scoring long chat responses. Trained on the sampled responses of the
     training prompts with their quality as soft labels.
 
+    Cross-fitted: the training prompts fall into ``folds`` groups by a hash of their text, and
+    one scorer per group is fitted on the other groups' responses. A training prompt is scored
+    by the scorer that never saw it, so the best-of-n picks that become a router's training
+    labels are as good as picks on new prompts, not optimistic; any other prompt is scored by
+    the mean of the fold scorers' logits.
+
     Parameters
     ----------
     features : str
         Feature extractor name (see :func:`bestroute.features.make_extractor`).
     C : float
         Inverse L2 strength.
+    folds : int
+        Cross-fitting folds (>= 2).
     max_responses : int
         At most this many responses, drawn at random, train the model.
     seed : int
         Seed of that draw.
     """
 
-    def __init__(self, *, features: str = "auto", C: float = 1.0, max_responses: int = 50_000,
+    def __init__(self, *, features: str = "auto", C: float = 1.0, folds: int = 2, max_responses: int = 50_000,
                  seed: int = 0) -> None:
         self.features = features
         self.C = C
+        self.folds = folds
         self.max_responses = max_responses
         self.seed = seed
 
@@ -52,6 +63,8 @@ class RewardModel:
         return np.hstack([p, r, p * r * 10, length])
 
     def fit(self, data: RoutingDataset, rows: np.ndarray, *, extractor: FeatureExtractor | None = None) -> Self:
+        if self.folds < 2:
+            raise RouterError(f"folds must be >= 2, got {self.folds}")
         self.extractor_ = extractor or make_extractor(self.features)
         prompts, responses, quality = _pairs(data, rows)
         if not responses:
@@ -60,8 +73,12 @@ class RewardModel:
             keep = np.sort(np.random.default_rng(self.seed).choice(len(responses), self.max_responses, replace=False))
             prompts, responses, quality = ([prompts[t] for t in keep], [responses[t] for t in keep],
                                            [quality[t] for t in keep])
-        self.coef_, self.intercept_ = fit_soft_heads(self._features(prompts, responses),
-                                                     np.array(quality)[:, None], C=self.C)
+        hashes = _text_hashes(prompts)
+        # Column f: the quality of every response outside fold f, so head f never sees fold f.
+        outside = (hashes % self.folds)[:, None] != np.arange(self.folds)[None, :]
+        labels = np.where(outside, np.array(quality)[:, None], np.nan)
+        self.coef_, self.intercept_ = fit_soft_heads(self._features(prompts, responses), labels, C=self.C)
+        self.train_hashes_ = np.unique(hashes)
         return self
 
     def score(self, prompts: list[str], responses: list[str], *, chunk: int = 20_000) -> np.ndarray:
@@ -69,27 +86,43 @@ class RewardModel:
         if not hasattr(self, "coef_"):
             raise RouterError("the reward model is not fitted")
         prompts, responses = list(prompts), list(responses)
-        parts = [apply_heads(self._features(prompts[at:at + chunk], responses[at:at + chunk]),
-                             self.coef_, self.intercept_)[:, 0] for at in range(0, len(responses), chunk)]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        # Heads 0..folds-1 score their own fold's training prompts; the last, their mean, the rest.
+        coef = np.c_[self.coef_, self.coef_.mean(axis=1)]
+        intercept = np.r_[self.intercept_, self.intercept_.mean()]
+        hashes = _text_hashes(prompts)
+        head = np.where(np.isin(hashes, self.train_hashes_), hashes % self.folds, self.folds)
+        parts = [apply_heads(self._features(prompts[at:at + chunk], responses[at:at + chunk]), coef, intercept)
+                 for at in range(0, len(responses), chunk)]
+        scores = np.concatenate(parts) if parts else np.zeros((0, self.folds + 1))
+        return scores[np.arange(len(head)), head]
 
     def save(self, path: str | Path) -> None:
         meta, arrays = self.extractor_.state()
-        params = {"features": self.features, "C": self.C, "max_responses": self.max_responses, "seed": self.seed}
-        document = {"kind": ARTIFACT_KIND, "version": 1, "params": params,
-                    "features": meta}
-        write_artifact(path, document, {"features": arrays,
-                                        "state": {"coef": self.coef_, "intercept": self.intercept_}})
+        params = {"features": self.features, "C": self.C, "folds": self.folds, "max_responses": self.max_responses,
+                  "seed": self.seed}
+        document = {"kind": ARTIFACT_KIND, "version": ARTIFACT_VERSION, "params": params, "features": meta}
+        write_artifact(path, document, {"features": arrays, "state": {
+            "coef": self.coef_, "intercept": self.intercept_, "train_hashes": self.train_hashes_}})
 
     @classmethod
     def load(cls, path: str | Path) -> "RewardModel":
         document, arrays = read_artifact(path, "reward-model")
         if document.get("kind") != ARTIFACT_KIND:
             raise ArtifactError(f"{path}: not a reward-model artifact")
+        if document.get("version") != ARTIFACT_VERSION:
+            raise ArtifactError(f"{path}: reward model of an older bestroute (version {document.get('version')}); "
+                                "train it again with `bestroute train-reward`")
         model = cls(**document["params"])
         model.extractor_ = extractor_from_state(document["features"], arrays.get("features", {}))
-        model.coef_, model.intercept_ = arrays["state"]["coef"], arrays["state"]["intercept"]
+        state = arrays["state"]
+        model.coef_, model.intercept_, model.train_hashes_ = state["coef"], state["intercept"], state["train_hashes"]
         return model
+
+
+def _text_hashes(texts: list[str]) -> np.ndarray:
+    """A stable 64-bit hash of each text (Python's own hash() changes between processes)."""
+    return np.array([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in texts],
+                    dtype=np.uint64)
 
 
 def _clip(text: str, head: int = 128, tail: int = 384) -> str:
