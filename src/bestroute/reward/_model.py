@@ -30,7 +30,7 @@ class RewardModel:
     one scorer per group is fitted on the other groups' responses. A training prompt is scored
     by the scorer that never saw it, so the best-of-n picks that become a router's training
     labels are as good as picks on new prompts, not optimistic; any other prompt is scored by
-    the mean of the fold scorers' logits.
+    a scorer fitted on every training response.
 
     Parameters
     ----------
@@ -74,9 +74,9 @@ class RewardModel:
             prompts, responses, quality = ([prompts[t] for t in keep], [responses[t] for t in keep],
                                            [quality[t] for t in keep])
         hashes = _text_hashes(prompts)
-        # Column f: the quality of every response outside fold f, so head f never sees fold f.
-        outside = (hashes % self.folds)[:, None] != np.arange(self.folds)[None, :]
-        labels = np.where(outside, np.array(quality)[:, None], np.nan)
+        # Head f < folds learns from every response outside fold f; the last head from all.
+        learns = np.c_[(hashes % self.folds)[:, None] != np.arange(self.folds)[None, :], np.ones(len(hashes), bool)]
+        labels = np.where(learns, np.array(quality)[:, None], np.nan)
         self.coef_, self.intercept_ = fit_soft_heads(self._features(prompts, responses), labels, C=self.C)
         self.train_hashes_ = np.unique(hashes)
         return self
@@ -86,13 +86,11 @@ class RewardModel:
         if not hasattr(self, "coef_"):
             raise RouterError("the reward model is not fitted")
         prompts, responses = list(prompts), list(responses)
-        # Heads 0..folds-1 score their own fold's training prompts; the last, their mean, the rest.
-        coef = np.c_[self.coef_, self.coef_.mean(axis=1)]
-        intercept = np.r_[self.intercept_, self.intercept_.mean()]
+        # Heads 0..folds-1 score their own fold's training prompts; the last, fitted on all, the rest.
         hashes = _text_hashes(prompts)
         head = np.where(np.isin(hashes, self.train_hashes_), hashes % self.folds, self.folds)
-        parts = [apply_heads(self._features(prompts[at:at + chunk], responses[at:at + chunk]), coef, intercept)
-                 for at in range(0, len(responses), chunk)]
+        parts = [apply_heads(self._features(prompts[at:at + chunk], responses[at:at + chunk]), self.coef_,
+                             self.intercept_) for at in range(0, len(responses), chunk)]
         scores = np.concatenate(parts) if parts else np.zeros((0, self.folds + 1))
         return scores[np.arange(len(head)), head]
 
