@@ -4,7 +4,7 @@ import pytest
 from bestroute import ROUTERS, RouterError, load_dataset, load_router, split_prompts
 from bestroute.evaluation import area_under_curve
 from bestroute.features import LexicalFeatures
-from bestroute.routers import BestRouteRouter
+from bestroute.routers import BestRouteRouter, apply_heads, fit_soft_heads
 
 ROUTABLE = [name for name in ROUTERS if name != "oracle"]
 
@@ -138,3 +138,15 @@ def test_the_gateways_fallback_order_starts_with_the_routers_decision(name, subs
                                    available=available)
             assert order[0] == choice
             assert sorted(order) == list(np.flatnonzero(available))  # every available option, once
+
+
+def test_soft_heads_fit_hard_and_soft_labels_by_cross_entropy():
+    # With no features and a negligible penalty a head's prediction is its labels' mean, which
+    # holds only if a hard label counts once and a soft one splits its weight y / 1 - y.
+    labels = np.array([[1.0, 0.0, 0.25, 0.75, 1.0, np.nan]]).T
+    coef, intercept = fit_soft_heads(np.zeros((6, 1)), labels, C=1e6)
+    np.testing.assert_allclose(apply_heads(np.zeros((1, 1)), coef, intercept), [[0.6]], atol=1e-4)
+    # Two feature values, each with its own mix: both means are fitted.
+    x = np.array([[0.0], [0.0], [0.0], [1.0], [1.0]])
+    coef, intercept = fit_soft_heads(x, np.array([[1.0, 0.0, 0.5, 0.9, 1.0]]).T, C=1e6)
+    np.testing.assert_allclose(apply_heads(np.array([[0.0], [1.0]]), coef, intercept)[:, 0], [0.5, 0.95], atol=1e-3)

@@ -10,8 +10,7 @@ from .._artifact import read_artifact, write_artifact
 from .._exceptions import ArtifactError, RouterError
 from ..data import RoutingDataset
 from ..features import FeatureExtractor, extractor_from_state, make_extractor
-from ..routers._heads import apply_heads, fit_soft_heads
-from ..routers._selection import extract_answer
+from ..routers import apply_heads, extract_answer, fit_soft_heads
 
 ARTIFACT_KIND = "bestroute-reward-model"
 ARTIFACT_VERSION = 2  # 2: cross-fitted
@@ -74,8 +73,9 @@ class RewardModel:
             prompts, responses, quality = ([prompts[t] for t in keep], [responses[t] for t in keep],
                                            [quality[t] for t in keep])
         hashes = _text_hashes(prompts)
-        # Head f < folds learns from every response outside fold f; the last head from all.
-        learns = np.c_[(hashes % self.folds)[:, None] != np.arange(self.folds)[None, :], np.ones(len(hashes), bool)]
+        # Head 0 learns from every response (first, so the longest fit starts first on the thread
+        # pool); head 1 + f from every response outside fold f.
+        learns = np.c_[np.ones(len(hashes), bool), (hashes % self.folds)[:, None] != np.arange(self.folds)[None, :]]
         labels = np.where(learns, np.array(quality)[:, None], np.nan)
         self.coef_, self.intercept_ = fit_soft_heads(self._features(prompts, responses), labels, C=self.C)
         self.train_hashes_ = np.unique(hashes)
@@ -86,9 +86,9 @@ class RewardModel:
         if not hasattr(self, "coef_"):
             raise RouterError("the reward model is not fitted")
         prompts, responses = list(prompts), list(responses)
-        # Heads 0..folds-1 score their own fold's training prompts; the last, fitted on all, the rest.
+        # Head 1 + f scores the training prompts of fold f; head 0, fitted on all, any other prompt.
         hashes = _text_hashes(prompts)
-        head = np.where(np.isin(hashes, self.train_hashes_), hashes % self.folds, self.folds)
+        head = np.where(np.isin(hashes, self.train_hashes_), 1 + hashes % self.folds, 0)
         parts = [apply_heads(self._features(prompts[at:at + chunk], responses[at:at + chunk]), self.coef_,
                              self.intercept_) for at in range(0, len(responses), chunk)]
         scores = np.concatenate(parts) if parts else np.zeros((0, self.folds + 1))

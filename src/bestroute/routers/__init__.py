@@ -11,6 +11,7 @@ from ._baselines import (
     RandomRouter,
 )
 from ._best_route import BestRouteRouter
+from ._heads import apply_heads, fit_soft_heads
 from ._registry import ROUTERS
 from ._selection import (
     Consensus,
@@ -28,7 +29,7 @@ from ._selection import (
 __all__ = [
     "ROUTERS", "BestRouteRouter", "CascadeRouter", "Consensus", "Decisions", "KNNRouter",
     "MFRouter", "MajorityVote", "NClassRouter", "NLabelRouter", "Option", "OptionOutcomes",
-    "OracleRouter", "OracleSelector", "RandomRouter", "Router", "choose_reference",
-    "extract_answer", "load_router", "make_selector", "option_outcomes", "selected_quality",
+    "OracleRouter", "OracleSelector", "RandomRouter", "Router", "apply_heads", "choose_reference",
+    "extract_answer", "fit_soft_heads", "load_router", "make_selector", "option_outcomes", "selected_quality",
     "soft_labels",
 ]

@@ -10,8 +10,10 @@ from sklearn.linear_model import LogisticRegression
 def fit_soft_heads(x: np.ndarray, labels: np.ndarray, *, C: float) -> tuple[np.ndarray, np.ndarray]:
     """One logistic head per column of ``labels`` (soft, in [0, 1]; NaN = no label).
 
-    Soft labels are fitted exactly by cross-entropy: each row appears once as a positive with
-    weight y and once as a negative with weight 1 - y. Returns coef (d, H) and intercept (H,).
+    Soft labels are fitted exactly by cross-entropy: each row with 0 < y < 1 appears once as a
+    positive with weight y and once as a negative with weight 1 - y; a row with y = 0 or 1 appears
+    once (most labels are, and the solver's work grows with the rows). Returns coef (d, H) and
+    intercept (H,).
     Heads are independent, so they are fitted on a thread per core (the solver's array work
     releases the GIL); the result is the same as fitting them one by one.
     """
@@ -28,9 +30,11 @@ def fit_soft_heads(x: np.ndarray, labels: np.ndarray, *, C: float) -> tuple[np.n
             intercept[h] = 10.0 if y[0] == 1.0 else -10.0
             return
         rows = x[known]
+        soft = (y > 0.0) & (y < 1.0)
         model = LogisticRegression(C=C, max_iter=2000)
-        model.fit(np.vstack([rows, rows]), np.r_[np.ones(len(y)), np.zeros(len(y))],
-                  sample_weight=np.r_[y, 1.0 - y] + 1e-9)
+        model.fit(np.vstack([rows[~soft], rows[soft], rows[soft]]),
+                  np.r_[y[~soft], np.ones(soft.sum()), np.zeros(soft.sum())],
+                  sample_weight=np.r_[np.ones((~soft).sum()), y[soft], 1.0 - y[soft]])
         coef[:, h], intercept[h] = model.coef_[0], model.intercept_[0]
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
