@@ -88,7 +88,7 @@ class RewardModel:
         prompts, responses = list(prompts), list(responses)
         # Head 1 + f scores the training prompts of fold f; head 0, fitted on all, any other prompt.
         hashes = _text_hashes(prompts)
-        head = np.where(np.isin(hashes, self.train_hashes_), 1 + hashes % self.folds, 0)
+        head = np.where(_member(hashes, self.train_hashes_), 1 + hashes % self.folds, 0)
         parts = [apply_heads(self._features(prompts[at:at + chunk], responses[at:at + chunk]), self.coef_,
                              self.intercept_) for at in range(0, len(responses), chunk)]
         scores = np.concatenate(parts) if parts else np.zeros((0, self.folds + 1))
@@ -121,6 +121,14 @@ def _text_hashes(texts: list[str]) -> np.ndarray:
     """A stable 64-bit hash of each text (Python's own hash() changes between processes)."""
     return np.array([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in texts],
                     dtype=np.uint64)
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin`` for a sorted set by binary search: microseconds for a gateway request's few
+    prompts against 10^5 training hashes, where ``np.isin`` sorts the set again (~10 ms)."""
+    if not sorted_set.size:
+        return np.zeros(len(values), dtype=bool)
+    return sorted_set[np.minimum(np.searchsorted(sorted_set, values), sorted_set.size - 1)] == values
 
 
 def _clip(text: str, head: int = 128, tail: int = 384) -> str:
