@@ -143,13 +143,14 @@ class RewardModelSelector:
         texts = [r or "" for r in responses]
         return _no_agreement(len(texts)), self.model.score([prompt] * len(texts), texts)
 
-    def judge_dataset(self, data: RoutingDataset) -> np.ndarray:
-        """Scores of every scored sample of ``data`` (P, M, K; NaN elsewhere) in one batch:
-        embedding texts in bulk is far faster than one prompt's samples at a time."""
-        where = np.argwhere(~np.isnan(data.quality))
-        scores = np.full(data.quality.shape, np.nan)
-        scores[tuple(where.T)] = self.model.score([data.texts[i] for i in where[:, 0]],
-                                                  [data.responses[i, j, k] or "" for i, j, k in where])
+    def judge_rows(self, data: RoutingDataset, rows: np.ndarray) -> np.ndarray:
+        """Scores of every scored sample of the prompts ``rows`` (len(rows), M, K; NaN elsewhere)
+        in one batch: embedding texts in bulk is far faster than one prompt's samples at a time."""
+        quality = data.quality[rows]
+        where = np.argwhere(~np.isnan(quality))
+        scores = np.full(quality.shape, np.nan)
+        scores[tuple(where.T)] = self.model.score([data.texts[rows[r]] for r in where[:, 0]],
+                                                  [data.responses[rows[r], j, k] or "" for r, j, k in where])
         return scores
 
 
@@ -203,6 +204,7 @@ def _sample_count(data: RoutingDataset, i: int, j: int) -> int:
 def selected_quality(data: RoutingDataset, rows: np.ndarray, selector: Selector) -> float:
     """How well ``selector`` picks: the mean quality of the sample it keeps from all of a model's
     samples, over the (prompt, model) pairs of ``rows`` that have at least two; NaN if none do."""
+    _judge_in_bulk(data, selector, rows)
     kept = []
     for i in rows:
         for j in range(len(data.models)):
@@ -225,9 +227,23 @@ def _memo(data: RoutingDataset, selector: Selector) -> dict[Any, Any]:
     if memo is None:
         memo = _MEMOS[key] = {}
         weakref.finalize(data, _MEMOS.pop, key, None)
-        if hasattr(selector, "judge_dataset"):  # a pointwise scorer that is faster in bulk
-            memo["all"] = selector.judge_dataset(data)
+        if hasattr(selector, "judge_rows"):  # a pointwise scorer that is faster in bulk
+            memo["bulk"] = np.full(data.quality.shape, np.nan)
+            memo["bulk_done"] = np.zeros(data.n_prompts, dtype=bool)
     return memo
+
+
+def _judge_in_bulk(data: RoutingDataset, selector: Selector, rows: np.ndarray) -> None:
+    """For a selector that is faster in bulk, judge the prompts of ``rows`` not judged yet in one
+    batch, so that only the prompts asked about are judged (choosing a selector on validation
+    must not pay for scoring the training and test prompts too)."""
+    memo = _memo(data, selector)
+    if "bulk" in memo:
+        todo = np.unique(np.asarray(rows, dtype=int))
+        todo = todo[~memo["bulk_done"][todo]]
+        if todo.size:
+            memo["bulk"][todo] = selector.judge_rows(data, todo)
+            memo["bulk_done"][todo] = True
 
 
 def _judgment(data: RoutingDataset, selector: Selector, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +252,9 @@ def _judgment(data: RoutingDataset, selector: Selector, i: int, j: int) -> tuple
     memo = _memo(data, selector)
     if (i, j) not in memo:
         k = _sample_count(data, i, j)
-        memo[i, j] = ((_no_agreement(k), memo["all"][i, j, :k]) if "all" in memo else
+        if "bulk" in memo:
+            _judge_in_bulk(data, selector, np.array([i]))
+        memo[i, j] = ((_no_agreement(k), memo["bulk"][i, j, :k]) if "bulk" in memo else
                       selector.judge(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k]))
     return memo[i, j]
 
@@ -258,6 +276,8 @@ def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], 
                  selector: Selector, *, max_subsets: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     ref_j = data.model_index(reference.model)
+    if any(option.n > 1 for option in options):
+        _judge_in_bulk(data, selector, rows)
     labels = np.full((len(rows), len(options)), np.nan)
     for o, option in enumerate(options):
         j = data.model_index(option.model)
@@ -299,6 +319,8 @@ def option_outcomes(data: RoutingDataset, options: list[Option], selector: Selec
 def _option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector) -> OptionOutcomes:
     shape = (data.n_prompts, len(options))
     quality, cost = np.full(shape, np.nan), np.full(shape, np.nan)
+    if any(option.n > 1 for option in options):
+        _judge_in_bulk(data, selector, np.arange(data.n_prompts))
     for o, option in enumerate(options):
         j = data.model_index(option.model)
         q = data.quality[:, j, :option.n]
