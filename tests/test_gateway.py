@@ -1,6 +1,9 @@
 """The gateway end to end: real uvicorn servers on loopback, driven with the official openai client."""
 
+import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -8,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import yaml
 from servers import LlamaServer, Script, ServerThread, fake_upstream, reward_model, smollm2_gguf
 
-from bestroute import BestRouteRouter, ConfigError, load_dataset, split_prompts
+from bestroute import ArtifactError, BestRouteRouter, ConfigError, load_dataset, split_prompts
 from bestroute.reward import RewardModel
 from bestroute.serving import create_app, load_config
 
@@ -487,3 +491,24 @@ def test_replicas_share_a_postgresql_decision_log(tmp_path, artifact, postgres_u
     exported = load_dataset(out)
     assert first.id in exported.prompt_ids and second.id not in exported.prompt_ids
     assert exported.quality[exported.prompt_ids.index(first.id), 0, 0] == 0.5
+
+
+def test_a_missing_or_stale_reward_model_is_a_start_up_error(tmp_path, artifact, multisample_dir):
+    data = load_dataset(multisample_dir)
+    model_path = tmp_path / "reward.bestroute"
+    RewardModel(features="lexical").fit(data, split_prompts(data.prompt_ids).train).save(model_path)
+    with np.load(model_path) as archive:  # the same model as an older bestroute wrote it
+        stored = {key: archive[key] for key in archive.files}
+    stored["meta"] = np.array(json.dumps(json.loads(str(stored["meta"])) | {"version": 1}))
+    with open(tmp_path / "old.bestroute", "wb") as handle:
+        np.savez_compressed(handle, **stored)
+    backends = [{"name": "small", "base_url": "http://127.0.0.1:9/v1"}, {"name": "big", "base_url": "http://127.0.0.1:9/v1"}]
+    for path, message in ((tmp_path / "missing.bestroute", "no such file"),
+                          (tmp_path / "old.bestroute", r"older bestroute \(version 1\); train it again")):
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
+            "router": str(artifact), "backends": backends, "selector": {"kind": "reward-model", "path": str(path)}}))
+        with pytest.raises(ArtifactError, match=message):
+            create_app(load_config(tmp_path / "gateway.yaml"))
+        done = subprocess.run([sys.executable, "-m", "bestroute", "serve", "--config", str(tmp_path / "gateway.yaml"),
+                               "--port", "9"], check=False, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and str(path) in done.stderr

@@ -6,6 +6,7 @@ from typing import Protocol
 import aiohttp
 import numpy as np
 
+from ..reward import RewardModel
 from ..routers import make_selector
 from ..routers._selection import pick
 from ._config import SelectorConfig
@@ -35,10 +36,8 @@ class RewardModelSelector:
 
     name = "reward-model"
 
-    def __init__(self, path: str) -> None:
-        from ..reward import RewardModel
-
-        self.model = RewardModel.load(path)
+    def __init__(self, model: RewardModel) -> None:
+        self.model = model
 
     async def select(self, prompt: str, responses: list[str]) -> int:
         return int(np.argmax(self.model.score([prompt] * len(responses), responses)))
@@ -95,11 +94,13 @@ class JudgeSelector:
 
 
 def make_serving_selector(config: SelectorConfig, session: aiohttp.ClientSession,
-                          upstreams: dict[str, Upstream]) -> ServingSelector:
+                          upstreams: dict[str, Upstream], reward_model: RewardModel | None) -> ServingSelector:
+    """``reward_model``: the one ``config.path`` names, loaded before start-up (a missing or stale
+    file is then a configuration error, not a failed start-up)."""
     if config.kind == "reward":
         return RewardSelector(config.url or "", session, config.timeout_s)
-    if config.kind == "reward-model":
-        return RewardModelSelector(str(config.path))
+    if config.kind == "reward-model" and reward_model is not None:
+        return RewardModelSelector(reward_model)
     if config.kind == "judge":
         return JudgeSelector(upstreams[config.backend or ""])
     return AgreementSelector(config.kind)

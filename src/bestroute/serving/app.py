@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from .._exceptions import ConfigError
+from ..reward import RewardModel
 from ..routers import Router, load_router
 from ._config import GatewayConfig, SelectorConfig
 from ._errors import (
@@ -107,6 +108,7 @@ def create_app(config: GatewayConfig) -> Gateway:
         raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
     if "selector" not in config.model_fields_set:
         config = config.model_copy(update={"selector": _selector_of(router)})
+    reward_model = RewardModel.load(config.selector.path) if config.selector.kind == "reward-model" else None
     client_keys = [k.encode() for k in config.client_keys()]
     backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
     metrics = GatewayMetrics()
@@ -123,7 +125,7 @@ def create_app(config: GatewayConfig) -> Gateway:
             log = DecisionLog(config.decision_log.url)
             app.state.service = ChatService(
                 config=config, router=router, upstreams=upstreams, log=log, metrics=metrics,
-                selector=make_serving_selector(config.selector, session, upstreams))
+                selector=make_serving_selector(config.selector, session, upstreams, reward_model))
             # The router, tokenizer and libraries are hundreds of thousands of long-lived objects;
             # frozen, the collector stops re-scanning them while serving (a full pass takes ~0.1 s).
             gc.collect()
