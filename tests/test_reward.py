@@ -87,20 +87,26 @@ def test_cli_train_reward_reports_accuracy(multisample_dir, tmp_path):
     assert (tmp_path / "r.bestroute").stat().st_size > 0
 
 
-def _data_where_the_majority_is_wrong(directory):
-    """Model "small" answers 7, 7, then the right 42 with its working; "big" is the reference."""
+def _small_and_big(directory, small: list[list[tuple[str, float]]], big_answer: str, prompt: str):
+    """Prompt i (``prompt`` formatted with i): model "small" answers ``small[i]``, samples of
+    (text, quality); "big", the reference, answers ``big_answer`` rightly."""
     prompts, responses = [], []
-    for i in range(50):
-        prompts.append({"prompt_id": f"q{i}", "prompt": f"What is six times seven? (case {i})"})
-        for sample, (text, quality) in enumerate([("7", 0.0), ("7", 0.0),
-                                                  ("six times seven is 42 because 6 x 7 = 42", 1.0)]):
+    for i, samples in enumerate(small):
+        prompts.append({"prompt_id": f"q{i}", "prompt": prompt.format(i)})
+        for sample, (text, quality) in enumerate(samples):
             responses.append({"prompt_id": f"q{i}", "model": "small", "sample": sample, "quality": quality,
                               "input_tokens": 10, "output_tokens": 5, "response": text})
         responses.append({"prompt_id": f"q{i}", "model": "big", "quality": 1.0, "input_tokens": 10,
-                          "output_tokens": 20, "response": "42"})
+                          "output_tokens": 20, "response": big_answer})
     models = {"small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
               "big": {"input_usd_per_mtok": 5.0, "output_usd_per_mtok": 15.0}}
     return load_dataset(write_native(directory, prompts, responses, models))
+
+
+def _data_where_the_majority_is_wrong(directory):
+    """Model "small" answers 7, 7, then the right 42 with its working; "big" is the reference."""
+    samples = [("7", 0.0), ("7", 0.0), ("six times seven is 42 because 6 x 7 = 42", 1.0)]
+    return _small_and_big(directory, [samples] * 50, "42", "What is six times seven? (case {})")
 
 
 def test_choose_selector_keeps_the_reward_model_where_it_picks_better(tmp_path):
@@ -158,18 +164,8 @@ def _data_with_memorisable_noise(directory):
     """Every response is a unique word and right or wrong at random: nothing generalises, but a
     scorer can memorise which of its training responses were right."""
     rng = np.random.default_rng(0)
-    prompts, responses = [], []
-    for i in range(120):
-        prompts.append({"prompt_id": f"q{i}", "prompt": f"Question number {i}?"})
-        for sample in range(4):
-            responses.append({"prompt_id": f"q{i}", "model": "small", "sample": sample,
-                              "quality": float(rng.random() < 0.5), "input_tokens": 10, "output_tokens": 5,
-                              "response": f"w{i}x{sample}"})
-        responses.append({"prompt_id": f"q{i}", "model": "big", "quality": 1.0, "input_tokens": 10,
-                          "output_tokens": 20, "response": "yes"})
-    models = {"small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
-              "big": {"input_usd_per_mtok": 5.0, "output_usd_per_mtok": 15.0}}
-    return load_dataset(write_native(directory, prompts, responses, models))
+    small = [[(f"w{i}x{sample}", float(rng.random() < 0.5)) for sample in range(4)] for i in range(120)]
+    return _small_and_big(directory, small, "yes", "Question number {}?")
 
 
 def test_reward_model_scores_its_training_prompts_out_of_fold(tmp_path):

@@ -253,9 +253,11 @@ def _judgment(data: RoutingDataset, selector: Selector, i: int, j: int) -> tuple
     if (i, j) not in memo:
         k = _sample_count(data, i, j)
         if "bulk" in memo:
-            _judge_in_bulk(data, selector, np.array([i]))
-        memo[i, j] = ((_no_agreement(k), memo["bulk"][i, j, :k]) if "bulk" in memo else
-                      selector.judge(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k]))
+            if not memo["bulk_done"][i]:
+                _judge_in_bulk(data, selector, np.array([i]))
+            memo[i, j] = (_no_agreement(k), memo["bulk"][i, j, :k])
+        else:
+            memo[i, j] = selector.judge(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k])
     return memo[i, j]
 
 

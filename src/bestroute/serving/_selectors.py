@@ -95,12 +95,12 @@ class JudgeSelector:
 
 def make_serving_selector(config: SelectorConfig, session: aiohttp.ClientSession,
                           upstreams: dict[str, Upstream], reward_model: RewardModel | None) -> ServingSelector:
-    """``reward_model``: the one ``config.path`` names, loaded before start-up (a missing or stale
-    file is then a configuration error, not a failed start-up)."""
+    """``reward_model``: for kind ``reward-model``, the one ``config.path`` names, loaded before
+    start-up (a missing or stale file is then a configuration error, not a failed start-up)."""
+    if reward_model is not None:
+        return RewardModelSelector(reward_model)
     if config.kind == "reward":
         return RewardSelector(config.url or "", session, config.timeout_s)
-    if config.kind == "reward-model" and reward_model is not None:
-        return RewardModelSelector(reward_model)
     if config.kind == "judge":
         return JudgeSelector(upstreams[config.backend or ""])
     return AgreementSelector(config.kind)
