@@ -1,8 +1,11 @@
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bestroute import BestRouteRouter, load_dataset, split_prompts
 
 ZEROEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "zeroeval"
 SUBSET_MODELS = ["gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "gemini-1.5-flash", "deepseek-v2.5-0908",
@@ -70,3 +73,24 @@ def multisample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
               "tiny": {"input_usd_per_mtok": 0.01, "output_usd_per_mtok": 0.02},
               "big": {"input_usd_per_mtok": 5.0, "output_usd_per_mtok": 15.0}}
     return write_native(tmp_path_factory.mktemp("multisample"), prompts, responses, models)
+
+
+@pytest.fixture(scope="session")
+def artifact(multisample_dir, tmp_path_factory) -> Path:
+    """A router over small (cheap; options n = 1..3), tiny (no backend) and big (the reference)."""
+    data = load_dataset(multisample_dir)
+    split = split_prompts(data.prompt_ids)
+    router = BestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(data, split.train, split.val)
+    path = tmp_path_factory.mktemp("router") / "router.bestroute"
+    router.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory) -> Iterator[str]:
+    """A real PostgreSQL server (pgserver ships its binaries in a wheel)."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    server.cleanup()

@@ -6,12 +6,19 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import openai
 import uvicorn
+import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from bestroute.serving import create_app, load_config
 
 
 def free_port() -> int:
@@ -60,6 +67,8 @@ class Script:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     disconnects: int = 0
+    usage: Any = None  # replaces the usage object of answers (a hostile upstream's counts)
+    raw: bytes | None = None  # sent as the whole body (or stream) instead of an answer
     _next: int = 0
 
     def answer(self) -> str:
@@ -85,6 +94,8 @@ def fake_upstream(script: Script) -> FastAPI:
                 if await request.is_disconnected():
                     script.disconnects += 1
                     return Response(status_code=499)
+        if script.raw is not None:
+            return Response(script.raw, media_type="text/event-stream" if body.get("stream") else "application/json")
         n = int(body.get("n", 1))
         texts = [script.answer() for _ in range(n)]
         if body.get("stream"):
@@ -93,7 +104,8 @@ def fake_upstream(script: Script) -> FastAPI:
             "id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"],
             "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
                         for i, t in enumerate(texts)],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}})
+            "usage": script.usage if script.usage is not None else
+            {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}})
 
     return app
 
@@ -168,3 +180,46 @@ class LlamaServer:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait(timeout=30)
+
+
+@contextmanager
+def upstream(script: Script) -> Iterator[ServerThread]:
+    server = ServerThread(fake_upstream(script)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def gateway(tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]],
+            **overrides: Any) -> Iterator[tuple[ServerThread, openai.OpenAI]]:
+    path = write_gateway_config(tmp_path, artifact, backends, **overrides)
+    server = ServerThread(create_app(load_config(path))).start()
+    try:
+        yield server, openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    finally:
+        server.stop()
+
+
+def write_gateway_config(tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]],
+                         **overrides: Any) -> Path:
+    """A gateway.yaml in ``tmp_path``: the given backends (name: URL or fields), an SQLite log there."""
+    entries = []
+    for name, spec in backends.items():
+        spec = {"base_url": spec} if isinstance(spec, str) else spec
+        entries.append({"name": name, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0, "timeout_s": 2.0,
+                        "max_n": 3} | spec | {"base_url": spec["base_url"] + "/v1"})
+    config = {"router": str(artifact), "backends": entries,
+              "decision_log": {"url": f"sqlite:///{tmp_path}/decisions.db", "store_prompts": True},
+              "retries": {"attempts": 2, "backoff_s": 0.01},
+              "circuit_breaker": {"failures": 3, "reset_s": 60}} | overrides
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def ask(client: openai.OpenAI, model: str = "bestroute", text: str = "What is six times seven?", **kw: Any):
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], **kw)
+    return raw.parse(), raw.headers

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,58 +14,21 @@ import numpy as np
 import openai
 import pytest
 import yaml
-from servers import LlamaServer, Script, ServerThread, fake_upstream, reward_model, smollm2_gguf
+from servers import (
+    LlamaServer,
+    Script,
+    ServerThread,
+    ask,
+    fake_upstream,
+    gateway,
+    reward_model,
+    smollm2_gguf,
+    upstream,
+)
 
 from bestroute import ArtifactError, BestRouteRouter, ConfigError, load_dataset, split_prompts
 from bestroute.reward import RewardModel
 from bestroute.serving import create_app, load_config
-
-
-@pytest.fixture(scope="module")
-def artifact(multisample_dir, tmp_path_factory) -> Path:
-    """A router over small (cheap; options n = 1..3), tiny (no backend) and big (the reference)."""
-    data = load_dataset(multisample_dir)
-    split = split_prompts(data.prompt_ids)
-    router = BestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(data, split.train, split.val)
-    path = tmp_path_factory.mktemp("router") / "router.bestroute"
-    router.save(path)
-    return path
-
-
-@contextmanager
-def upstream(script: Script) -> Iterator[ServerThread]:
-    server = ServerThread(fake_upstream(script)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@contextmanager
-def gateway(tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]],
-            **overrides: Any) -> Iterator[tuple[ServerThread, openai.OpenAI]]:
-    entries = []
-    for name, spec in backends.items():
-        spec = {"base_url": spec} if isinstance(spec, str) else spec
-        entries.append({"name": name, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0, "timeout_s": 2.0,
-                        "max_n": 3} | spec | {"base_url": spec["base_url"] + "/v1"})
-    config = {"router": str(artifact), "backends": entries,
-              "decision_log": {"url": f"sqlite:///{tmp_path}/decisions.db", "store_prompts": True},
-              "retries": {"attempts": 2, "backoff_s": 0.01},
-              "circuit_breaker": {"failures": 3, "reset_s": 60}} | overrides
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    server = ServerThread(create_app(load_config(path))).start()
-    try:
-        yield server, openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    finally:
-        server.stop()
-
-
-def ask(client: openai.OpenAI, model: str = "bestroute", text: str = "What is six times seven?", **kw: Any):
-    raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": text}], **kw)
-    return raw.parse(), raw.headers
 
 
 def rows(tmp_path: Path) -> list[dict[str, Any]]:
@@ -433,7 +395,7 @@ def test_decision_log_keeps_rows_while_the_database_is_away(tmp_path):
     from bestroute.serving._log import DecisionLog, metadata
 
     url = f"sqlite:///{tmp_path}/log.db"
-    log = DecisionLog(url, batch_window_s=0.01)
+    log = DecisionLog(url, dead_letter_path=tmp_path / "dead.jsonl", batch_window_s=0.01)
     row = {"created_at": 1.0, "prompt_hash": "h", "requested_model": "bestroute", "latency_ms": 1.0, "status": 200}
     log.write(row | {"id": "a"})
     log.flush()
@@ -446,16 +408,6 @@ def test_decision_log_keeps_rows_while_the_database_is_away(tmp_path):
     log.close()  # drains what waited
     with sqlite3.connect(tmp_path / "log.db") as db:
         assert [r[0] for r in db.execute("SELECT id FROM decisions ORDER BY rowid")] == ["b", "c"]
-
-
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory) -> Iterator[str]:
-    """A real PostgreSQL server (pgserver ships its binaries in a wheel)."""
-    import pgserver
-
-    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
-    yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
-    server.cleanup()
 
 
 def test_replicas_share_a_postgresql_decision_log(tmp_path, artifact, postgres_url):

@@ -214,6 +214,24 @@ def export(
     typer.echo(f"wrote {count} prompts with feedback to {out}")
 
 
+@log_app.command("replay-dead-letters")
+def replay(
+    config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its decision_log).")],
+) -> None:
+    """Insert the rows of the dead-letter file into the decision log; rows still refused stay."""
+    from .serving import load_config, replay_dead_letters
+
+    try:
+        settings = load_config(config).decision_log
+        replayed, left = replay_dead_letters(settings.url, settings.dead_letter_path)
+    except BestRouteError as exc:
+        _fail(exc)
+    typer.echo(f"replayed {replayed} rows into the decision log; {left} still refused, left in "
+               f"{settings.dead_letter_path}")
+    if left:
+        raise typer.Exit(1)
+
+
 @local_app.command("serve")
 def local_serve(
     model: Annotated[str, typer.Option(help="smollm2-135m, gemma3-270m, or a .gguf path.")],

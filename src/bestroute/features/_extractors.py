@@ -13,6 +13,7 @@ from sklearn.decomposition import PCA
 from sklearn.feature_extraction.text import HashingVectorizer
 
 from .._exceptions import FeatureError
+from .._text import without_lone_surrogates
 from ._cache import EmbeddingCache, cache_dir
 
 _EMBED_HINT = ("install the embedding extra: pip install 'bestroute[embed]' && "
@@ -91,7 +92,8 @@ class MiniLMEmbedder:
         self._cache = cache or EmbeddingCache(cache_dir() / "embeddings.sqlite")
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        return _normalise(self._cache.embed(self._namespace, list(texts), self._model.embed))
+        texts = [without_lone_surrogates(t) for t in texts]
+        return _normalise(self._cache.embed(self._namespace, texts, self._model.embed))
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {"name": self.name, "namespace": self._namespace}, {}
@@ -153,7 +155,7 @@ class StaticEmbedder:
         self._table = np.asarray(table, dtype=np.float32)
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        texts = list(texts)
+        texts = [without_lone_surrogates(t) for t in texts]
         if len(texts) == 1:
             return self._one(texts[0])
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
@@ -191,7 +193,7 @@ class LexicalFeatures:
                                              alternate_sign=False, norm="l2")
 
     def transform(self, texts: list[str]) -> np.ndarray:
-        return _normalise(self._vectorizer.transform(list(texts)).toarray())
+        return _normalise(self._vectorizer.transform([without_lone_surrogates(t) for t in texts]).toarray())
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {"name": self.name, "n_features": self.n_features}, {}

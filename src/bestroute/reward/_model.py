@@ -119,8 +119,8 @@ class RewardModel:
 
 def _text_hashes(texts: list[str]) -> np.ndarray:
     """A stable 64-bit hash of each text (Python's own hash() changes between processes)."""
-    return np.array([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little") for t in texts],
-                    dtype=np.uint64)
+    digests = (hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=8).digest() for t in texts)
+    return np.array([int.from_bytes(d, "little") for d in digests], dtype=np.uint64)
 
 
 def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:

@@ -73,11 +73,15 @@ class CircuitConfig(_Section):
 class LimitsConfig(_Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_messages: int = Field(default=256, ge=1)
+    max_json_depth: int = Field(default=64, ge=4, le=512, description="nesting of the request body")
 
 
 class DecisionLogConfig(_Section):
     url: str = Field(default="sqlite:///bestroute-decisions.db", description="SQLAlchemy URL")
     store_prompts: bool = Field(default=False, description="keep prompt and response texts")
+    dead_letter_path: Path = Field(default=Path("bestroute-dead-letters.jsonl"),
+                                   description="rows the database refused, or that could not wait for it")
+    max_backlog: int = Field(default=100_000, ge=1, description="rows kept in memory while the database is away")
 
 
 class GatewayConfig(_Section):
@@ -133,6 +137,10 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
     if config.router is not None and not config.router.is_absolute():
         config = config.model_copy(update={"router": path.parent / config.router})
+    if not config.decision_log.dead_letter_path.is_absolute():
+        log = config.decision_log.model_copy(
+            update={"dead_letter_path": path.parent / config.decision_log.dead_letter_path})
+        config = config.model_copy(update={"decision_log": log})
     if config.selector.path is not None and not config.selector.path.is_absolute():
         selector = config.selector.model_copy(update={"path": path.parent / config.selector.path})
         config = config.model_copy(update={"selector": selector})

@@ -36,6 +36,12 @@ class UpstreamFailed(GatewayError):
     status, type = 502, "upstream_error"
 
 
+class LogUnavailable(GatewayError):
+    """The decision log's database cannot be reached (feedback needs it)."""
+
+    status, type = 503, "service_unavailable"
+
+
 class ClientDisconnected(GatewayError):
     """The client went away; nothing can be sent (499, as nginx logs it)."""
 

@@ -4,9 +4,12 @@ waits for the database, and drained completely on a clean shutdown."""
 import gzip
 import json
 import logging
+import math
+import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,17 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .._exceptions import BestRouteError
+from .._text import without_lone_surrogates
 from ._config import GatewayConfig
 
 _logger = logging.getLogger(__name__)
@@ -72,29 +83,112 @@ def _sqlite_wal(connection: Any, _: Any) -> None:
     connection.execute("PRAGMA synchronous=NORMAL")
 
 
+# Errors that say the database is away, not that it refused a row: rows wait for it.
+_OUTAGE = (OperationalError, InterfaceError, PoolTimeout, DisconnectionError)
+_INT4 = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER
+TRUNCATED = "…[truncated]"
+
+
+def _is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, _OUTAGE) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _clean_text(value: str, limit: int | None = None) -> str:
+    """Text every database takes: lone surrogates replaced, NUL removed, cut to ``limit``."""
+    value = without_lone_surrogates(value).replace("\x00", "")
+    if limit is not None and len(value) > limit:
+        value = value[: limit - len(TRUNCATED)] + TRUNCATED
+    return value
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # PostgreSQL's JSON has no NaN or Infinity
+    if isinstance(value, dict):
+        return {_clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def sanitize_row(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The row as the ``decisions`` table takes it, and whether anything had to change."""
+    clean: dict[str, Any] = {}
+    for column in decisions.columns:
+        if column.name not in row:
+            continue
+        value = row[column.name]
+        if isinstance(value, str):
+            value = _clean_text(value, getattr(column.type, "length", None))
+        elif isinstance(column.type, JSON):
+            value = _clean_json(value)
+        elif isinstance(column.type, Integer) and isinstance(value, int):
+            value = min(max(value, _INT4[0]), _INT4[1])
+        clean[column.name] = value
+    return clean, clean != {k: row[k] for k in clean} or len(clean) != len(row)
+
+
+class DeadLetters:
+    """Rows that could not be written, one JSON document a line: ``{"reason", "at", "row"}``.
+    JSON's escapes keep every row byte-true (lone surrogates included), so a replay loses nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, rows: list[dict[str, Any]], reason: str) -> None:
+        lines = "".join(json.dumps({"reason": reason, "at": time.time(), "row": r}, default=str) + "\n"
+                        for r in rows)
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="ascii") as handle:
+                handle.write(lines)
+            self.count += len(rows)
+        _logger.warning("decision log: %d row(s) written to %s (%s)", len(rows), self.path, reason)
+
+
 class DecisionLog:
     """Rows are appended in the event loop; a thread inserts what has accumulated every
     ``batch_window_s``. It wakes on a timer, not per row, so under load it takes the GIL
-    a few times a second rather than once per request."""
+    a few times a second rather than once per request.
 
-    def __init__(self, url: str, *, batch_window_s: float = 0.05) -> None:
+    Every row is sanitised before it is written (and counted as ``repaired`` when that changed
+    it). A batch the database refuses for its content is written row by row; a row still
+    refused goes to the dead-letter file. Only an outage keeps rows waiting, at most
+    ``max_backlog`` of them; the oldest beyond that, and any still waiting at shutdown, go to
+    the dead-letter file too. Nothing is dropped, and the writer thread survives any error."""
+
+    def __init__(self, url: str, *, dead_letter_path: Path, max_backlog: int = 100_000,
+                 batch_window_s: float = 0.05) -> None:
         self.batch_window_s = batch_window_s
+        self.max_backlog = max_backlog
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_wal)
         metadata.create_all(self.engine)
+        self.dead_letters = DeadLetters(dead_letter_path)
+        self.repaired = 0
         self._pending: deque[dict[str, Any]] = deque()
         self._writing = threading.Lock()  # one batch at a time, from the thread or from flush()
         self._closing = threading.Event()
+        self._errors_seen: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
 
     def write(self, row: dict[str, Any]) -> None:
         self._pending.append(row)  # atomic; never blocks the event loop
 
-    def flush(self) -> None:
-        """Block until every row written so far is in the database."""
-        self._drain()
+    def flush(self) -> bool:
+        """Write every row queued so far; False if the database is away (the rows keep waiting)."""
+        self._guarded(self._drain)
+        return not self._pending
 
     def close(self) -> None:
         self._closing.set()
@@ -103,23 +197,72 @@ class DecisionLog:
 
     def _run(self) -> None:
         while not self._closing.wait(self.batch_window_s):
-            self._drain(keep_on_error=True)
-        self._drain()
+            self._guarded(self._drain)
+        self._guarded(self._drain)
+        with self._writing:  # the database is still away at shutdown: keep the rows on disk
+            if self._pending:
+                self._spill(len(self._pending), "database unavailable at shutdown")
 
-    def _drain(self, *, keep_on_error: bool = False) -> None:
+    def _guarded(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:  # a bug here must not stop logging for every later request
+            kind = type(exc).__name__
+            if kind not in self._errors_seen:
+                self._errors_seen.add(kind)
+                _logger.exception("decision log: unexpected error; the writer goes on")
+
+    def _spill(self, count: int, reason: str) -> None:
+        self.dead_letters.add([self._pending.popleft() for _ in range(count)], reason)
+
+    def _drain(self) -> None:
         with self._writing:
+            if len(self._pending) > self.max_backlog:
+                self._spill(len(self._pending) - self.max_backlog, "backlog full while the database was away")
             rows = [self._pending.popleft() for _ in range(len(self._pending))]
             if not rows:
                 return
             try:
+                waiting = self._write(rows)
+            except Exception as exc:  # never lose popped rows, whatever went wrong
+                self.dead_letters.add(rows, f"writer error ({type(exc).__name__}: {exc})")
+                raise
+            if waiting:  # the database is away: keep the rows, in order, for the next window
+                self._pending.extendleft(reversed(waiting))
+                _logger.warning("decision log: %d rows wait for the database", len(waiting))
+
+    def _write(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert ``rows``; returns those that must wait for the database."""
+        kept, cleaned = [], []
+        for row in rows:
+            try:
+                clean, changed = sanitize_row(row)
+            except Exception as exc:  # noqa: BLE001 -- not a row at all: set it aside, write the others
+                self.dead_letters.add([row], f"not a decision row ({type(exc).__name__}: {exc})")
+                continue
+            self.repaired += changed
+            kept.append(row)
+            cleaned.append(clean)
+        if not cleaned:
+            return []
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(decisions), cleaned)
+            return []
+        except Exception as exc:  # noqa: BLE001 -- drivers raise their own types for refused content
+            if _is_outage(exc):
+                return kept
+        # The database refused the batch for its content: find the rows it refuses.
+        for i, (row, clean) in enumerate(zip(kept, cleaned)):
+            try:
                 with self.engine.begin() as connection:
-                    connection.execute(insert(decisions), rows)
-            except SQLAlchemyError as exc:
-                if not keep_on_error:
-                    raise
-                # The database is away: keep the rows, in order, for the next window.
-                self._pending.extendleft(reversed(rows))
-                _logger.warning("decision log: %d rows wait for the database (%s)", len(rows), type(exc).__name__)
+                    connection.execute(insert(decisions), [clean])
+            except Exception as exc:  # noqa: BLE001 -- as above: a refused row is dead-lettered
+                if _is_outage(exc):
+                    return kept[i:]
+                self.dead_letters.add([row], f"refused by the database ({type(exc).__name__}: "
+                                             f"{_first_line(exc)})")
+        return []
 
     def exists(self, decision_id: str) -> bool:
         with self.engine.connect() as connection:
@@ -129,6 +272,53 @@ class DecisionLog:
         with self.engine.begin() as connection:
             connection.execute(insert(feedback), [{"decision_id": decision_id, "quality": quality,
                                                    "comment": comment, "created_at": time.time()}])
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+
+
+def replay_dead_letters(url: str, path: Path) -> tuple[int, int]:
+    """Insert the rows of a dead-letter file, sanitised; a row whose id is logged already counts
+    as replayed. A line still refused stays in the file as it was. Returns (replayed, left).
+
+    The file is first moved aside, so dead letters a running gateway adds meanwhile start a new
+    file: nothing is read twice or lost."""
+    if not path.is_file():
+        raise BestRouteError(f"no dead-letter file at {path}")
+    try:
+        engine = create_engine(url)
+        metadata.create_all(engine)  # an unreachable database fails here, before the file is touched
+    except SQLAlchemyError as exc:
+        raise BestRouteError(f"cannot open the decision log {url!r}: {_first_line(exc)}") from None
+    taken = path.with_name(path.name + ".replaying")
+    os.replace(path, taken)
+    lines = [line for line in taken.read_text(encoding="ascii").splitlines() if line.strip()]
+    kept: list[str] = []
+    replayed = 0
+    try:
+        for number, line in enumerate(lines):
+            try:
+                clean, _ = sanitize_row(json.loads(line)["row"])
+                with engine.begin() as connection:
+                    logged = select(decisions.c.id).where(decisions.c.id == clean.get("id"))
+                    if connection.execute(logged).first() is None:
+                        connection.execute(insert(decisions), [clean])
+                replayed += 1
+            except Exception as exc:  # noqa: BLE001 -- a line that cannot be replayed stays in the file
+                if _is_outage(exc):
+                    kept += lines[number:]
+                    raise BestRouteError(f"the decision-log database is unavailable ({_first_line(exc)}); "
+                                         f"{len(lines) - number} rows stay in {path}") from None
+                _logger.warning("dead letter %d refused again (%s)", number + 1, _first_line(exc))
+                kept.append(line)
+    finally:
+        engine.dispose()
+        if kept:
+            with path.open("a", encoding="ascii") as handle:
+                handle.write("".join(line + "\n" for line in kept))
+        taken.unlink()
+    return replayed, len(kept)
 
 
 def export_log(config: GatewayConfig, out: Path) -> int:

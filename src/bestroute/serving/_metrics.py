@@ -1,9 +1,13 @@
 """Prometheus metrics of one gateway (its own registry, so several apps can live in one process)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ._log import DecisionLog
 
 
 class GatewayMetrics:
@@ -27,6 +31,9 @@ class GatewayMetrics:
         self.circuit_open = Gauge("bestroute_circuit_open", "1 while a backend's circuit is open", ["backend"],
                                   registry=self.registry)
 
+    def watch_log(self, log: DecisionLog) -> None:
+        self.registry.register(_DecisionLogCollector(log))
+
     def watch_circuit(self, backend: str, is_open: Callable[[], bool]) -> None:
         self.circuit_open.labels(backend=backend).set_function(lambda: float(is_open()))
 
@@ -48,3 +55,18 @@ class GatewayMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DecisionLogCollector(Collector):
+    """The writer's own counts, read at scrape time (the writer thread keeps them)."""
+
+    def __init__(self, log: DecisionLog) -> None:
+        self.log = log
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("bestroute_decision_log_backlog", "Rows waiting for the database",
+                                value=self.log.backlog)
+        yield CounterMetricFamily("bestroute_decision_log_repaired", "Rows sanitised before the database took them",
+                                  value=self.log.repaired)
+        yield CounterMetricFamily("bestroute_decision_log_dead_letters", "Rows written to the dead-letter file",
+                                  value=self.log.dead_letters.count)

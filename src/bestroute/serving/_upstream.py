@@ -5,7 +5,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,17 +108,23 @@ class Upstream:
         try:
             async with response:
                 document = await response.json(content_type=None)
-            choices = document["choices"]
-            texts = [c["message"].get("content") or "" for c in choices]
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(self.name, f"response broke ({type(exc).__name__})") from exc
+        except ValueError as exc:
+            raise UpstreamError(self.name, "response is not JSON") from exc
+        try:
+            choices = document["choices"]
+            texts = [_content(c["message"]) for c in choices]
+            finish_reasons = [c.get("finish_reason") or "stop" for c in choices]
+            if not all(isinstance(f, str) for f in finish_reasons):
+                raise ValueError("finish_reason is not a string")
+            prompt_tokens, completion_tokens = usage_tokens(
+                document.get("usage"), prompt=lambda: estimate_tokens(_body_text(body)),
+                completion=lambda: sum(estimate_tokens(t) for t in texts))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UpstreamError(self.name, "malformed chat completion") from exc
-        usage = document.get("usage") or {}
-        return Completion(
-            texts=texts, finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
-            prompt_tokens=int(usage.get("prompt_tokens") or estimate_tokens(_body_text(body))),
-            completion_tokens=int(usage.get("completion_tokens") or sum(estimate_tokens(t) for t in texts)))
+            raise UpstreamError(self.name, f"malformed chat completion ({exc})") from exc
+        return Completion(texts=texts, finish_reasons=finish_reasons, prompt_tokens=prompt_tokens,
+                          completion_tokens=completion_tokens)
 
     async def _send(self, body: dict[str, Any], *, stream: bool) -> aiohttp.ClientResponse:
         """POST with retries on connection errors, timeouts, 429 and 5xx; the response is returned
@@ -169,7 +175,8 @@ STREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
 
 
 async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """The JSON payloads of an SSE stream until [DONE]; closing it closes the connection."""
+    """The JSON objects of an SSE stream until [DONE]; closing it closes the connection.
+    Anything else (invalid UTF-8 or JSON, a payload that is not an object) raises ValueError."""
     try:
         async for raw in response.content:
             line = raw.decode().strip()
@@ -178,9 +185,42 @@ async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[st
             data = line[5:].strip()
             if data == "[DONE]":
                 return
-            yield json.loads(data)
+            chunk = json.loads(data)
+            if not isinstance(chunk, dict):
+                # ValueError, like invalid JSON: one kind of malformed stream for the callers
+                raise ValueError(f"stream chunk is a JSON {type(chunk).__name__}, not an object")  # noqa: TRY004
+            yield chunk
     finally:
         response.release()
+
+
+MAX_TOKENS_REPORTED = 10**9  # more than any context window: a larger count is a broken upstream
+
+
+def _content(message: Any) -> str:
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise ValueError("message content is not a string")
+    return content or ""
+
+
+def usage_tokens(usage: Any, *, prompt: Callable[[], int], completion: Callable[[], int]) -> tuple[int, int]:
+    """(prompt, completion) tokens of an upstream's ``usage``; a count it leaves out is estimated.
+    A count that is not a whole number from 0 to 10^9, or a ``usage`` that is not an object,
+    raises ValueError: costs and budgets must not take an upstream's garbage."""
+    if usage is None:
+        usage = {}
+    if not isinstance(usage, dict):
+        raise ValueError("usage is not an object")  # noqa: TRY004 -- one error for malformed usage
+    counts = []
+    for key, estimate in (("prompt_tokens", prompt), ("completion_tokens", completion)):
+        value = usage.get(key)
+        if value is None:
+            value = estimate()
+        elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS_REPORTED:
+            raise ValueError(f"usage.{key} is not a token count: {str(value)[:40]!r}")
+        counts.append(value)
+    return counts[0], counts[1]
 
 
 def _body_text(body: dict[str, Any]) -> str:

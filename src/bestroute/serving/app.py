@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -28,6 +29,7 @@ from ._errors import (
     ClientDisconnected,
     GatewayError,
     InvalidRequest,
+    LogUnavailable,
     ModelNotFound,
     PayloadTooLarge,
     Unauthorized,
@@ -122,7 +124,9 @@ def create_app(config: GatewayConfig) -> Gateway:
                          for b in config.backends}
             for name, upstream in upstreams.items():
                 metrics.watch_circuit(name, lambda u=upstream: u.breaker.state == "open")
-            log = DecisionLog(config.decision_log.url)
+            log = DecisionLog(config.decision_log.url, dead_letter_path=config.decision_log.dead_letter_path,
+                              max_backlog=config.decision_log.max_backlog)
+            metrics.watch_log(log)
             app.state.service = ChatService(
                 config=config, router=router, upstreams=upstreams, log=log, metrics=metrics,
                 selector=make_serving_selector(config.selector, session, upstreams, reward_model))
@@ -175,10 +179,16 @@ def create_app(config: GatewayConfig) -> Gateway:
             body += part
             if len(body) > config.limits.max_body_bytes:
                 raise PayloadTooLarge(f"request body exceeds {config.limits.max_body_bytes} bytes")
+        too_deep = InvalidRequest(f"request body is nested deeper than {config.limits.max_json_depth} levels")
         try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            document = json.loads(body)
+        except RecursionError:
+            raise too_deep from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
             raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
+        if _depth_exceeds(document, config.limits.max_json_depth):
+            raise too_deep
+        return document
 
     async def chat_completions(request: Request) -> Response:
         await authorize(request)
@@ -214,21 +224,27 @@ def create_app(config: GatewayConfig) -> Gateway:
         except ValidationError as exc:
             return _validation_response(exc.errors())
         log: DecisionLog = request.app.state.service.log
-        await asyncio.to_thread(log.flush)  # the decision may still be queued here
-        # ... or in another replica's writer, which commits within its batch window.
-        deadline = time.monotonic() + FEEDBACK_WAIT_S
-        while not await asyncio.to_thread(log.exists, feedback.id):
-            if time.monotonic() > deadline:
-                raise ModelNotFound(f"no request with id {feedback.id!r}", param="id")
-            await asyncio.sleep(0.05)
-        await asyncio.to_thread(log.add_feedback, feedback.id, feedback.quality, feedback.comment)
+        try:
+            await asyncio.to_thread(log.flush)  # the decision may still be queued here
+            # ... or in another replica's writer, which commits within its batch window.
+            deadline = time.monotonic() + FEEDBACK_WAIT_S
+            while not await asyncio.to_thread(log.exists, feedback.id):
+                if time.monotonic() > deadline:
+                    raise ModelNotFound(f"no request with id {feedback.id!r}", param="id")
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(log.add_feedback, feedback.id, feedback.quality, feedback.comment)
+        except SQLAlchemyError:
+            raise LogUnavailable("the decision log's database is unavailable; send the feedback again later")
         return {"id": feedback.id, "object": "feedback", "status": "recorded"}
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
         service: ChatService = request.app.state.service
+        log = service.log
         return {"status": "ok", "router": router.name, "reference": router.reference_.model,
-                "backends": {n: u.breaker.state for n, u in service.upstreams.items()}}
+                "backends": {n: u.breaker.state for n, u in service.upstreams.items()},
+                "decision_log": {"backlog": log.backlog, "repaired": log.repaired,
+                                 "dead_letters": log.dead_letters.count, "dead_letter_path": str(log.dead_letters.path)}}
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
@@ -243,6 +259,21 @@ def _validation_response(errors: list[Any]) -> JSONResponse:
     param = ".".join(loc) or None
     exc = Unprocessable(f"{param or 'body'}: {first.get('msg')}", param=param)
     return _error(exc.status, exc.message, exc.type, exc.param)
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    """Whether JSON containers nest deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in value if isinstance(child, dict | list))
+    return False
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -18,7 +18,14 @@ from ._errors import InvalidRequest, ModelNotFound, UpstreamFailed
 from ._log import DecisionLog
 from ._metrics import GatewayMetrics
 from ._selectors import ServingSelector
-from ._upstream import STREAM_ERRORS, Completion, Upstream, UpstreamError, estimate_tokens
+from ._upstream import (
+    STREAM_ERRORS,
+    Completion,
+    Upstream,
+    UpstreamError,
+    estimate_tokens,
+    usage_tokens,
+)
 from .protocol import ChatCompletionRequest
 
 ROUTED_MODEL = "bestroute"
@@ -237,14 +244,13 @@ class ChatService:
     async def _relay(self, request: ChatCompletionRequest, outcome: Outcome, first: dict[str, Any],
                      rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
         text: list[str] = []
-        usage: dict[str, Any] | None = None
+        usage: Any = None
         status, error = 499, "client disconnected"
         try:
             chunk: dict[str, Any] | None = first
             while chunk is not None:
                 usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or []:
-                    text.append((choice.get("delta") or {}).get("content") or "")
+                text.append(_delta_text(chunk))
                 chunk |= {"id": outcome.request_id, "model": outcome.attempt.upstream.name}
                 yield _sse(chunk)
                 chunk = await anext(rest, None)
@@ -254,11 +260,17 @@ class ChatService:
             yield _sse({"error": {"message": error, "type": "upstream_error"}})
         finally:
             await rest.aclose()
-            prompt_tokens = int((usage or {}).get("prompt_tokens") or estimate_tokens(request.prompt_text()))
-            completion_tokens = int((usage or {}).get("completion_tokens") or estimate_tokens("".join(text)))
+            answer = "".join(text)
+            try:
+                prompt_tokens, completion_tokens = usage_tokens(
+                    usage, prompt=lambda: estimate_tokens(request.prompt_text()),
+                    completion=lambda: estimate_tokens(answer))
+            except ValueError as exc:  # the answer has been relayed; only its accounting is estimated
+                outcome.fallbacks.append(f"usage estimated: {exc}")
+                prompt_tokens, completion_tokens = estimate_tokens(request.prompt_text()), estimate_tokens(answer)
             outcome.charge(outcome.attempt.upstream, prompt_tokens, completion_tokens)
             outcome.call_input_tokens, outcome.response_tokens = prompt_tokens, completion_tokens
-            self._record(request, outcome, status, error=error, response="".join(text))
+            self._record(request, outcome, status, error=error, response=answer)
         if status == 200:
             yield _sse({"id": outcome.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
                         "model": outcome.attempt.upstream.name, "choices": [], "usage": outcome.usage(),
@@ -274,7 +286,8 @@ class ChatService:
         store = self.config.decision_log.store_prompts
         self.log.write({
             "id": outcome.request_id, "created_at": time.time(),
-            "prompt_hash": hashlib.sha256(prompt.encode()).hexdigest(), "prompt": prompt if store else None,
+            # surrogatepass: a prompt with a lone surrogate is still hashed (the row is sanitised later)
+            "prompt_hash": hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(), "prompt": prompt if store else None,
             "requested_model": request.model, "model": model,
             "n": outcome.attempt.n if outcome.attempt else None, "threshold": outcome.plan.threshold,
             "scores": outcome.plan.scores, "fallbacks": outcome.fallbacks, "latency_ms": latency * 1000,
@@ -285,6 +298,18 @@ class ChatService:
         self.metrics.observe(model=model or "none", n=outcome.attempt.n if outcome.attempt else 0,
                              status=status, seconds=latency, prompt_tokens=outcome.prompt_tokens,
                              completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd)
+
+
+def _delta_text(chunk: dict[str, Any]) -> str:
+    """The content a stream chunk adds, ignoring anything not shaped as OpenAI's deltas."""
+    choices = chunk.get("choices")
+    text = []
+    for choice in choices if isinstance(choices, list) else []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str):
+            text.append(content)
+    return "".join(text)
 
 
 def _new_id() -> str:

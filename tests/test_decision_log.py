@@ -1,0 +1,253 @@
+"""The decision log under hostile input: poison rows are repaired or dead-lettered, outages keep
+rows (bounded), nothing is lost, and the writer never stops. Real SQLite and PostgreSQL."""
+
+import json
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy
+import yaml
+from servers import Script, free_port, gateway, upstream, write_gateway_config
+from typer.testing import CliRunner
+
+from bestroute.cli import app as cli
+from bestroute.serving import DecisionLog
+from bestroute.serving._log import TRUNCATED, metadata
+
+LONG_NAME = "backend-" + "x" * 242  # 250 characters; the column holds 200
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/log.db"
+    return request.getfixturevalue("postgres_url")
+
+
+def logged(url: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The rows of ``ids`` in the decision log at ``url``."""
+    engine = sqlalchemy.create_engine(url)
+    table = metadata.tables["decisions"]
+    with engine.connect() as connection:
+        found = connection.execute(sqlalchemy.select(table).where(table.c.id.in_(ids))).mappings().all()
+    engine.dispose()
+    return {r["id"]: dict(r) for r in found}
+
+
+def dead_letters(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def row(decision_id: str, **fields: Any) -> dict[str, Any]:
+    return {"id": decision_id, "created_at": time.time(), "prompt_hash": "h", "requested_model": "bestroute",
+            "model": "small", "latency_ms": 1.0, "status": 200, "prompt": "What is 6 * 7?"} | fields
+
+
+def test_poison_rows_are_repaired_or_dead_lettered_and_the_rest_is_written(log_url, tmp_path):
+    tag = uuid.uuid4().hex[:8]  # the PostgreSQL server is shared by the session's tests
+    poison = {
+        f"{tag}-surrogate": {"prompt": "bad \ud800 text", "response": "\udfff"},
+        f"{tag}-nul": {"prompt": "nul \x00 byte", "error": "a\x00b"},
+        f"{tag}-names": {"model": LONG_NAME, "requested_model": "r" * 300},
+        f"{tag}-count": {"prompt_tokens": 10**12, "completion_tokens": -(10**12)},
+        f"{tag}-scores": {"scores": {"small": float("nan"), "big\ud800": float("inf"), "tiny": 0.5}},
+    }
+    normal = [f"{tag}-ok-{i}" for i in range(100)]
+    log = DecisionLog(log_url, dead_letter_path=tmp_path / "dead.jsonl", batch_window_s=0.01)
+    for decision_id, fields in poison.items():
+        log.write(row(decision_id, **fields))
+    log.write(None)  # type: ignore[arg-type]  # not a row at all
+    log.write(row(normal[0]))
+    log.write(row(normal[0], prompt="a second row with the same id"))  # the database refuses it
+    for decision_id in normal[1:]:
+        log.write(row(decision_id))
+    log.close()
+
+    rows = logged(log_url, normal + list(poison))
+    assert set(normal) <= set(rows), "a normal row was lost"
+    assert rows[normal[0]]["prompt"] == "What is 6 * 7?"
+    assert rows[f"{tag}-surrogate"]["prompt"] == "bad \ufffd text" and rows[f"{tag}-surrogate"]["response"] == "\ufffd"
+    assert rows[f"{tag}-nul"]["prompt"] == "nul  byte" and rows[f"{tag}-nul"]["error"] == "ab"
+    names = rows[f"{tag}-names"]
+    assert len(names["model"]) == 200 and names["model"].endswith(TRUNCATED) and names["model"].startswith("backend-x")
+    assert len(names["requested_model"]) == 200
+    assert rows[f"{tag}-count"]["prompt_tokens"] == 2**31 - 1 and rows[f"{tag}-count"]["completion_tokens"] == -(2**31)
+    assert rows[f"{tag}-scores"]["scores"] == {"small": None, "big\ufffd": None, "tiny": 0.5}
+    assert log.repaired == len(poison)
+
+    letters = dead_letters(tmp_path / "dead.jsonl")
+    assert log.dead_letters.count == len(letters) == 2
+    assert letters[0]["row"] is None and letters[0]["reason"].startswith("not a decision row")
+    assert letters[1]["row"]["prompt"] == "a second row with the same id"
+    assert letters[1]["reason"].startswith("refused by the database (IntegrityError")
+
+
+def test_an_outage_keeps_a_bounded_backlog_and_replay_restores_every_row(tmp_path):
+    url, dead = f"sqlite:///{tmp_path}/log.db", tmp_path / "dead.jsonl"
+    log = DecisionLog(url, dead_letter_path=dead, max_backlog=5, batch_window_s=0.01)
+    log.write(row("before"))
+    assert log.flush()
+    with sqlite3.connect(tmp_path / "log.db") as db:  # the table disappears: an outage for the writer
+        db.execute("DROP TABLE decisions")
+    ids = [f"during-{i}" for i in range(12)]
+    for decision_id in ids:
+        log.write(row(decision_id))
+    deadline = time.monotonic() + 10
+    while log.dead_letters.count < 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.backlog == 5 and not log.flush()  # the newest five wait; flush says they could not go
+    spilled = dead_letters(dead)
+    assert [d["row"]["id"] for d in spilled] == ids[:7]
+    assert {d["reason"] for d in spilled} == {"backlog full while the database was away"}
+    log.close()  # still away at shutdown: the five waiting rows go to the file too, not nowhere
+    assert [d["row"]["id"] for d in dead_letters(dead)] == ids
+    assert dead_letters(dead)[-1]["reason"] == "database unavailable at shutdown"
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({"backends": [{"name": "small", "base_url": "http://127.0.0.1:9/v1"}],
+                                      "decision_log": {"url": url, "dead_letter_path": "dead.jsonl"}}))
+    with dead.open("a") as handle:  # one row no database takes (no status), and one broken line
+        handle.write(json.dumps({"reason": "test", "at": 0, "row": {"id": "incomplete", "created_at": 1.0}}) + "\n")
+        handle.write("{not json\n")
+    result = CliRunner().invoke(cli, ["log", "replay-dead-letters", "--config", str(config)])
+    assert result.exit_code == 1, result.output  # two lines are still refused
+    assert "replayed 12 rows" in result.output and "2 still refused" in result.output
+    assert set(ids) <= set(logged(url, ids))
+    left = dead.read_text().splitlines()  # the refused lines stay exactly as they were
+    assert json.loads(left[0])["row"]["id"] == "incomplete" and left[1] == "{not json" and len(left) == 2
+    again = CliRunner().invoke(cli, ["log", "replay-dead-letters", "--config", str(config)])
+    assert again.exit_code == 1 and "replayed 0 rows" in again.output and "2 still refused" in again.output
+    missing = CliRunner().invoke(cli, ["log", "replay-dead-letters", "--config", str(config.with_name("none.yaml"))])
+    assert missing.exit_code == 2 and missing.output.startswith("error: ")
+
+
+def _chat(model: str, content: Any, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}]} | extra
+
+
+# (what, raw request body, expected status); the body is sent as bytes so nothing "fixes" it on the way.
+HOSTILE_REQUESTS: list[tuple[str, bytes, int]] = [
+    ("lone surrogate", b'{"model": "bestroute:0", "messages": [{"role": "user", "content": "bad \\ud800 text"}]}', 200),
+    ("NUL byte", b'{"model": "bestroute:0", "messages": [{"role": "user", "content": "nul \\u0000 byte"}]}', 200),
+    ("over-long backend name", json.dumps(_chat(LONG_NAME, "hi")).encode(), 200),
+    ("content part text not a string",
+     json.dumps(_chat("bestroute:0", [{"type": "text", "text": 5}, {"type": "text", "text": {"a": [1]}}])).encode(),
+     200),
+    ("JSON deeper than the recursion limit", b'{"model": "bestroute", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     400),
+    ("JSON deeper than the limit", json.dumps(_chat("bestroute", "hi", metadata=json.loads("[" * 80 + "]" * 80)))
+     .encode(), 400),
+    ("5,000-digit integer", b'{"model": "bestroute", "max_tokens": ' + b"9" * 5000 + b', "messages": []}', 400),
+    ("threshold not a number", json.dumps(_chat("bestroute:abc", "hi")).encode(), 400),
+    ("threshold of 5,000 digits", json.dumps(_chat("bestroute:" + "9" * 5000, "hi")).encode(), 400),
+    ("invalid UTF-8", b'{"model": "bestroute", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400),
+    ("upstream: negative token counts", json.dumps(_chat("negative", "hi")).encode(), 502),
+    ("upstream: token count as text", json.dumps(_chat("text-usage", "hi")).encode(), 502),
+    ("upstream: a JSON list", json.dumps(_chat("listy", "hi")).encode(), 502),
+    ("upstream: stream of a JSON list", json.dumps(_chat("listy-stream", "hi", stream=True)).encode(), 502),
+]
+
+
+def test_hostile_requests_get_4xx_or_502_and_never_stop_the_log(log_url, tmp_path, artifact, caplog):
+    log = {"url": log_url, "store_prompts": True, "dead_letter_path": str(tmp_path / "dead.jsonl")}
+    hostile = {"negative": Script(usage={"prompt_tokens": -5, "completion_tokens": 3}),
+               "text-usage": Script(usage={"prompt_tokens": "abc", "completion_tokens": 3}),
+               "listy": Script(raw=b"[1, 2, 3]"), "listy-stream": Script(raw=b"data: [1, 2]\n\n")}
+    with ExitStack() as stack:
+        urls = {name: stack.enter_context(upstream(script)).url for name, script in hostile.items()}
+        small = stack.enter_context(upstream(Script(answers=["42"])))
+        big = stack.enter_context(upstream(Script(answers=["big"])))
+        server, _ = stack.enter_context(gateway(
+            tmp_path, artifact, {"small": small.url, "big": big.url, LONG_NAME: small.url} | urls, decision_log=log))
+        caplog.set_level(logging.ERROR)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            answered: dict[str, str] = {}
+            for what, body, status in HOSTILE_REQUESTS:
+                response = client.post("/v1/chat/completions", content=body,
+                                       headers={"content-type": "application/json"})
+                assert response.status_code == status, (what, response.text)
+                if status != 200 and not body.endswith(b'"stream": true}'):
+                    error = response.json()["error"]
+                    assert error["message"] and error["type"], what
+                if status == 200:
+                    answered[what] = response.json()["id"]
+            normal = []
+            for i in range(100):
+                response = client.post("/v1/chat/completions", json=_chat("bestroute", f"What is {i} times 7?"))
+                assert response.status_code == 200, response.text
+                normal.append(response.json()["id"])
+            deadline = time.monotonic() + 10
+            while (health := client.get("/healthz").json())["decision_log"]["backlog"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            exposition = client.get("/metrics").text
+    assert f"bestroute_decision_log_repaired_total {float(health['decision_log']['repaired'])}" in exposition
+    assert "bestroute_decision_log_dead_letters_total 0.0" in exposition
+    assert "bestroute_decision_log_backlog 0.0" in exposition
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a traceback was logged"
+    assert health["decision_log"]["backlog"] == 0 and health["decision_log"]["dead_letters"] == 0
+    assert health["decision_log"]["repaired"] >= 3
+    rows = logged(log_url, normal + list(answered.values()))
+    assert set(normal) <= set(rows), "a normal request lost its row"
+    assert rows[answered["lone surrogate"]]["prompt"] == "bad \ufffd text"
+    assert rows[answered["NUL byte"]]["prompt"] == "nul  byte"
+    long_row = rows[answered["over-long backend name"]]
+    assert long_row["model"].endswith(TRUNCATED) and long_row["requested_model"].endswith(TRUNCATED)
+    assert rows[answered["content part text not a string"]]["prompt"] == "5\n{'a': [1]}"
+
+
+def test_sigterm_under_load_drains_every_answered_request(tmp_path, artifact):
+    with upstream(Script(answers=["42"], delay_s=0.02)) as small, upstream(Script(answers=["big"])) as big:
+        config = write_gateway_config(tmp_path, artifact, {"small": small.url, "big": big.url})
+        port = free_port()
+        process = subprocess.Popen([sys.executable, "-m", "bestroute", "serve", "--config", str(config),
+                                    "--port", str(port)], stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None and time.monotonic() < deadline, "gateway did not start"
+                time.sleep(0.1)
+        answered: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                while not stop.is_set():
+                    try:
+                        response = client.post("/v1/chat/completions", json=_chat("bestroute:0", "What is 6 * 7?"))
+                    except httpx.HTTPError:
+                        return  # the gateway has stopped listening
+                    if response.status_code == 200:
+                        answered.append(response.json()["id"])
+
+        workers = [threading.Thread(target=load) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        while len(answered) < 100:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=60)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: -SIGTERM is a clean stop.
+    assert process.returncode in (0, -signal.SIGTERM), errors
+    assert "Traceback" not in errors
+    ids = set(answered)
+    with sqlite3.connect(tmp_path / "decisions.db") as db:
+        logged_ids = {r[0] for r in db.execute("SELECT id FROM decisions WHERE status = 200")}
+    assert len(ids) >= 100 and ids <= logged_ids, f"{len(ids - logged_ids)} answered requests have no row"
