@@ -10,10 +10,17 @@ from ._exceptions import (
 )
 from .data import RoutingDataset, load_dataset, split_prompts
 from .evaluation import evaluate
-from .routers import ROUTERS, BestRouteRouter, Option, Router, load_router
+from .routers import (
+           ROUTERS,
+           BestRouteRouter,
+           EscalatingBestRouteRouter,
+           Option,
+           Router,
+           load_router,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["ROUTERS", "ArtifactError", "BestRouteError", "BestRouteRouter", "ConfigError", "DataError", "FeatureError",
-           "Option", "Router", "RouterError", "RoutingDataset", "evaluate", "load_dataset", "load_router",
+__all__ = ["ROUTERS", "ArtifactError", "BestRouteError", "BestRouteRouter", "ConfigError", "DataError",
+           "EscalatingBestRouteRouter", "FeatureError", "Option", "Router", "RouterError", "RoutingDataset", "evaluate", "load_dataset", "load_router",
            "split_prompts"]

@@ -149,6 +149,13 @@ def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from 
         table.add_row(f"{point.knob:.4g}", f"{point.quality:.4f}", f"{point.relative_quality:.2%}",
                       f"{point.cost_per_1k:.4f}")
     console.print(table)
+    if router.acceptance_:
+        accepted = Table("escalating option", "prompts", "accepted", "quality of accepted",
+                         title="validation: how often each escalating option kept its own answer")
+        for row in router.acceptance_:
+            quality = "—" if row["accepted_quality"] is None else f"{row['accepted_quality']:.4f}"
+            accepted.add_row(row["option"], str(row["prompts"]), f"{row['accepted']:.1%}", quality)
+        console.print(accepted)
 
 
 @app.command("eval")

@@ -20,6 +20,7 @@ from ._plot import plot_curves
 # Candidate hyperparameters, chosen per router by validation AUC.
 HYPERPARAMETERS: dict[str, dict[str, list[Any]]] = {
     "best-route": {"C": [0.3, 1.0, 3.0], "prune_dominated": [True, False]},
+    "best-route-escalate": {"C": [0.3, 1.0, 3.0], "prune_dominated": [True, False]},
     "n-label": {"C": [0.3, 1.0, 3.0]},
     "n-class": {"C": [0.3, 1.0, 3.0]},
     "knn": {"k": [10, 30, 100]},
@@ -88,6 +89,8 @@ def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: in
         entry = _metrics(router, points, split, reference_info)
         best_of_n = np.array([o.n > 1 for o in router.options_])
         entry["best_of_n_share"] = [round(float(best_of_n[d.option].mean()), 4) for d in decisions]
+        entry["escalation_rate"] = [round(float(d.escalated.mean()), 4) for d in decisions]
+        entry["escalation_rate_at_1pct_drop"] = _at_drop_point(points, entry["escalation_rate"], reference_info)
         entry |= {"params": params, "val_auc": val_auc, "options": len(router.options_),
                   "decision_latency_ms_p50": _latency_ms(router, [data.texts[i] for i in split.test[:50]])}
         results["routers"][name] = entry
@@ -112,7 +115,7 @@ def _cheapest_cost_per_1k(router: Router, rows: np.ndarray) -> float:
     that answered every one of ``rows``; in sparse data where none did, the cheapest by its mean
     over the prompts it answered, among those that answered at least half of them."""
     outcomes = router.outcomes_
-    single = np.array([o.n == 1 for o in router.options_])
+    single = np.array([o.single for o in router.options_])
     single[router.reference_index_] = False
     answered = outcomes.available[rows]
     total = np.where(answered, outcomes.cost[rows], 0.0).sum(axis=0)
@@ -135,7 +138,7 @@ def _single_models(router: Router, data: RoutingDataset, split: Split) -> list[d
     outcomes = router.outcomes_
     rows = []
     for o, option in enumerate(router.options_):
-        if option.n == 1 and outcomes.available[split.test, o].all():
+        if option.single and outcomes.available[split.test, o].all():
             rows.append({"model": option.model, "quality": float(outcomes.quality[split.test, o].mean()),
                          "cost_per_1k": float(outcomes.cost[split.test, o].mean() * 1000)})
     return rows
@@ -163,6 +166,12 @@ def _metrics(router: Router, points: np.ndarray, split: Split, ref: dict[str, An
             "quality_gain_at_reference_cost": at_ref_cost - ref["quality"] if affordable else None}
 
 
+def _at_drop_point(points: np.ndarray, values: list[float], ref: dict[str, Any]) -> float | None:
+    """``values`` (one per curve point) at the point ``cost_reduction_at_1pct_drop`` reports."""
+    good = np.flatnonzero(points[:, 1] >= 0.99 * ref["quality"] - 1e-12)
+    return values[int(good[np.argmin(points[good, 0])])] if good.size else None
+
+
 def _latency_ms(router: Router, texts: list[str]) -> float | None:
     """Median wall time of routing one prompt (features + heads + decision)."""
     if router.name == "oracle":
@@ -182,15 +191,18 @@ def markdown_table(results: dict[str, Any]) -> str:
              "",
              f"Best-of-n selector: {results['selector']}",
              "",
-             ("| router | AUC | cost reduction at 1% drop | quality at reference cost | vs reference | "
-              "most best-of-n | p50 ms |"),
-             "|---|---|---|---|---|---|---|"]
+             ("| router | AUC | cost reduction at 1% drop | escalated there | quality at reference cost | "
+              "vs reference | most best-of-n | p50 ms |"),
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in results["routers"].items():
         latency = "—" if r["decision_latency_ms_p50"] is None else f"{r['decision_latency_ms_p50']:.2f}"
         at_cost, gain = r["quality_at_reference_cost"], r["quality_gain_at_reference_cost"]
         at_cost_text = "—" if at_cost is None else f"{at_cost:.4f}"
         gain_text = "—" if gain is None else f"{gain:+.4f}"
-        lines.append(f"| {name} | {r['auc']:.4f} | {r['cost_reduction_at_1pct_drop']:.3f} | {at_cost_text} | "
+        escalated = r["escalation_rate_at_1pct_drop"]
+        escalated_text = "—" if escalated is None else f"{escalated:.0%}"
+        lines.append(f"| {name} | {r['auc']:.4f} | {r['cost_reduction_at_1pct_drop']:.3f} | {escalated_text} | "
+                     f"{at_cost_text} | "
                      f"{gain_text} | "
                      f"{max(r['best_of_n_share']):.0%} | {latency} |")
     return "\n".join(lines)

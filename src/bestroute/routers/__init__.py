@@ -10,7 +10,7 @@ from ._baselines import (
     OracleRouter,
     RandomRouter,
 )
-from ._best_route import BestRouteRouter
+from ._best_route import BestRouteRouter, EscalatingBestRouteRouter
 from ._heads import apply_heads, fit_soft_heads
 from ._registry import ROUTERS
 from ._selection import (
@@ -27,7 +27,7 @@ from ._selection import (
 )
 
 __all__ = [
-    "ROUTERS", "BestRouteRouter", "CascadeRouter", "Consensus", "Decisions", "KNNRouter",
+    "ROUTERS", "BestRouteRouter", "CascadeRouter", "Consensus", "Decisions", "EscalatingBestRouteRouter", "KNNRouter",
     "MFRouter", "MajorityVote", "NClassRouter", "NLabelRouter", "Option", "OptionOutcomes",
     "OracleRouter", "OracleSelector", "RandomRouter", "Router", "apply_heads", "choose_reference",
     "extract_answer", "fit_soft_heads", "load_router", "make_selector", "option_outcomes", "selected_quality",

@@ -31,7 +31,8 @@ class Decisions:
 
     option: np.ndarray  # chosen option per prompt
     quality: np.ndarray
-    cost: np.ndarray  # USD per prompt
+    cost: np.ndarray  # USD per prompt, escalation included
+    escalated: np.ndarray  # bool per prompt: the chosen option escalated to the reference
 
 
 class Router:
@@ -80,8 +81,8 @@ class Router:
         x = features if features is not None else self.extractor_.transform(data.texts)
         chooser = val if val is not None and len(val) else train
         self.reference_ = Option(choose_reference(data, chooser, self.reference))
-        self.options_ = self._make_options(data)
-        self.outcomes_ = option_outcomes(data, self.options_, make_selector(self.selector))
+        self.options_ = self._make_options(data, train)
+        self.outcomes_ = option_outcomes(data, self.options_, make_selector(self.selector), self.reference_)
         self._fit_data = data
         self.reference_index_ = self.options_.index(self.reference_)
         cost = np.where(self.outcomes_.available[train], self.outcomes_.cost[train], np.nan)
@@ -89,9 +90,24 @@ class Router:
         self.active_ = np.ones(len(self.options_), dtype=bool)
         self._fit_scores(data, x, train)
         self.table_ = self._operating_table(data, val, x[val]) if val is not None and len(val) else []
+        self.acceptance_ = self._acceptance(chooser)
         return self
 
-    def _make_options(self, data: RoutingDataset) -> list[Option]:
+    def _acceptance(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """Per escalating option, on ``rows`` (validation): how often it kept its own pick, and
+        the mean quality of the answers it kept."""
+        stats = []
+        for o, option in enumerate(self.options_):
+            accepted = self.outcomes_.accepted[rows, o]
+            if option.accept is None or np.isnan(accepted).all():
+                continue
+            kept = accepted == 1
+            stats.append({"option": option.label, "prompts": int((~np.isnan(accepted)).sum()),
+                          "accepted": float(np.nanmean(accepted)),
+                          "accepted_quality": float(self.outcomes_.quality[rows[kept], o].mean()) if kept.any() else None})
+        return stats
+
+    def _make_options(self, data: RoutingDataset, train: np.ndarray) -> list[Option]:
         options = []
         for j, model in enumerate(data.models):
             top = min(self.max_n, data.max_samples(j)) if self.uses_samples else 1
@@ -162,14 +178,15 @@ class Router:
         for knob in knobs:
             choice = self.decide(scores, float(knob), available)
             out.append(Decisions(option=choice, quality=outcomes.quality[rows][index, choice],
-                                 cost=outcomes.cost[rows][index, choice]))
+                                 cost=outcomes.cost[rows][index, choice],
+                                 escalated=outcomes.accepted[rows][index, choice] == 0))
         return out
 
     def _outcomes_on(self, data: RoutingDataset) -> OptionOutcomes:
         # Outcomes of the fitting data are kept from fit; other data gets its own.
         if data is getattr(self, "_fit_data", None):
             return self.outcomes_
-        return option_outcomes(data, self.options_, make_selector(self.selector))
+        return option_outcomes(data, self.options_, make_selector(self.selector), self.reference_)
 
     def _operating_table(self, data: RoutingDataset, val: np.ndarray, x: np.ndarray) -> list[OperatingPoint]:
         # Relative quality needs the reference's answer; prompts it did not answer say nothing.
@@ -194,8 +211,9 @@ class Router:
         meta, arrays = self._state()
         document = {
             "version": ARTIFACT_VERSION, "router": self.name, "params": self._params(),
-            "options": [[o.model, o.n] for o in self.options_], "reference": self.reference_.model,
+            "options": [_option_to_json(o) for o in self.options_], "reference": self.reference_.model,
             "option_cost": self.option_cost_.tolist(), "active": self.active_.tolist(), "table": table_to_json(self.table_),
+            "acceptance": self.acceptance_,
             "features": feature_meta, "state": meta,
         }
         write_artifact(path, document, {"features": feature_arrays, "state": arrays})
@@ -203,12 +221,13 @@ class Router:
     @classmethod
     def _load(cls, document: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> "Router":
         router = cls(**document["params"])
-        router.options_ = [Option(m, int(n)) for m, n in document["options"]]
+        router.options_ = [_option_from_json(o) for o in document["options"]]
         router.reference_ = Option(document["reference"])
         router.reference_index_ = router.options_.index(router.reference_)
         router.option_cost_ = np.array(document["option_cost"], dtype=float)
         router.active_ = np.array(document["active"], dtype=bool)
         router.table_ = table_from_json(document["table"])
+        router.acceptance_ = document.get("acceptance", [])  # artifacts before escalation have none
         router.extractor_ = extractor_from_state(document["features"], arrays.get("features", {}))
         router._load_state(document["state"], arrays.get("state", {}))
         return router
@@ -222,6 +241,18 @@ class Router:
 
     def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
+
+
+def _option_to_json(option: Option) -> list[Any] | dict[str, Any]:
+    if not option.mix and option.accept is None:
+        return [option.model, option.n]  # the form every artifact version reads
+    return {"model": option.model, "n": option.n, "mix": list(option.mix), "accept": option.accept}
+
+
+def _option_from_json(document: list[Any] | dict[str, Any]) -> Option:
+    if isinstance(document, list):
+        return Option(str(document[0]), int(document[1]))
+    return Option(str(document["model"]), int(document["n"]), tuple(document["mix"]), document["accept"])
 
 
 MIN_REFERENCE_COVERAGE = 0.8

@@ -307,7 +307,8 @@ class CascadeRouter(Router):
             out.append(Decisions(
                 option=np.where(accept, weak, ref),
                 quality=np.where(accept, outcomes.quality[rows, weak], outcomes.quality[rows, ref]),
-                cost=np.where(accept, weak_cost, weak_cost + outcomes.cost[rows, ref])))
+                cost=np.where(accept, weak_cost, weak_cost + outcomes.cost[rows, ref]),
+                escalated=~accept))
         return out
 
     def _params(self) -> dict[str, Any]:
@@ -345,7 +346,8 @@ class OracleRouter(Router):
             # Ties in value go to the cheaper option.
             value = np.where(outcomes.available[rows], quality - knob * cost / ref_cost - 1e-9 * cost, -np.inf)
             choice = value.argmax(axis=1)
-            out.append(Decisions(option=choice, quality=quality[index, choice], cost=cost[index, choice]))
+            out.append(Decisions(option=choice, quality=quality[index, choice], cost=cost[index, choice],
+                                 escalated=outcomes.accepted[rows][index, choice] == 0))
         return out
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -1,13 +1,15 @@
-"""The BEST-Route router: one sigmoid head per (model, n) option."""
+"""The BEST-Route router: one sigmoid head per (model, n) option, and its escalating variant."""
 
+from itertools import combinations
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..data import RoutingDataset
+from ..policy import THRESHOLD_GRID
 from ._base import Router
 from ._heads import apply_heads, fit_soft_heads
-from ._selection import make_selector, soft_labels
+from ._selection import Option, make_selector, soft_labels
 
 
 class BestRouteRouter(Router):
@@ -71,3 +73,89 @@ def _dominated(label_mean: np.ndarray, cost: np.ndarray, available: np.ndarray) 
     covers = (available[:, :, None] | ~available[:, None, :]).all(axis=0)  # covers[a, b]: a covers b
     better = (cost[:, None] <= cost[None, :]) & (label_mean[:, None] > label_mean[None, :])
     return (covers & better).any(axis=0)
+
+
+class EscalatingBestRouteRouter(BestRouteRouter):
+    """BEST-Route whose options may also verify and escalate: sample, let the selector pick, and
+    keep the pick only when the selector is confident enough (the samples agree, or the reward
+    model scores it high); otherwise ask the reference and pay for both.
+
+    Besides the plain (model, n) options it has, built from the training prompts only:
+
+    - mixtures of two or three cheap models, one sample each, accepted when all agree (two) or
+      when at least two of three agree, else escalated; the cheap models are, per task where the
+      data names tasks, the ``mix_models`` most accurate of those costing at most a third of the
+      reference (so a mixture of three costs no more than the reference);
+    - a cheap model's n samples (n = 3, 5 up to ``max_n``) accepted when at least
+      ``accept_shares`` of them agree with the pick;
+    - with a reward-model selector, one cheap sample accepted when its score is >= 0.3, 0.5, 0.7.
+
+    Each head predicts how often the whole policy (its pick, or the reference's answer where it
+    escalates) is as good as the reference, and each option's cost is its mean over the training
+    prompts, escalations included: an option that escalates often is expensive, so the
+    cheapest-above-threshold rule accounts for it.
+
+    Parameters
+    ----------
+    mix_models : int
+        Cheap models (per task) that mixtures are drawn from.
+    accept_shares : tuple of float
+        Acceptance thresholds of a single model's n samples.
+    **kwargs
+        See :class:`BestRouteRouter`.
+    """
+
+    name: ClassVar[str] = "best-route-escalate"
+
+    def __init__(self, *, mix_models: int = 5, accept_shares: tuple[float, ...] = (0.6, 1.0), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mix_models = mix_models
+        self.accept_shares = tuple(accept_shares)
+
+    def _make_options(self, data: RoutingDataset, train: np.ndarray) -> list[Option]:
+        return super()._make_options(data, train) + escalating_options(
+            data, train, self.reference_, max_n=self.max_n, mix_models=self.mix_models,
+            accept_shares=self.accept_shares, score_confidence=make_selector(self.selector).confidence == "score")
+
+    def knob_grid(self) -> np.ndarray:
+        return ESCALATION_GRID
+
+    def _params(self) -> dict[str, Any]:
+        return super()._params() | {"mix_models": self.mix_models, "accept_shares": list(self.accept_shares)}
+
+
+MIX_SCORE_ACCEPTS = (0.3, 0.5, 0.7)
+# (models in a mixture, share of their answers that must agree with the pick)
+MIXTURES = ((2, 1.0), (3, 2 / 3), (3, 1.0), (4, 0.75), (4, 1.0), (5, 0.8), (5, 1.0))
+# Escalating options' predicted labels crowd just below 1: the knob needs finer steps there.
+ESCALATION_GRID = np.unique(np.concatenate([THRESHOLD_GRID, np.linspace(0.9, 1.0, 1001)]))
+
+
+def escalating_options(data: RoutingDataset, train: np.ndarray, reference: Option, *, max_n: int,
+                       mix_models: int, accept_shares: tuple[float, ...], score_confidence: bool) -> list[Option]:
+    """The verify-and-escalate options of :class:`EscalatingBestRouteRouter` (see there)."""
+    ref_j = data.model_index(reference.model)
+    cost, quality = data.single_sample_cost()[train], data.quality[train, :, 0]
+    ref_cost = float(np.nanmean(cost[:, ref_j]))
+    tasks = np.array([t or "" for t in data.tasks])[train]
+    options: dict[Option, None] = {}  # ordered and without repeats
+    for task in sorted(set(tasks)):
+        rows = tasks == task
+        answered = (~np.isnan(quality[rows])).mean(axis=0)
+        cheap = [j for j in range(len(data.models)) if j != ref_j and answered[j] >= 0.95
+                 and np.nanmean(cost[rows, j]) <= ref_cost / 3]
+        top = sorted(sorted(cheap, key=lambda j: -np.nanmean(quality[rows, j]))[:mix_models])
+        for size, accept in MIXTURES:
+            for combo in combinations(top, size):
+                options[Option.mixture(tuple(data.models[j] for j in combo), accept=accept)] = None
+    for j, model in enumerate(data.models):
+        if j == ref_j or np.nanmean(cost[:, j]) > ref_cost:
+            continue
+        for n in (3, 5):
+            if n <= min(max_n, data.max_samples(j)):
+                for share in accept_shares:
+                    options[Option(model, n, accept=share)] = None
+        if score_confidence:
+            for accept in MIX_SCORE_ACCEPTS:
+                options[Option(model, 1, accept=accept)] = None
+    return list(options)

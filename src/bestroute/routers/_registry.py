@@ -10,8 +10,8 @@ from ._baselines import (
     OracleRouter,
     RandomRouter,
 )
-from ._best_route import BestRouteRouter
+from ._best_route import BestRouteRouter, EscalatingBestRouteRouter
 
 ROUTERS: dict[str, type[Router]] = {r.name: r for r in (
-    BestRouteRouter, KNNRouter, MFRouter, NClassRouter, NLabelRouter, CascadeRouter, RandomRouter,
+    BestRouteRouter, EscalatingBestRouteRouter, KNNRouter, MFRouter, NClassRouter, NLabelRouter, CascadeRouter, RandomRouter,
     OracleRouter)}

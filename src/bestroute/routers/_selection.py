@@ -24,20 +24,55 @@ from .._exceptions import RouterError
 from ..data import RoutingDataset
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Option:
-    """A routing option: ``n`` samples from ``model``, best one kept."""
+    """A routing option: ``n`` samples from ``model``, best one kept.
+
+    A *mixture* samples ``n`` from each model of ``mix`` (``model`` is then their names joined
+    by "+") and keeps the best of all. An *escalating* option (``accept`` set) keeps its pick
+    only when the selector's confidence in it is >= ``accept``; otherwise the request goes on to
+    the reference, and pays for both."""
 
     model: str
     n: int = 1
+    mix: tuple[str, ...] = ()
+    accept: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.accept is not None and not 0.0 <= self.accept <= 1.0:
+            raise RouterError(f"acceptance threshold must be in [0, 1], got {self.accept}")
+        if self.mix and self.model != "+".join(self.mix):
+            raise RouterError(f"a mixture's model name is its models joined by '+', got {self.model!r}")
+
+    @classmethod
+    def mixture(cls, models: tuple[str, ...], *, n: int = 1, accept: float | None = None) -> "Option":
+        return cls("+".join(models), n, tuple(models), accept)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.mix or (self.model,)
+
+    @property
+    def single(self) -> bool:
+        """One response of one model, kept as it is."""
+        return self.n == 1 and not self.mix and self.accept is None
+
+    @property
+    def samples(self) -> int:
+        """Responses drawn: n from each model."""
+        return self.n * len(self.models)
 
     @property
     def label(self) -> str:
-        return self.model if self.n == 1 else f"{self.model} x{self.n}"
+        base = self.model if self.n == 1 else f"{self.model} x{self.n}"
+        return base if self.accept is None else f"{base} >={self.accept:.2f} else reference"
 
 
 class Selector(Protocol):
     name: ClassVar[str]
+    # What the selector's confidence in its pick is: "agreement" (the share of the samples that
+    # agree with it), "score" (its score, a probability) or "none" (it cannot say).
+    confidence: ClassVar[str]
 
     def judge(self, prompt: str, responses: list[str | None],
               quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +125,7 @@ class MajorityVote:
     """Pick the most common extracted final answer (ties: the earliest sample)."""
 
     name: ClassVar[str] = "majority"
+    confidence: ClassVar[str] = "agreement"
 
     def judge(self, prompt: str, responses: list[str | None],
               quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +146,7 @@ class Consensus:
     Equal to majority vote on exact answers; also works when answers are free text."""
 
     name: ClassVar[str] = "consensus"
+    confidence: ClassVar[str] = "agreement"
 
     def judge(self, prompt: str, responses: list[str | None],
               quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +159,7 @@ class OracleSelector:
     """Pick by ground-truth quality: an upper bound, never a serving selector."""
 
     name: ClassVar[str] = "oracle"
+    confidence: ClassVar[str] = "none"  # its scores are the truth: accepting on them would cheat
 
     def judge(self, prompt: str, responses: list[str | None],
               quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +170,7 @@ class RewardModelSelector:
     """Pick the response a trained proxy reward model scores highest (see ``bestroute train-reward``)."""
 
     name: ClassVar[str] = "reward-model"
+    confidence: ClassVar[str] = "score"
 
     def __init__(self, path: str) -> None:
         from ..reward import RewardModel
@@ -186,6 +225,16 @@ def pick(agreement: np.ndarray, scores: np.ndarray, subset: np.ndarray) -> int:
     support = agreement[np.ix_(subset, subset)].sum(axis=1)
     order = np.lexsort((np.arange(len(subset)), -scores[subset], -support))
     return int(subset[order[0]])
+
+
+def pick_confidence(selector: Selector, agreement: np.ndarray, scores: np.ndarray, picked: int) -> float:
+    """The selector's confidence in the sample it picked from all of ``agreement``'s samples."""
+    if selector.confidence == "agreement":
+        return float(agreement[picked].mean())
+    if selector.confidence == "score":
+        return float(scores[picked])
+    raise RouterError(f"selector {selector.name!r} gives no confidence in its pick, so nothing can "
+                      "escalate on it; use consensus, majority or a reward model")
 
 
 def _subsets(k: int, n: int, *, max_subsets: int, rng: np.random.Generator) -> np.ndarray:
@@ -282,6 +331,16 @@ def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], 
         _judge_in_bulk(data, selector, rows)
     labels = np.full((len(rows), len(options)), np.nan)
     for o, option in enumerate(options):
+        if option.mix or option.accept is not None:
+            # Its outcome is already the whole policy's (its pick, or the reference's answer):
+            # the label is how often that is as good as the reference.
+            outcome = _composite_outcomes(data, option, selector, reference)[0]
+            for r, i in enumerate(rows):
+                ref_q = data.quality[i, ref_j]
+                ref_q = ref_q[~np.isnan(ref_q)]
+                if not np.isnan(outcome[i]) and ref_q.size:
+                    labels[r, o] = float(np.mean(outcome[i] >= ref_q))
+            continue
         j = data.model_index(option.model)
         for r, i in enumerate(rows):
             quality = data.quality[i, j]
@@ -303,31 +362,40 @@ def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], 
 @dataclass(frozen=True)
 class OptionOutcomes:
     """What each option realises on each prompt: the quality of the response the selector keeps
-    from the first n samples, and the cost of the call (input once, n outputs)."""
+    from the first n samples, and the cost of the call (input once, n outputs). An escalating
+    option realises the reference's response where it escalates, and pays for both."""
 
     quality: np.ndarray  # (P, O)
     cost: np.ndarray  # (P, O) USD
     available: np.ndarray  # (P, O) bool
+    accepted: np.ndarray  # (P, O) 1 where the option kept its own pick, 0 where it escalated; NaN if unavailable
 
 
-def option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector) -> OptionOutcomes:
+def option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector,
+                    reference: Option | None = None) -> OptionOutcomes:
+    """Outcomes of ``options`` on every prompt; escalating options need the ``reference``."""
     memo = _memo(data, selector)
-    key = ("outcomes", tuple(options))
+    key = ("outcomes", tuple(options), reference)
     if key not in memo:
-        memo[key] = _option_outcomes(data, options, selector)
+        memo[key] = _option_outcomes(data, options, selector, reference)
     return memo[key]
 
 
-def _option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector) -> OptionOutcomes:
+def _option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector,
+                     reference: Option | None) -> OptionOutcomes:
     shape = (data.n_prompts, len(options))
-    quality, cost = np.full(shape, np.nan), np.full(shape, np.nan)
+    quality, cost, accepted = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     if any(option.n > 1 for option in options):
         _judge_in_bulk(data, selector, np.arange(data.n_prompts))
     for o, option in enumerate(options):
+        if option.mix or option.accept is not None:
+            quality[:, o], cost[:, o], accepted[:, o] = _composite_outcomes(data, option, selector, reference)
+            continue
         j = data.model_index(option.model)
         q = data.quality[:, j, :option.n]
         ok = ~np.isnan(q).any(axis=1)
         cost[ok, o] = data.input_cost[ok, j] + data.output_cost[ok, j, :option.n].sum(axis=1)
+        accepted[ok, o] = 1.0
         if option.n == 1:
             quality[ok, o] = q[ok, 0]
             continue
@@ -335,4 +403,38 @@ def _option_outcomes(data: RoutingDataset, options: list[Option], selector: Sele
         for i in np.flatnonzero(ok):
             agreement, scores = _judgment(data, selector, i, j)
             quality[i, o] = q[i, pick(agreement, scores, subset)]
-    return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality))
+    return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality), accepted=accepted)
+
+
+def _composite_outcomes(data: RoutingDataset, option: Option, selector: Selector,
+                        reference: Option | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quality, cost, accepted) per prompt of a mixture or escalating option, made once per
+    option: the first n samples of each of its models are judged together, the selector picks
+    one, and an escalating option keeps it only when its confidence reaches ``accept``."""
+    memo = _memo(data, selector)
+    key = ("composite", option, reference)
+    if key in memo:
+        return memo[key]
+    if option.accept is not None and reference is None:
+        raise RouterError(f"option {option.label!r} escalates, but no reference was given")
+    columns = [data.model_index(m) for m in option.models]
+    n = option.n
+    q = data.quality[:, columns, :n].reshape(data.n_prompts, -1)  # model-major: m0 s0..s(n-1), m1 ...
+    ok = ~np.isnan(q).any(axis=1)
+    first_cost = sum(data.input_cost[:, j] + data.output_cost[:, j, :n].sum(axis=1) for j in columns)
+    if option.accept is not None:
+        ref_j = data.model_index(reference.model)  # type: ignore[union-attr]
+        ref_quality, ref_cost = data.quality[:, ref_j, 0], data.single_sample_cost()[:, ref_j]
+        ok &= ~np.isnan(ref_quality)
+    quality, cost, accepted = (np.full(data.n_prompts, np.nan) for _ in range(3))
+    everything = np.arange(q.shape[1])
+    for i in np.flatnonzero(ok):
+        responses = [data.responses[i, j, k] for j in columns for k in range(n)]
+        agreement, scores = selector.judge(data.texts[i], responses, q[i])
+        picked = pick(agreement, scores, everything)
+        keep = option.accept is None or pick_confidence(selector, agreement, scores, picked) >= option.accept - 1e-9
+        quality[i] = q[i, picked] if keep else ref_quality[i]
+        cost[i] = first_cost[i] + (0.0 if keep else ref_cost[i])
+        accepted[i] = float(keep)
+    memo[key] = (quality, cost, accepted)
+    return memo[key]

@@ -106,6 +106,11 @@ def create_app(config: GatewayConfig) -> Gateway:
     router = load_router(config.router)
     if router.name in ("oracle", "cascade"):
         raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
+    escalating = [o.label for o, active in zip(router.options_, router.active_)
+                  if active and (o.mix or o.accept is not None)]
+    if escalating:
+        raise ConfigError(f"router {router.name!r} has escalating or mixture options ({escalating[0]}, ...), "
+                          "which the gateway does not serve yet; evaluate it with `bestroute eval`, serve best-route")
     if router.reference_.model not in {b.name for b in config.backends}:
         raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
     if "selector" not in config.model_fields_set:
