@@ -110,3 +110,22 @@ def test_eval_reports_escalation(data):
     assert all(0.0 <= rate <= 1.0 for rate in escalating["escalation_rate"])
     assert escalating["escalation_rate_at_1pct_drop"] is None or 0 <= escalating["escalation_rate_at_1pct_drop"] <= 1
     assert "| escalated there |" in markdown_table(results)
+
+
+def test_a_reward_model_escalates_on_its_score(data, tmp_path):
+    from bestroute.reward import RewardModel
+
+    split = split_prompts(data.prompt_ids)
+    path = tmp_path / "reward.bestroute"
+    RewardModel(features="lexical").fit(data, split.train).save(path)
+    selector = make_selector(f"reward-model:{path}")
+    options = [Option("small", 1, accept=a) for a in (0.0, 0.5, 1.0)] + [Option.mixture(("small", "tiny"))]
+    outcomes = option_outcomes(data, options, selector, REFERENCE)
+    assert (outcomes.accepted[:, 0] == 1).all() and (outcomes.accepted[:, 2] == 0).all()  # a score is < 1
+    small_j, tiny_j = data.model_index("small"), data.model_index("tiny")
+    scores = selector.model.score(data.texts, [data.responses[i, small_j, 0] for i in range(data.n_prompts)])
+    np.testing.assert_array_equal(outcomes.accepted[:, 1], (scores >= 0.5 - 1e-9).astype(float))
+    # The mixture keeps whichever of small's and tiny's first answers the reward model scores higher.
+    tiny = selector.model.score(data.texts, [data.responses[i, tiny_j, 0] for i in range(data.n_prompts)])
+    expected = np.where(scores >= tiny, data.quality[:, small_j, 0], data.quality[:, tiny_j, 0])
+    np.testing.assert_array_equal(outcomes.quality[:, 3], expected)

@@ -428,9 +428,15 @@ def _composite_outcomes(data: RoutingDataset, option: Option, selector: Selector
         ok &= ~np.isnan(ref_quality)
     quality, cost, accepted = (np.full(data.n_prompts, np.nan) for _ in range(3))
     everything = np.arange(q.shape[1])
+    if selector.confidence == "score":  # pointwise scores: reuse each model's judgment (made in bulk)
+        _judge_in_bulk(data, selector, np.flatnonzero(ok))
     for i in np.flatnonzero(ok):
-        responses = [data.responses[i, j, k] for j in columns for k in range(n)]
-        agreement, scores = selector.judge(data.texts[i], responses, q[i])
+        if selector.confidence == "score":
+            agreement = _no_agreement(len(everything))
+            scores = np.concatenate([_judgment(data, selector, i, j)[1][:n] for j in columns])
+        else:  # agreement is pairwise across models: judge the mixture's samples together
+            responses = [data.responses[i, j, k] for j in columns for k in range(n)]
+            agreement, scores = selector.judge(data.texts[i], responses, q[i])
         picked = pick(agreement, scores, everything)
         keep = option.accept is None or pick_confidence(selector, agreement, scores, picked) >= option.accept - 1e-9
         quality[i] = q[i, picked] if keep else ref_quality[i]
