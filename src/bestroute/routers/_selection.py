@@ -336,8 +336,7 @@ def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], 
             # the label is how often that is as good as the reference.
             outcome = _composite_outcomes(data, option, selector, reference)[0]
             for r, i in enumerate(rows):
-                ref_q = data.quality[i, ref_j]
-                ref_q = ref_q[~np.isnan(ref_q)]
+                ref_q = _scored(data.quality[i, ref_j])
                 if not np.isnan(outcome[i]) and ref_q.size:
                     labels[r, o] = float(np.mean(outcome[i] >= ref_q))
             continue
@@ -345,8 +344,7 @@ def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], 
         for r, i in enumerate(rows):
             quality = data.quality[i, j]
             k = _sample_count(data, i, j)
-            ref_q = data.quality[i, ref_j]
-            ref_q = ref_q[~np.isnan(ref_q)]
+            ref_q = _scored(data.quality[i, ref_j])
             if k < option.n or ref_q.size == 0:
                 continue
             if k == 1:
@@ -357,6 +355,11 @@ def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], 
                                for s in _subsets(k, option.n, max_subsets=max_subsets, rng=rng)])
             labels[r, o] = float(np.mean(picked[:, None] >= ref_q[None, :]))
     return labels
+
+
+def _scored(quality: np.ndarray) -> np.ndarray:
+    """The qualities of the samples that exist (NaN marks a missing one)."""
+    return quality[~np.isnan(quality)]
 
 
 @dataclass(frozen=True)

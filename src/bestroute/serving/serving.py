@@ -261,13 +261,13 @@ class ChatService:
         finally:
             await rest.aclose()
             answer = "".join(text)
+            estimates = {"prompt": lambda: estimate_tokens(request.prompt_text()),
+                         "completion": lambda: estimate_tokens(answer)}
             try:
-                prompt_tokens, completion_tokens = usage_tokens(
-                    usage, prompt=lambda: estimate_tokens(request.prompt_text()),
-                    completion=lambda: estimate_tokens(answer))
+                prompt_tokens, completion_tokens = usage_tokens(usage, **estimates)
             except ValueError as exc:  # the answer has been relayed; only its accounting is estimated
                 outcome.fallbacks.append(f"usage estimated: {exc}")
-                prompt_tokens, completion_tokens = estimate_tokens(request.prompt_text()), estimate_tokens(answer)
+                prompt_tokens, completion_tokens = usage_tokens(None, **estimates)
             outcome.charge(outcome.attempt.upstream, prompt_tokens, completion_tokens)
             outcome.call_input_tokens, outcome.response_tokens = prompt_tokens, completion_tokens
             self._record(request, outcome, status, error=error, response=answer)
