@@ -18,7 +18,7 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from bestroute.serving import create_app, load_config
+from bestroute.serving import Gateway, create_app, load_config, server_config
 
 
 def free_port() -> int:
@@ -28,12 +28,15 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """Run an ASGI app with uvicorn in a thread until ``stop``."""
+    """Run an ASGI app with uvicorn in a thread until ``stop``; a gateway runs with its own
+    connection limits (``server_config``)."""
 
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    lifespan="on"))
+        options = {"host": "127.0.0.1", "port": self.port, "log_level": "error", "lifespan": "on"}
+        config = (server_config(app, **options) if isinstance(app, Gateway)
+                  else uvicorn.Config(app, **options))
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -57,8 +60,9 @@ class ServerThread:
 @dataclass
 class Script:
     """What the fake upstream does next. ``answers`` cycle over samples across requests;
-    ``failures`` is a queue of statuses (or "slow", "drop-stream", "break-stream") consumed one
-    per request before it answers normally."""
+    ``failures`` is a queue of statuses (or "slow", "drop-stream", "break-stream", "stall-first",
+    "stall-stream", "drip-stream") consumed one per request before it answers normally. Like OpenAI, it answers
+    400 to a ``top_p`` above 1."""
 
     answers: list[str] = field(default_factory=lambda: ["42"])
     failures: list[Any] = field(default_factory=list)
@@ -69,6 +73,8 @@ class Script:
     disconnects: int = 0
     usage: Any = None  # replaces the usage object of answers (a hostile upstream's counts)
     raw: bytes | None = None  # sent as the whole body (or stream) instead of an answer
+    retry_after: str | None = None  # a Retry-After header on injected failures
+    times: list[float] = field(default_factory=list)  # when each request arrived (time.monotonic())
     _next: int = 0
 
     def answer(self) -> str:
@@ -85,9 +91,15 @@ def fake_upstream(script: Script) -> FastAPI:
         body = await request.json()
         script.bodies.append(body)
         script.headers.append(dict(request.headers))
+        script.times.append(time.monotonic())
+        if body.get("top_p", 0) > 1:
+            return JSONResponse({"error": {"message": "top_p must be at most 1", "type": "invalid_request_error",
+                                           "param": "top_p", "code": "invalid_value"}}, status_code=400)
         failure = script.always if script.always is not None else (script.failures.pop(0) if script.failures else None)
         if isinstance(failure, int):
-            return JSONResponse({"error": {"message": "injected", "type": "server_error"}}, status_code=failure)
+            headers = {"retry-after": script.retry_after} if script.retry_after else None
+            return JSONResponse({"error": {"message": "injected", "type": "server_error"}}, status_code=failure,
+                                headers=headers)
         if failure == "slow" or script.delay_s:
             for _ in range(int((script.delay_s or 5.0) / 0.05)):
                 await asyncio.sleep(0.05)
@@ -113,6 +125,8 @@ def fake_upstream(script: Script) -> FastAPI:
 async def _stream(model: str, text: str, failure: Any):
     if failure == "drop-stream":
         return  # 200 with no chunk at all
+    if failure == "stall-first":
+        await asyncio.sleep(3600)  # 200, then nothing
     words = text.split(" ")
     for i, word in enumerate(words):
         chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
@@ -121,6 +135,13 @@ async def _stream(model: str, text: str, failure: Any):
         yield f"data: {json.dumps(chunk)}\n\n"
         if failure == "break-stream":
             raise RuntimeError("injected stream break")
+        if failure == "stall-stream":
+            await asyncio.sleep(3600)
+    while failure == "drip-stream":  # a chunk every 0.3 s, forever
+        await asyncio.sleep(0.3)
+        drop = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": None}]}
+        yield f"data: {json.dumps(drop)}\n\n"
     yield ('data: ' + json.dumps({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
                                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\n")
     yield "data: [DONE]\n\n"

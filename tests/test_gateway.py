@@ -170,7 +170,7 @@ def test_upstream_dies_mid_test_and_circuit_breaks(tmp_path, artifact):
         revived = ServerThread(fake_upstream(small_script), port=port).start()  # it comes back
         try:
             time.sleep(1.1)
-            answer, _ = ask(client, "bestroute:0")  # the probe goes through and closes the circuit
+            answer, _ = ask(client, "bestroute:0")  # the ejection has expired: traffic flows again
             assert answer.model == "small"
             assert httpx.get(server.url + "/healthz").json()["backends"]["small"] == "closed"
         finally:

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._exceptions import BestRouteError
+from ._exceptions import BestRouteError, ConfigError
 from .data import RoutingDataset, Split, demo_data_path, load_dataset, split_prompts
 from .evaluation import DEFAULT_ROUTERS, evaluate, markdown_table, write_results
 from .routers import ROUTERS, load_router
@@ -194,16 +194,15 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Run the OpenAI-compatible routing gateway."""
-    import uvicorn
-
-    from .serving import create_app, load_config
+    from .serving import create_app, load_config, run_gateway
 
     try:
+        if not 0 < port < 65536:
+            raise ConfigError(f"--port: {port} is not a port (1 to 65535)")
         gateway = create_app(load_config(config))
     except BestRouteError as exc:
         _fail(exc)
-    # Access lines are off (the decision log records every request); warnings and errors still print.
-    uvicorn.run(gateway, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+    run_gateway(gateway, host=host, port=port)
 
 
 @log_app.command("export")

@@ -1,11 +1,15 @@
 """The gateway's YAML configuration (documented in docs/gateway.md)."""
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .._exceptions import ConfigError
 
@@ -24,8 +28,20 @@ class BackendConfig(_Section):
     input_usd_per_mtok: float = Field(default=0.0, ge=0)
     output_usd_per_mtok: float = Field(default=0.0, ge=0)
     max_n: int = Field(default=5, ge=1, le=64)
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="per try: a whole answer, or a stream's "
+                                                                        "first chunk")
+    stream_idle_s: float = Field(default=30.0, gt=0, le=3600,
+                                 description="longest wait between two chunks once a stream has started")
     supports_n: bool = Field(default=False, description="the upstream returns n choices for one request")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        _ = url.port  # a port that is not a number from 0 to 65535 raises ValueError
+        return value
 
     @property
     def upstream_model(self) -> str:
@@ -63,17 +79,43 @@ class SelectorConfig(_Section):
 class RetryConfig(_Section):
     attempts: int = Field(default=3, ge=1, le=10, description="tries per backend, first included")
     backoff_s: float = Field(default=0.2, ge=0, description="first wait; doubles each retry")
+    max_retry_after_s: float = Field(default=30.0, ge=0, description="longest upstream Retry-After honoured; "
+                                                                     "a longer one fails over at once")
+    budget_ratio: float = Field(default=0.2, ge=0, le=1, description="retries in flight per backend, as a share "
+                                                                     "of its requests in flight")
+    budget_min: int = Field(default=3, ge=0, description="retries in flight always allowed per backend")
 
 
 class CircuitConfig(_Section):
-    failures: int = Field(default=5, ge=1, description="consecutive failures that open the circuit")
-    reset_s: float = Field(default=30.0, gt=0, description="seconds before a probe request is let through")
+    failures: int = Field(default=5, ge=1, description="consecutive failures that eject a backend")
+    reset_s: float = Field(default=30.0, gt=0, description="first ejection's length; each ejection soon after "
+                                                          "another lasts one reset_s longer")
+    max_ejection_s: float = Field(default=300.0, gt=0, description="longest ejection")
+
+
+class TimeoutConfig(_Section):
+    request_s: float = Field(default=300.0, gt=0, description="deadline of a request across all its attempts")
+    max_request_s: float = Field(default=900.0, gt=0, description="largest deadline a client may ask for "
+                                                                  "(header x-bestroute-timeout)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TimeoutConfig":
+        if self.request_s > self.max_request_s:
+            raise ValueError("request_s is larger than max_request_s")
+        return self
 
 
 class LimitsConfig(_Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_messages: int = Field(default=256, ge=1)
     max_json_depth: int = Field(default=64, ge=4, le=512, description="nesting of the request body")
+    max_connections: int = Field(default=4096, ge=2, description="open client connections; beyond it the "
+                                                                 "oldest idle one is closed, or 503")
+    max_concurrent_requests: int = Field(default=1024, ge=1, description="chat requests in progress; beyond "
+                                                                         "it a fast 503")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="to receive a request's headers")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="to receive a request's body")
+    keep_alive_s: int = Field(default=5, ge=1, description="an idle keep-alive connection is closed after")
 
 
 class DecisionLogConfig(_Section):
@@ -83,11 +125,28 @@ class DecisionLogConfig(_Section):
                                    description="rows the database refused, or that could not wait for it")
     max_backlog: int = Field(default=100_000, ge=1, description="rows kept in memory while the database is away")
 
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise ValueError(f"{value!r} is not a database URL (e.g. sqlite:///decisions.db)") from None
+        return value
+
+
+class AdminConfig(_Section):
+    """Who may read /metrics, /healthz's details and the API docs (/docs, /redoc, /openapi.json)."""
+
+    api_keys_env: str | None = Field(default=None, description="variable with comma-separated admin keys; "
+                                                               "unset: the client keys")
+    open: bool = Field(default=False, description="no key needed (e.g. the port is only on a private network)")
+
 
 class GatewayConfig(_Section):
     router: Path | None = Field(default=None, description="router artifact from `bestroute train` "
                                                            "(needed by serve, not by collect)")
-    threshold: float | None = Field(default=None, description="default knob; None: the artifact's default")
+    threshold: float | None = Field(default=None, ge=0, description="default knob; None: the artifact's default")
     backends: list[BackendConfig] = Field(min_length=1)
     selector: SelectorConfig = SelectorConfig()
     client_api_keys_env: str | None = Field(
@@ -96,6 +155,15 @@ class GatewayConfig(_Section):
     circuit_breaker: CircuitConfig = CircuitConfig()
     limits: LimitsConfig = LimitsConfig()
     decision_log: DecisionLogConfig = DecisionLogConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
+    admin: AdminConfig = AdminConfig()
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("threshold must be a finite number")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "GatewayConfig":
@@ -111,13 +179,23 @@ class GatewayConfig(_Section):
         return next((b for b in self.backends if b.name == name), None)
 
     def client_keys(self) -> list[str]:
-        if self.client_api_keys_env is None:
-            return []
-        raw = os.environ.get(self.client_api_keys_env, "")
-        keys = [k.strip() for k in raw.split(",") if k.strip()]
-        if not keys:
-            raise ConfigError(f"client_api_keys_env: environment variable {self.client_api_keys_env} is empty")
-        return keys
+        return _keys("client_api_keys_env", self.client_api_keys_env)
+
+    def admin_keys(self) -> list[str] | None:
+        """Keys for the admin endpoints; None: no key needed."""
+        if self.admin.open:
+            return None
+        keys = _keys("admin.api_keys_env", self.admin.api_keys_env) or self.client_keys()
+        return keys or None
+
+
+def _keys(setting: str, variable: str | None) -> list[str]:
+    if variable is None:
+        return []
+    keys = [k.strip() for k in os.environ.get(variable, "").split(",") if k.strip()]
+    if not keys:
+        raise ConfigError(f"{setting}: environment variable {variable} is empty")
+    return keys
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -134,9 +212,15 @@ def load_config(path: str | Path) -> GatewayConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {where}: {message}") from exc
     if config.router is not None and not config.router.is_absolute():
         config = config.model_copy(update={"router": path.parent / config.router})
+    database = make_url(config.decision_log.url)
+    if (database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:")
+            and not Path(database.database).is_absolute()):
+        url = database.set(database=str(path.parent / database.database)).render_as_string(hide_password=False)
+        config = config.model_copy(update={"decision_log": config.decision_log.model_copy(update={"url": url})})
     if not config.decision_log.dead_letter_path.is_absolute():
         log = config.decision_log.model_copy(
             update={"dead_letter_path": path.parent / config.decision_log.dead_letter_path})

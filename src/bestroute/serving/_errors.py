@@ -4,6 +4,7 @@
 class GatewayError(Exception):
     status = 500
     type = "server_error"
+    headers: dict[str, str] = {}  # noqa: RUF012 -- read-only; subclasses replace it
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -22,6 +23,12 @@ class ModelNotFound(GatewayError):
     status, type = 404, "invalid_request_error"
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its request body in time."""
+
+    status, type = 408, "invalid_request_error"
+
+
 class PayloadTooLarge(GatewayError):
     status, type = 413, "invalid_request_error"
 
@@ -34,6 +41,32 @@ class UpstreamFailed(GatewayError):
     """Every option the router could fall back to failed."""
 
     status, type = 502, "upstream_error"
+
+
+class UpstreamRejectedRequest(GatewayError):
+    """A backend refused the request itself (e.g. 400 context_length_exceeded): the client gets the
+    backend's status and error, as if it had called the backend directly."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str, *, type_: str | None, param: str | None, code: str | None,
+                 backend: str) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status, self.type = status, type_ or self.type
+        self.headers = {"x-bestroute-model": backend}
+
+
+class DeadlineExceeded(GatewayError):
+    """The request's deadline passed before any option answered."""
+
+    status, type = 504, "timeout"
+
+
+class Overloaded(GatewayError):
+    """More requests in progress than ``limits.max_concurrent_requests``: try again shortly."""
+
+    status, type = 503, "service_unavailable"
+    headers = {"retry-after": "1"}  # noqa: RUF012
 
 
 class LogUnavailable(GatewayError):

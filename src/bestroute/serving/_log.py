@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Column,
+    Engine,
     Float,
     Integer,
     MetaData,
@@ -25,8 +26,11 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
+    text,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -36,7 +40,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from .._exceptions import BestRouteError
+from .._exceptions import BestRouteError, ConfigError
 from .._text import without_lone_surrogates
 from ._config import GatewayConfig
 
@@ -65,6 +69,7 @@ decisions = Table(
     Column("status", Integer, nullable=False),  # HTTP status returned to the client
     Column("error", Text),
     Column("response", Text),  # only when store_prompts is on
+    Column("client_key_id", String(16)),  # a fingerprint of the client's key: feedback must come with it
 )
 
 feedback = Table(
@@ -113,10 +118,25 @@ def _clean_json(value: Any) -> Any:
     return value
 
 
-def sanitize_row(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The row as the ``decisions`` table takes it, and whether anything had to change."""
+def _open(url: str) -> Engine:
+    """The log's database, its tables created and columns added since older versions added."""
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_wal)
+    metadata.create_all(engine)
+    present = {c["name"] for c in inspect(engine).get_columns(decisions.name)}
+    with engine.begin() as connection:
+        for column in decisions.columns:
+            if column.name not in present:  # nullable columns only, so adding them is safe
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.execute(text(f"ALTER TABLE {decisions.name} ADD COLUMN {column.name} {kind}"))
+    return engine
+
+
+def sanitize_row(row: dict[str, Any], table: Table = decisions) -> tuple[dict[str, Any], bool]:
+    """The row as ``table`` takes it, and whether anything had to change."""
     clean: dict[str, Any] = {}
-    for column in decisions.columns:
+    for column in table.columns:
         if column.name not in row:
             continue
         value = row[column.name]
@@ -130,8 +150,11 @@ def sanitize_row(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return clean, clean != {k: row[k] for k in clean} or len(clean) != len(row)
 
 
+Entry = tuple[Table, dict[str, Any]]  # a row and the table it goes to
+
+
 class DeadLetters:
-    """Rows that could not be written, one JSON document a line: ``{"reason", "at", "row"}``.
+    """Rows that could not be written, one JSON document a line: ``{"reason", "at", "table", "row"}``.
     JSON's escapes keep every row byte-true (lone surrogates included), so a replay loses nothing."""
 
     def __init__(self, path: Path) -> None:
@@ -139,9 +162,9 @@ class DeadLetters:
         self.count = 0
         self._lock = threading.Lock()
 
-    def add(self, rows: list[dict[str, Any]], reason: str) -> None:
-        lines = "".join(json.dumps({"reason": reason, "at": time.time(), "row": r}, default=str) + "\n"
-                        for r in rows)
+    def add(self, rows: list[Entry], reason: str) -> None:
+        lines = "".join(json.dumps({"reason": reason, "at": time.time(), "table": table.name, "row": r},
+                                   default=str) + "\n" for table, r in rows)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="ascii") as handle:
@@ -165,13 +188,10 @@ class DecisionLog:
                  batch_window_s: float = 0.05) -> None:
         self.batch_window_s = batch_window_s
         self.max_backlog = max_backlog
-        self.engine = create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_wal)
-        metadata.create_all(self.engine)
+        self.engine = _open(url)
         self.dead_letters = DeadLetters(dead_letter_path)
         self.repaired = 0
-        self._pending: deque[dict[str, Any]] = deque()
+        self._pending: deque[Entry] = deque()
         self._writing = threading.Lock()  # one batch at a time, from the thread or from flush()
         self._closing = threading.Event()
         self._errors_seen: set[str] = set()
@@ -183,7 +203,12 @@ class DecisionLog:
         return len(self._pending)
 
     def write(self, row: dict[str, Any]) -> None:
-        self._pending.append(row)  # atomic; never blocks the event loop
+        self._pending.append((decisions, row))  # atomic; never blocks the event loop
+
+    def write_feedback(self, decision_id: str, quality: float, comment: str | None) -> None:
+        """Queued like a decision, and written after it: feedback waits out an outage too."""
+        self._pending.append((feedback, {"decision_id": decision_id, "quality": quality, "comment": comment,
+                                         "created_at": time.time()}))
 
     def flush(self) -> bool:
         """Write every row queued so far; False if the database is away (the rows keep waiting)."""
@@ -231,47 +256,49 @@ class DecisionLog:
                 self._pending.extendleft(reversed(waiting))
                 _logger.warning("decision log: %d rows wait for the database", len(waiting))
 
-    def _write(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Insert ``rows``; returns those that must wait for the database."""
-        kept, cleaned = [], []
-        for row in rows:
+    def _write(self, entries: list[Entry]) -> list[Entry]:
+        """Insert ``entries``; returns those that must wait for the database."""
+        kept: list[Entry] = []
+        cleaned: list[Entry] = []
+        for table, row in entries:
             try:
-                clean, changed = sanitize_row(row)
+                clean, changed = sanitize_row(row, table)
             except Exception as exc:  # noqa: BLE001 -- not a row at all: set it aside, write the others
-                self.dead_letters.add([row], f"not a decision row ({type(exc).__name__}: {exc})")
+                self.dead_letters.add([(table, row)], f"not a {table.name.removesuffix('s')} row ({type(exc).__name__}: {exc})")
                 continue
             self.repaired += changed
-            kept.append(row)
-            cleaned.append(clean)
+            kept.append((table, row))
+            cleaned.append((table, clean))
         if not cleaned:
             return []
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(decisions), cleaned)
+                for table in (decisions, feedback):  # decisions first: feedback follows its decision
+                    rows = [clean for t, clean in cleaned if t is table]
+                    if rows:
+                        connection.execute(insert(table), rows)
             return []
         except Exception as exc:  # noqa: BLE001 -- drivers raise their own types for refused content
             if _is_outage(exc):
                 return kept
         # The database refused the batch for its content: find the rows it refuses.
-        for i, (row, clean) in enumerate(zip(kept, cleaned)):
+        for i, (entry, (table, clean)) in enumerate(zip(kept, cleaned)):
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(insert(decisions), [clean])
+                    connection.execute(insert(table), [clean])
             except Exception as exc:  # noqa: BLE001 -- as above: a refused row is dead-lettered
                 if _is_outage(exc):
                     return kept[i:]
-                self.dead_letters.add([row], f"refused by the database ({type(exc).__name__}: "
-                                             f"{_first_line(exc)})")
+                self.dead_letters.add([entry], f"refused by the database ({type(exc).__name__}: "
+                                               f"{_first_line(exc)})")
         return []
 
-    def exists(self, decision_id: str) -> bool:
+    def owner(self, decision_id: str) -> tuple[bool, str | None]:
+        """Whether the request ``decision_id`` was answered (status 200) and its client key's fingerprint."""
         with self.engine.connect() as connection:
-            return connection.execute(select(decisions.c.id).where(decisions.c.id == decision_id)).first() is not None
-
-    def add_feedback(self, decision_id: str, quality: float, comment: str | None) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(insert(feedback), [{"decision_id": decision_id, "quality": quality,
-                                                   "comment": comment, "created_at": time.time()}])
+            found = connection.execute(select(decisions.c.client_key_id).where(
+                decisions.c.id == decision_id, decisions.c.status == 200)).first()
+        return (True, found[0]) if found is not None else (False, None)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -287,8 +314,7 @@ def replay_dead_letters(url: str, path: Path) -> tuple[int, int]:
     if not path.is_file():
         raise BestRouteError(f"no dead-letter file at {path}")
     try:
-        engine = create_engine(url)
-        metadata.create_all(engine)  # an unreachable database fails here, before the file is touched
+        engine = _open(url)  # an unreachable database fails here, before the file is touched
     except SQLAlchemyError as exc:
         raise BestRouteError(f"cannot open the decision log {url!r}: {_first_line(exc)}") from None
     taken = path.with_name(path.name + ".replaying")
@@ -299,11 +325,13 @@ def replay_dead_letters(url: str, path: Path) -> tuple[int, int]:
     try:
         for number, line in enumerate(lines):
             try:
-                clean, _ = sanitize_row(json.loads(line)["row"])
+                letter = json.loads(line)
+                table = feedback if letter.get("table") == feedback.name else decisions
+                clean, _ = sanitize_row(letter["row"], table)
                 with engine.begin() as connection:
                     logged = select(decisions.c.id).where(decisions.c.id == clean.get("id"))
-                    if connection.execute(logged).first() is None:
-                        connection.execute(insert(decisions), [clean])
+                    if table is feedback or connection.execute(logged).first() is None:
+                        connection.execute(insert(table), [clean])
                 replayed += 1
             except Exception as exc:  # noqa: BLE001 -- a line that cannot be replayed stays in the file
                 if _is_outage(exc):
@@ -324,8 +352,7 @@ def replay_dead_letters(url: str, path: Path) -> tuple[int, int]:
 def export_log(config: GatewayConfig, out: Path) -> int:
     """Write answered requests that have a stored prompt and user feedback as routing data in
     the exchange format (quality = mean feedback); returns the number of prompts written."""
-    engine = create_engine(config.decision_log.url)
-    metadata.create_all(engine)
+    engine = _open(config.decision_log.url)
     with engine.connect() as connection:
         rows = connection.execute(select(decisions).where(decisions.c.status == 200)).mappings().all()
         scores: dict[str, list[float]] = {}
@@ -351,3 +378,13 @@ def export_log(config: GatewayConfig, out: Path) -> int:
               for b in config.backends}
     (out / "models.json").write_text(json.dumps({"models": models}, indent=1))
     return len(usable)
+
+
+def check_database(url: str) -> None:
+    """Open the decision log's database once, so a wrong URL or an unreachable server is a
+    one-line error at start-up (ConfigError), not a traceback from the server's start-up hook."""
+    try:
+        _open(url).dispose()
+    except SQLAlchemyError as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise ConfigError(f"decision_log.url: cannot open {shown} ({_first_line(exc)})") from None

@@ -2,14 +2,16 @@
 
 import asyncio
 import gc
+import hashlib
 import hmac
 import json
 import logging
-import time
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from fastapi import FastAPI, Request
@@ -17,40 +19,42 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from .._exceptions import ConfigError
 from ..reward import RewardModel
 from ..routers import Router, load_router
-from ._config import GatewayConfig, SelectorConfig
+from ._config import BackendConfig, GatewayConfig, SelectorConfig
 from ._errors import (
     ClientDisconnected,
     GatewayError,
     InvalidRequest,
-    LogUnavailable,
-    ModelNotFound,
+    Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     Unprocessable,
 )
-from ._log import DecisionLog
+from ._feedback import AnsweredRequests, FeedbackService
+from ._log import DecisionLog, check_database
 from ._metrics import GatewayMetrics
 from ._selectors import make_serving_selector
-from ._upstream import CircuitBreaker, Upstream
+from ._upstream import CircuitBreaker, Deadline, Upstream
 from .protocol import ChatCompletionRequest, ErrorBody, ErrorResponse, FeedbackRequest
 from .serving import ROUTED_MODEL, ChatService
 
 T = TypeVar("T")
 CHAT_PATH = "/v1/chat/completions"
-FEEDBACK_WAIT_S = 1.0  # for a decision logged by another replica sharing the database
+ADMIN_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+TIMEOUT_HEADER = "x-bestroute-timeout"
 _logger = logging.getLogger(__name__)
 
 
-def _error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+def _error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
-    return JSONResponse(body.model_dump(), status_code=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def _selector_of(router: Router) -> SelectorConfig:
@@ -71,7 +75,7 @@ def _error_response(exc: Exception) -> JSONResponse:
     """The one mapping of errors to responses: a GatewayError carries its status and type;
     anything else is a 500 with no stack trace leaving the process."""
     if isinstance(exc, GatewayError):
-        return _error(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return _error(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
     return _error(500, "internal error", "server_error")
 
 
@@ -79,24 +83,46 @@ class Gateway:
     """The ASGI app. ``POST /v1/chat/completions`` goes straight to its handler; everything else,
     start-up and shutdown included, goes through FastAPI. The hot path so skips the framework's
     middleware layers: at a few hundred requests a second each layer runs from a cold CPU cache,
-    and together they cost a few tenths of a millisecond per request on a 2-core VM."""
+    and together they cost a few tenths of a millisecond per request on a 2-core VM.
 
-    def __init__(self, app: FastAPI, chat: Callable[[Request], Awaitable[Response]]) -> None:
-        self.app = app
+    Chat requests beyond ``limits.max_concurrent_requests`` get a fast 503 with Retry-After; the
+    admin endpoints (ADMIN_PATHS) need an admin key unless ``admin.open``."""
+
+    def __init__(self, app: FastAPI, chat: Callable[[Request], Awaitable[Response]], config: GatewayConfig,
+                 admin_keys: list[bytes] | None) -> None:
+        self.app, self.config = app, config
         self._chat = chat
+        self._admin_keys = admin_keys
+        self._in_progress = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == CHAT_PATH:
-            request = Request(scope, receive)
+            if self._in_progress >= self.config.limits.max_concurrent_requests:
+                await _error_response(Overloaded("the gateway is at its limit of concurrent requests; "
+                                                 "retry shortly"))(scope, receive, send)
+                return
+            self._in_progress += 1
             try:
-                response = await self._chat(request)
-            except Exception as exc:
-                if not isinstance(exc, GatewayError):  # a bug, not a client's or backend's error
-                    _logger.exception("chat completion failed")
-                response = _error_response(exc)
-            await response(scope, receive, send)
+                request = Request(scope, receive)
+                try:
+                    response = await self._chat(request)
+                except Exception as exc:
+                    if not isinstance(exc, GatewayError):  # a bug, not a client's or backend's error
+                        _logger.exception("chat completion failed")
+                    response = _error_response(exc)
+                await response(scope, receive, send)
+            finally:
+                self._in_progress -= 1
+            return
+        if scope["type"] == "http" and scope["path"] in ADMIN_PATHS and not self.admits(Request(scope)):
+            await _error_response(Unauthorized("this endpoint needs an admin API key",
+                                               code="invalid_api_key"))(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    def admits(self, request: Request) -> bool:
+        """Whether the request may see the admin endpoints."""
+        return self._admin_keys is None or _matching_key(request, self._admin_keys) is not None
 
 
 def create_app(config: GatewayConfig) -> Gateway:
@@ -113,10 +139,15 @@ def create_app(config: GatewayConfig) -> Gateway:
                           "which the gateway does not serve yet; evaluate it with `bestroute eval`, serve best-route")
     if router.reference_.model not in {b.name for b in config.backends}:
         raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
+    if config.threshold is not None and router.knob == "threshold" and config.threshold > 1:
+        raise ConfigError(f"threshold: {config.threshold:g} is not between 0 and 1 (router {router.name!r} "
+                          "routes on a predicted-quality threshold)")
+    check_database(config.decision_log.url)
     if "selector" not in config.model_fields_set:
         config = config.model_copy(update={"selector": _selector_of(router)})
     reward_model = RewardModel.load(config.selector.path) if config.selector.kind == "reward-model" else None
     client_keys = [k.encode() for k in config.client_keys()]
+    admin_keys = config.admin_keys()
     backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
     metrics = GatewayMetrics()
 
@@ -132,9 +163,12 @@ def create_app(config: GatewayConfig) -> Gateway:
             log = DecisionLog(config.decision_log.url, dead_letter_path=config.decision_log.dead_letter_path,
                               max_backlog=config.decision_log.max_backlog)
             metrics.watch_log(log)
+            answered = AnsweredRequests()
             app.state.service = ChatService(
-                config=config, router=router, upstreams=upstreams, log=log, metrics=metrics,
+                config=config, router=router, upstreams=upstreams, log=log, metrics=metrics, answered=answered,
                 selector=make_serving_selector(config.selector, session, upstreams, reward_model))
+            app.state.feedback = FeedbackService(log, answered)
+            probes = asyncio.create_task(_warn_unreachable(config.backends))
             # The router, tokenizer and libraries are hundreds of thousands of long-lived objects;
             # frozen, the collector stops re-scanning them while serving (a full pass takes ~0.1 s).
             gc.collect()
@@ -142,6 +176,7 @@ def create_app(config: GatewayConfig) -> Gateway:
             try:
                 yield
             finally:
+                probes.cancel()
                 log.close()  # drains every queued row before the process exits
 
     app = FastAPI(title="bestroute gateway", lifespan=lifespan)
@@ -162,28 +197,28 @@ def create_app(config: GatewayConfig) -> Gateway:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         return _error_response(exc)
 
-    async def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> str | None:
+        """The fingerprint of the client's key (None when the gateway needs no key)."""
         if not client_keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode()
-        # Compare with every key, always, so timing says nothing about which key nearly matched.
-        matched = False
-        for key in client_keys:
-            matched |= hmac.compare_digest(given, key)
-        if scheme.lower() != "bearer" or not matched:
+            return None
+        key = _matching_key(request, client_keys)
+        if key is None:
             raise Unauthorized("invalid or missing API key", code="invalid_api_key")
+        return hashlib.sha256(key).hexdigest()[:16]
 
     async def read_json(request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > config.limits.max_body_bytes:
             raise PayloadTooLarge(f"request body exceeds {config.limits.max_body_bytes} bytes")
         body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > config.limits.max_body_bytes:
-                raise PayloadTooLarge(f"request body exceeds {config.limits.max_body_bytes} bytes")
+        try:
+            async with asyncio.timeout(config.limits.body_timeout_s):
+                async for part in request.stream():
+                    body += part
+                    if len(body) > config.limits.max_body_bytes:
+                        raise PayloadTooLarge(f"request body exceeds {config.limits.max_body_bytes} bytes")
+        except TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {config.limits.body_timeout_s:g} s") from None
         too_deep = InvalidRequest(f"request body is nested deeper than {config.limits.max_json_depth} levels")
         try:
             document = json.loads(body)
@@ -196,8 +231,9 @@ def create_app(config: GatewayConfig) -> Gateway:
         return document
 
     async def chat_completions(request: Request) -> Response:
-        await authorize(request)
+        client = await authorize(request)
         document = await read_json(request)
+        deadline = _deadline(request, config)
         try:
             chat = ChatCompletionRequest.model_validate(document)
         except ValidationError as exc:
@@ -207,9 +243,9 @@ def create_app(config: GatewayConfig) -> Gateway:
         service: ChatService = app.state.service
         plan = service.plan(chat)
         if chat.stream:
-            outcome, chunks = await _unless_disconnected(request, service.stream(chat, plan))
+            outcome, chunks = await _unless_disconnected(request, service.stream(chat, plan, deadline, client))
             return StreamingResponse(chunks, media_type="text/event-stream", headers=outcome.headers())
-        body, outcome = await _unless_disconnected(request, service.complete(chat, plan))
+        body, outcome = await _unless_disconnected(request, service.complete(chat, plan, deadline, client))
         return JSONResponse(body, headers=outcome.headers())
 
     # Registered for other methods' 405; POSTs take the Gateway's direct path.
@@ -223,27 +259,20 @@ def create_app(config: GatewayConfig) -> Gateway:
 
     @app.post("/v1/feedback")
     async def post_feedback(request: Request) -> dict[str, Any]:
-        await authorize(request)
+        client = await authorize(request)
         try:
             feedback = FeedbackRequest.model_validate(await read_json(request))
         except ValidationError as exc:
             return _validation_response(exc.errors())
-        log: DecisionLog = request.app.state.service.log
-        try:
-            await asyncio.to_thread(log.flush)  # the decision may still be queued here
-            # ... or in another replica's writer, which commits within its batch window.
-            deadline = time.monotonic() + FEEDBACK_WAIT_S
-            while not await asyncio.to_thread(log.exists, feedback.id):
-                if time.monotonic() > deadline:
-                    raise ModelNotFound(f"no request with id {feedback.id!r}", param="id")
-                await asyncio.sleep(0.05)
-            await asyncio.to_thread(log.add_feedback, feedback.id, feedback.quality, feedback.comment)
-        except SQLAlchemyError:
-            raise LogUnavailable("the decision log's database is unavailable; send the feedback again later")
+        service: FeedbackService = request.app.state.feedback
+        await service.record(feedback, client)
         return {"id": feedback.id, "object": "feedback", "status": "recorded"}
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict[str, Any]:
+        """Liveness for anyone; the details for admins."""
+        if not gateway.admits(request):
+            return {"status": "ok"}
         service: ChatService = request.app.state.service
         log = service.log
         return {"status": "ok", "router": router.name, "reference": router.reference_.model,
@@ -255,7 +284,8 @@ def create_app(config: GatewayConfig) -> Gateway:
     async def metrics_endpoint() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return Gateway(app, chat_completions)
+    gateway = Gateway(app, chat_completions, config, None if admin_keys is None else [k.encode() for k in admin_keys])
+    return gateway
 
 
 def _validation_response(errors: list[Any]) -> JSONResponse:
@@ -264,6 +294,50 @@ def _validation_response(errors: list[Any]) -> JSONResponse:
     param = ".".join(loc) or None
     exc = Unprocessable(f"{param or 'body'}: {first.get('msg')}", param=param)
     return _error(exc.status, exc.message, exc.type, exc.param)
+
+
+def _matching_key(request: Request, keys: list[bytes]) -> bytes | None:
+    """The key of ``keys`` the request's bearer token is, if any. Every key is compared, always,
+    so timing says nothing about which key nearly matched."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip().encode()
+    matched = None
+    for key in keys:
+        if hmac.compare_digest(given, key):
+            matched = key
+    return matched if scheme.lower() == "bearer" else None
+
+
+def _deadline(request: Request, config: GatewayConfig) -> Deadline:
+    """The request's deadline: ``timeouts.request_s``, or the client's x-bestroute-timeout (seconds)."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return Deadline.after(config.timeouts.request_s)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= config.timeouts.max_request_s:  # NaN fails too
+        raise InvalidRequest(f"{TIMEOUT_HEADER} must be a number of seconds above 0 and at most "
+                             f"{config.timeouts.max_request_s:g}", param=TIMEOUT_HEADER)
+    return Deadline.after(seconds)
+
+
+async def _warn_unreachable(backends: list[BackendConfig]) -> None:
+    """One warning line per backend nothing listens for at start-up (it may come up later)."""
+
+    async def probe(backend: BackendConfig) -> None:
+        url = urlsplit(backend.base_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            async with asyncio.timeout(5):
+                _, writer = await asyncio.open_connection(url.hostname, port)
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            _logger.warning("backend %r: nothing answers at %s:%d (%s); requests fail over until it does",
+                            backend.name, url.hostname, port, type(exc).__name__)
+
+    await asyncio.gather(*(probe(b) for b in backends))
 
 
 def _depth_exceeds(document: Any, limit: int) -> bool:

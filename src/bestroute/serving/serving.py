@@ -14,15 +14,26 @@ import numpy as np
 from ..policy import fallback_order
 from ..routers import Router
 from ._config import GatewayConfig
-from ._errors import InvalidRequest, ModelNotFound, UpstreamFailed
+from ._errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    UpstreamFailed,
+    UpstreamRejectedRequest,
+)
+from ._feedback import AnsweredRequests
 from ._log import DecisionLog
 from ._metrics import GatewayMetrics
 from ._selectors import ServingSelector
 from ._upstream import (
     STREAM_ERRORS,
     Completion,
+    Deadline,
+    DeadlinePassed,
     Upstream,
     UpstreamError,
+    UpstreamRejected,
     estimate_tokens,
     usage_tokens,
 )
@@ -55,6 +66,7 @@ class Outcome:
     request_id: str
     plan: Plan
     started: float
+    client: str | None  # fingerprint of the client's API key
     attempt: Attempt | None = None
     fallbacks: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
@@ -93,9 +105,10 @@ class ChatService:
     """The logic behind POST /v1/chat/completions."""
 
     def __init__(self, *, config: GatewayConfig, router: Router, upstreams: dict[str, Upstream],
-                 selector: ServingSelector, log: DecisionLog, metrics: GatewayMetrics) -> None:
+                 selector: ServingSelector, log: DecisionLog, metrics: GatewayMetrics,
+                 answered: AnsweredRequests) -> None:
         self.config, self.router, self.upstreams = config, router, upstreams
-        self.selector, self.log, self.metrics = selector, log, metrics
+        self.selector, self.log, self.metrics, self.answered = selector, log, metrics, answered
         # Options the gateway can serve: active in the router, a backend is configured and allows
         # that many samples.
         self._available = router.active_ & np.array([
@@ -160,18 +173,39 @@ class ChatService:
                 continue
             yield attempt
 
-    def _failed(self, outcome: Outcome, attempt: Attempt, error: UpstreamError) -> None:
-        attempt.upstream.breaker.record_failure()
-        self.metrics.upstream_failures.labels(backend=attempt.upstream.name).inc()
+    def _failed(self, outcome: Outcome, attempt: Attempt, error: UpstreamError, started: float) -> None:
+        self._hold_against(attempt.upstream, error, started)
         outcome.fallbacks.append(f"{attempt.label}: {error}")
 
+    def _hold_against(self, upstream: Upstream, error: UpstreamError, started: float) -> None:
+        """Only a failure that is the backend's fault counts against its health."""
+        if error.counts:
+            upstream.breaker.record_failure(started)
+            self.metrics.upstream_failures.labels(backend=upstream.name).inc()
+
+    def _final(self, request: ChatCompletionRequest, outcome: Outcome, error: UpstreamError) -> GatewayError:
+        """The client's error when an attempt's failure ends the request: the backend rejected the
+        request itself, or the deadline passed."""
+        answer: GatewayError
+        if isinstance(error, UpstreamRejected):
+            answer = UpstreamRejectedRequest(
+                error.status, error.error["message"] or str(error), type_=error.error["type"],
+                param=error.error["param"], code=error.error["code"], backend=error.backend)
+        else:
+            answer = DeadlineExceeded("the request's deadline passed; tried: " + "; ".join(outcome.fallbacks))
+        self._record(request, outcome, answer.status, error=str(error))
+        return answer
+
     # ------------------------------------------------------------- completing
-    async def complete(self, request: ChatCompletionRequest, plan: Plan) -> tuple[dict[str, Any], Outcome]:
-        outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter())
+    async def complete(self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline,
+                       client: str | None) -> tuple[dict[str, Any], Outcome]:
+        outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter(), client=client)
         try:
             for attempt in self._attempts(outcome):
                 try:
-                    completion = await self._try(request, outcome, attempt)
+                    completion = await self._try(request, outcome, attempt, deadline)
+                except (UpstreamRejected, DeadlinePassed) as error:
+                    raise self._final(request, outcome, error) from None
                 except UpstreamError:
                     continue
                 return self._answer(request, outcome, completion), outcome
@@ -180,13 +214,15 @@ class ChatService:
             raise
         raise self._exhausted(request, outcome)
 
-    async def _try(self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt) -> Completion:
+    async def _try(self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt,
+                   deadline: Deadline) -> Completion:
         """Draw the attempt's samples and select one; an UpstreamError is recorded and re-raised."""
         body = request.upstream_body(attempt.upstream.config.upstream_model, n=attempt.n, stream=False)
+        started = time.monotonic()
         try:
-            completion = await attempt.upstream.complete(body, attempt.n)
+            completion = await attempt.upstream.complete(body, attempt.n, deadline)
         except UpstreamError as error:
-            self._failed(outcome, attempt, error)
+            self._failed(outcome, attempt, error, started)
             raise
         attempt.upstream.breaker.record_success()
         outcome.charge(attempt.upstream, completion.prompt_tokens, completion.completion_tokens)
@@ -195,9 +231,12 @@ class ChatService:
         outcome.call_input_tokens = completion.prompt_tokens // calls
         if outcome.plan.routed and attempt.n > 1:
             try:
-                outcome.selected = await self.selector.select(request.prompt_text(), completion.texts)
+                async with asyncio.timeout(max(deadline.remaining(), 0.0)):
+                    outcome.selected = await self.selector.select(request.prompt_text(), completion.texts)
             except UpstreamError as error:
                 outcome.fallbacks.append(f"selector: {error}; kept the first sample")
+            except TimeoutError:
+                outcome.fallbacks.append("selector: the request's deadline passed; kept the first sample")
         outcome.response_tokens = estimate_tokens(completion.texts[outcome.selected])
         return completion
 
@@ -217,32 +256,41 @@ class ChatService:
         return error
 
     # -------------------------------------------------------------- streaming
-    async def stream(self, request: ChatCompletionRequest, plan: Plan) -> tuple[Outcome, AsyncIterator[bytes]]:
+    async def stream(self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline,
+                     client: str | None) -> tuple[Outcome, AsyncIterator[bytes]]:
         """Start a stream. One sample: the upstream's stream is relayed, failing over to the next
         option while no chunk has arrived. n samples: all are drawn, the selected one is streamed."""
         if not plan.routed and request.n > 1:
             raise InvalidRequest("streaming returns one choice; use n = 1 or stream = false", param="n")
-        outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter())
+        outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter(), client=client)
         for attempt in self._attempts(outcome):
             try:
                 if attempt.n > 1:
-                    completion = await self._try(request, outcome, attempt)
+                    completion = await self._try(request, outcome, attempt, deadline)
                     return outcome, _replay(self._answer(request, outcome, completion))
                 body = request.upstream_body(attempt.upstream.config.upstream_model, n=1, stream=True)
+                started = time.monotonic()
                 try:
-                    first, rest = await attempt.upstream.stream(body)
+                    first, rest = await attempt.upstream.stream(body, deadline)
                 except UpstreamError as error:
-                    self._failed(outcome, attempt, error)
+                    self._failed(outcome, attempt, error, started)
                     raise
+            except (UpstreamRejected, DeadlinePassed) as error:
+                raise self._final(request, outcome, error) from None
             except UpstreamError:
                 continue
             attempt.upstream.breaker.record_success()
             outcome.attempt = attempt
-            return outcome, self._relay(request, outcome, first, rest)
+            return outcome, self._relay(request, outcome, first, rest, deadline, started)
         raise self._exhausted(request, outcome)
 
     async def _relay(self, request: ChatCompletionRequest, outcome: Outcome, first: dict[str, Any],
-                     rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+                     rest: AsyncIterator[dict[str, Any]], deadline: Deadline, started: float) -> AsyncIterator[bytes]:
+        """Relay the stream; one that stalls longer than the backend's ``stream_idle_s``, breaks, or
+        outlives the deadline ends with an ``error`` event (and counts against the backend unless
+        it was the deadline)."""
+        assert outcome.attempt is not None
+        upstream = outcome.attempt.upstream
         text: list[str] = []
         usage: Any = None
         status, error = 499, "client disconnected"
@@ -251,13 +299,24 @@ class ChatService:
             while chunk is not None:
                 usage = chunk.get("usage") or usage
                 text.append(_delta_text(chunk))
-                chunk |= {"id": outcome.request_id, "model": outcome.attempt.upstream.name}
+                chunk |= {"id": outcome.request_id, "model": upstream.name}
                 yield _sse(chunk)
-                chunk = await anext(rest, None)
+                idle = min(upstream.config.stream_idle_s, deadline.remaining())
+                try:
+                    async with asyncio.timeout(max(idle, 0.0)):
+                        chunk = await anext(rest, None)
+                except TimeoutError:
+                    if idle < upstream.config.stream_idle_s:
+                        raise DeadlinePassed(upstream.name, "the request's deadline passed mid-stream") from None
+                    raise UpstreamError(upstream.name, f"stream stalled: no chunk for {idle:g} s") from None
             status, error = 200, None
-        except STREAM_ERRORS as exc:  # broke mid-stream: the client sees an error event
-            status, error = 502, f"stream broke after it started ({type(exc).__name__})"
-            yield _sse({"error": {"message": error, "type": "upstream_error"}})
+        except (UpstreamError, *STREAM_ERRORS) as exc:  # after the first chunk: the client sees an error event
+            failure = exc if isinstance(exc, UpstreamError) else UpstreamError(
+                upstream.name, f"stream broke after it started ({type(exc).__name__})")
+            self._hold_against(upstream, failure, started)
+            status = 504 if isinstance(failure, DeadlinePassed) else 502
+            error = str(failure)
+            yield _sse({"error": {"message": error, "type": "timeout" if status == 504 else "upstream_error"}})
         finally:
             await rest.aclose()
             answer = "".join(text)
@@ -268,12 +327,12 @@ class ChatService:
             except ValueError as exc:  # the answer has been relayed; only its accounting is estimated
                 outcome.fallbacks.append(f"usage estimated: {exc}")
                 prompt_tokens, completion_tokens = usage_tokens(None, **estimates)
-            outcome.charge(outcome.attempt.upstream, prompt_tokens, completion_tokens)
+            outcome.charge(upstream, prompt_tokens, completion_tokens)
             outcome.call_input_tokens, outcome.response_tokens = prompt_tokens, completion_tokens
             self._record(request, outcome, status, error=error, response=answer)
         if status == 200:
             yield _sse({"id": outcome.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                        "model": outcome.attempt.upstream.name, "choices": [], "usage": outcome.usage(),
+                        "model": upstream.name, "choices": [], "usage": outcome.usage(),
                         "bestroute": outcome.details(self.selector.name)})
             yield b"data: [DONE]\n\n"
 
@@ -294,7 +353,9 @@ class ChatService:
             "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
             "call_input_tokens": outcome.call_input_tokens, "response_tokens": outcome.response_tokens,
             "cost_usd": outcome.cost_usd, "status": status, "error": error,
-            "response": response if store else None})
+            "response": response if store else None, "client_key_id": outcome.client})
+        if status == 200:
+            self.answered.add(outcome.request_id, outcome.client)
         self.metrics.observe(model=model or "none", n=outcome.attempt.n if outcome.attempt else 0,
                              status=status, seconds=latency, prompt_tokens=outcome.prompt_tokens,
                              completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd)

@@ -1,0 +1,108 @@
+"""The HTTP server: uvicorn, with limits on client connections that uvicorn lacks.
+
+A connection must send its request headers within ``header_timeout_s`` (of opening, or of its
+previous response), so idle or byte-a-second (slowloris) connections cannot pile up. Past
+``max_connections`` the oldest connection waiting for a request is closed to make room; if every
+connection has a request in progress, the new one gets a 503 with Retry-After at once."""
+
+import asyncio
+import json
+import resource
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ._config import LimitsConfig
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+_REFUSAL_BODY = json.dumps({"error": {"message": "the gateway has too many connections; retry shortly",
+                                      "type": "service_unavailable", "param": None, "code": None}}).encode()
+_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n"
+            + _REFUSAL_BODY)
+_REFUSED_LINGER_S = 1.0  # a refused client's request is read and dropped, so closing does not reset the 503
+
+
+def limited_protocol(limits: LimitsConfig) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with the header timeout and the connection limit."""
+    waiting: dict[Any, None] = {}  # connections waiting for a request, oldest first
+
+    class LimitedProtocol(HttpToolsProtocol):
+        _timer: asyncio.TimerHandle | None = None
+        _refused = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                oldest = next((c for c in waiting if c is not self), None)
+                if oldest is None:
+                    self._refuse()
+                    return
+                oldest.transport.close()
+            self._wait_for_request()
+
+        def data_received(self, data: bytes) -> None:
+            if not self._refused:
+                super().data_received(data)
+
+        def on_headers_complete(self) -> None:
+            self._stop_waiting()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._wait_for_request()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_waiting()
+            super().connection_lost(exc)
+
+        def _wait_for_request(self) -> None:
+            waiting[self] = None
+            self._timer = self.loop.call_later(limits.header_timeout_s, self.transport.close)
+
+        def _stop_waiting(self) -> None:
+            waiting.pop(self, None)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _refuse(self) -> None:
+            self._refused = True
+            self.transport.write(_REFUSAL)
+            self.loop.call_later(_REFUSED_LINGER_S, self.transport.close)
+
+    return LimitedProtocol
+
+
+def server_config(gateway: "Gateway", *, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for ``gateway`` with its connection limits."""
+    limits = gateway.config.limits
+    return uvicorn.Config(gateway, host=host, port=port, http=limited_protocol(limits),
+                          timeout_keep_alive=limits.keep_alive_s, **options)
+
+
+def run_gateway(gateway: "Gateway", *, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM, then finish the requests in progress (up to 30 s) and drain
+    the decision log. Access lines are off (the decision log records every request)."""
+    raise_open_files_limit()
+    uvicorn.Server(server_config(gateway, host=host, port=port, log_level="warning", access_log=False,
+                                 timeout_graceful_shutdown=30)).run()
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's open-files limit to the hard limit (each connection is a file);
+    returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
