@@ -74,6 +74,7 @@ class Script:
     usage: Any = None  # replaces the usage object of answers (a hostile upstream's counts)
     raw: bytes | None = None  # sent as the whole body (or stream) instead of an answer
     retry_after: str | None = None  # a Retry-After header on injected failures
+    context_chars: int | None = None  # a longer conversation is refused as over the context window
     times: list[float] = field(default_factory=list)  # when each request arrived (time.monotonic())
     _next: int = 0
 
@@ -95,6 +96,10 @@ def fake_upstream(script: Script) -> FastAPI:
         if body.get("top_p", 0) > 1:
             return JSONResponse({"error": {"message": "top_p must be at most 1", "type": "invalid_request_error",
                                            "param": "top_p", "code": "invalid_value"}}, status_code=400)
+        if script.context_chars is not None and len(json.dumps(body["messages"])) > script.context_chars:
+            return JSONResponse({"error": {"message": "This model's maximum context length is exceeded",
+                                           "type": "invalid_request_error", "param": "messages",
+                                           "code": "context_length_exceeded"}}, status_code=400)
         failure = script.always if script.always is not None else (script.failures.pop(0) if script.failures else None)
         if isinstance(failure, int):
             headers = {"retry-after": script.retry_after} if script.retry_after else None

@@ -57,6 +57,23 @@ def test_a_4xx_storm_is_passed_through_and_opens_no_circuit(tmp_path, artifact):
     assert statuses.count(400) == 20 and statuses.count(200) == 31
 
 
+def test_a_prompt_over_a_routed_backends_context_window_goes_to_the_next_option(tmp_path, artifact):
+    small, big = Script(answers=["small"], context_chars=2000), Script(answers=["big"])
+    long_prompt = "word " * 1000
+    with upstream(small) as s, upstream(big) as b, \
+            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, client):
+        for _ in range(5):
+            answer, _ = ask(client, "bestroute:0", text=long_prompt)
+            assert answer.model == "big"
+            assert "rejected the request (HTTP 400)" in answer.model_extra["bestroute"]["fallbacks"][0]
+        assert ask(client, "bestroute:0")[0].model == "small"  # not ejected: it was the prompt
+        response = chat(server.url, model="small", messages=[{"role": "user", "content": long_prompt}])
+        assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"
+        big.context_chars = 2000  # no option takes it: the client gets the rejection, not a 502
+        response = chat(server.url, messages=[{"role": "user", "content": long_prompt}])
+        assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded"
+
+
 def test_ejection_expires_even_when_the_first_request_after_it_is_cancelled(tmp_path, artifact):
     small, big = Script(answers=["small"]), Script(answers=["big"])
     with upstream(small) as s, upstream(big) as b, \

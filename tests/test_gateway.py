@@ -336,6 +336,14 @@ def test_real_local_model_routing_best_of_n_streaming_and_failover(tmp_path, art
             model="bestroute:0", messages=[{"role": "user", "content": "Say hello."}], stream=True, **kwargs))
         assert all(c.model == "small" for c in chunks)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+        # A prompt over its 1,024-token context: llama.cpp answers 400 context_length_exceeded.
+        for _ in range(5):
+            answer, _ = ask(client, "bestroute:0", text="word " * 1500, **kwargs)
+            assert answer.model == "big" and "HTTP 400" in answer.model_extra["bestroute"]["fallbacks"][0]
+        with pytest.raises(openai.BadRequestError) as rejected:
+            ask(client, "small", text="word " * 1500, **kwargs)
+        assert rejected.value.code == "context_length_exceeded"
+        assert ask(client, "bestroute:0", text="What is the capital of France?", **kwargs)[0].model == "small"
         llama.stop()  # the local model server dies mid-test
         answer, headers = ask(client, "bestroute:0", text="What is the capital of France?", **kwargs)
         assert answer.model == "big" and headers["x-bestroute-model"] == "big"

@@ -40,6 +40,7 @@ from ._upstream import (
 from .protocol import ChatCompletionRequest
 
 ROUTED_MODEL = "bestroute"
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the error code of OpenAI, vLLM and llama.cpp
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Outcome:
     selected: int = 0
     call_input_tokens: int | None = None
     response_tokens: int | None = None
+    rejection: UpstreamRejected | None = None  # a backend's context window was too small
 
     def charge(self, upstream: Upstream, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens += prompt_tokens
@@ -183,6 +185,17 @@ class ChatService:
             upstream.breaker.record_failure(started)
             self.metrics.upstream_failures.labels(backend=upstream.name).inc()
 
+    def _ends_request(self, outcome: Outcome, error: UpstreamError) -> bool:
+        """Whether a failed attempt ends the request: the deadline passed, or the backend rejected
+        the request itself. A routed prompt over a backend's context window goes on to the next
+        option, which may have a larger one (the rejection is kept in case none answers)."""
+        if isinstance(error, UpstreamRejected):
+            if outcome.plan.routed and error.error["code"] == CONTEXT_LENGTH_EXCEEDED:
+                outcome.rejection = error
+                return False
+            return True
+        return isinstance(error, DeadlinePassed)
+
     def _final(self, request: ChatCompletionRequest, outcome: Outcome, error: UpstreamError) -> GatewayError:
         """The client's error when an attempt's failure ends the request: the backend rejected the
         request itself, or the deadline passed."""
@@ -204,9 +217,9 @@ class ChatService:
             for attempt in self._attempts(outcome):
                 try:
                     completion = await self._try(request, outcome, attempt, deadline)
-                except (UpstreamRejected, DeadlinePassed) as error:
-                    raise self._final(request, outcome, error) from None
-                except UpstreamError:
+                except UpstreamError as error:
+                    if self._ends_request(outcome, error):
+                        raise self._final(request, outcome, error) from None
                     continue
                 return self._answer(request, outcome, completion), outcome
         except asyncio.CancelledError:
@@ -250,7 +263,9 @@ class ChatService:
                 "model": outcome.attempt.upstream.name, "choices": choices, "usage": outcome.usage(),
                 "bestroute": outcome.details(self.selector.name)}
 
-    def _exhausted(self, request: ChatCompletionRequest, outcome: Outcome) -> UpstreamFailed:
+    def _exhausted(self, request: ChatCompletionRequest, outcome: Outcome) -> GatewayError:
+        if outcome.rejection is not None:
+            return self._final(request, outcome, outcome.rejection)
         error = UpstreamFailed("no backend could answer: " + ("; ".join(outcome.fallbacks) or "none available"))
         self._record(request, outcome, error.status, error=error.message)
         return error
@@ -275,9 +290,9 @@ class ChatService:
                 except UpstreamError as error:
                     self._failed(outcome, attempt, error, started)
                     raise
-            except (UpstreamRejected, DeadlinePassed) as error:
-                raise self._final(request, outcome, error) from None
-            except UpstreamError:
+            except UpstreamError as error:
+                if self._ends_request(outcome, error):
+                    raise self._final(request, outcome, error) from None
                 continue
             attempt.upstream.breaker.record_success()
             outcome.attempt = attempt
