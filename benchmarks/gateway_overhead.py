@@ -1,8 +1,11 @@
 """Gateway overhead: latency the gateway adds over calling a fast local upstream directly, at a
 fixed request rate, and best-of-5 wall time against one sample on an upstream that serves
-requests concurrently. Prints the figures as one JSON object on its last line.
+requests concurrently, and chat latency while clients post feedback on ids no replica answered
+(each looked up in the database for about a second). Prints the figures as one JSON object on
+its last line.
 
     python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30] [--blocks 6] [--no-pin]
+                                          [--feedback-rate 50]
 
 Three processes on loopback: the upstream (a minimal OpenAI-compatible server), the gateway
 (`bestroute serve`, routing every request with a BEST-Route artifact) and this load generator.
@@ -147,6 +150,33 @@ async def _load(url: str, model: str, rate: float, seconds: float) -> tuple[list
     return latencies, errors
 
 
+async def _feedback_load(url: str, rate: float, seconds: float) -> int:
+    """Feedback on ids no replica answered, at ``rate``: each is looked up in the database for
+    about a second before its 404. Returns how many got anything but a 404."""
+    unexpected = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async def one(i: int) -> None:
+            nonlocal unexpected
+            async with session.post(url, json={"id": f"unknown-{i}", "quality": 1.0}) as response:
+                await response.read()
+                unexpected += response.status != 404
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return unexpected
+
+
+async def _with_feedback(gateway_url: str, feedback_url: str, rate: float, feedback_rate: float,
+                         seconds: float) -> tuple[list[float], int, int]:
+    (latencies, errors), unexpected = await asyncio.gather(
+        _load(gateway_url, "bestroute:0", rate, seconds), _feedback_load(feedback_url, feedback_rate, seconds))
+    return latencies, errors, unexpected
+
+
 async def _wall(url: str, body: dict, repeats: int) -> float:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         times = []
@@ -164,6 +194,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="per phase (direct, through the gateway)")
     parser.add_argument("--blocks", type=int, default=6, help="alternating blocks each phase is cut into")
     parser.add_argument("--no-pin", action="store_true", help="leave the processes wherever the scheduler puts them")
+    parser.add_argument("--feedback-rate", type=float, default=50.0,
+                        help="feedback calls/s on unknown ids in a last phase through the gateway (0: none)")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,6 +237,12 @@ def main() -> None:
                 direct, direct_errors = direct + latencies, direct_errors + errors
                 latencies, errors = asyncio.run(_load(gateway_url, "bestroute:0", args.rate, block))
                 routed, routed_errors = routed + latencies, routed_errors + errors
+            with_feedback: list[float] = []
+            feedback_errors = unexpected_feedback = 0
+            if args.feedback_rate:
+                with_feedback, feedback_errors, unexpected_feedback = asyncio.run(_with_feedback(
+                    gateway_url, gateway_url.replace("chat/completions", "feedback"), args.rate,
+                    args.feedback_rate, block * 2))
             single = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow"}, 10))
             best_of_5 = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow", "n": 5}, 10))
         finally:
@@ -219,7 +257,11 @@ def main() -> None:
                       "direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
                       "p50_added_ms": g50 - d50, "p99_added_ms": g99 - d99,
                       "errors": routed_errors + direct_errors,
-                      "single_wall_s": single, "bo5_wall_s": best_of_5, "bo5_wall_ratio": best_of_5 / single}))
+                      "single_wall_s": single, "bo5_wall_s": best_of_5, "bo5_wall_ratio": best_of_5 / single}
+                     | ({"feedback_rate_per_s": args.feedback_rate,
+                         "with_feedback_p50_ms": float(np.percentile(with_feedback, 50)),
+                         "with_feedback_p99_ms": float(np.percentile(with_feedback, 99)),
+                         "with_feedback_errors": feedback_errors + unexpected_feedback} if with_feedback else {})))
 
 
 if __name__ == "__main__":
