@@ -115,16 +115,46 @@ def fake_upstream(script: Script) -> FastAPI:
             return Response(script.raw, media_type="text/event-stream" if body.get("stream") else "application/json")
         n = int(body.get("n", 1))
         texts = [script.answer() for _ in range(n)]
+        if body["messages"][-1]["role"] == "tool":  # answers with what the tool returned
+            texts = [f"The tool says: {body['messages'][-1]['content']}"] * n
+        # With tools, and no tool result yet, it calls the first tool with an answer as its arguments.
+        tool = body["tools"][0]["function"]["name"] if body.get("tools") and \
+            body["messages"][-1]["role"] != "tool" else None
         if body.get("stream"):
-            return StreamingResponse(_stream(body["model"], texts[0], failure), media_type="text/event-stream")
+            chunks = _tool_stream(body["model"], tool, texts[0]) if tool else _stream(body["model"], texts[0], failure)
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        choices = [{"index": i, "message": {"role": "assistant", "content": t, "refusal": None},
+                    "finish_reason": "stop"} for i, t in enumerate(texts)]
+        if tool:
+            choices = [{"index": i, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": None, "refusal": None, "tool_calls": [
+                    {"id": f"call_{i}", "type": "function", "function": {"name": tool, "arguments": t}}]}}
+                for i, t in enumerate(texts)]
+        if body.get("logprobs"):
+            for choice in choices:
+                choice["logprobs"] = {"content": [{"token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": []}],
+                                      "refusal": None}
         return JSONResponse({
             "id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"],
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                        for i, t in enumerate(texts)],
+            "system_fingerprint": "fp-fake", "choices": choices,
             "usage": script.usage if script.usage is not None else
             {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}})
 
     return app
+
+
+async def _tool_stream(model: str, tool: str, arguments: str):
+    """A tool call streamed as OpenAI does: the call's id and name, then its arguments in pieces."""
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        return "data: " + json.dumps({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+    yield chunk({"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": "call_0", "type": "function", "function": {"name": tool, "arguments": ""}}]})
+    for start in range(0, len(arguments), 5):
+        yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start:start + 5]}}]})
+    yield chunk({}, "tool_calls")
+    yield "data: [DONE]\n\n"
 
 
 async def _stream(model: str, text: str, failure: Any):

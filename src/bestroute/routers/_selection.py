@@ -86,8 +86,9 @@ _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
 
 
 def extract_answer(response: str | None) -> str:
-    """The final answer of a response, normalised: a JSON ``answer`` field, a '####' or
-    'answer is' marker, else the last number, else the last non-empty line."""
+    """The final answer of a response, normalised: a JSON ``answer`` field, the tool calls of a
+    tool-call answer (names and arguments, whole), a '####' or 'answer is' marker, else the last
+    number, else the last non-empty line."""
     if not response:
         return ""
     text = response.strip()
@@ -99,6 +100,8 @@ def extract_answer(response: str | None) -> str:
             continue
         if isinstance(parsed, dict) and "answer" in parsed:
             return _normalise_answer(str(parsed["answer"]))
+        if isinstance(parsed, dict) and list(parsed) == ["tool_calls"]:  # the gateway's text of a tool-call answer
+            return json.dumps(parsed["tool_calls"], sort_keys=True)
     marker = re.search(r'(?:####|answer is|"answer"\s*:)\s*"?([^"\n]+)', text, flags=re.IGNORECASE)
     if marker:
         return _normalise_answer(marker.group(1))

@@ -75,12 +75,18 @@ NO_DEADLINE = Deadline(math.inf)
 
 @dataclass
 class Completion:
-    """What one backend returned for one (model, n) option, over all its requests."""
+    """What one backend returned for one (model, n) option, over all its requests: the choices as
+    the upstream sent them (tool calls, refusals and logprobs included) and the first response's
+    other fields, which the gateway passes on."""
 
-    texts: list[str]
-    finish_reasons: list[str]
+    choices: list[dict[str, Any]]
+    document: dict[str, Any]
     prompt_tokens: int
     completion_tokens: int
+
+    @property
+    def texts(self) -> list[str]:
+        return [answer_text(c["message"]) for c in self.choices]
 
 
 class CircuitBreaker:
@@ -151,13 +157,12 @@ class Upstream:
         """n samples: one request asking for n where the backend honours it, else n at once."""
         if n == 1 or self.config.supports_n:
             result = await self._retried(deadline, lambda: self._post(body | ({"n": n} if n > 1 else {})))
-            if len(result.texts) < n:
-                raise UpstreamError(self.name, f"asked for {n} choices, got {len(result.texts)}")
+            if len(result.choices) < n:
+                raise UpstreamError(self.name, f"asked for {n} choices, got {len(result.choices)}")
             return result
         single = {k: v for k, v in body.items() if k != "n"}
         parts = await asyncio.gather(*(self._retried(deadline, lambda: self._post(single)) for _ in range(n)))
-        return Completion(texts=[t for p in parts for t in p.texts],
-                          finish_reasons=[f for p in parts for f in p.finish_reasons],
+        return Completion(choices=[c for p in parts for c in p.choices], document=parts[0].document,
                           prompt_tokens=sum(p.prompt_tokens for p in parts),
                           completion_tokens=sum(p.completion_tokens for p in parts))
 
@@ -246,16 +251,17 @@ class Upstream:
             raise UpstreamError(self.name, "response is not JSON") from exc
         try:
             choices = document["choices"]
-            texts = [_content(c["message"]) for c in choices]
-            finish_reasons = [c.get("finish_reason") or "stop" for c in choices]
-            if not all(isinstance(f, str) for f in finish_reasons):
+            if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+                raise ValueError("choices is not a list of objects")
+            texts = [answer_text(c["message"]) for c in choices]
+            if not all(isinstance(c.get("finish_reason") or "", str) for c in choices):
                 raise ValueError("finish_reason is not a string")
             prompt_tokens, completion_tokens = usage_tokens(
                 document.get("usage"), prompt=lambda: estimate_tokens(_body_text(body)),
                 completion=lambda: sum(estimate_tokens(t) for t in texts))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(self.name, f"malformed chat completion ({exc})") from exc
-        return Completion(texts=texts, finish_reasons=finish_reasons, prompt_tokens=prompt_tokens,
+        return Completion(choices=choices, document=document, prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens)
 
     async def _open_stream(self, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
@@ -326,11 +332,34 @@ async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[st
 MAX_TOKENS_REPORTED = 10**9  # more than any context window: a larger count is a broken upstream
 
 
-def _content(message: Any) -> str:
+def answer_text(message: Any) -> str:
+    """The text of an answer as selectors, the router's log and the accounting see it: the content,
+    then any tool calls as canonical JSON (name and parsed arguments, keys sorted), so samples that
+    call the same tool with the same arguments agree. ValueError if the message is malformed."""
+    if not isinstance(message, dict):
+        raise ValueError("message is not an object")  # noqa: TRY004 -- one error for a malformed answer
     content = message.get("content")
     if content is not None and not isinstance(content, str):
         raise ValueError("message content is not a string")
-    return content or ""
+    calls = message.get("tool_calls")
+    if not calls:
+        return content or ""
+    if not isinstance(calls, list):
+        raise ValueError("tool_calls is not a list")  # noqa: TRY004
+    canonical = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise ValueError("a tool call has no function object")  # noqa: TRY004
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except (ValueError, RecursionError):
+                pass  # compared as the text it is
+        canonical.append({"name": function.get("name"), "arguments": arguments})
+    calls_text = json.dumps({"tool_calls": canonical}, sort_keys=True, ensure_ascii=False)
+    return f"{content}\n{calls_text}" if content else calls_text
 
 
 def usage_tokens(usage: Any, *, prompt: Callable[[], int], completion: Callable[[], int]) -> tuple[int, int]:

@@ -254,14 +254,19 @@ class ChatService:
         return completion
 
     def _answer(self, request: ChatCompletionRequest, outcome: Outcome, completion: Completion) -> dict[str, Any]:
-        """The chat.completion body: routed requests get the selected sample, direct ones all."""
-        picked = range(len(completion.texts)) if not outcome.plan.routed else [outcome.selected]
-        choices = [{"index": i, "message": {"role": "assistant", "content": completion.texts[k]},
-                    "finish_reason": completion.finish_reasons[k]} for i, k in enumerate(picked)]
-        self._record(request, outcome, 200, response=choices[0]["message"]["content"])
-        return {"id": outcome.request_id, "object": "chat.completion", "created": int(time.time()),
-                "model": outcome.attempt.upstream.name, "choices": choices, "usage": outcome.usage(),
-                "bestroute": outcome.details(self.selector.name)}
+        """The chat.completion body: the upstream's, with routed requests getting the selected
+        choice and direct ones all, each as the upstream sent it (tool calls, refusal, logprobs);
+        only ``id``, ``model``, ``usage``, the choices' ``index`` and ``bestroute`` are the gateway's."""
+        assert outcome.attempt is not None
+        picked = range(len(completion.choices)) if not outcome.plan.routed else [outcome.selected]
+        choices = [completion.choices[k] | {"index": i, "finish_reason": completion.choices[k].get("finish_reason")
+                                            or "stop"} for i, k in enumerate(picked)]
+        self._record(request, outcome, 200, response=completion.texts[picked[0]])
+        return completion.document | {
+            "id": outcome.request_id, "object": "chat.completion",
+            "created": completion.document.get("created") or int(time.time()),
+            "model": outcome.attempt.upstream.name, "choices": choices, "usage": outcome.usage(),
+            "bestroute": outcome.details(self.selector.name)}
 
     def _exhausted(self, request: ChatCompletionRequest, outcome: Outcome) -> GatewayError:
         if outcome.rejection is not None:
@@ -377,14 +382,19 @@ class ChatService:
 
 
 def _delta_text(chunk: dict[str, Any]) -> str:
-    """The content a stream chunk adds, ignoring anything not shaped as OpenAI's deltas."""
+    """The text a stream chunk adds, for accounting and the log: content, and the names and
+    argument pieces of tool calls; anything not shaped as OpenAI's deltas is ignored."""
     choices = chunk.get("choices")
     text = []
     for choice in choices if isinstance(choices, list) else []:
         delta = choice.get("delta") if isinstance(choice, dict) else None
-        content = delta.get("content") if isinstance(delta, dict) else None
-        if isinstance(content, str):
-            text.append(content)
+        if not isinstance(delta, dict):
+            continue
+        calls = delta.get("tool_calls")
+        functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+        pieces = [delta.get("content")] + [f.get(k) for f in functions if isinstance(f, dict)
+                                           for k in ("name", "arguments")]
+        text.extend(p for p in pieces if isinstance(p, str))
     return "".join(text)
 
 
@@ -397,12 +407,17 @@ def _sse(document: dict[str, Any]) -> bytes:
 
 
 async def _replay(body: dict[str, Any]) -> AsyncIterator[bytes]:
-    """A finished completion as a stream: role, content, finish, usage, [DONE]."""
+    """A finished completion as a stream: the whole message as one delta (tool calls with their
+    ``index``, as streamed tool calls have), then finish, usage, [DONE]."""
     base = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body["model"]}
     choice = body["choices"][0]
-    yield _sse(base | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-    yield _sse(base | {"choices": [{"index": 0, "delta": {"content": choice["message"]["content"]},
-                                    "finish_reason": None}]})
+    delta = {"role": "assistant"} | choice["message"]
+    if delta.get("tool_calls"):
+        delta["tool_calls"] = [call | {"index": i} for i, call in enumerate(delta["tool_calls"])]
+    content = {"index": 0, "delta": delta, "finish_reason": None}
+    if choice.get("logprobs") is not None:
+        content["logprobs"] = choice["logprobs"]
+    yield _sse(base | {"choices": [content]})
     yield _sse(base | {"choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]})
     yield _sse(base | {"choices": [], "usage": body["usage"], "bestroute": body["bestroute"]})
     yield b"data: [DONE]\n\n"
