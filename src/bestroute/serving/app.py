@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -248,8 +248,9 @@ def create_app(config: GatewayConfig) -> Gateway:
         body, outcome = await _unless_disconnected(request, service.complete(chat, plan, deadline, client))
         return JSONResponse(body, headers=outcome.headers())
 
-    # Registered for other methods' 405; POSTs take the Gateway's direct path.
-    app.add_route(CHAT_PATH, chat_completions, methods=["POST"])
+    # Registered for the OpenAPI schema and other methods' 405; POSTs take the Gateway's direct path.
+    app.add_api_route(CHAT_PATH, chat_completions, methods=["POST"], response_model=None,
+                      openapi_extra=_json_body(ChatCompletionRequest), summary="Chat completions, routed or direct")
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -257,7 +258,7 @@ def create_app(config: GatewayConfig) -> Gateway:
         names = [ROUTED_MODEL] + [b.name for b in config.backends]
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "bestroute"} for n in names]}
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", openapi_extra=_json_body(FeedbackRequest))
     async def post_feedback(request: Request) -> dict[str, Any]:
         client = await authorize(request)
         try:
@@ -294,6 +295,22 @@ def _validation_response(errors: list[Any]) -> JSONResponse:
     param = ".".join(loc) or None
     exc = Unprocessable(f"{param or 'body'}: {first.get('msg')}", param=param)
     return _error(exc.status, exc.message, exc.type, exc.param)
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its JSON itself (to bound its size and
+    depth before parsing), with the model's schema inlined."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
 def _matching_key(request: Request, keys: list[bytes]) -> bytes | None:
