@@ -177,6 +177,21 @@ async def _with_feedback(gateway_url: str, feedback_url: str, rate: float, feedb
     return latencies, errors, unexpected
 
 
+def _max_rps(url: str, seconds: float) -> float | None:
+    """The highest of a rising ladder of rates that one gateway process sustains for ``seconds``
+    with p99 < 50 ms and no errors (None if the lowest fails). The load generator shares a core
+    with the upstream, so near the top it measures them too; each step's figures go to stderr."""
+    best = None
+    for rate in (300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 2000):
+        latencies, errors = asyncio.run(_load(url, "bestroute:0", rate, seconds))
+        p99 = float(np.percentile(latencies, 99)) if latencies else float("inf")
+        print(f"max-rps search: {rate}/s -> p99 {p99:.1f} ms, {errors} errors", file=sys.stderr)
+        if p99 >= 50 or errors:
+            break
+        best = float(rate)
+    return best
+
+
 async def _wall(url: str, body: dict, repeats: int) -> float:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         times = []
@@ -194,6 +209,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="per phase (direct, through the gateway)")
     parser.add_argument("--blocks", type=int, default=6, help="alternating blocks each phase is cut into")
     parser.add_argument("--no-pin", action="store_true", help="leave the processes wherever the scheduler puts them")
+    parser.add_argument("--max-rps-seconds", type=float, default=5.0,
+                        help="per step of the search for the highest rate with p99 < 50 ms and no errors (0: skip)")
     parser.add_argument("--feedback-rate", type=float, default=50.0,
                         help="feedback calls/s on unknown ids in a last phase through the gateway (0: none)")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
@@ -243,6 +260,7 @@ def main() -> None:
                 with_feedback, feedback_errors, unexpected_feedback = asyncio.run(_with_feedback(
                     gateway_url, gateway_url.replace("chat/completions", "feedback"), args.rate,
                     args.feedback_rate, block * 2))
+            max_rps = _max_rps(gateway_url, args.max_rps_seconds) if args.max_rps_seconds else None
             single = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow"}, 10))
             best_of_5 = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow", "n": 5}, 10))
         finally:
@@ -257,7 +275,8 @@ def main() -> None:
                       "direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
                       "p50_added_ms": g50 - d50, "p99_added_ms": g99 - d99,
                       "errors": routed_errors + direct_errors,
-                      "single_wall_s": single, "bo5_wall_s": best_of_5, "bo5_wall_ratio": best_of_5 / single}
+                      "single_wall_s": single, "bo5_wall_s": best_of_5, "bo5_wall_ratio": best_of_5 / single,
+                      "max_rps_p99_under_50ms": max_rps}
                      | ({"feedback_rate_per_s": args.feedback_rate,
                          "with_feedback_p50_ms": float(np.percentile(with_feedback, 50)),
                          "with_feedback_p99_ms": float(np.percentile(with_feedback, 99)),

@@ -135,6 +135,20 @@ class DecisionLogConfig(_Section):
         return value
 
 
+class BudgetLimits(_Section):
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    usd_per_day: float | None = Field(default=None, gt=0, description="from the cost the gateway computes")
+
+
+class BudgetConfig(BudgetLimits):
+    """Limits per client key (for every key; ``per_key`` overrides by the key's fingerprint)."""
+
+    per_key: dict[str, BudgetLimits] = Field(default_factory=dict, description="fingerprint (client_key_id in "
+                                                                               "the decision log) -> limits")
+    shared: bool = Field(default=False, description="count every replica's usage, from the decision log's database")
+    refresh_s: float = Field(default=2.0, gt=0, description="how often a replica reads the shared usage")
+
+
 class AdminConfig(_Section):
     """Who may read /metrics, /healthz's details and the API docs (/docs, /redoc, /openapi.json)."""
 
@@ -157,6 +171,7 @@ class GatewayConfig(_Section):
     decision_log: DecisionLogConfig = DecisionLogConfig()
     timeouts: TimeoutConfig = TimeoutConfig()
     admin: AdminConfig = AdminConfig()
+    budgets: BudgetConfig = BudgetConfig()
 
     @field_validator("threshold")
     @classmethod

@@ -1,5 +1,7 @@
 """Gateway errors: each carries its HTTP status and OpenAI error type; one handler maps them."""
 
+import math
+
 
 class GatewayError(Exception):
     status = 500
@@ -67,6 +69,16 @@ class Overloaded(GatewayError):
 
     status, type = 503, "service_unavailable"
     headers = {"retry-after": "1"}  # noqa: RUF012
+
+
+class RateLimited(GatewayError):
+    """A client key is over its requests per minute or its USD per day."""
+
+    status, type = 429, "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float, code: str) -> None:
+        super().__init__(message, code=code)
+        self.headers = {"retry-after": str(max(1, math.ceil(retry_after)))}
 
 
 class LogUnavailable(GatewayError):

@@ -23,8 +23,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     create_engine,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -292,6 +294,16 @@ class DecisionLog:
                 self.dead_letters.add([entry], f"refused by the database ({type(exc).__name__}: "
                                                f"{_first_line(exc)})")
         return []
+
+    def usage_by_client(self, *, since: float, day_start: float) -> tuple[dict[str | None, int], dict[str | None, float]]:
+        """Per client key fingerprint: requests logged since ``since`` and cost since ``day_start``."""
+        recent = func.sum(case((decisions.c.created_at >= since, 1), else_=0))
+        spent = func.sum(case((decisions.c.created_at >= day_start, decisions.c.cost_usd), else_=0.0))
+        query = (select(decisions.c.client_key_id, recent, spent)
+                 .where(decisions.c.created_at >= min(since, day_start)).group_by(decisions.c.client_key_id))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return {r[0]: int(r[1] or 0) for r in rows}, {r[0]: float(r[2] or 0.0) for r in rows}
 
     def owner(self, decision_id: str) -> tuple[bool, str | None]:
         """Whether the request ``decision_id`` was answered (status 200) and its client key's fingerprint."""

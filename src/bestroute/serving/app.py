@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from .._exceptions import ConfigError
 from ..reward import RewardModel
 from ..routers import Router, load_router
+from ._budgets import Budgets
 from ._config import BackendConfig, GatewayConfig, SelectorConfig
 from ._errors import (
     ClientDisconnected,
@@ -164,11 +165,14 @@ def create_app(config: GatewayConfig) -> Gateway:
                               max_backlog=config.decision_log.max_backlog)
             metrics.watch_log(log)
             answered = AnsweredRequests()
+            budgets = Budgets(config.budgets, log)
             app.state.service = ChatService(
                 config=config, router=router, upstreams=upstreams, log=log, metrics=metrics, answered=answered,
-                selector=make_serving_selector(config.selector, session, upstreams, reward_model))
+                budgets=budgets, selector=make_serving_selector(config.selector, session, upstreams, reward_model))
             app.state.feedback = FeedbackService(log, answered)
-            probes = asyncio.create_task(_warn_unreachable(config.backends))
+            tasks = [asyncio.create_task(_warn_unreachable(config.backends))]
+            if config.budgets.shared:
+                tasks.append(asyncio.create_task(budgets.share()))
             # The router, tokenizer and libraries are hundreds of thousands of long-lived objects;
             # frozen, the collector stops re-scanning them while serving (a full pass takes ~0.1 s).
             gc.collect()
@@ -176,7 +180,8 @@ def create_app(config: GatewayConfig) -> Gateway:
             try:
                 yield
             finally:
-                probes.cancel()
+                for task in tasks:
+                    task.cancel()
                 log.close()  # drains every queued row before the process exits
 
     app = FastAPI(title="bestroute gateway", lifespan=lifespan)
@@ -232,6 +237,9 @@ def create_app(config: GatewayConfig) -> Gateway:
 
     async def chat_completions(request: Request) -> Response:
         client = await authorize(request)
+        service: ChatService = app.state.service
+        if service.budgets.active:
+            service.budgets.admit(client)
         document = await read_json(request)
         deadline = _deadline(request, config)
         try:
@@ -240,7 +248,6 @@ def create_app(config: GatewayConfig) -> Gateway:
             return _validation_response(exc.errors())
         if len(chat.messages) > config.limits.max_messages:
             raise PayloadTooLarge(f"at most {config.limits.max_messages} messages per request", param="messages")
-        service: ChatService = app.state.service
         plan = service.plan(chat)
         if chat.stream:
             outcome, chunks = await _unless_disconnected(request, service.stream(chat, plan, deadline, client))

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..policy import fallback_order
 from ..routers import Router
+from ._budgets import Budgets
 from ._config import GatewayConfig
 from ._errors import (
     DeadlineExceeded,
@@ -108,9 +109,10 @@ class ChatService:
 
     def __init__(self, *, config: GatewayConfig, router: Router, upstreams: dict[str, Upstream],
                  selector: ServingSelector, log: DecisionLog, metrics: GatewayMetrics,
-                 answered: AnsweredRequests) -> None:
+                 answered: AnsweredRequests, budgets: Budgets) -> None:
         self.config, self.router, self.upstreams = config, router, upstreams
         self.selector, self.log, self.metrics, self.answered = selector, log, metrics, answered
+        self.budgets = budgets
         # Options the gateway can serve: active in the router, a backend is configured and allows
         # that many samples.
         self._available = router.active_ & np.array([
@@ -376,6 +378,8 @@ class ChatService:
             "response": response if store else None, "client_key_id": outcome.client})
         if status == 200:
             self.answered.add(outcome.request_id, outcome.client)
+        if outcome.cost_usd:
+            self.budgets.charge(outcome.client, outcome.cost_usd)
         self.metrics.observe(model=model or "none", n=outcome.attempt.n if outcome.attempt else 0,
                              status=status, seconds=latency, prompt_tokens=outcome.prompt_tokens,
                              completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd)
