@@ -251,7 +251,7 @@ def upstream(script: Script) -> Iterator[ServerThread]:
 def gateway(tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]],
             **overrides: Any) -> Iterator[tuple[ServerThread, openai.OpenAI]]:
     path = write_gateway_config(tmp_path, artifact, backends, **overrides)
-    server = ServerThread(create_app(load_config(path))).start()
+    server = ServerThread(create_app(load_config(path), config_path=path)).start()
     try:
         yield server, openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     finally:

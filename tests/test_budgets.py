@@ -2,7 +2,9 @@
 process and shared by replicas through the decision log's database; real servers on loopback."""
 
 import hashlib
+import sqlite3
 import time
+from pathlib import Path
 
 import httpx
 from servers import Script, gateway, upstream
@@ -11,6 +13,16 @@ from servers import Script, gateway, upstream
 def chat(url: str, key: str) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=30,
                       json={"model": "bestroute:0", "messages": [{"role": "user", "content": "q"}]})
+
+
+def wait_for_rows(database: Path, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with sqlite3.connect(database) as db:
+            if db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} rows in {database}")
 
 
 def fingerprint(key: str) -> str:
@@ -57,7 +69,9 @@ def test_replicas_share_budgets_through_the_decision_log(tmp_path, artifact, mon
             gateway(two, artifact, {"small": s.url, "big": s.url}, client_api_keys_env="KEYS",
                     decision_log=shared_log, budgets=budgets) as (second, _):
         assert [chat(first.url, "key-a").status_code for _ in range(4)] == [200] * 4
-        time.sleep(0.5)  # the rows are written and the other replica has read them
+        wait_for_rows(tmp_path / "shared.db", 4)
+        time.sleep(0.5)  # several refreshes of the other replica
         assert [chat(second.url, "key-a").status_code for _ in range(3)] == [200, 200, 429]
+        wait_for_rows(tmp_path / "shared.db", 6)  # the refused request has no row
         time.sleep(0.5)
         assert chat(first.url, "key-a").status_code == 429

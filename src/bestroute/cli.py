@@ -199,7 +199,7 @@ def serve(
     try:
         if not 0 < port < 65536:
             raise ConfigError(f"--port: {port} is not a port (1 to 65535)")
-        gateway = create_app(load_config(config))
+        gateway = create_app(load_config(config), config_path=config)
     except BestRouteError as exc:
         _fail(exc)
     run_gateway(gateway, host=host, port=port)

@@ -172,6 +172,9 @@ class GatewayConfig(_Section):
     timeouts: TimeoutConfig = TimeoutConfig()
     admin: AdminConfig = AdminConfig()
     budgets: BudgetConfig = BudgetConfig()
+    reload_poll_s: float = Field(default=2.0, ge=0, description="check the configuration and router files "
+                                                                "for changes this often (0: only SIGHUP and "
+                                                                "POST /admin/reload)")
 
     @field_validator("threshold")
     @classmethod

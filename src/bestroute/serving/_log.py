@@ -195,6 +195,8 @@ class DecisionLog:
         self.repaired = 0
         self._pending: deque[Entry] = deque()
         self._writing = threading.Lock()  # one batch at a time, from the thread or from flush()
+        self._queue = threading.Lock()  # taking a batch out or putting it back, as ``backlog`` sees it
+        self._in_flight = 0
         self._closing = threading.Event()
         self._errors_seen: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
@@ -202,7 +204,9 @@ class DecisionLog:
 
     @property
     def backlog(self) -> int:
-        return len(self._pending)
+        """Rows not written yet: queued, or in the batch being written."""
+        with self._queue:
+            return len(self._pending) + self._in_flight
 
     def write(self, row: dict[str, Any]) -> None:
         self._pending.append((decisions, row))  # atomic; never blocks the event loop
@@ -240,22 +244,30 @@ class DecisionLog:
                 _logger.exception("decision log: unexpected error; the writer goes on")
 
     def _spill(self, count: int, reason: str) -> None:
-        self.dead_letters.add([self._pending.popleft() for _ in range(count)], reason)
+        with self._queue:
+            rows = [self._pending.popleft() for _ in range(count)]
+        self.dead_letters.add(rows, reason)
 
     def _drain(self) -> None:
         with self._writing:
             if len(self._pending) > self.max_backlog:
                 self._spill(len(self._pending) - self.max_backlog, "backlog full while the database was away")
-            rows = [self._pending.popleft() for _ in range(len(self._pending))]
+            with self._queue:
+                rows = [self._pending.popleft() for _ in range(len(self._pending))]
+                self._in_flight = len(rows)
             if not rows:
                 return
+            waiting: list[Entry] = []
             try:
                 waiting = self._write(rows)
             except Exception as exc:  # never lose popped rows, whatever went wrong
                 self.dead_letters.add(rows, f"writer error ({type(exc).__name__}: {exc})")
                 raise
-            if waiting:  # the database is away: keep the rows, in order, for the next window
-                self._pending.extendleft(reversed(waiting))
+            finally:
+                with self._queue:  # the database is away: keep the rows, in order, for the next window
+                    self._pending.extendleft(reversed(waiting))
+                    self._in_flight = 0
+            if waiting:
                 _logger.warning("decision log: %d rows wait for the database", len(waiting))
 
     def _write(self, entries: list[Entry]) -> list[Entry]:
@@ -295,12 +307,16 @@ class DecisionLog:
                                                f"{_first_line(exc)})")
         return []
 
-    def usage_by_client(self, *, since: float, day_start: float) -> tuple[dict[str | None, int], dict[str | None, float]]:
-        """Per client key fingerprint: requests logged since ``since`` and cost since ``day_start``."""
+    def usage_by_client(self, *, since: float, day_start: float, except_id_prefix: str
+                        ) -> tuple[dict[str | None, int], dict[str | None, float]]:
+        """Per client key fingerprint: requests logged since ``since`` and cost since ``day_start``,
+        leaving out the rows whose id starts with ``except_id_prefix`` (a replica's own)."""
         recent = func.sum(case((decisions.c.created_at >= since, 1), else_=0))
         spent = func.sum(case((decisions.c.created_at >= day_start, decisions.c.cost_usd), else_=0.0))
         query = (select(decisions.c.client_key_id, recent, spent)
-                 .where(decisions.c.created_at >= min(since, day_start)).group_by(decisions.c.client_key_id))
+                 .where(decisions.c.created_at >= min(since, day_start),
+                        ~decisions.c.id.startswith(except_id_prefix, autoescape=True))
+                 .group_by(decisions.c.client_key_id))
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return {r[0]: int(r[1] or 0) for r in rows}, {r[0]: float(r[2] or 0.0) for r in rows}

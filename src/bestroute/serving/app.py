@@ -22,11 +22,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from .._exceptions import ConfigError
-from ..reward import RewardModel
-from ..routers import Router, load_router
+from .._exceptions import BestRouteError
 from ._budgets import Budgets
-from ._config import BackendConfig, GatewayConfig, SelectorConfig
+from ._config import BackendConfig, GatewayConfig
 from ._errors import (
     ClientDisconnected,
     GatewayError,
@@ -40,6 +38,7 @@ from ._errors import (
 from ._feedback import AnsweredRequests, FeedbackService
 from ._log import DecisionLog, check_database
 from ._metrics import GatewayMetrics
+from ._reload import Loaded, Reloader, load_serving
 from ._selectors import make_serving_selector
 from ._upstream import CircuitBreaker, Deadline, Upstream
 from .protocol import ChatCompletionRequest, ErrorBody, ErrorResponse, FeedbackRequest
@@ -47,7 +46,7 @@ from .serving import ROUTED_MODEL, ChatService
 
 T = TypeVar("T")
 CHAT_PATH = "/v1/chat/completions"
-ADMIN_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+ADMIN_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/admin/reload"})
 TIMEOUT_HEADER = "x-bestroute-timeout"
 _logger = logging.getLogger(__name__)
 
@@ -56,20 +55,6 @@ def _error(status: int, message: str, type_: str, param: str | None = None, code
            headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
-
-
-def _selector_of(router: Router) -> SelectorConfig:
-    """The selector the router's labels were estimated with, where the gateway can run it: best
-    of n is then picked online the way it was scored offline."""
-    kind, _, path = router.selector.partition(":")
-    if kind == "reward-model" and path:
-        if not Path(path).is_file():
-            raise ConfigError(f"the router was trained with the reward model {path}, which does not exist; "
-                              "restore it or set `selector` in the configuration")
-        return SelectorConfig(kind="reward-model", path=Path(path))
-    if kind in ("consensus", "majority"):
-        return SelectorConfig(kind=kind)
-    return SelectorConfig()
 
 
 def _error_response(exc: Exception) -> JSONResponse:
@@ -126,53 +111,58 @@ class Gateway:
         return self._admin_keys is None or _matching_key(request, self._admin_keys) is not None
 
 
-def create_app(config: GatewayConfig) -> Gateway:
-    """Build the gateway; backends, router and decision log are opened at start-up."""
-    if config.router is None:
-        raise ConfigError("the configuration names no router artifact (key: router)")
-    router = load_router(config.router)
-    if router.name in ("oracle", "cascade"):
-        raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
-    escalating = [o.label for o, active in zip(router.options_, router.active_)
-                  if active and (o.mix or o.accept is not None)]
-    if escalating:
-        raise ConfigError(f"router {router.name!r} has escalating or mixture options ({escalating[0]}, ...), "
-                          "which the gateway does not serve yet; evaluate it with `bestroute eval`, serve best-route")
-    if router.reference_.model not in {b.name for b in config.backends}:
-        raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
-    if config.threshold is not None and router.knob == "threshold" and config.threshold > 1:
-        raise ConfigError(f"threshold: {config.threshold:g} is not between 0 and 1 (router {router.name!r} "
-                          "routes on a predicted-quality threshold)")
+def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gateway:
+    """Build the gateway; backends, router and decision log are opened at start-up. With
+    ``config_path``, the configuration and the router artifact can be reloaded while serving
+    (SIGHUP, a change to either file, or POST /admin/reload)."""
+    loaded = load_serving(config)
     check_database(config.decision_log.url)
-    if "selector" not in config.model_fields_set:
-        config = config.model_copy(update={"selector": _selector_of(router)})
-    reward_model = RewardModel.load(config.selector.path) if config.selector.kind == "reward-model" else None
     client_keys = [k.encode() for k in config.client_keys()]
     admin_keys = config.admin_keys()
-    backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
     metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector, read_bufsize=2**20) as session:
-            upstreams = {b.name: Upstream(b, config.retries, session, CircuitBreaker(config.circuit_breaker),
-                                     backend_keys[b.name])
-                         for b in config.backends}
-            for name, upstream in upstreams.items():
-                metrics.watch_circuit(name, lambda u=upstream: u.breaker.state == "open")
             log = DecisionLog(config.decision_log.url, dead_letter_path=config.decision_log.dead_letter_path,
                               max_backlog=config.decision_log.max_backlog)
             metrics.watch_log(log)
             answered = AnsweredRequests()
             budgets = Budgets(config.budgets, log)
-            app.state.service = ChatService(
-                config=config, router=router, upstreams=upstreams, log=log, metrics=metrics, answered=answered,
-                budgets=budgets, selector=make_serving_selector(config.selector, session, upstreams, reward_model))
+
+            def build(new: Loaded, previous: ChatService | None) -> ChatService:
+                """A ChatService for ``new``; backends whose settings did not change keep their
+                client state (circuit, requests in flight)."""
+                kept = previous.upstreams if previous is not None else {}
+                upstreams = {}
+                for b in new.config.backends:
+                    old = kept.get(b.name)
+                    same = (old is not None and old.config == b and old.retry == new.config.retries
+                            and old.breaker.config == new.config.circuit_breaker
+                            and old.api_key == new.backend_keys[b.name])
+                    upstreams[b.name] = old if same and old is not None else Upstream(
+                        b, new.config.retries, session, CircuitBreaker(new.config.circuit_breaker),
+                        new.backend_keys[b.name])
+                for name, upstream in upstreams.items():
+                    metrics.watch_circuit(name, lambda u=upstream: u.breaker.state == "open")
+                budgets.config = new.config.budgets
+                return ChatService(
+                    config=new.config, router=new.router, upstreams=upstreams, log=log, metrics=metrics,
+                    answered=answered, budgets=budgets, artifact=new.artifact,
+                    selector=make_serving_selector(new.config.selector, session, upstreams, new.reward_model))
+
+            app.state.service = build(loaded, None)
             app.state.feedback = FeedbackService(log, answered)
+            reloader = Reloader(app, config_path, loaded, build)
+            app.state.reloader = reloader
             tasks = [asyncio.create_task(_warn_unreachable(config.backends))]
             if config.budgets.shared:
                 tasks.append(asyncio.create_task(budgets.share()))
+            if config_path is not None:
+                reloader.on_sighup()
+                if config.reload_poll_s:
+                    tasks.append(asyncio.create_task(reloader.watch(config.reload_poll_s)))
             # The router, tokenizer and libraries are hundreds of thousands of long-lived objects;
             # frozen, the collector stops re-scanning them while serving (a full pass takes ~0.1 s).
             gc.collect()
@@ -241,7 +231,7 @@ def create_app(config: GatewayConfig) -> Gateway:
         if service.budgets.active:
             service.budgets.admit(client)
         document = await read_json(request)
-        deadline = _deadline(request, config)
+        deadline = _deadline(request, service.config)
         try:
             chat = ChatCompletionRequest.model_validate(document)
         except ValidationError as exc:
@@ -262,7 +252,8 @@ def create_app(config: GatewayConfig) -> Gateway:
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         await authorize(request)
-        names = [ROUTED_MODEL] + [b.name for b in config.backends]
+        service: ChatService = request.app.state.service
+        names = [ROUTED_MODEL] + [b.name for b in service.config.backends]
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "bestroute"} for n in names]}
 
     @app.post("/v1/feedback", openapi_extra=_json_body(FeedbackRequest))
@@ -283,10 +274,22 @@ def create_app(config: GatewayConfig) -> Gateway:
             return {"status": "ok"}
         service: ChatService = request.app.state.service
         log = service.log
-        return {"status": "ok", "router": router.name, "reference": router.reference_.model,
+        return {"status": "ok", "router": service.router.name, "reference": service.router.reference_.model,
+                "artifact": service.artifact.describe(), "config_loaded_at": request.app.state.reloader.loaded_at,
                 "backends": {n: u.breaker.state for n, u in service.upstreams.items()},
                 "decision_log": {"backlog": log.backlog, "repaired": log.repaired,
                                  "dead_letters": log.dead_letters.count, "dead_letter_path": str(log.dead_letters.path)}}
+
+    @app.post("/admin/reload")
+    async def reload(request: Request) -> dict[str, Any]:
+        """Reload the configuration and the router artifact; a bad file is refused (400) and the
+        running ones keep serving."""
+        reloader: Reloader = request.app.state.reloader
+        try:
+            service = await reloader.reload("POST /admin/reload")
+        except BestRouteError as exc:
+            raise InvalidRequest(f"reload refused, still serving the previous files: {exc}") from None
+        return {"status": "reloaded", "artifact": service.artifact.describe()}
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

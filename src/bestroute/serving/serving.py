@@ -26,6 +26,7 @@ from ._errors import (
 from ._feedback import AnsweredRequests
 from ._log import DecisionLog
 from ._metrics import GatewayMetrics
+from ._reload import ArtifactInfo
 from ._selectors import ServingSelector
 from ._upstream import (
     STREAM_ERRORS,
@@ -109,8 +110,8 @@ class ChatService:
 
     def __init__(self, *, config: GatewayConfig, router: Router, upstreams: dict[str, Upstream],
                  selector: ServingSelector, log: DecisionLog, metrics: GatewayMetrics,
-                 answered: AnsweredRequests, budgets: Budgets) -> None:
-        self.config, self.router, self.upstreams = config, router, upstreams
+                 answered: AnsweredRequests, budgets: Budgets, artifact: ArtifactInfo) -> None:
+        self.config, self.router, self.upstreams, self.artifact = config, router, upstreams, artifact
         self.selector, self.log, self.metrics, self.answered = selector, log, metrics, answered
         self.budgets = budgets
         # Options the gateway can serve: active in the router, a backend is configured and allows
@@ -119,6 +120,10 @@ class ChatService:
             o.model in upstreams and o.n <= upstreams[o.model].config.max_n for o in router.options_])
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._default_knob = config.threshold if config.threshold is not None else router.default_knob()
+
+    def _new_id(self) -> str:
+        """A completion id; it starts with this replica's id, so shared budgets can tell its rows."""
+        return f"chatcmpl-{self.budgets.replica}{uuid.uuid4().hex[:24]}"
 
     # ------------------------------------------------------------------ planning
     def plan(self, request: ChatCompletionRequest) -> Plan:
@@ -214,7 +219,7 @@ class ChatService:
     # ------------------------------------------------------------- completing
     async def complete(self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline,
                        client: str | None) -> tuple[dict[str, Any], Outcome]:
-        outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter(), client=client)
+        outcome = Outcome(request_id=self._new_id(), plan=plan, started=time.perf_counter(), client=client)
         try:
             for attempt in self._attempts(outcome):
                 try:
@@ -284,7 +289,7 @@ class ChatService:
         option while no chunk has arrived. n samples: all are drawn, the selected one is streamed."""
         if not plan.routed and request.n > 1:
             raise InvalidRequest("streaming returns one choice; use n = 1 or stream = false", param="n")
-        outcome = Outcome(request_id=_new_id(), plan=plan, started=time.perf_counter(), client=client)
+        outcome = Outcome(request_id=self._new_id(), plan=plan, started=time.perf_counter(), client=client)
         for attempt in self._attempts(outcome):
             try:
                 if attempt.n > 1:
@@ -402,8 +407,6 @@ def _delta_text(chunk: dict[str, Any]) -> str:
     return "".join(text)
 
 
-def _new_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def _sse(document: dict[str, Any]) -> bytes:

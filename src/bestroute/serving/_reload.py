@@ -1,0 +1,164 @@
+"""Loading what the gateway serves — the configuration, its router artifact and selector — and
+reloading them while serving: SIGHUP, a change to either file, or POST /admin/reload. A new
+ChatService is swapped in; requests in flight finish on the one they started with. A file that
+does not load is refused with one log line and the running ones keep serving."""
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._exceptions import BestRouteError, ConfigError
+from ..reward import RewardModel
+from ..routers import Router, load_router
+from ._config import GatewayConfig, SelectorConfig, load_config
+
+if TYPE_CHECKING:
+    from .serving import ChatService
+
+_logger = logging.getLogger(__name__)
+# Changing these needs a restart: they shape the server, its keys and its log, not a request.
+RESTART_ONLY = ("decision_log", "limits", "client_api_keys_env", "admin")
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """Which router artifact is serving: its path, a digest of its bytes, and when it was loaded."""
+
+    path: Path
+    sha256: str
+    loaded_at: str
+
+    @classmethod
+    def of(cls, path: Path) -> "ArtifactInfo":
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return cls(path, digest, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    def describe(self) -> dict[str, str]:
+        return {"path": str(self.path), "sha256": self.sha256[:16], "loaded_at": self.loaded_at}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A configuration with its router and selector, checked and loaded."""
+
+    config: GatewayConfig
+    router: Router
+    reward_model: RewardModel | None
+    backend_keys: dict[str, str | None]
+    artifact: ArtifactInfo
+
+
+def load_serving(config: GatewayConfig) -> Loaded:
+    """Load and check what ``config`` serves; any problem is a one-line BestRouteError."""
+    if config.router is None:
+        raise ConfigError("the configuration names no router artifact (key: router)")
+    router = load_router(config.router)
+    if router.name in ("oracle", "cascade"):
+        raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
+    escalating = [o.label for o, active in zip(router.options_, router.active_, strict=True)
+                  if active and (o.mix or o.accept is not None)]
+    if escalating:
+        raise ConfigError(f"router {router.name!r} has escalating or mixture options ({escalating[0]}, ...), "
+                          "which the gateway does not serve yet; evaluate it with `bestroute eval`, serve best-route")
+    if router.reference_.model not in {b.name for b in config.backends}:
+        raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
+    if config.threshold is not None and router.knob == "threshold" and config.threshold > 1:
+        raise ConfigError(f"threshold: {config.threshold:g} is not between 0 and 1 (router {router.name!r} "
+                          "routes on a predicted-quality threshold)")
+    if "selector" not in config.model_fields_set:
+        config = config.model_copy(update={"selector": _selector_of(router)})
+    reward_model = RewardModel.load(config.selector.path) if config.selector.path is not None and \
+        config.selector.kind == "reward-model" else None
+    backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
+    return Loaded(config, router, reward_model, backend_keys, ArtifactInfo.of(config.router))
+
+
+def _selector_of(router: Router) -> SelectorConfig:
+    """The selector the router's labels were estimated with, where the gateway can run it: best
+    of n is then picked online the way it was scored offline."""
+    kind, _, path = router.selector.partition(":")
+    if kind == "reward-model" and path:
+        if not Path(path).is_file():
+            raise ConfigError(f"the router was trained with the reward model {path}, which does not exist; "
+                              "restore it or set `selector` in the configuration")
+        return SelectorConfig(kind="reward-model", path=Path(path))
+    if kind in ("consensus", "majority"):
+        return SelectorConfig(kind=kind)
+    return SelectorConfig()
+
+
+class Reloader:
+    """Reloads ``config_path`` (and the files it names) into ``app.state.service`` with ``build``."""
+
+    def __init__(self, app: Any, config_path: Path | None, loaded: Loaded,
+                 build: Callable[[Loaded, "ChatService | None"], "ChatService"]) -> None:
+        self.app, self.config_path, self.build = app, config_path, build
+        self.current = loaded
+        self.loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self._lock = asyncio.Lock()
+        self._seen = self._stamps()
+
+    async def reload(self, reason: str) -> "ChatService":
+        """Load the files again and swap the service in; BestRouteError (the old one keeps serving)."""
+        async with self._lock:
+            self._seen = self._stamps()
+            if self.config_path is None:
+                raise ConfigError("the gateway was started without a configuration file to reload")
+            try:
+                loaded = await asyncio.to_thread(lambda: load_serving(load_config(self.config_path)))
+            except BestRouteError as exc:
+                _logger.error("reload (%s) refused: %s; still serving %s", reason, exc, self.current.artifact.path)
+                raise
+            changed = [key for key in RESTART_ONLY
+                       if getattr(loaded.config, key) != getattr(self.current.config, key)]
+            if changed:
+                _logger.warning("reload (%s): %s changed and takes effect at the next restart", reason,
+                                ", ".join(changed))
+                loaded = Loaded(loaded.config.model_copy(update={k: getattr(self.current.config, k)
+                                                                  for k in RESTART_ONLY}),
+                                loaded.router, loaded.reward_model, loaded.backend_keys, loaded.artifact)
+            service = self.build(loaded, self.app.state.service)
+            self.app.state.service, self.current = service, loaded
+            self.loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            _logger.warning("reload (%s): serving %s (sha256 %s)", reason, loaded.artifact.path,
+                            loaded.artifact.sha256[:16])
+            return service
+
+    async def _reload_logged(self, reason: str) -> None:
+        with contextlib.suppress(BestRouteError):  # already logged; the old files keep serving
+            await self.reload(reason)
+
+    def on_sighup(self) -> None:
+        """Reload on SIGHUP (only where the server runs in the main thread, as `bestroute serve` does)."""
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_logged("SIGHUP")))
+
+    async def watch(self, poll_s: float) -> None:
+        """Reload when the configuration file or a file it names changes (checked every ``poll_s``)."""
+        while True:
+            await asyncio.sleep(poll_s)
+            if self._stamps() != self._seen:
+                await self._reload_logged("a file changed")
+
+    def _stamps(self) -> list[tuple[int, int] | None]:
+        config = self.current.config
+        paths = [self.config_path, config.router, config.selector.path]
+        return [_stamp(p) for p in paths]
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
