@@ -67,3 +67,13 @@ def test_no_upstream_answer_gets_a_5xx_other_than_502(hostile, body, stream):
     else:  # a relayed stream ends with [DONE] or an explicit error event
         events = [line for line in response.text.splitlines() if line.startswith("data:")]
         assert events[-1] == "data: [DONE]" or '"error"' in events[-1], events[-3:]
+
+
+def test_an_oversized_upstream_answer_is_a_502(tmp_path, artifact):
+    script = Script()
+    with upstream(script) as s, gateway(tmp_path, artifact, {"small": {"base_url": s.url, "max_response_bytes": 2**20},
+                                                             "big": s.url}) as (server, _):
+        script.raw = b'{"choices": [{"message": {"content": "' + b"x" * 2**21 + b'"}}]}'
+        response = httpx.post(server.url + "/v1/chat/completions", timeout=30,
+                              json={"model": "small", "messages": [{"role": "user", "content": "q"}]})
+        assert response.status_code == 502 and "over max_response_bytes (1048576)" in response.json()["error"]["message"]

@@ -31,7 +31,8 @@ class _Usage:
 
 class Budgets:
     def __init__(self, config: BudgetConfig, log: DecisionLog) -> None:
-        self.config, self.log = config, log
+        self.log = log
+        self.configure(config)
         self.replica = uuid.uuid4().hex[:8]
         self._usage: defaultdict[str | None, _Usage] = defaultdict(_Usage)
         self._day = _utc_day(time.time())
@@ -39,11 +40,12 @@ class Budgets:
         self._others_requests: dict[str | None, int] = {}
         self._others_spent: dict[str | None, float] = {}
 
-    @property
-    def active(self) -> bool:
-        limits = [self.config.requests_per_minute, self.config.usd_per_day]
-        limits += [v for k in self.config.per_key.values() for v in (k.requests_per_minute, k.usd_per_day)]
-        return any(v is not None for v in limits)
+    def configure(self, config: BudgetConfig) -> None:
+        """Take (new) limits; what was used so far still counts."""
+        self.config = config
+        limits = [config.requests_per_minute, config.usd_per_day]
+        limits += [v for k in config.per_key.values() for v in (k.requests_per_minute, k.usd_per_day)]
+        self.active = any(v is not None for v in limits)
 
     def limits(self, client: str | None) -> BudgetLimits:
         own = self.config.per_key.get(client or "")

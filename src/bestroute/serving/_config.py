@@ -33,6 +33,7 @@ class BackendConfig(_Section):
     stream_idle_s: float = Field(default=30.0, gt=0, le=3600,
                                  description="longest wait between two chunks once a stream has started")
     supports_n: bool = Field(default=False, description="the upstream returns n choices for one request")
+    max_response_bytes: int = Field(default=16 * 2**20, ge=1024, description="a larger answer is a 502")
 
     @field_validator("base_url")
     @classmethod

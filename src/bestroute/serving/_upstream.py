@@ -242,12 +242,19 @@ class Upstream:
 
     async def _post(self, body: dict[str, Any]) -> Completion:
         response = await self._request(body, stream=False)
+        limit = self.config.max_response_bytes
+        raw = bytearray()
         try:
             async with response:
-                document = await response.json(content_type=None)
+                async for piece in response.content.iter_chunked(65_536):
+                    raw += piece
+                    if len(raw) > limit:
+                        raise UpstreamError(self.name, f"response is over max_response_bytes ({limit})")
         except aiohttp.ClientError as exc:
             raise UpstreamError(self.name, f"response broke ({type(exc).__name__})") from exc
-        except ValueError as exc:
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
             raise UpstreamError(self.name, "response is not JSON") from exc
         try:
             choices = document["choices"]

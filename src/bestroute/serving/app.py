@@ -146,7 +146,7 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
                         new.backend_keys[b.name])
                 for name, upstream in upstreams.items():
                     metrics.watch_circuit(name, lambda u=upstream: u.breaker.state == "open")
-                budgets.config = new.config.budgets
+                budgets.configure(new.config.budgets)
                 return ChatService(
                     config=new.config, router=new.router, upstreams=upstreams, log=log, metrics=metrics,
                     answered=answered, budgets=budgets, artifact=new.artifact,
