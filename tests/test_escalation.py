@@ -1,6 +1,11 @@
 """Verify and escalate: options that keep their pick only when the selector is confident, and
 mixtures of models, on hand-made data whose every outcome is known (see conftest.multisample_dir)."""
 
+import json
+import sqlite3
+from pathlib import Path
+
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -70,7 +75,7 @@ def test_a_selector_without_confidence_cannot_escalate(data):
         option_outcomes(data, [Option("small", 3, accept=0.5)], make_selector("oracle"), REFERENCE)
 
 
-def test_escalating_router_fits_saves_explains_and_is_refused_by_the_gateway(data, tmp_path):
+def test_escalating_router_fits_saves_explains_and_the_gateway_checks_it(data, tmp_path):
     split = split_prompts(data.prompt_ids)
     router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(
         data, split.train, split.val)
@@ -96,10 +101,94 @@ def test_escalating_router_fits_saves_explains_and_is_refused_by_the_gateway(dat
     assert result.exit_code == 0, result.output
     assert "small x3 >=1.00 else reference" in result.output and "0.0%" in result.output
 
-    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({"router": str(path), "backends": [
-        {"name": n, "base_url": "http://127.0.0.1:9/v1"} for n in ("small", "tiny", "big")]}))
-    with pytest.raises(ConfigError, match="escalating or mixture options .* does not serve yet"):
-        create_app(load_config(tmp_path / "gateway.yaml"))
+    def gateway_config(names: tuple[str, ...], **settings: object) -> Path:
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({"router": str(path), "backends": [
+            {"name": n, "base_url": "http://127.0.0.1:9/v1"} for n in names]} | settings))
+        return tmp_path / "gateway.yaml"
+
+    with pytest.raises(ConfigError, match="option 'small\\+tiny >=1.00 else reference' mixes 'tiny', which has no backend"):
+        create_app(load_config(gateway_config(("small", "big"))))
+    with pytest.raises(ConfigError, match="escalates on the confidence of the selector it was trained with"):
+        create_app(load_config(gateway_config(("small", "tiny", "big"), selector={"kind": "reward",
+                                                                                  "url": "http://127.0.0.1:9"})))
+    create_app(load_config(gateway_config(("small", "tiny", "big"), selector={"kind": "consensus"})))
+
+
+def served_router(data, tmp_path, keep: set[str], costs: dict[str, float] | None = None) -> Path:
+    """An escalating router with only ``keep`` (and the reference) active, so the test decides
+    which option requests take; ``costs`` replaces options' expected costs for the same end."""
+    split = split_prompts(data.prompt_ids)
+    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(
+        data, split.train, split.val)
+    router.active_ = np.array([o.label in keep or o == router.reference_ for o in router.options_])
+    for o, option in enumerate(router.options_):
+        router.option_cost_[o] = (costs or {}).get(option.label, router.option_cost_[o])
+    path = tmp_path / f"served-{len(keep)}.bestroute"
+    router.save(path)
+    return path
+
+
+def test_the_gateway_serves_escalation_as_evaluated_offline(data, tmp_path):
+    from servers import Script, ask, gateway, upstream
+
+    from bestroute.routers import pick, pick_confidence
+
+    artifact = served_router(data, tmp_path, {"small x3 >=0.60 else reference", "tiny x3 >=0.60 else reference"})
+    router = load_router(artifact)
+    consensus = make_selector("consensus")
+    small, tiny, big = Script(answers=["42", "42", "7"]), Script(answers=["3"]), Script(answers=["big answer"])
+    with upstream(small) as s, upstream(tiny) as t, upstream(big) as b, \
+            gateway(tmp_path, artifact, {"small": s.url, "tiny": t.url, "big": b.url}) as (server, client):
+        prompt = "What is six times seven?"
+        offline = router.options_[int(router.decide(router.predict([prompt]), 0.99)[0])]
+        assert offline.label == "small x3 >=0.60 else reference"
+        answer, headers = ask(client, "bestroute:0.99", text=prompt)
+        details = answer.model_extra["bestroute"]
+        assert details["option"] == offline.label  # the gateway decides as the router does offline
+        texts = ["42", "42", "7"]  # what small sampled; offline, the same samples give the same verdict
+        agreement, scores = consensus.judge(prompt, texts, np.zeros(3))
+        confidence = pick_confidence(consensus, agreement, scores, pick(agreement, scores, np.arange(3)))
+        assert confidence == pytest.approx(2 / 3)
+        assert answer.choices[0].message.content == "42" and answer.model == "small"
+        assert headers["x-bestroute-escalated"] == "false" and float(headers["x-bestroute-confidence"]) == \
+            pytest.approx(confidence, abs=1e-4)
+        assert details["escalation"]["escalated"] is False and len(details["escalation"]["stages"]) == 1
+        assert answer.usage.completion_tokens == 15 and not big.bodies  # three samples, no reference
+        small.answers = ["1", "2", "3"]  # the samples disagree: one third < 0.60
+        answer, headers = ask(client, "bestroute:0.99", text=prompt)
+        stages = answer.model_extra["bestroute"]["escalation"]["stages"]
+        assert answer.model == "big" and answer.choices[0].message.content == "big answer"
+        assert headers["x-bestroute-escalated"] == "true" and float(headers["x-bestroute-confidence"]) < 0.6
+        assert [st["option"] for st in stages] == ["small x3 >=0.60 else reference", "reference"]
+        assert float(headers["x-bestroute-cost-usd"]) == pytest.approx(sum(st["cost_usd"] for st in stages))
+        assert answer.usage.completion_tokens == 20  # both stages are paid for
+        chunks = list(client.chat.completions.create(  # streamed: decided, then the answer is streamed
+            model="bestroute:0.99", messages=[{"role": "user", "content": prompt}], stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "big answer"
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'bestroute_escalations_total{option="small x3 >=0.60 else reference",outcome="accepted"} 1.0' in metrics
+        assert 'bestroute_escalations_total{option="small x3 >=0.60 else reference",outcome="escalated"} 2.0' in metrics
+    with sqlite3.connect(tmp_path / "decisions.db") as db:
+        rows = [json.loads(r[0]) for r in db.execute("SELECT escalation FROM decisions ORDER BY created_at")]
+    assert [r["escalated"] for r in rows] == [False, True, True]
+    assert [len(r["stages"]) for r in rows] == [1, 2, 2]
+
+
+def test_the_gateway_serves_a_mixture_of_models(data, tmp_path):
+    from servers import Script, ask, gateway, upstream
+
+    label = "small+tiny >=1.00 else reference"
+    artifact = served_router(data, tmp_path, {label}, costs={label: 1e-6})
+    small, tiny, big = Script(answers=["42"]), Script(answers=["42"]), Script(answers=["big answer"])
+    with upstream(small) as s, upstream(tiny) as t, upstream(big) as b, \
+            gateway(tmp_path, artifact, {"small": s.url, "tiny": t.url, "big": b.url}) as (_, client):
+        answer, headers = ask(client, "bestroute:0.99")
+        assert answer.model_extra["bestroute"]["option"] == label
+        assert headers["x-bestroute-escalated"] == "false" and answer.choices[0].message.content == "42"
+        assert len(small.bodies) == len(tiny.bodies) == 1 and not big.bodies  # one sample of each, at once
+        tiny.answers = ["7"]  # the models disagree
+        answer, headers = ask(client, "bestroute:0.99")
+        assert headers["x-bestroute-escalated"] == "true" and answer.model == "big"
 
 
 def test_eval_reports_escalation(data):

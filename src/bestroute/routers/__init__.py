@@ -22,6 +22,8 @@ from ._selection import (
     extract_answer,
     make_selector,
     option_outcomes,
+    pick,
+    pick_confidence,
     selected_quality,
     soft_labels,
 )
@@ -30,6 +32,7 @@ __all__ = [
     "ROUTERS", "BestRouteRouter", "CascadeRouter", "Consensus", "Decisions", "EscalatingBestRouteRouter", "KNNRouter",
     "MFRouter", "MajorityVote", "NClassRouter", "NLabelRouter", "Option", "OptionOutcomes",
     "OracleRouter", "OracleSelector", "RandomRouter", "Router", "apply_heads", "choose_reference",
-    "extract_answer", "fit_soft_heads", "load_router", "make_selector", "option_outcomes", "selected_quality",
+    "extract_answer", "fit_soft_heads", "load_router", "make_selector", "option_outcomes", "pick", "pick_confidence",
+    "selected_quality",
     "soft_labels",
 ]

@@ -58,6 +58,11 @@ class Option:
         return self.n == 1 and not self.mix and self.accept is None
 
     @property
+    def composite(self) -> bool:
+        """Mixes models or escalates: more than drawing n samples of one model."""
+        return bool(self.mix) or self.accept is not None
+
+    @property
     def samples(self) -> int:
         """Responses drawn: n from each model."""
         return self.n * len(self.models)

@@ -72,6 +72,7 @@ decisions = Table(
     Column("error", Text),
     Column("response", Text),  # only when store_prompts is on
     Column("client_key_id", String(16)),  # a fingerprint of the client's key: feedback must come with it
+    Column("escalation", JSON),  # a mixture or escalating option: confidence, escalated, cost per stage
 )
 
 feedback = Table(

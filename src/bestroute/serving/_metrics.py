@@ -24,6 +24,9 @@ class GatewayMetrics:
                               registry=self.registry)
         self.cost = Counter("bestroute_cost_usd_total", "Cost of all samples in USD", ["model"],
                             registry=self.registry)
+        self.escalations = Counter("bestroute_escalations_total", "Escalating options' outcomes: the pick "
+                                   "accepted, or escalated to the reference", ["option", "outcome"],
+                                   registry=self.registry)
         self.upstream_failures = Counter("bestroute_upstream_failures_total",
                                          "Backend calls that failed after retries", ["backend"],
                                          registry=self.registry)

@@ -62,18 +62,25 @@ def load_serving(config: GatewayConfig) -> Loaded:
     router = load_router(config.router)
     if router.name in ("oracle", "cascade"):
         raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
-    escalating = [o.label for o, active in zip(router.options_, router.active_, strict=True)
-                  if active and (o.mix or o.accept is not None)]
-    if escalating:
-        raise ConfigError(f"router {router.name!r} has escalating or mixture options ({escalating[0]}, ...), "
-                          "which the gateway does not serve yet; evaluate it with `bestroute eval`, serve best-route")
-    if router.reference_.model not in {b.name for b in config.backends}:
+    backends = {b.name for b in config.backends}
+    if router.reference_.model not in backends:
         raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
+    active = [o for o, on in zip(router.options_, router.active_, strict=True) if on]
+    for option in active:
+        missing = [m for m in option.mix if m not in backends]
+        if missing:
+            raise ConfigError(f"the router's option {option.label!r} mixes {missing[0]!r}, which has no backend")
     if config.threshold is not None and router.knob == "threshold" and config.threshold > 1:
         raise ConfigError(f"threshold: {config.threshold:g} is not between 0 and 1 (router {router.name!r} "
                           "routes on a predicted-quality threshold)")
+    trained_with = _selector_of(router)
     if "selector" not in config.model_fields_set:
-        config = config.model_copy(update={"selector": _selector_of(router)})
+        config = config.model_copy(update={"selector": trained_with})
+    escalating = [o for o in active if o.accept is not None]
+    if escalating and config.selector != trained_with:
+        raise ConfigError(f"the router's option {escalating[0].label!r} escalates on the confidence of the selector "
+                          f"it was trained with ({router.selector}); the configuration's selector "
+                          f"({config.selector.kind}) would make its thresholds meaningless: remove `selector`")
     reward_model = RewardModel.load(config.selector.path) if config.selector.path is not None and \
         config.selector.kind == "reward-model" else None
     backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here

@@ -7,8 +7,7 @@ import aiohttp
 import numpy as np
 
 from ..reward import RewardModel
-from ..routers import make_selector
-from ..routers._selection import pick
+from ..routers import make_selector, pick, pick_confidence
 from ._config import SelectorConfig
 from ._upstream import Upstream, UpstreamError
 
@@ -16,7 +15,10 @@ from ._upstream import Upstream, UpstreamError
 class ServingSelector(Protocol):
     name: str
 
-    async def select(self, prompt: str, responses: list[str]) -> int: ...
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
+        """The index of the response kept, and the selector's confidence in it as offline
+        escalation measures it (None for a selector that gives none)."""
+        ...
 
 
 class AgreementSelector:
@@ -26,9 +28,10 @@ class AgreementSelector:
         self.name = name
         self._rule = make_selector(name)
 
-    async def select(self, prompt: str, responses: list[str]) -> int:
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
         agreement, scores = self._rule.judge(prompt, list(responses), np.zeros(len(responses)))
-        return pick(agreement, scores, np.arange(len(responses)))
+        picked = pick(agreement, scores, np.arange(len(responses)))
+        return picked, pick_confidence(self._rule, agreement, scores, picked)
 
 
 class RewardModelSelector:
@@ -39,8 +42,10 @@ class RewardModelSelector:
     def __init__(self, model: RewardModel) -> None:
         self.model = model
 
-    async def select(self, prompt: str, responses: list[str]) -> int:
-        return int(np.argmax(self.model.score([prompt] * len(responses), responses)))
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
+        scores = self.model.score([prompt] * len(responses), responses)
+        picked = int(np.argmax(scores))
+        return picked, float(scores[picked])
 
 
 class RewardSelector:
@@ -51,7 +56,7 @@ class RewardSelector:
     def __init__(self, url: str, session: aiohttp.ClientSession, timeout_s: float) -> None:
         self.url, self.session, self.timeout = url, session, aiohttp.ClientTimeout(total=timeout_s)
 
-    async def select(self, prompt: str, responses: list[str]) -> int:
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
         try:
             async with self.session.post(self.url, json={"prompt": prompt, "responses": responses},
                                          timeout=self.timeout, raise_for_status=True) as answer:
@@ -60,7 +65,7 @@ class RewardSelector:
             raise UpstreamError("reward-model", f"no usable scores ({type(exc).__name__})") from exc
         if len(scores) != len(responses):
             raise UpstreamError("reward-model", f"{len(scores)} scores for {len(responses)} responses")
-        return int(np.argmax(scores))
+        return int(np.argmax(scores)), None
 
 
 _JUDGE_PROMPT = """You are judging candidate answers to a request. Pick the single best answer:
@@ -82,15 +87,15 @@ class JudgeSelector:
     def __init__(self, judge: Upstream) -> None:
         self.judge = judge
 
-    async def select(self, prompt: str, responses: list[str]) -> int:
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
         candidates = "\n\n".join(f"Answer {i + 1}:\n{r}" for i, r in enumerate(responses))
         message = _JUDGE_PROMPT.format(prompt=prompt, candidates=candidates)
         result = await self.judge.complete({"messages": [{"role": "user", "content": message}],
                                             "temperature": 0, "max_tokens": 8}, 1)
         match = re.search(r"\d+", result.texts[0])
         if match and 1 <= int(match.group()) <= len(responses):
-            return int(match.group()) - 1
-        return 0  # an unusable verdict keeps the first sample rather than failing the request
+            return int(match.group()) - 1, None
+        return 0, None  # an unusable verdict keeps the first sample rather than failing the request
 
 
 def make_serving_selector(config: SelectorConfig, session: aiohttp.ClientSession,

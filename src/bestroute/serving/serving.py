@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..policy import fallback_order
-from ..routers import Router
+from ..routers import Option, Router
 from ._budgets import Budgets
 from ._config import GatewayConfig
 from ._errors import (
@@ -47,11 +47,13 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the error code of OpenAI,
 
 @dataclass
 class Attempt:
-    """One option to try: a backend and how many samples to draw from it."""
+    """One option to try: a backend and how many samples to draw from it. A mixture or escalating
+    ``option`` draws from each of its models (``upstream`` is then the one whose answer is kept)."""
 
     upstream: Upstream
     n: int
     label: str
+    option: Option | None = None
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Outcome:
     call_input_tokens: int | None = None
     response_tokens: int | None = None
     rejection: UpstreamRejected | None = None  # a backend's context window was too small
+    escalation: dict[str, Any] | None = None  # a mixture or escalating option's stages
 
     def charge(self, upstream: Upstream, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens += prompt_tokens
@@ -91,6 +94,10 @@ class Outcome:
                    "x-bestroute-cost-usd": f"{self.cost_usd:.8f}", "x-request-id": self.request_id}
         if self.plan.threshold is not None:
             headers["x-bestroute-threshold"] = f"{self.plan.threshold:g}"
+        if self.escalation is not None:
+            headers["x-bestroute-escalated"] = "true" if self.escalation["escalated"] else "false"
+            if self.escalation["confidence"] is not None:
+                headers["x-bestroute-confidence"] = f"{self.escalation['confidence']:.4f}"
         return headers
 
     def details(self, selector: str) -> dict[str, Any]:
@@ -98,7 +105,7 @@ class Outcome:
         return {"option": self.attempt.label, "model": self.attempt.upstream.name, "n": self.attempt.n,
                 "threshold": self.plan.threshold, "routed": self.plan.routed, "scores": self.plan.scores,
                 "fallbacks": self.fallbacks, "selector": selector if self.attempt.n > 1 else None,
-                "selected_sample": self.selected, "cost_usd": self.cost_usd}
+                "selected_sample": self.selected, "cost_usd": self.cost_usd, "escalation": self.escalation}
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -114,10 +121,10 @@ class ChatService:
         self.config, self.router, self.upstreams, self.artifact = config, router, upstreams, artifact
         self.selector, self.log, self.metrics, self.answered = selector, log, metrics, answered
         self.budgets = budgets
-        # Options the gateway can serve: active in the router, a backend is configured and allows
-        # that many samples.
+        # Options the gateway can serve: active in the router, each of its models has a backend
+        # that allows that many samples.
         self._available = router.active_ & np.array([
-            o.model in upstreams and o.n <= upstreams[o.model].config.max_n for o in router.options_])
+            all(m in upstreams and o.n <= upstreams[m].config.max_n for m in o.models) for o in router.options_])
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._default_knob = config.threshold if config.threshold is not None else router.default_knob()
 
@@ -165,19 +172,19 @@ class ChatService:
                                available=self._available)
         self.metrics.routing_seconds.observe(time.perf_counter() - tic)
         options, values = self.router.options_, scores.tolist()
-        return Plan(attempts=[Attempt(self.upstreams[options[o].model], options[o].n, options[o].label)
-                              for o in order],
+        return Plan(attempts=[Attempt(self.upstreams[options[o].models[0]], options[o].n, options[o].label,
+                                      options[o] if options[o].composite else None) for o in order],
                     threshold=knob, scores={label: round(values[o], 6) for label, o in self._labels})
 
     def _attempts(self, outcome: Outcome) -> Iterator[Attempt]:
         """Options in plan order, skipping backends whose circuit is open or that already failed."""
         tried: set[str] = set()
         for attempt in outcome.plan.attempts:
-            name = attempt.upstream.name
-            if name in tried:
+            names = attempt.option.models if attempt.option is not None else (attempt.upstream.name,)
+            if tried.intersection(names):
                 continue
-            tried.add(name)  # a backend gets one (retried) chance per request
-            if not attempt.upstream.breaker.allow():
+            tried.update(names)  # a backend gets one (retried) chance per request
+            if not all(self.upstreams[name].breaker.allow() for name in names):
                 outcome.fallbacks.append(f"{attempt.label}: circuit open")
                 continue
             yield attempt
@@ -237,6 +244,8 @@ class ChatService:
     async def _try(self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt,
                    deadline: Deadline) -> Completion:
         """Draw the attempt's samples and select one; an UpstreamError is recorded and re-raised."""
+        if attempt.option is not None:
+            return await self._try_composite(request, outcome, attempt, deadline)
         body = request.upstream_body(attempt.upstream.config.upstream_model, n=attempt.n, stream=False)
         started = time.monotonic()
         try:
@@ -250,15 +259,87 @@ class ChatService:
         calls = 1 if attempt.n == 1 or attempt.upstream.config.supports_n else attempt.n
         outcome.call_input_tokens = completion.prompt_tokens // calls
         if outcome.plan.routed and attempt.n > 1:
-            try:
-                async with asyncio.timeout(max(deadline.remaining(), 0.0)):
-                    outcome.selected = await self.selector.select(request.prompt_text(), completion.texts)
-            except UpstreamError as error:
-                outcome.fallbacks.append(f"selector: {error}; kept the first sample")
-            except TimeoutError:
-                outcome.fallbacks.append("selector: the request's deadline passed; kept the first sample")
+            outcome.selected, _ = await self._select(request, outcome, completion.texts, deadline)
         outcome.response_tokens = estimate_tokens(completion.texts[outcome.selected])
         return completion
+
+    async def _select(self, request: ChatCompletionRequest, outcome: Outcome, texts: list[str],
+                      deadline: Deadline) -> tuple[int, float | None]:
+        """The selector's pick and confidence; if it fails, the first sample and no confidence."""
+        try:
+            async with asyncio.timeout(max(deadline.remaining(), 0.0)):
+                return await self.selector.select(request.prompt_text(), texts)
+        except UpstreamError as error:
+            outcome.fallbacks.append(f"selector: {error}; kept the first sample")
+        except TimeoutError:
+            outcome.fallbacks.append("selector: the request's deadline passed; kept the first sample")
+        return 0, None
+
+    async def _try_composite(self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt,
+                             deadline: Deadline) -> Completion:
+        """A mixture or escalating option, as offline evaluation simulates it: n samples from each
+        of its models at once, the selector's pick over all of them, kept if the option does not
+        escalate or the selector's confidence reaches its ``accept``; else the reference answers
+        and both are paid for. If the reference fails, the pick is kept (and the row says so)."""
+        option = attempt.option
+        assert option is not None
+        upstreams = [self.upstreams[m] for m in option.models]
+        started = time.monotonic()
+        results = await asyncio.gather(*(self._draw(request, u, option.n, deadline) for u in upstreams),
+                                       return_exceptions=True)
+        failures = [(u, r) for u, r in zip(upstreams, results, strict=True) if isinstance(r, BaseException)]
+        for upstream, failure in failures:
+            if not isinstance(failure, UpstreamError):
+                raise failure
+            self._hold_against(upstream, failure, started)
+        if failures:
+            error = failures[0][1]
+            assert isinstance(error, UpstreamError)
+            outcome.fallbacks.append(f"{attempt.label}: {error}")
+            raise error
+        drawn = [(u, r) for u, r in zip(upstreams, results, strict=True) if isinstance(r, Completion)]
+        samples = [(u, r, k) for u, r in drawn for k in range(len(r.choices))]  # model-major, as offline
+        for upstream, result in drawn:
+            upstream.breaker.record_success()
+            outcome.charge(upstream, result.prompt_tokens, result.completion_tokens)
+        picked, confidence = await self._select(request, outcome, [r.texts[k] for _, r, k in samples], deadline)
+        stages = [{"option": attempt.label, "models": list(option.models), "n": option.n,
+                   "cost_usd": outcome.cost_usd}]
+        keep = option.accept is None or (confidence is not None and confidence >= option.accept - 1e-9)
+        upstream, result, k = samples[picked]
+        answer = Completion(choices=[result.choices[k]], document=result.document,
+                            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+        if not keep:
+            reference = self.upstreams[self.router.reference_.model]
+            escalated = time.monotonic()
+            try:
+                answer = await self._draw(request, reference, 1, deadline)
+            except UpstreamError as error:
+                self._hold_against(reference, error, escalated)
+                outcome.fallbacks.append(f"escalation to {reference.name}: {error}; kept the pick")
+            else:
+                reference.breaker.record_success()
+                before = outcome.cost_usd
+                outcome.charge(reference, answer.prompt_tokens, answer.completion_tokens)
+                stages.append({"option": "reference", "models": [reference.name], "n": 1,
+                               "cost_usd": outcome.cost_usd - before})
+                upstream = reference
+        escalated_to_reference = len(stages) > 1
+        outcome.escalation = {"accept": option.accept, "confidence": confidence, "escalated": escalated_to_reference,
+                              "stages": stages}
+        if option.accept is not None:
+            self.metrics.escalations.labels(option=attempt.label,
+                                            outcome="escalated" if escalated_to_reference else "accepted").inc()
+        outcome.attempt = Attempt(upstream, 1 if escalated_to_reference else option.n, attempt.label, option)
+        outcome.selected = 0
+        outcome.call_input_tokens = answer.prompt_tokens
+        outcome.response_tokens = estimate_tokens(answer.texts[0])
+        return answer
+
+    async def _draw(self, request: ChatCompletionRequest, upstream: Upstream, n: int,
+                    deadline: Deadline) -> Completion:
+        body = request.upstream_body(upstream.config.upstream_model, n=n, stream=False)
+        return await upstream.complete(body, n, deadline)
 
     def _answer(self, request: ChatCompletionRequest, outcome: Outcome, completion: Completion) -> dict[str, Any]:
         """The chat.completion body: the upstream's, with routed requests getting the selected
@@ -292,7 +373,7 @@ class ChatService:
         outcome = Outcome(request_id=self._new_id(), plan=plan, started=time.perf_counter(), client=client)
         for attempt in self._attempts(outcome):
             try:
-                if attempt.n > 1:
+                if attempt.n > 1 or attempt.option is not None:  # drawn and selected, then streamed
                     completion = await self._try(request, outcome, attempt, deadline)
                     return outcome, _replay(self._answer(request, outcome, completion))
                 body = request.upstream_body(attempt.upstream.config.upstream_model, n=1, stream=True)
@@ -380,7 +461,8 @@ class ChatService:
             "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
             "call_input_tokens": outcome.call_input_tokens, "response_tokens": outcome.response_tokens,
             "cost_usd": outcome.cost_usd, "status": status, "error": error,
-            "response": response if store else None, "client_key_id": outcome.client})
+            "response": response if store else None, "client_key_id": outcome.client,
+            "escalation": outcome.escalation})
         if status == 200:
             self.answered.add(outcome.request_id, outcome.client)
         if outcome.cost_usd:
