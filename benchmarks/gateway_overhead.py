@@ -48,10 +48,17 @@ def serve_upstream(port: int, delay_s: float) -> None:
         if delay_s:
             await asyncio.sleep(delay_s)
         n = int(body.get("n", 1))
-        return {"id": "x", "object": "chat.completion", "created": 1, "model": body["model"],
-                "choices": [{"index": i, "message": {"role": "assistant", "content": "42"}, "finish_reason": "stop"}
-                            for i in range(n)],
-                "usage": {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 1,
+            "model": body["model"],
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": "42"}, "finish_reason": "stop"}
+                for i in range(n)
+            ],
+            "usage": {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n},
+        }
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
 
@@ -101,14 +108,22 @@ def _router(directory: Path) -> Path:
     for i in range(200):
         prompts.append({"prompt_id": f"p{i}", "prompt": f"question {i} about {'math' if i % 2 else 'code'}"})
         for model, quality in (("small", float(i % 3 != 0)), ("big", 1.0)):
-            responses.append({"prompt_id": f"p{i}", "model": model, "quality": quality, "input_tokens": 12,
-                              "output_tokens": 1})
+            responses.append(
+                {"prompt_id": f"p{i}", "model": model, "quality": quality, "input_tokens": 12, "output_tokens": 1}
+            )
     (data_dir / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     with gzip.open(data_dir / "responses.jsonl.gz", "wt") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in responses)
-    (data_dir / "models.json").write_text(json.dumps({"models": {
-        "small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
-        "big": {"input_usd_per_mtok": 5, "output_usd_per_mtok": 15}}}))
+    (data_dir / "models.json").write_text(
+        json.dumps(
+            {
+                "models": {
+                    "small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
+                    "big": {"input_usd_per_mtok": 5, "output_usd_per_mtok": 15},
+                }
+            }
+        )
+    )
     data = load_dataset(data_dir)
     split = split_prompts(data.prompt_ids)
     path = directory / "router.bestroute"
@@ -123,8 +138,10 @@ async def _load(url: str, model: str, rate: float, seconds: float) -> tuple[list
     errors = 0
     payload = json.dumps(BODY | {"model": model}).encode()
     headers = {"content-type": "application/json"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+
         async def one() -> None:
             nonlocal errors
             tic = time.perf_counter()
@@ -155,6 +172,7 @@ async def _feedback_load(url: str, rate: float, seconds: float) -> int:
     about a second before its 404. Returns how many got anything but a 404."""
     unexpected = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
         async def one(i: int) -> None:
             nonlocal unexpected
             async with session.post(url, json={"id": f"unknown-{i}", "quality": 1.0}) as response:
@@ -170,10 +188,12 @@ async def _feedback_load(url: str, rate: float, seconds: float) -> int:
     return unexpected
 
 
-async def _with_feedback(gateway_url: str, feedback_url: str, rate: float, feedback_rate: float,
-                         seconds: float) -> tuple[list[float], int, int]:
+async def _with_feedback(
+    gateway_url: str, feedback_url: str, rate: float, feedback_rate: float, seconds: float
+) -> tuple[list[float], int, int]:
     (latencies, errors), unexpected = await asyncio.gather(
-        _load(gateway_url, "bestroute:0", rate, seconds), _feedback_load(feedback_url, feedback_rate, seconds))
+        _load(gateway_url, "bestroute:0", rate, seconds), _feedback_load(feedback_url, feedback_rate, seconds)
+    )
     return latencies, errors, unexpected
 
 
@@ -209,10 +229,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="per phase (direct, through the gateway)")
     parser.add_argument("--blocks", type=int, default=6, help="alternating blocks each phase is cut into")
     parser.add_argument("--no-pin", action="store_true", help="leave the processes wherever the scheduler puts them")
-    parser.add_argument("--max-rps-seconds", type=float, default=5.0,
-                        help="per step of the search for the highest rate with p99 < 50 ms and no errors (0: skip)")
-    parser.add_argument("--feedback-rate", type=float, default=50.0,
-                        help="feedback calls/s on unknown ids in a last phase through the gateway (0: none)")
+    parser.add_argument(
+        "--max-rps-seconds",
+        type=float,
+        default=5.0,
+        help="per step of the search for the highest rate with p99 < 50 ms and no errors (0: skip)",
+    )
+    parser.add_argument(
+        "--feedback-rate",
+        type=float,
+        default=50.0,
+        help="feedback calls/s on unknown ids in a last phase through the gateway (0: none)",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -225,18 +253,26 @@ def main() -> None:
         try:
             fast_port, slow_port, gateway_port = _port(), _port(), _port()
             for port, delay in ((fast_port, 0.0), (slow_port, 0.2)):
-                processes.append(subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port),
-                                                   "--delay", str(delay)]))
-            config = {"router": str(_router(directory)),
-                      "backends": [{"name": "small", "base_url": f"http://127.0.0.1:{fast_port}/v1"},
-                                   {"name": "big", "base_url": f"http://127.0.0.1:{fast_port}/v1"},
-                                   {"name": "slow", "base_url": f"http://127.0.0.1:{slow_port}/v1", "max_n": 5}],
-                      "decision_log": {"url": f"sqlite:///{directory}/decisions.db"}}
+                processes.append(
+                    subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port), "--delay", str(delay)])
+                )
+            config = {
+                "router": str(_router(directory)),
+                "backends": [
+                    {"name": "small", "base_url": f"http://127.0.0.1:{fast_port}/v1"},
+                    {"name": "big", "base_url": f"http://127.0.0.1:{fast_port}/v1"},
+                    {"name": "slow", "base_url": f"http://127.0.0.1:{slow_port}/v1", "max_n": 5},
+                ],
+                "decision_log": {"url": f"sqlite:///{directory}/decisions.db"},
+            }
             (directory / "gateway.yaml").write_text(yaml.safe_dump(config))
-            processes.append(subprocess.Popen(["bestroute", "serve", "--config", str(directory / "gateway.yaml"),
-                                               "--port", str(gateway_port)], env=os.environ))
-            for port, process in ((fast_port, processes[0]), (slow_port, processes[1]),
-                                  (gateway_port, processes[2])):
+            processes.append(
+                subprocess.Popen(
+                    ["bestroute", "serve", "--config", str(directory / "gateway.yaml"), "--port", str(gateway_port)],
+                    env=os.environ,
+                )
+            )
+            for port, process in ((fast_port, processes[0]), (slow_port, processes[1]), (gateway_port, processes[2])):
                 _wait(f"http://127.0.0.1:{port}/", process)
             if not args.no_pin:
                 _pin(processes)
@@ -257,9 +293,15 @@ def main() -> None:
             with_feedback: list[float] = []
             feedback_errors = unexpected_feedback = 0
             if args.feedback_rate:
-                with_feedback, feedback_errors, unexpected_feedback = asyncio.run(_with_feedback(
-                    gateway_url, gateway_url.replace("chat/completions", "feedback"), args.rate,
-                    args.feedback_rate, block * 2))
+                with_feedback, feedback_errors, unexpected_feedback = asyncio.run(
+                    _with_feedback(
+                        gateway_url,
+                        gateway_url.replace("chat/completions", "feedback"),
+                        args.rate,
+                        args.feedback_rate,
+                        block * 2,
+                    )
+                )
             max_rps = _max_rps(gateway_url, args.max_rps_seconds) if args.max_rps_seconds else None
             single = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow"}, 10))
             best_of_5 = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow", "n": 5}, 10))
@@ -271,16 +313,36 @@ def main() -> None:
     g50, g99 = np.percentile(routed, [50, 99])
     print(f"direct: p50 {d50:.2f} ms, p99 {d99:.2f} ms over {len(direct)} requests", file=sys.stderr)
     print(f"gateway: p50 {g50:.2f} ms, p99 {g99:.2f} ms over {len(routed)} requests", file=sys.stderr)
-    print(json.dumps({"rate_per_s": args.rate, "seconds": args.seconds, "requests": len(routed) + routed_errors,
-                      "direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
-                      "p50_added_ms": g50 - d50, "p99_added_ms": g99 - d99,
-                      "errors": routed_errors + direct_errors,
-                      "single_wall_s": single, "bo5_wall_s": best_of_5, "bo5_wall_ratio": best_of_5 / single,
-                      "max_rps_p99_under_50ms": max_rps}
-                     | ({"feedback_rate_per_s": args.feedback_rate,
-                         "with_feedback_p50_ms": float(np.percentile(with_feedback, 50)),
-                         "with_feedback_p99_ms": float(np.percentile(with_feedback, 99)),
-                         "with_feedback_errors": feedback_errors + unexpected_feedback} if with_feedback else {})))
+    print(
+        json.dumps(
+            {
+                "rate_per_s": args.rate,
+                "seconds": args.seconds,
+                "requests": len(routed) + routed_errors,
+                "direct_p50_ms": d50,
+                "direct_p99_ms": d99,
+                "gateway_p50_ms": g50,
+                "gateway_p99_ms": g99,
+                "p50_added_ms": g50 - d50,
+                "p99_added_ms": g99 - d99,
+                "errors": routed_errors + direct_errors,
+                "single_wall_s": single,
+                "bo5_wall_s": best_of_5,
+                "bo5_wall_ratio": best_of_5 / single,
+                "max_rps_p99_under_50ms": max_rps,
+            }
+            | (
+                {
+                    "feedback_rate_per_s": args.feedback_rate,
+                    "with_feedback_p50_ms": float(np.percentile(with_feedback, 50)),
+                    "with_feedback_p99_ms": float(np.percentile(with_feedback, 99)),
+                    "with_feedback_errors": feedback_errors + unexpected_feedback,
+                }
+                if with_feedback
+                else {}
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -50,11 +50,20 @@ def main() -> None:
     for _ in range(rounds):
         router.decide(router.predict(batch), knob)
     throughput = rounds * len(batch) / (time.perf_counter() - tic)
-    print(json.dumps({
-        "router": "best-route", "features": router.extractor_.name, "options": len(router.options_),
-        "prompt_tokens_mean": float(np.mean([lengths[data.texts.index(t)] for t in near_100])),
-        "p50_ms_single": float(np.median(single)), "p99_ms_single": float(np.percentile(single, 99)),
-        "batch_size": len(batch), "batch_prompts_per_s": float(throughput)}))
+    print(
+        json.dumps(
+            {
+                "router": "best-route",
+                "features": router.extractor_.name,
+                "options": len(router.options_),
+                "prompt_tokens_mean": float(np.mean([lengths[data.texts.index(t)] for t in near_100])),
+                "p50_ms_single": float(np.median(single)),
+                "p99_ms_single": float(np.percentile(single, 99)),
+                "batch_size": len(batch),
+                "batch_prompts_per_s": float(throughput),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

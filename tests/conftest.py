@@ -8,8 +8,14 @@ import pytest
 from bestroute import BestRouteRouter, load_dataset, split_prompts
 
 ZEROEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "zeroeval"
-SUBSET_MODELS = ["gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "gemini-1.5-flash", "deepseek-v2.5-0908",
-                 "gemma-2-2b-it", "deepseek-chat"]
+SUBSET_MODELS = [
+    "gpt-4o-2024-08-06",
+    "gpt-4o-mini-2024-07-18",
+    "gemini-1.5-flash",
+    "deepseek-v2.5-0908",
+    "gemma-2-2b-it",
+    "deepseek-chat",
+]
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +50,7 @@ def subset_dir(tmp_path_factory: pytest.TempPathFactory, zeroeval_dir: Path) -> 
     with gzip.open(zeroeval_dir / "responses.jsonl.gz", "rt") as handle:
         responses = [r for r in map(json.loads, handle) if r["prompt_id"] in ids and r["model"] in SUBSET_MODELS]
     models = json.loads((zeroeval_dir / "models.json").read_text())["models"]
-    return write_native(tmp_path_factory.mktemp("subset"), chosen, responses,
-                        {m: models[m] for m in SUBSET_MODELS})
+    return write_native(tmp_path_factory.mktemp("subset"), chosen, responses, {m: models[m] for m in SUBSET_MODELS})
 
 
 @pytest.fixture(scope="session")
@@ -61,17 +66,45 @@ def multisample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text = f"What is six times seven? (variant {i})" if i % 2 else f"Name the answer to everything, case {i}."
         prompts.append({"prompt_id": f"p{i}", "prompt": text, "task": "toy", "reference": "42"})
         for sample, (answer, quality) in enumerate([("42", 1.0), ("42", 1.0), ("7", 0.0), ("9", 0.0)]):
-            responses.append({"prompt_id": f"p{i}", "model": "small", "sample": sample, "quality": quality,
-                              "input_tokens": 10, "output_tokens": 5,
-                              "response": f'{{"reasoning": "...", "answer": "{answer}"}}'})
-            responses.append({"prompt_id": f"p{i}", "model": "tiny", "sample": sample, "quality": 0.0,
-                              "input_tokens": 10, "output_tokens": 5, "response": "I think 3"})
+            responses.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "model": "small",
+                    "sample": sample,
+                    "quality": quality,
+                    "input_tokens": 10,
+                    "output_tokens": 5,
+                    "response": f'{{"reasoning": "...", "answer": "{answer}"}}',
+                }
+            )
+            responses.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "model": "tiny",
+                    "sample": sample,
+                    "quality": 0.0,
+                    "input_tokens": 10,
+                    "output_tokens": 5,
+                    "response": "I think 3",
+                }
+            )
         for sample, (answer, quality) in enumerate([("42", 1.0), ("5", 0.0)]):
-            responses.append({"prompt_id": f"p{i}", "model": "big", "sample": sample, "quality": quality,
-                              "input_tokens": 10, "output_tokens": 20, "response": f"The answer is {answer}"})
-    models = {"small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
-              "tiny": {"input_usd_per_mtok": 0.01, "output_usd_per_mtok": 0.02},
-              "big": {"input_usd_per_mtok": 5.0, "output_usd_per_mtok": 15.0}}
+            responses.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "model": "big",
+                    "sample": sample,
+                    "quality": quality,
+                    "input_tokens": 10,
+                    "output_tokens": 20,
+                    "response": f"The answer is {answer}",
+                }
+            )
+    models = {
+        "small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
+        "tiny": {"input_usd_per_mtok": 0.01, "output_usd_per_mtok": 0.02},
+        "big": {"input_usd_per_mtok": 5.0, "output_usd_per_mtok": 15.0},
+    }
     return write_native(tmp_path_factory.mktemp("multisample"), prompts, responses, models)
 
 

@@ -34,8 +34,7 @@ class ServerThread:
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
         options = {"host": "127.0.0.1", "port": self.port, "log_level": "error", "lifespan": "on"}
-        config = (server_config(app, **options) if isinstance(app, Gateway)
-                  else uvicorn.Config(app, **options))
+        config = server_config(app, **options) if isinstance(app, Gateway) else uvicorn.Config(app, **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -94,17 +93,35 @@ def fake_upstream(script: Script) -> FastAPI:
         script.headers.append(dict(request.headers))
         script.times.append(time.monotonic())
         if body.get("top_p", 0) > 1:
-            return JSONResponse({"error": {"message": "top_p must be at most 1", "type": "invalid_request_error",
-                                           "param": "top_p", "code": "invalid_value"}}, status_code=400)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "top_p must be at most 1",
+                        "type": "invalid_request_error",
+                        "param": "top_p",
+                        "code": "invalid_value",
+                    }
+                },
+                status_code=400,
+            )
         if script.context_chars is not None and len(json.dumps(body["messages"])) > script.context_chars:
-            return JSONResponse({"error": {"message": "This model's maximum context length is exceeded",
-                                           "type": "invalid_request_error", "param": "messages",
-                                           "code": "context_length_exceeded"}}, status_code=400)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "This model's maximum context length is exceeded",
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": "context_length_exceeded",
+                    }
+                },
+                status_code=400,
+            )
         failure = script.always if script.always is not None else (script.failures.pop(0) if script.failures else None)
         if isinstance(failure, int):
             headers = {"retry-after": script.retry_after} if script.retry_after else None
-            return JSONResponse({"error": {"message": "injected", "type": "server_error"}}, status_code=failure,
-                                headers=headers)
+            return JSONResponse(
+                {"error": {"message": "injected", "type": "server_error"}}, status_code=failure, headers=headers
+            )
         if failure == "slow" or script.delay_s:
             for _ in range(int((script.delay_s or 5.0) / 0.05)):
                 await asyncio.sleep(0.05)
@@ -118,41 +135,86 @@ def fake_upstream(script: Script) -> FastAPI:
         if body["messages"][-1]["role"] == "tool":  # answers with what the tool returned
             texts = [f"The tool says: {body['messages'][-1]['content']}"] * n
         # With tools, and no tool result yet, it calls the first tool with an answer as its arguments.
-        tool = body["tools"][0]["function"]["name"] if body.get("tools") and \
-            body["messages"][-1]["role"] != "tool" else None
+        tool = (
+            body["tools"][0]["function"]["name"]
+            if body.get("tools") and body["messages"][-1]["role"] != "tool"
+            else None
+        )
         if body.get("stream"):
             chunks = _tool_stream(body["model"], tool, texts[0]) if tool else _stream(body["model"], texts[0], failure)
             return StreamingResponse(chunks, media_type="text/event-stream")
-        choices = [{"index": i, "message": {"role": "assistant", "content": t, "refusal": None},
-                    "finish_reason": "stop"} for i, t in enumerate(texts)]
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": t, "refusal": None}, "finish_reason": "stop"}
+            for i, t in enumerate(texts)
+        ]
         if tool:
-            choices = [{"index": i, "finish_reason": "tool_calls", "message": {
-                "role": "assistant", "content": None, "refusal": None, "tool_calls": [
-                    {"id": f"call_{i}", "type": "function", "function": {"name": tool, "arguments": t}}]}}
-                for i, t in enumerate(texts)]
+            choices = [
+                {
+                    "index": i,
+                    "finish_reason": "tool_calls",
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "refusal": None,
+                        "tool_calls": [
+                            {"id": f"call_{i}", "type": "function", "function": {"name": tool, "arguments": t}}
+                        ],
+                    },
+                }
+                for i, t in enumerate(texts)
+            ]
         if body.get("logprobs"):
             for choice in choices:
-                choice["logprobs"] = {"content": [{"token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": []}],
-                                      "refusal": None}
-        return JSONResponse({
-            "id": "up-1", "object": "chat.completion", "created": 1, "model": body["model"],
-            "system_fingerprint": "fp-fake", "choices": choices,
-            "usage": script.usage if script.usage is not None else
-            {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n}})
+                choice["logprobs"] = {
+                    "content": [{"token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": []}],
+                    "refusal": None,
+                }
+        return JSONResponse(
+            {
+                "id": "up-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "system_fingerprint": "fp-fake",
+                "choices": choices,
+                "usage": script.usage
+                if script.usage is not None
+                else {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n},
+            }
+        )
 
     return app
 
 
 async def _tool_stream(model: str, tool: str, arguments: str):
     """A tool call streamed as OpenAI does: the call's id and name, then its arguments in pieces."""
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        return "data: " + json.dumps({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
 
-    yield chunk({"role": "assistant", "content": None, "tool_calls": [
-        {"index": 0, "id": "call_0", "type": "function", "function": {"name": tool, "arguments": ""}}]})
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        return (
+            "data: "
+            + json.dumps(
+                {
+                    "id": "up-1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+            )
+            + "\n\n"
+        )
+
+    yield chunk(
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"index": 0, "id": "call_0", "type": "function", "function": {"name": tool, "arguments": ""}}
+            ],
+        }
+    )
     for start in range(0, len(arguments), 5):
-        yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start:start + 5]}}]})
+        yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start : start + 5]}}]})
     yield chunk({}, "tool_calls")
     yield "data: [DONE]\n\n"
 
@@ -164,9 +226,13 @@ async def _stream(model: str, text: str, failure: Any):
         await asyncio.sleep(3600)  # 200, then nothing
     words = text.split(" ")
     for i, word in enumerate(words):
-        chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                 "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word},
-                              "finish_reason": None}]}
+        chunk = {
+            "id": "up-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}],
+        }
         yield f"data: {json.dumps(chunk)}\n\n"
         if failure == "break-stream":
             raise RuntimeError("injected stream break")
@@ -174,11 +240,27 @@ async def _stream(model: str, text: str, failure: Any):
             await asyncio.sleep(3600)
     while failure == "drip-stream":  # a chunk every 0.3 s, forever
         await asyncio.sleep(0.3)
-        drop = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                "choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": None}]}
+        drop = {
+            "id": "up-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": None}],
+        }
         yield f"data: {json.dumps(drop)}\n\n"
-    yield ('data: ' + json.dumps({"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\n")
+    yield (
+        "data: "
+        + json.dumps(
+            {
+                "id": "up-1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+        )
+        + "\n\n"
+    )
     yield "data: [DONE]\n\n"
 
 
@@ -214,9 +296,24 @@ class LlamaServer:
 
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
-             "--port", str(self.port), "--n_ctx", "1024", "--n_threads", "2"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                model_path,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--n_ctx",
+                "1024",
+                "--n_threads",
+                "2",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         import httpx
 
         deadline = time.monotonic() + 120
@@ -248,8 +345,9 @@ def upstream(script: Script) -> Iterator[ServerThread]:
 
 
 @contextmanager
-def gateway(tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]],
-            **overrides: Any) -> Iterator[tuple[ServerThread, openai.OpenAI]]:
+def gateway(
+    tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]], **overrides: Any
+) -> Iterator[tuple[ServerThread, openai.OpenAI]]:
     path = write_gateway_config(tmp_path, artifact, backends, **overrides)
     server = ServerThread(create_app(load_config(path), config_path=path)).start()
     try:
@@ -258,18 +356,25 @@ def gateway(tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, 
         server.stop()
 
 
-def write_gateway_config(tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]],
-                         **overrides: Any) -> Path:
+def write_gateway_config(
+    tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]], **overrides: Any
+) -> Path:
     """A gateway.yaml in ``tmp_path``: the given backends (name: URL or fields), an SQLite log there."""
     entries = []
     for name, spec in backends.items():
         spec = {"base_url": spec} if isinstance(spec, str) else spec
-        entries.append({"name": name, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0, "timeout_s": 2.0,
-                        "max_n": 3} | spec | {"base_url": spec["base_url"] + "/v1"})
-    config = {"router": str(artifact), "backends": entries,
-              "decision_log": {"url": f"sqlite:///{tmp_path}/decisions.db", "store_prompts": True},
-              "retries": {"attempts": 2, "backoff_s": 0.01},
-              "circuit_breaker": {"failures": 3, "reset_s": 60}} | overrides
+        entries.append(
+            {"name": name, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0, "timeout_s": 2.0, "max_n": 3}
+            | spec
+            | {"base_url": spec["base_url"] + "/v1"}
+        )
+    config = {
+        "router": str(artifact),
+        "backends": entries,
+        "decision_log": {"url": f"sqlite:///{tmp_path}/decisions.db", "store_prompts": True},
+        "retries": {"attempts": 2, "backoff_s": 0.01},
+        "circuit_breaker": {"failures": 3, "reset_s": 60},
+    } | overrides
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -277,5 +382,6 @@ def write_gateway_config(tmp_path: Path, artifact: Path, backends: dict[str, str
 
 def ask(client: openai.OpenAI, model: str = "bestroute", text: str = "What is six times seven?", **kw: Any):
     raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": text}], **kw)
+        model=model, messages=[{"role": "user", "content": text}], **kw
+    )
     return raw.parse(), raw.headers

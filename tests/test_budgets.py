@@ -11,8 +11,12 @@ from servers import Script, gateway, upstream
 
 
 def chat(url: str, key: str) -> httpx.Response:
-    return httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=30,
-                      json={"model": "bestroute:0", "messages": [{"role": "user", "content": "q"}]})
+    return httpx.post(
+        url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+        json={"model": "bestroute:0", "messages": [{"role": "user", "content": "q"}]},
+    )
 
 
 def wait_for_rows(database: Path, count: int) -> None:
@@ -32,8 +36,13 @@ def fingerprint(key: str) -> str:
 def test_requests_per_minute_per_key_with_overrides(tmp_path, artifact, monkeypatch):
     monkeypatch.setenv("KEYS", "key-a,key-b,key-c")
     budgets = {"requests_per_minute": 5, "per_key": {fingerprint("key-b"): {"requests_per_minute": 2}}}
-    with upstream(Script()) as s, gateway(tmp_path, artifact, {"small": s.url, "big": s.url},
-                                          client_api_keys_env="KEYS", budgets=budgets) as (g, _):
+    with (
+        upstream(Script()) as s,
+        gateway(tmp_path, artifact, {"small": s.url, "big": s.url}, client_api_keys_env="KEYS", budgets=budgets) as (
+            g,
+            _,
+        ),
+    ):
         assert [chat(g.url, "key-a").status_code for _ in range(5)] == [200] * 5
         refused = chat(g.url, "key-a")
         assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
@@ -46,8 +55,16 @@ def test_requests_per_minute_per_key_with_overrides(tmp_path, artifact, monkeypa
 def test_usd_per_day_from_the_gateways_own_cost(tmp_path, artifact, monkeypatch):
     monkeypatch.setenv("KEYS", "key-a,key-b")
     # Each answer costs 10 x 1 + 5 x 2 = 20 USD per million tokens: 2e-5 USD.
-    with upstream(Script()) as s, gateway(tmp_path, artifact, {"small": s.url, "big": s.url},
-                                          client_api_keys_env="KEYS", budgets={"usd_per_day": 3e-5}) as (g, _):
+    with (
+        upstream(Script()) as s,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": s.url, "big": s.url},
+            client_api_keys_env="KEYS",
+            budgets={"usd_per_day": 3e-5},
+        ) as (g, _),
+    ):
         assert [chat(g.url, "key-a").status_code for _ in range(2)] == [200, 200]
         refused = chat(g.url, "key-a")
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
@@ -63,11 +80,25 @@ def test_replicas_share_budgets_through_the_decision_log(tmp_path, artifact, mon
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    with upstream(Script()) as s, \
-            gateway(one, artifact, {"small": s.url, "big": s.url}, client_api_keys_env="KEYS",
-                    decision_log=shared_log, budgets=budgets) as (first, _), \
-            gateway(two, artifact, {"small": s.url, "big": s.url}, client_api_keys_env="KEYS",
-                    decision_log=shared_log, budgets=budgets) as (second, _):
+    with (
+        upstream(Script()) as s,
+        gateway(
+            one,
+            artifact,
+            {"small": s.url, "big": s.url},
+            client_api_keys_env="KEYS",
+            decision_log=shared_log,
+            budgets=budgets,
+        ) as (first, _),
+        gateway(
+            two,
+            artifact,
+            {"small": s.url, "big": s.url},
+            client_api_keys_env="KEYS",
+            decision_log=shared_log,
+            budgets=budgets,
+        ) as (second, _),
+    ):
         assert [chat(first.url, "key-a").status_code for _ in range(4)] == [200] * 4
         wait_for_rows(tmp_path / "shared.db", 4)
         time.sleep(0.5)  # several refreshes of the other replica

@@ -9,15 +9,22 @@ from conftest import read_native, write_native
 
 
 def bestroute(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bestroute", *args], check=False, capture_output=True, text=True,
-                          env=os.environ | {"COLUMNS": "200"}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bestroute", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COLUMNS": "200"},
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
 def artifact(subset_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("artifact") / "router.bestroute"
-    done = bestroute("train", "--data", str(subset_dir), "--router", "best-route", "--features", "lexical",
-                     "--out", str(path))
+    done = bestroute(
+        "train", "--data", str(subset_dir), "--router", "best-route", "--features", "lexical", "--out", str(path)
+    )
     assert done.returncode == 0, done.stderr
     assert "saved best-route router" in done.stdout
     return path
@@ -59,16 +66,32 @@ def test_bad_inputs_exit_non_zero_with_one_line(artifact, subset_dir, tmp_path):
 
 def test_eval_writes_results_and_plot(subset_dir, tmp_path):
     out = tmp_path / "eval"
-    done = bestroute("eval", "--data", str(subset_dir), "--out", str(out), "--features", "lexical",
-                     "--routers", "best-route,knn,random", "--routers", "oracle")
+    done = bestroute(
+        "eval",
+        "--data",
+        str(subset_dir),
+        "--out",
+        str(out),
+        "--features",
+        "lexical",
+        "--routers",
+        "best-route,knn,random",
+        "--routers",
+        "oracle",
+    )
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
     assert set(results["routers"]) == {"best-route", "knn", "random", "oracle"}
     ref = results["reference"]
     assert {"model", "quality", "cost_per_1k"} <= set(ref)
     for entry in results["routers"].values():
-        assert {"curve", "auc", "cost_reduction_at_1pct_drop", "quality_at_reference_cost",
-                "decision_latency_ms_p50"} <= set(entry)
+        assert {
+            "curve",
+            "auc",
+            "cost_reduction_at_1pct_drop",
+            "quality_at_reference_cost",
+            "decision_latency_ms_p50",
+        } <= set(entry)
         assert 0.0 <= entry["cost_reduction_at_1pct_drop"] <= 1.0
         assert entry["quality_at_reference_cost"] >= ref["quality"] - 1e-9  # every sweep reaches the reference
     assert results["routers"]["oracle"]["auc"] >= max(e["auc"] for e in results["routers"].values())
@@ -83,6 +106,7 @@ def _eval_results(data: Path, out: Path, routers: str) -> dict:
 
     def refuse(constant: str) -> None:
         raise ValueError(f"{constant} is not JSON")
+
     return json.loads((out / "results.json").read_text(), parse_constant=refuse)
 
 
@@ -116,8 +140,19 @@ def test_eval_on_sparse_data_compares_only_where_the_reference_answered(subset_d
 
 
 def test_eval_refuses_a_reference_with_nothing_to_save(subset_dir, tmp_path):
-    done = bestroute("eval", "--data", str(subset_dir), "--out", str(tmp_path / "e"), "--features", "lexical",
-                     "--routers", "random", "--reference", "gemma-2-2b-it")
+    done = bestroute(
+        "eval",
+        "--data",
+        str(subset_dir),
+        "--out",
+        str(tmp_path / "e"),
+        "--features",
+        "lexical",
+        "--routers",
+        "random",
+        "--reference",
+        "gemma-2-2b-it",
+    )
     assert done.returncode == 2, done.stdout
     assert done.stderr.splitlines()[-1].startswith("error: the reference gemma-2-2b-it costs")
     assert "Traceback" not in done.stderr
@@ -139,4 +174,5 @@ def test_eval_survives_degenerate_data(degenerate, subset_dir, tmp_path):
     if degenerate == "constant quality":  # the cheapest model is as good as the reference
         ref = results["reference"]
         assert results["routers"]["best-route"]["cost_reduction_at_1pct_drop"] == pytest.approx(
-            1 - ref["cheapest_cost_per_1k"] / ref["cost_per_1k"], abs=1e-3)
+            1 - ref["cheapest_cost_per_1k"] / ref["cost_per_1k"], abs=1e-3
+        )

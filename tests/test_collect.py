@@ -16,26 +16,31 @@ from bestroute import load_dataset
 from bestroute.collection import check_reference, read_prompts
 
 
-@pytest.mark.parametrize(("response", "reference", "check", "expected"), [
-    ("The answer is 12.", "12", "numeric", True),
-    ("It is 1,200 dollars", "1200", "numeric", True),
-    ("13 or maybe 12", "12", "numeric", False),
-    ('{"answer": "Paris"}', "paris", "exact", True),
-    ("[(1, 2)]", "[(1,2)]", "literal", True),
-    ("[(1, 3)]", "[(1,2)]", "literal", False),
-    ("The opposite is closed.", "closed?|shut", "regex", True),
-    ("Paris is the capital.", "Paris", "contains", True),
-    ("Parisian food", "Paris", "contains", False),
-    ("Yes, it is. No doubt.", "yes", "yesno", True),
-    ("No.", "yes", "yesno", False),
-])
+@pytest.mark.parametrize(
+    ("response", "reference", "check", "expected"),
+    [
+        ("The answer is 12.", "12", "numeric", True),
+        ("It is 1,200 dollars", "1200", "numeric", True),
+        ("13 or maybe 12", "12", "numeric", False),
+        ('{"answer": "Paris"}', "paris", "exact", True),
+        ("[(1, 2)]", "[(1,2)]", "literal", True),
+        ("[(1, 3)]", "[(1,2)]", "literal", False),
+        ("The opposite is closed.", "closed?|shut", "regex", True),
+        ("Paris is the capital.", "Paris", "contains", True),
+        ("Parisian food", "Paris", "contains", False),
+        ("Yes, it is. No doubt.", "yes", "yesno", True),
+        ("No.", "yes", "yesno", False),
+    ],
+)
 def test_reference_checks(response, reference, check, expected):
     assert check_reference(response, reference, check) is expected
 
 
 def _prompt_file(path: Path, count: int, *, bad_lines: bool = True) -> Path:
-    lines = [json.dumps({"prompt_id": f"q{i}", "prompt": f"What is {i} + 1?", "reference": str(i + 1),
-                         "check": "numeric"}) for i in range(count)]
+    lines = [
+        json.dumps({"prompt_id": f"q{i}", "prompt": f"What is {i} + 1?", "reference": str(i + 1), "check": "numeric"})
+        for i in range(count)
+    ]
     if bad_lines:
         lines.insert(2, "{not json")
         lines.insert(4, json.dumps({"prompt": "no reference"}))
@@ -45,16 +50,24 @@ def _prompt_file(path: Path, count: int, *, bad_lines: bool = True) -> Path:
 
 
 def _config(path: Path, backends: dict[str, str]) -> Path:
-    path.write_text(yaml.safe_dump({
-        "backends": [{"name": n, "base_url": url + "/v1", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
-                     for n, url in backends.items()],
-        "retries": {"attempts": 2, "backoff_s": 0.01}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "backends": [
+                    {"name": n, "base_url": url + "/v1", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
+                    for n, url in backends.items()
+                ],
+                "retries": {"attempts": 2, "backoff_s": 0.01},
+            }
+        )
+    )
     return path
 
 
 def _collect(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bestroute", "collect", *args], check=False, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bestroute", "collect", *args], check=False, capture_output=True, text=True, timeout=300
+    )
 
 
 def _keys(out: Path) -> list[tuple[str, str, int]]:
@@ -70,11 +83,24 @@ def test_prompt_file_bad_lines_are_reported_with_line_numbers(tmp_path):
 
 def test_collect_scores_counts_and_writes_loadable_data(tmp_path):
     good = Script(answers=["The answer is 1.", "It is 2", "3"])
-    with_server = [ServerThread(fake_upstream(good)).start(), ServerThread(fake_upstream(Script(answers=["1"]))).start()]
+    with_server = [
+        ServerThread(fake_upstream(good)).start(),
+        ServerThread(fake_upstream(Script(answers=["1"]))).start(),
+    ]
     try:
         config = _config(tmp_path / "c.yaml", {"a": with_server[0].url, "b": with_server[1].url})
-        done = _collect("--prompts", str(_prompt_file(tmp_path / "p.jsonl", 4)), "--config", str(config),
-                        "--out", str(tmp_path / "out"), "--samples", "3", "--max-tokens", "8")
+        done = _collect(
+            "--prompts",
+            str(_prompt_file(tmp_path / "p.jsonl", 4)),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+            "--samples",
+            "3",
+            "--max-tokens",
+            "8",
+        )
     finally:
         for server in with_server:
             server.stop()
@@ -94,8 +120,18 @@ def test_budget_stops_and_a_rerun_finishes(tmp_path):
     server = ServerThread(fake_upstream(Script(answers=["1"]))).start()
     try:
         config = _config(tmp_path / "c.yaml", {"a": server.url})
-        args = ["--prompts", str(_prompt_file(tmp_path / "p.jsonl", 10, bad_lines=False)), "--config", str(config),
-                "--out", str(tmp_path / "out"), "--samples", "2", "--concurrency", "1"]
+        args = [
+            "--prompts",
+            str(_prompt_file(tmp_path / "p.jsonl", 10, bad_lines=False)),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+            "--samples",
+            "2",
+            "--concurrency",
+            "1",
+        ]
         first = _collect(*args, "--budget-tokens", "60")  # 15 tokens a sample: stops after 4
         assert first.returncode == 0 and "stopped at the budget" in first.stdout
         assert len(_keys(tmp_path / "out")) == 4
@@ -111,8 +147,16 @@ def test_failures_are_not_written_and_are_retried_next_run(tmp_path):
     server = ServerThread(fake_upstream(script)).start()
     try:
         config = _config(tmp_path / "c.yaml", {"a": server.url})
-        args = ["--prompts", str(_prompt_file(tmp_path / "p.jsonl", 3, bad_lines=False)), "--config", str(config),
-                "--out", str(tmp_path / "out"), "--samples", "2"]
+        args = [
+            "--prompts",
+            str(_prompt_file(tmp_path / "p.jsonl", 3, bad_lines=False)),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "out"),
+            "--samples",
+            "2",
+        ]
         first = _collect(*args)
         assert first.returncode == 0 and "0 samples written" in first.stdout and "6 failed" in first.stdout
         script.always = None
@@ -129,19 +173,58 @@ def test_reward_and_judge_scorers(tmp_path):
     try:
         config = _config(tmp_path / "c.yaml", {"a": upstream.url, "judge": judge.url})
         prompts = _prompt_file(tmp_path / "p.jsonl", 2, bad_lines=False)
-        done = _collect("--prompts", str(prompts), "--config", str(config), "--out", str(tmp_path / "r"),
-                        "--models", "a", "--samples", "2", "--scorer", "reward", "--reward-url", reward.url + "/score",
-                        "--concurrency", "1")
+        done = _collect(
+            "--prompts",
+            str(prompts),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "r"),
+            "--models",
+            "a",
+            "--samples",
+            "2",
+            "--scorer",
+            "reward",
+            "--reward-url",
+            reward.url + "/score",
+            "--concurrency",
+            "1",
+        )
         assert done.returncode == 0, done.stderr
         rows = [json.loads(line) for line in (tmp_path / "r" / "responses.jsonl").open()]
         assert sorted(r["quality"] for r in rows) == [0.0, 0.0, 1.0, 1.0]
         assert all((r["quality"] == 1.0) == r["response"].startswith("good") for r in rows)
-        done = _collect("--prompts", str(prompts), "--config", str(config), "--out", str(tmp_path / "j"),
-                        "--models", "a", "--samples", "1", "--scorer", "judge", "--judge", "judge")
+        done = _collect(
+            "--prompts",
+            str(prompts),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "j"),
+            "--models",
+            "a",
+            "--samples",
+            "1",
+            "--scorer",
+            "judge",
+            "--judge",
+            "judge",
+        )
         assert done.returncode == 0, done.stderr
         assert [json.loads(line)["quality"] for line in (tmp_path / "j" / "responses.jsonl").open()] == [0.7, 0.7]
-        bad = _collect("--prompts", str(prompts), "--config", str(config), "--out", str(tmp_path / "x"),
-                       "--scorer", "judge", "--judge", "nobody")
+        bad = _collect(
+            "--prompts",
+            str(prompts),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "x"),
+            "--scorer",
+            "judge",
+            "--judge",
+            "nobody",
+        )
         assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
     finally:
         for server in (upstream, judge, reward):
@@ -158,8 +241,12 @@ def test_sigkill_mid_run_then_resume_gives_every_sample_exactly_once(tmp_path):
         reference = _collect(*args, "--out", str(tmp_path / "whole"))
         assert reference.returncode == 0, reference.stderr
         out = tmp_path / "killed"
-        process = subprocess.Popen([sys.executable, "-m", "bestroute", "collect", *args, "--out", str(out)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bestroute", "collect", *args, "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         responses = out / "responses.jsonl"
         deadline = time.monotonic() + 60
         while not (responses.exists() and responses.read_text().count("\n") >= 30):
@@ -182,22 +269,48 @@ def test_sigkill_mid_run_then_resume_gives_every_sample_exactly_once(tmp_path):
 
 
 def test_likelihood_scorer_with_a_real_local_model(tmp_path):
-    upstream = ServerThread(fake_upstream(Script(answers=["The capital of France is Paris.",
-                                                          "The capital of France is Berlin."]))).start()
+    upstream = ServerThread(
+        fake_upstream(Script(answers=["The capital of France is Paris.", "The capital of France is Berlin."]))
+    ).start()
     try:
         config = _config(tmp_path / "c.yaml", {"a": upstream.url})
         prompts = tmp_path / "p.jsonl"
         prompts.write_text(json.dumps({"prompt_id": "q", "prompt": "What is the capital of France?"}) + "\n")
-        done = _collect("--prompts", str(prompts), "--config", str(config), "--out", str(tmp_path / "r"),
-                        "--samples", "2", "--scorer", "likelihood", "--likelihood-model", "smollm2-135m",
-                        "--concurrency", "1")
+        done = _collect(
+            "--prompts",
+            str(prompts),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "r"),
+            "--samples",
+            "2",
+            "--scorer",
+            "likelihood",
+            "--likelihood-model",
+            "smollm2-135m",
+            "--concurrency",
+            "1",
+        )
         assert done.returncode == 0, done.stderr
-        rows = {json.loads(line)["response"]: json.loads(line)["quality"]
-                for line in (tmp_path / "r" / "responses.jsonl").open()}
+        rows = {
+            json.loads(line)["response"]: json.loads(line)["quality"]
+            for line in (tmp_path / "r" / "responses.jsonl").open()
+        }
         # SmolLM2 finds the right answer far likelier than the wrong one; both are probabilities.
         assert 0 < rows["The capital of France is Berlin."] < rows["The capital of France is Paris."] <= 1
-        bad = _collect("--prompts", str(prompts), "--config", str(config), "--out", str(tmp_path / "x"),
-                       "--scorer", "likelihood", "--likelihood-model", "no-such-model")
+        bad = _collect(
+            "--prompts",
+            str(prompts),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "x"),
+            "--scorer",
+            "likelihood",
+            "--likelihood-model",
+            "no-such-model",
+        )
         assert bad.returncode == 2 and "unknown local model 'no-such-model'" in bad.stderr
         assert bad.stderr.count("\n") == 1
     finally:

@@ -22,8 +22,14 @@ def _prompt(i: int) -> dict:
 
 
 def _response(i: int, **overrides) -> dict:
-    return {"prompt_id": f"p{i}", "model": "a", "sample": 0, "quality": 1.0, "input_tokens": 10,
-            "output_tokens": 20} | overrides
+    return {
+        "prompt_id": f"p{i}",
+        "model": "a",
+        "sample": 0,
+        "quality": 1.0,
+        "input_tokens": 10,
+        "output_tokens": 20,
+    } | overrides
 
 
 def test_zeroeval_loads_with_costs_from_prices(zeroeval_dir):
@@ -33,20 +39,24 @@ def test_zeroeval_loads_with_costs_from_prices(zeroeval_dir):
     j = data.model_index("gpt-4o-mini-2024-07-18")
     i = int(np.flatnonzero(data.available[:, j])[0])
     price = data.prices["gpt-4o-mini-2024-07-18"]
-    expected = (data.input_tokens[i, j] * price.input_usd_per_mtok
-                + data.output_tokens[i, j, 0] * price.output_usd_per_mtok) / 1e6
+    expected = (
+        data.input_tokens[i, j] * price.input_usd_per_mtok + data.output_tokens[i, j, 0] * price.output_usd_per_mtok
+    ) / 1e6
     assert math.isclose(data.single_sample_cost()[i, j], expected)
     summary = data.describe()
     assert summary["oracle"]["quality"] > max(row["quality"] for row in summary["models"])
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    ({"quality": float("nan")}, "quality"),
-    ({"quality": 1.5}, "quality"),
-    ({"model": "nope"}, "unknown model 'nope'"),
-    ({"prompt_id": "p99"}, "unknown prompt_id 'p99'"),
-    ({"input_tokens": -1}, "input_tokens"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"quality": float("nan")}, "quality"),
+        ({"quality": 1.5}, "quality"),
+        ({"model": "nope"}, "unknown model 'nope'"),
+        ({"prompt_id": "p99"}, "unknown prompt_id 'p99'"),
+        ({"input_tokens": -1}, "input_tokens"),
+    ],
+)
 def test_bad_response_names_file_and_line(tmp_path, bad, message):
     responses = [_response(0), _response(1), _response(2, **bad)]
     write_native(tmp_path, [_prompt(i) for i in range(3)], responses, PRICES)
@@ -103,7 +113,8 @@ def test_csv_error_line_counts_the_header(tmp_path):
     (tmp_path / "models.json").write_text(json.dumps({"models": PRICES}))
     (tmp_path / "prompts.csv").write_text("prompt_id,prompt\np0,hello\np1,world\n")
     (tmp_path / "responses.csv").write_text(
-        "prompt_id,model,sample,quality,input_tokens,output_tokens\np0,a,0,1,3,4\np1,a,0,2,3,4\n")
+        "prompt_id,model,sample,quality,input_tokens,output_tokens\np0,a,0,1,3,4\np1,a,0,2,3,4\n"
+    )
     with pytest.raises(DataError, match=r"responses.csv:3: quality"):
         read_native(tmp_path)
 
@@ -112,8 +123,19 @@ def test_routerbench_wide_format(tmp_path):
     path = tmp_path / "routerbench.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["sample_id", "prompt", "eval_name", "gpt-4", "gpt-4|total_cost", "gpt-4|model_response",
-                         "mistral", "mistral|total_cost", "mistral|model_response"])
+        writer.writerow(
+            [
+                "sample_id",
+                "prompt",
+                "eval_name",
+                "gpt-4",
+                "gpt-4|total_cost",
+                "gpt-4|model_response",
+                "mistral",
+                "mistral|total_cost",
+                "mistral|model_response",
+            ]
+        )
         writer.writerow(["s1", "['What is 2+2?']", "math", 1.0, 0.003, "4", 0.0, 0.0001, "5"])
         writer.writerow(["s2", "Capital of France?", "qa", 1.0, 0.002, "Paris", 1.0, 0.0002, "Paris"])
     data = load_dataset(path)
@@ -127,13 +149,22 @@ def test_routerbench_wide_format(tmp_path):
 
 
 def test_cli_describe(zeroeval_dir, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "bestroute", "data", "describe", str(zeroeval_dir)],
-                        check=False, capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"})
+    ok = subprocess.run(
+        [sys.executable, "-m", "bestroute", "data", "describe", str(zeroeval_dir)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COLUMNS": "200"},
+    )
     assert ok.returncode == 0, ok.stderr
     assert "claude-3-5-sonnet-20241022" in ok.stdout and "per-prompt oracle" in ok.stdout
     write_native(tmp_path, [_prompt(0)], [_response(0, quality=2)], PRICES)
-    bad = subprocess.run([sys.executable, "-m", "bestroute", "data", "describe", str(tmp_path)],
-                         check=False, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "bestroute", "data", "describe", str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0
     assert "responses.jsonl.gz:1: quality" in bad.stderr

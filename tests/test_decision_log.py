@@ -50,8 +50,16 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
 
 
 def row(decision_id: str, **fields: Any) -> dict[str, Any]:
-    return {"id": decision_id, "created_at": time.time(), "prompt_hash": "h", "requested_model": "bestroute",
-            "model": "small", "latency_ms": 1.0, "status": 200, "prompt": "What is 6 * 7?"} | fields
+    return {
+        "id": decision_id,
+        "created_at": time.time(),
+        "prompt_hash": "h",
+        "requested_model": "bestroute",
+        "model": "small",
+        "latency_ms": 1.0,
+        "status": 200,
+        "prompt": "What is 6 * 7?",
+    } | fields
 
 
 def test_poison_rows_are_repaired_or_dead_lettered_and_the_rest_is_written(log_url, tmp_path):
@@ -115,8 +123,14 @@ def test_an_outage_keeps_a_bounded_backlog_and_replay_restores_every_row(tmp_pat
     assert dead_letters(dead)[-1]["reason"] == "database unavailable at shutdown"
 
     config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump({"backends": [{"name": "small", "base_url": "http://127.0.0.1:9/v1"}],
-                                      "decision_log": {"url": url, "dead_letter_path": "dead.jsonl"}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "backends": [{"name": "small", "base_url": "http://127.0.0.1:9/v1"}],
+                "decision_log": {"url": url, "dead_letter_path": "dead.jsonl"},
+            }
+        )
+    )
     with dead.open("a") as handle:  # one row no database takes (no status), and one broken line
         handle.write(json.dumps({"reason": "test", "at": 0, "row": {"id": "incomplete", "created_at": 1.0}}) + "\n")
         handle.write("{not json\n")
@@ -141,13 +155,21 @@ HOSTILE_REQUESTS: list[tuple[str, bytes, int]] = [
     ("lone surrogate", b'{"model": "bestroute:0", "messages": [{"role": "user", "content": "bad \\ud800 text"}]}', 200),
     ("NUL byte", b'{"model": "bestroute:0", "messages": [{"role": "user", "content": "nul \\u0000 byte"}]}', 200),
     ("over-long backend name", json.dumps(_chat(LONG_NAME, "hi")).encode(), 200),
-    ("content part text not a string",
-     json.dumps(_chat("bestroute:0", [{"type": "text", "text": 5}, {"type": "text", "text": {"a": [1]}}])).encode(),
-     200),
-    ("JSON deeper than the recursion limit", b'{"model": "bestroute", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-     400),
-    ("JSON deeper than the limit", json.dumps(_chat("bestroute", "hi", metadata=json.loads("[" * 80 + "]" * 80)))
-     .encode(), 400),
+    (
+        "content part text not a string",
+        json.dumps(_chat("bestroute:0", [{"type": "text", "text": 5}, {"type": "text", "text": {"a": [1]}}])).encode(),
+        200,
+    ),
+    (
+        "JSON deeper than the recursion limit",
+        b'{"model": "bestroute", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        400,
+    ),
+    (
+        "JSON deeper than the limit",
+        json.dumps(_chat("bestroute", "hi", metadata=json.loads("[" * 80 + "]" * 80))).encode(),
+        400,
+    ),
     ("5,000-digit integer", b'{"model": "bestroute", "max_tokens": ' + b"9" * 5000 + b', "messages": []}', 400),
     ("threshold not a number", json.dumps(_chat("bestroute:abc", "hi")).encode(), 400),
     ("threshold of 5,000 digits", json.dumps(_chat("bestroute:" + "9" * 5000, "hi")).encode(), 400),
@@ -161,21 +183,28 @@ HOSTILE_REQUESTS: list[tuple[str, bytes, int]] = [
 
 def test_hostile_requests_get_4xx_or_502_and_never_stop_the_log(log_url, tmp_path, artifact, caplog):
     log = {"url": log_url, "store_prompts": True, "dead_letter_path": str(tmp_path / "dead.jsonl")}
-    hostile = {"negative": Script(usage={"prompt_tokens": -5, "completion_tokens": 3}),
-               "text-usage": Script(usage={"prompt_tokens": "abc", "completion_tokens": 3}),
-               "listy": Script(raw=b"[1, 2, 3]"), "listy-stream": Script(raw=b"data: [1, 2]\n\n")}
+    hostile = {
+        "negative": Script(usage={"prompt_tokens": -5, "completion_tokens": 3}),
+        "text-usage": Script(usage={"prompt_tokens": "abc", "completion_tokens": 3}),
+        "listy": Script(raw=b"[1, 2, 3]"),
+        "listy-stream": Script(raw=b"data: [1, 2]\n\n"),
+    }
     with ExitStack() as stack:
         urls = {name: stack.enter_context(upstream(script)).url for name, script in hostile.items()}
         small = stack.enter_context(upstream(Script(answers=["42"])))
         big = stack.enter_context(upstream(Script(answers=["big"])))
-        server, _ = stack.enter_context(gateway(
-            tmp_path, artifact, {"small": small.url, "big": big.url, LONG_NAME: small.url} | urls, decision_log=log))
+        server, _ = stack.enter_context(
+            gateway(
+                tmp_path, artifact, {"small": small.url, "big": big.url, LONG_NAME: small.url} | urls, decision_log=log
+            )
+        )
         caplog.set_level(logging.ERROR)
         with httpx.Client(base_url=server.url, timeout=30) as client:
             answered: dict[str, str] = {}
             for what, body, status in HOSTILE_REQUESTS:
-                response = client.post("/v1/chat/completions", content=body,
-                                       headers={"content-type": "application/json"})
+                response = client.post(
+                    "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+                )
                 assert response.status_code == status, (what, response.text)
                 if status != 200 and not body.endswith(b'"stream": true}'):
                     error = response.json()["error"]
@@ -210,8 +239,11 @@ def test_sigterm_under_load_drains_every_answered_request(tmp_path, artifact):
     with upstream(Script(answers=["42"], delay_s=0.02)) as small, upstream(Script(answers=["big"])) as big:
         config = write_gateway_config(tmp_path, artifact, {"small": small.url, "big": big.url})
         port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "bestroute", "serve", "--config", str(config),
-                                    "--port", str(port)], stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bestroute", "serve", "--config", str(config), "--port", str(port)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:

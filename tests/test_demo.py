@@ -14,8 +14,13 @@ from bestroute.routers import load_router
 
 def test_demo_trains_evaluates_and_answers_through_the_gateway(tmp_path):
     out = tmp_path / "demo"
-    run = subprocess.run([sys.executable, "-m", "bestroute", "demo", "--once", "--out", str(out),
-                          "--port", str(free_port())], check=False, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "bestroute", "demo", "--once", "--out", str(out), "--port", str(free_port())],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
 
     # Evaluation: best-of-n options are used and never lower the quality reachable at the
@@ -31,8 +36,10 @@ def test_demo_trains_evaluates_and_answers_through_the_gateway(tmp_path):
     # router picks for it at the served threshold, and with that option's scores.
     assert run.stdout.count("\nQ: ") == 4
     with sqlite3.connect(out / "decisions.db") as db:
-        rows = db.execute("SELECT requested_model, model, n, status, response, prompt, threshold, scores "
-                          "FROM decisions ORDER BY created_at").fetchall()
+        rows = db.execute(
+            "SELECT requested_model, model, n, status, response, prompt, threshold, scores "
+            "FROM decisions ORDER BY created_at"
+        ).fetchall()
     assert len(rows) == 4
     assert all(r[0] == "bestroute" and r[3] == 200 and r[4] is not None for r in rows)
     threshold = yaml.safe_load((out / "gateway.yaml").read_text())["threshold"]
@@ -52,8 +59,13 @@ def test_demo_fails_fast_on_a_taken_port(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        run = subprocess.run([sys.executable, "-m", "bestroute", "demo", "--once", "--out", str(tmp_path / "d"),
-                              "--port", str(port)], check=False, capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", "bestroute", "demo", "--once", "--out", str(tmp_path / "d"), "--port", str(port)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert run.returncode == 2
     assert run.stderr == f"error: port {port} is in use; choose another with --port\n"
     assert not (tmp_path / "d").exists()  # nothing was trained or written

@@ -78,7 +78,8 @@ def test_a_selector_without_confidence_cannot_escalate(data):
 def test_escalating_router_fits_saves_explains_and_the_gateway_checks_it(data, tmp_path):
     split = split_prompts(data.prompt_ids)
     router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(
-        data, split.train, split.val)
+        data, split.train, split.val
+    )
     labels = {o.label for o in router.options_}
     assert {"small x3 >=0.60 else reference", "small x3 >=1.00 else reference"} <= labels
     assert not any(o.model == "big" and o.accept is not None for o in router.options_)  # nothing above the top
@@ -96,21 +97,32 @@ def test_escalating_router_fits_saves_explains_and_the_gateway_checks_it(data, t
     router.save(path)
     loaded = load_router(path)
     assert loaded.options_ == router.options_ and loaded.acceptance_ == router.acceptance_
-    np.testing.assert_allclose(loaded.predict(["What is six times seven?"]), router.predict(["What is six times seven?"]))
+    np.testing.assert_allclose(
+        loaded.predict(["What is six times seven?"]), router.predict(["What is six times seven?"])
+    )
     result = CliRunner().invoke(cli, ["explain", str(path)])
     assert result.exit_code == 0, result.output
     assert "small x3 >=1.00 else reference" in result.output and "0.0%" in result.output
 
     def gateway_config(names: tuple[str, ...], **settings: object) -> Path:
-        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({"router": str(path), "backends": [
-            {"name": n, "base_url": "http://127.0.0.1:9/v1"} for n in names]} | settings))
+        (tmp_path / "gateway.yaml").write_text(
+            yaml.safe_dump(
+                {"router": str(path), "backends": [{"name": n, "base_url": "http://127.0.0.1:9/v1"} for n in names]}
+                | settings
+            )
+        )
         return tmp_path / "gateway.yaml"
 
-    with pytest.raises(ConfigError, match="option 'small\\+tiny >=1.00 else reference' mixes 'tiny', which has no backend"):
+    with pytest.raises(
+        ConfigError, match="option 'small\\+tiny >=1.00 else reference' mixes 'tiny', which has no backend"
+    ):
         create_app(load_config(gateway_config(("small", "big"))))
     with pytest.raises(ConfigError, match="escalates on the confidence of the selector it was trained with"):
-        create_app(load_config(gateway_config(("small", "tiny", "big"), selector={"kind": "reward",
-                                                                                  "url": "http://127.0.0.1:9"})))
+        create_app(
+            load_config(
+                gateway_config(("small", "tiny", "big"), selector={"kind": "reward", "url": "http://127.0.0.1:9"})
+            )
+        )
     create_app(load_config(gateway_config(("small", "tiny", "big"), selector={"kind": "consensus"})))
 
 
@@ -119,7 +131,8 @@ def served_router(data, tmp_path, keep: set[str], costs: dict[str, float] | None
     which option requests take; ``costs`` replaces options' expected costs for the same end."""
     split = split_prompts(data.prompt_ids)
     router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(
-        data, split.train, split.val)
+        data, split.train, split.val
+    )
     router.active_ = np.array([o.label in keep or o == router.reference_ for o in router.options_])
     for o, option in enumerate(router.options_):
         router.option_cost_[o] = (costs or {}).get(option.label, router.option_cost_[o])
@@ -137,8 +150,12 @@ def test_the_gateway_serves_escalation_as_evaluated_offline(data, tmp_path):
     router = load_router(artifact)
     consensus = make_selector("consensus")
     small, tiny, big = Script(answers=["42", "42", "7"]), Script(answers=["3"]), Script(answers=["big answer"])
-    with upstream(small) as s, upstream(tiny) as t, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "tiny": t.url, "big": b.url}) as (server, client):
+    with (
+        upstream(small) as s,
+        upstream(tiny) as t,
+        upstream(big) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "tiny": t.url, "big": b.url}) as (server, client),
+    ):
         prompt = "What is six times seven?"
         offline = router.options_[int(router.decide(router.predict([prompt]), 0.99)[0])]
         assert offline.label == "small x3 >=0.60 else reference"
@@ -150,8 +167,9 @@ def test_the_gateway_serves_escalation_as_evaluated_offline(data, tmp_path):
         confidence = pick_confidence(consensus, agreement, scores, pick(agreement, scores, np.arange(3)))
         assert confidence == pytest.approx(2 / 3)
         assert answer.choices[0].message.content == "42" and answer.model == "small"
-        assert headers["x-bestroute-escalated"] == "false" and float(headers["x-bestroute-confidence"]) == \
-            pytest.approx(confidence, abs=1e-4)
+        assert headers["x-bestroute-escalated"] == "false" and float(
+            headers["x-bestroute-confidence"]
+        ) == pytest.approx(confidence, abs=1e-4)
         assert details["escalation"]["escalated"] is False and len(details["escalation"]["stages"]) == 1
         assert answer.usage.completion_tokens == 15 and not big.bodies  # three samples, no reference
         small.answers = ["1", "2", "3"]  # the samples disagree: one third < 0.60
@@ -162,8 +180,11 @@ def test_the_gateway_serves_escalation_as_evaluated_offline(data, tmp_path):
         assert [st["option"] for st in stages] == ["small x3 >=0.60 else reference", "reference"]
         assert float(headers["x-bestroute-cost-usd"]) == pytest.approx(sum(st["cost_usd"] for st in stages))
         assert answer.usage.completion_tokens == 20  # both stages are paid for
-        chunks = list(client.chat.completions.create(  # streamed: decided, then the answer is streamed
-            model="bestroute:0.99", messages=[{"role": "user", "content": prompt}], stream=True))
+        chunks = list(
+            client.chat.completions.create(  # streamed: decided, then the answer is streamed
+                model="bestroute:0.99", messages=[{"role": "user", "content": prompt}], stream=True
+            )
+        )
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "big answer"
         metrics = httpx.get(server.url + "/metrics").text
         assert 'bestroute_escalations_total{option="small x3 >=0.60 else reference",outcome="accepted"} 1.0' in metrics
@@ -180,8 +201,12 @@ def test_the_gateway_serves_a_mixture_of_models(data, tmp_path):
     label = "small+tiny >=1.00 else reference"
     artifact = served_router(data, tmp_path, {label}, costs={label: 1e-6})
     small, tiny, big = Script(answers=["42"]), Script(answers=["42"]), Script(answers=["big answer"])
-    with upstream(small) as s, upstream(tiny) as t, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "tiny": t.url, "big": b.url}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(tiny) as t,
+        upstream(big) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "tiny": t.url, "big": b.url}) as (_, client),
+    ):
         answer, headers = ask(client, "bestroute:0.99")
         assert answer.model_extra["bestroute"]["option"] == label
         assert headers["x-bestroute-escalated"] == "false" and answer.choices[0].message.content == "42"

@@ -22,10 +22,15 @@ from bestroute.serving import create_app, load_config
 from bestroute.serving._log import metadata
 
 
-def chat(url: str, *, model: str = "bestroute:0", timeout: float = 30, headers: dict[str, str] | None = None,
-         **fields: Any) -> httpx.Response:
-    return httpx.post(url + "/v1/chat/completions", timeout=timeout, headers=headers,
-                      json={"model": model, "messages": [{"role": "user", "content": "q"}]} | fields)
+def chat(
+    url: str, *, model: str = "bestroute:0", timeout: float = 30, headers: dict[str, str] | None = None, **fields: Any
+) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/chat/completions",
+        timeout=timeout,
+        headers=headers,
+        json={"model": model, "messages": [{"role": "user", "content": "q"}]} | fields,
+    )
 
 
 def logged(tmp_path: Path, table: str = "decisions") -> list[dict[str, Any]]:
@@ -36,19 +41,27 @@ def logged(tmp_path: Path, table: str = "decisions") -> list[dict[str, Any]]:
 
 def test_a_4xx_storm_is_passed_through_and_opens_no_circuit(tmp_path, artifact):
     small, big = Script(answers=["small"]), Script(answers=["big"])
-    with upstream(small) as s, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, client):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, client),
+    ):
         for _ in range(20):  # the client's mistake: OpenAI-style 400 from the upstream, as is
             response = chat(server.url, top_p=5)
             assert response.status_code == 400
-            assert response.json()["error"] == {"message": "top_p must be at most 1", "type": "invalid_request_error",
-                                                "param": "top_p", "code": "invalid_value"}
+            assert response.json()["error"] == {
+                "message": "top_p must be at most 1",
+                "type": "invalid_request_error",
+                "param": "top_p",
+                "code": "invalid_value",
+            }
             assert response.headers["x-bestroute-model"] == "small"
         assert len(small.bodies) == 20 and not big.bodies  # not retried, not failed over
         assert all(ask(client, "bestroute:0")[0].model == "small" for _ in range(30))
         assert httpx.get(server.url + "/healthz").json()["backends"] == {"small": "closed", "big": "closed"}
         assert "bestroute_upstream_failures_total" not in httpx.get(server.url + "/metrics").text.replace(
-            "# HELP bestroute_upstream_failures_total", "").replace("# TYPE bestroute_upstream_failures_total", "")
+            "# HELP bestroute_upstream_failures_total", ""
+        ).replace("# TYPE bestroute_upstream_failures_total", "")
         # A 401 is the backend's key, not the client's request: it fails over and counts.
         small.always = 401
         answer, _ = ask(client, "bestroute:0")
@@ -60,8 +73,11 @@ def test_a_4xx_storm_is_passed_through_and_opens_no_circuit(tmp_path, artifact):
 def test_a_prompt_over_a_routed_backends_context_window_goes_to_the_next_option(tmp_path, artifact):
     small, big = Script(answers=["small"], context_chars=2000), Script(answers=["big"])
     long_prompt = "word " * 1000
-    with upstream(small) as s, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, client):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, client),
+    ):
         for _ in range(5):
             answer, _ = ask(client, "bestroute:0", text=long_prompt)
             assert answer.model == "big"
@@ -76,9 +92,16 @@ def test_a_prompt_over_a_routed_backends_context_window_goes_to_the_next_option(
 
 def test_ejection_expires_even_when_the_first_request_after_it_is_cancelled(tmp_path, artifact):
     small, big = Script(answers=["small"]), Script(answers=["big"])
-    with upstream(small) as s, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 0.3}, "big": b.url},
-                    circuit_breaker={"failures": 2, "reset_s": 1.0}) as (server, client):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": {"base_url": s.url, "timeout_s": 0.3}, "big": b.url},
+            circuit_breaker={"failures": 2, "reset_s": 1.0},
+        ) as (server, client),
+    ):
         small.delay_s = 5.0  # hangs
         for _ in range(2):
             assert ask(client, "bestroute:0")[0].model == "big"
@@ -94,9 +117,16 @@ def test_ejection_expires_even_when_the_first_request_after_it_is_cancelled(tmp_
 
 def test_recovering_from_a_hang_does_not_flap(tmp_path, artifact):
     small, big = Script(answers=["small"], delay_s=5.0), Script(answers=["big"])
-    with upstream(small) as s, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 1.0}, "big": b.url},
-                    circuit_breaker={"failures": 2, "reset_s": 0.5}) as (server, client):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": {"base_url": s.url, "timeout_s": 1.0}, "big": b.url},
+            circuit_breaker={"failures": 2, "reset_s": 0.5},
+        ) as (server, client),
+    ):
         hung = []
         for _ in range(6):  # six requests enter the hang 0.1 s apart
             thread = threading.Thread(target=ask, args=(client, "bestroute:0"))
@@ -121,10 +151,20 @@ def test_recovering_from_a_hang_does_not_flap(tmp_path, artifact):
 def test_the_deadline_bounds_a_hung_backend_and_a_dripping_stream(tmp_path, artifact):
     small, big = Script(delay_s=30.0), Script(delay_s=30.0)
     backends = {"small": {"base_url": "", "timeout_s": 10.0}, "big": {"base_url": "", "timeout_s": 10.0}}
-    with upstream(small) as s, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": backends["small"] | {"base_url": s.url},
-                                         "big": backends["big"] | {"base_url": b.url, "stream_idle_s": 1.0}},
-                    retries={"attempts": 3, "backoff_s": 0.01}, timeouts={"request_s": 2.0}) as (server, _):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(
+            tmp_path,
+            artifact,
+            {
+                "small": backends["small"] | {"base_url": s.url},
+                "big": backends["big"] | {"base_url": b.url, "stream_idle_s": 1.0},
+            },
+            retries={"attempts": 3, "backoff_s": 0.01},
+            timeouts={"request_s": 2.0},
+        ) as (server, _),
+    ):
         tic = time.monotonic()
         response = chat(server.url, headers={"x-bestroute-timeout": "1.5"})
         took = time.monotonic() - tic
@@ -140,10 +180,13 @@ def test_the_deadline_bounds_a_hung_backend_and_a_dripping_stream(tmp_path, arti
         small.delay_s, big.delay_s = 0.0, 0.0
         big.always = "drip-stream"
         tic = time.monotonic()
-        with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=30,
-                          headers={"x-bestroute-timeout": "1.2"},
-                          json={"model": "bestroute:1", "stream": True,
-                                "messages": [{"role": "user", "content": "q"}]}) as stream:
+        with httpx.stream(
+            "POST",
+            server.url + "/v1/chat/completions",
+            timeout=30,
+            headers={"x-bestroute-timeout": "1.2"},
+            json={"model": "bestroute:1", "stream": True, "messages": [{"role": "user", "content": "q"}]},
+        ) as stream:
             lines = [line for line in stream.iter_lines() if line.startswith("data:")]
         assert 1.1 < time.monotonic() - tic < 2.0
         assert '"type":"timeout"' in lines[-1] and "deadline passed mid-stream" in lines[-1]
@@ -153,31 +196,47 @@ def test_the_deadline_bounds_a_hung_backend_and_a_dripping_stream(tmp_path, arti
 
 def test_stalled_streams_fail_over_before_the_first_chunk_and_end_with_an_error_after_it(tmp_path, artifact):
     small, big = Script(answers=["one two three"]), Script(answers=["big answer"])
-    with upstream(small) as s, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 0.5, "stream_idle_s": 0.5},
-                                         "big": b.url}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(
+            tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 0.5, "stream_idle_s": 0.5}, "big": b.url}
+        ) as (_, client),
+    ):
         small.failures = ["stall-first"]  # headers, then nothing: fails over within timeout_s
         tic = time.monotonic()
-        chunks = list(client.chat.completions.create(
-            model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True
+            )
+        )
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "big answer"
         assert time.monotonic() - tic < 2.0
         assert "timed out after 0.5 s" in chunks[-1].model_extra["bestroute"]["fallbacks"][0]
         small.failures = ["stall-stream"]  # one chunk, then nothing: an explicit error, not a silent cut
         with pytest.raises(openai.APIError, match="stream stalled: no chunk for 0.5 s"):
-            list(client.chat.completions.create(
-                model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True))
+            list(
+                client.chat.completions.create(
+                    model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True
+                )
+            )
     row = logged(tmp_path)[-1]
     assert row["status"] == 502 and "stream stalled" in row["error"] and row["model"] == "small"
 
 
 def test_retry_after_is_honoured_within_limits_and_the_retry_budget_caps_retries(tmp_path, artifact):
     small, big = Script(answers=["small"]), Script(answers=["big"])
-    with upstream(small) as s, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url},
-                    retries={"attempts": 2, "backoff_s": 0.01, "max_retry_after_s": 2,
-                             "budget_ratio": 0.0, "budget_min": 1},
-                    circuit_breaker={"failures": 100}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": s.url, "big": b.url},
+            retries={"attempts": 2, "backoff_s": 0.01, "max_retry_after_s": 2, "budget_ratio": 0.0, "budget_min": 1},
+            circuit_breaker={"failures": 100},
+        ) as (_, client),
+    ):
         small.failures, small.retry_after = [429], "0.6"
         answer, _ = ask(client, "bestroute:0")
         assert answer.model == "small" and small.times[-1] - small.times[-2] >= 0.6
@@ -205,9 +264,13 @@ def test_a_connection_flood_and_slow_clients_do_not_stop_authenticated_traffic(t
     monkeypatch.setenv("GATEWAY_KEYS", "good-key")
     limits = {"max_connections": 50, "header_timeout_s": 1.0, "body_timeout_s": 1.0, "max_concurrent_requests": 2}
     small = Script(answers=["small"])
-    with upstream(small) as s, upstream(Script()) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}, client_api_keys_env="GATEWAY_KEYS",
-                    limits=limits) as (server, _):
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(
+            tmp_path, artifact, {"small": s.url, "big": b.url}, client_api_keys_env="GATEWAY_KEYS", limits=limits
+        ) as (server, _),
+    ):
         auth = {"authorization": "Bearer good-key"}
         flood = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]  # idle, no key
         try:
@@ -236,8 +299,10 @@ def test_a_connection_flood_and_slow_clients_do_not_stop_authenticated_traffic(t
         # A body that stops arriving gets a 408.
         body = socket.create_connection(("127.0.0.1", server.port))
         body.settimeout(5)
-        body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer good-key\r\n"
-                     b"content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":")
+        body.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer good-key\r\n"
+            b'content-type: application/json\r\ncontent-length: 100\r\n\r\n{"model":'
+        )
         assert body.recv(1000).startswith(b"HTTP/1.1 408")
         body.close()
         # Over max_concurrent_requests: a fast 503 with Retry-After, never a hang.
@@ -256,9 +321,11 @@ def test_a_connection_flood_and_slow_clients_do_not_stop_authenticated_traffic(t
 
 def test_every_connection_busy_gets_an_immediate_503(tmp_path, artifact):
     small = Script(answers=["small"], delay_s=1.5)
-    with upstream(small) as s, upstream(Script()) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url},
-                    limits={"max_connections": 2}) as (server, _):
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}, limits={"max_connections": 2}) as (server, _),
+    ):
         threads = [threading.Thread(target=chat, args=(server.url,)) for _ in range(2)]
         for thread in threads:
             thread.start()
@@ -274,15 +341,19 @@ def test_every_connection_busy_gets_an_immediate_503(tmp_path, artifact):
 def test_feedback_is_per_key_and_survives_a_database_outage(tmp_path, artifact, monkeypatch):
     monkeypatch.setenv("GATEWAY_KEYS", "key-a,key-b")
     key_a, key_b = {"authorization": "Bearer key-a"}, {"authorization": "Bearer key-b"}
-    with upstream(Script()) as s, upstream(Script()) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}, client_api_keys_env="GATEWAY_KEYS") as (g, _):
+    with (
+        upstream(Script()) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}, client_api_keys_env="GATEWAY_KEYS") as (g, _),
+    ):
         answered = chat(g.url, headers=key_a).json()["id"]
         feedback = {"id": answered, "quality": 0.5}
         assert httpx.post(g.url + "/v1/feedback", json=feedback, headers=key_b).status_code == 404
         assert httpx.post(g.url + "/v1/feedback", json=feedback, headers=key_a).status_code == 200
         tic = time.monotonic()  # an id no replica answered: a few lookups for about a second, then 404
-        assert httpx.post(g.url + "/v1/feedback", json={"id": "made-up", "quality": 1},
-                          headers=key_a).status_code == 404
+        assert (
+            httpx.post(g.url + "/v1/feedback", json={"id": "made-up", "quality": 1}, headers=key_a).status_code == 404
+        )
         assert 0.5 < time.monotonic() - tic < 2.0
         while httpx.get(g.url + "/healthz", headers=key_a).json()["decision_log"]["backlog"]:
             time.sleep(0.01)  # the rows so far are written
@@ -291,8 +362,9 @@ def test_feedback_is_per_key_and_survives_a_database_outage(tmp_path, artifact, 
             db.execute("DROP TABLE feedback")
         ids = [chat(g.url, headers=key_a).json()["id"] for _ in range(30)]
         for i, request_id in enumerate(ids):  # feedback during the outage is accepted, never blocks
-            response = httpx.post(g.url + "/v1/feedback", json={"id": request_id, "quality": i / 30},
-                                  headers=key_a, timeout=5)
+            response = httpx.post(
+                g.url + "/v1/feedback", json={"id": request_id, "quality": i / 30}, headers=key_a, timeout=5
+            )
             assert response.status_code == 200 and response.elapsed.total_seconds() < 0.5
         healthz = httpx.get(g.url + "/healthz", headers=key_a).json()
         assert healthz["decision_log"]["backlog"] >= 60  # 30 decisions and 30 feedback rows wait
@@ -308,8 +380,13 @@ def test_feedback_is_per_key_and_survives_a_database_outage(tmp_path, artifact, 
 
 
 def serve(config: Path, *arguments: str, seconds: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bestroute", "serve", "--config", str(config), *arguments],
-                          capture_output=True, text=True, timeout=seconds, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bestroute", "serve", "--config", str(config), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=seconds,
+        check=False,
+    )
 
 
 def test_configuration_is_checked_up_front_with_one_line(tmp_path, artifact):
@@ -319,8 +396,11 @@ def test_configuration_is_checked_up_front_with_one_line(tmp_path, artifact):
     cases = [
         (["--port", "70000"], {}, "--port: 70000 is not a port"),
         ([], {"decision_log": {"url": "not a url"}}, "decision_log.url: 'not a url' is not a database URL"),
-        ([], {"decision_log": {"url": "postgresql+psycopg://u:secret@127.0.0.1:9/x"}},
-         "decision_log.url: cannot open postgresql+psycopg://u:***@127.0.0.1:9/x"),
+        (
+            [],
+            {"decision_log": {"url": "postgresql+psycopg://u:secret@127.0.0.1:9/x"}},
+            "decision_log.url: cannot open postgresql+psycopg://u:***@127.0.0.1:9/x",
+        ),
         ([], {"threshold": 7}, "threshold: 7 is not between 0 and 1"),
         ([], {"small": "localhost:8000"}, "backends.0.base_url: 'localhost:8000/v1' is not an http:// or https:// URL"),
         ([], {"timeouts": {"request_s": 100, "max_request_s": 10}}, "request_s is larger than max_request_s"),
@@ -332,8 +412,11 @@ def test_configuration_is_checked_up_front_with_one_line(tmp_path, artifact):
 
 
 def test_unreachable_backends_are_named_at_start_up(tmp_path, artifact, caplog):
-    with upstream(Script()) as b, caplog.at_level("WARNING"), \
-            gateway(tmp_path, artifact, {"small": "http://127.0.0.1:9", "big": b.url}):
+    with (
+        upstream(Script()) as b,
+        caplog.at_level("WARNING"),
+        gateway(tmp_path, artifact, {"small": "http://127.0.0.1:9", "big": b.url}),
+    ):
         deadline = time.monotonic() + 5
         while "backend 'small': nothing answers at 127.0.0.1:9" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -344,32 +427,57 @@ def test_unreachable_backends_are_named_at_start_up(tmp_path, artifact, caplog):
 def test_admin_endpoints_need_a_key(tmp_path, artifact, monkeypatch):
     monkeypatch.setenv("GATEWAY_KEYS", "client")
     monkeypatch.setenv("ADMIN_KEYS", "admin")
-    with upstream(Script()) as s, gateway(tmp_path, artifact, {"small": s.url, "big": s.url},
-                                          client_api_keys_env="GATEWAY_KEYS") as (g, _):
+    with (
+        upstream(Script()) as s,
+        gateway(tmp_path, artifact, {"small": s.url, "big": s.url}, client_api_keys_env="GATEWAY_KEYS") as (g, _),
+    ):
         for path in ("/metrics", "/docs", "/redoc", "/openapi.json"):
             assert httpx.get(g.url + path).status_code == 401
             assert httpx.get(g.url + path, headers={"authorization": "Bearer client"}).status_code == 200
         assert httpx.get(g.url + "/healthz").json() == {"status": "ok"}  # liveness only
         assert "backends" in httpx.get(g.url + "/healthz", headers={"authorization": "Bearer client"}).json()
-    with upstream(Script()) as s, gateway(tmp_path, artifact, {"small": s.url, "big": s.url},
-                                          client_api_keys_env="GATEWAY_KEYS",
-                                          admin={"api_keys_env": "ADMIN_KEYS"}) as (g, _):
+    with (
+        upstream(Script()) as s,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": s.url, "big": s.url},
+            client_api_keys_env="GATEWAY_KEYS",
+            admin={"api_keys_env": "ADMIN_KEYS"},
+        ) as (g, _),
+    ):
         assert httpx.get(g.url + "/metrics", headers={"authorization": "Bearer client"}).status_code == 401
         assert httpx.get(g.url + "/metrics", headers={"authorization": "Bearer admin"}).status_code == 200
-    with upstream(Script()) as s, gateway(tmp_path, artifact, {"small": s.url, "big": s.url},
-                                          client_api_keys_env="GATEWAY_KEYS", admin={"open": True}) as (g, _):
+    with (
+        upstream(Script()) as s,
+        gateway(
+            tmp_path, artifact, {"small": s.url, "big": s.url}, client_api_keys_env="GATEWAY_KEYS", admin={"open": True}
+        ) as (g, _),
+    ):
         assert httpx.get(g.url + "/metrics").status_code == 200
         assert "backends" in httpx.get(g.url + "/healthz").json()
     with pytest.raises(ConfigError, match="admin.api_keys_env: environment variable UNSET_KEYS is empty"):
-        create_app(load_config(write_gateway_config(tmp_path, artifact, {"small": s.url, "big": s.url},
-                                                    admin={"api_keys_env": "UNSET_KEYS"})))
+        create_app(
+            load_config(
+                write_gateway_config(
+                    tmp_path, artifact, {"small": s.url, "big": s.url}, admin={"api_keys_env": "UNSET_KEYS"}
+                )
+            )
+        )
 
 
 def test_hanging_backends_fall_back_after_one_try_not_after_every_retry(tmp_path, artifact):
     small = Script(delay_s=30.0)
-    with upstream(small) as s, upstream(Script(answers=["big"])) as b, \
-            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 1.0}, "big": b.url},
-                    retries={"attempts": 3, "backoff_s": 0.01}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(Script(answers=["big"])) as b,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": {"base_url": s.url, "timeout_s": 1.0}, "big": b.url},
+            retries={"attempts": 3, "backoff_s": 0.01},
+        ) as (_, client),
+    ):
         tic = time.monotonic()
         answer, _ = ask(client, "bestroute:0")
         took = time.monotonic() - tic

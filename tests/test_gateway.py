@@ -39,7 +39,11 @@ def rows(tmp_path: Path) -> list[dict[str, Any]]:
 
 def test_threshold_picks_the_option_and_reports_it(tmp_path, artifact):
     small, big = Script(answers=["42"]), Script(answers=["It is 42."])
-    with upstream(small) as s, upstream(big) as b, gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client),
+    ):
         cheap, headers = ask(client, "bestroute:0")
         assert cheap.model == "small" and headers["x-bestroute-model"] == "small"
         assert headers["x-bestroute-n"] == "1" and headers["x-bestroute-threshold"] == "0"
@@ -59,8 +63,11 @@ def test_threshold_picks_the_option_and_reports_it(tmp_path, artifact):
 
 def test_best_of_n_majority_counts_every_sample(tmp_path, artifact):
     small = Script(answers=['{"answer": "42"}', '{"answer": "7"}', '{"answer": "42"}'])
-    with upstream(small) as s, upstream(Script()) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client),
+    ):
         answer, headers = ask(client, "bestroute:0.95")
         assert headers["x-bestroute-n"] == "3" and answer.model == "small"
         assert len(small.bodies) == 3 and all("n" not in body for body in small.bodies)  # n requests
@@ -72,8 +79,11 @@ def test_best_of_n_majority_counts_every_sample(tmp_path, artifact):
 
 def test_best_of_n_uses_the_n_parameter_where_supported(tmp_path, artifact):
     small = Script(answers=["7", "42", "42"])
-    with upstream(small) as s, upstream(Script()) as b, \
-            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "supports_n": True}, "big": b.url}) as (_, c):
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": {"base_url": s.url, "supports_n": True}, "big": b.url}) as (_, c),
+    ):
         answer, _ = ask(c, "bestroute:0.95")
         assert len(small.bodies) == 1 and small.bodies[0]["n"] == 3
         assert answer.choices[0].message.content == "42"
@@ -84,9 +94,16 @@ def test_reward_model_selector(tmp_path, artifact):
     small = Script(answers=["42", "7", "42"])
     reward = ServerThread(reward_model(prefer="7")).start()
     try:
-        with upstream(small) as s, upstream(Script()) as b, gateway(
-                tmp_path, artifact, {"small": s.url, "big": b.url},
-                selector={"kind": "reward", "url": reward.url + "/score"}) as (_, client):
+        with (
+            upstream(small) as s,
+            upstream(Script()) as b,
+            gateway(
+                tmp_path,
+                artifact,
+                {"small": s.url, "big": b.url},
+                selector={"kind": "reward", "url": reward.url + "/score"},
+            ) as (_, client),
+        ):
             answer, _ = ask(client, "bestroute:0.95")
             assert answer.choices[0].message.content == "7"
             assert answer.model_extra["bestroute"]["selector"] == "reward"
@@ -97,9 +114,17 @@ def test_reward_model_selector(tmp_path, artifact):
 def test_llm_judge_selector(tmp_path, artifact):
     small = Script(answers=["alpha", "beta", "gamma"])
     judge = Script(answers=["2"])
-    with upstream(small) as s, upstream(Script()) as b, upstream(judge) as j, gateway(
-            tmp_path, artifact, {"small": s.url, "big": b.url, "judge": j.url},
-            selector={"kind": "judge", "backend": "judge"}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        upstream(judge) as j,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": s.url, "big": b.url, "judge": j.url},
+            selector={"kind": "judge", "backend": "judge"},
+        ) as (_, client),
+    ):
         answer, _ = ask(client, "bestroute:0.95")
         assert "Answer 3:" in judge.bodies[0]["messages"][0]["content"]
         # Samples arrive concurrently; the judge named the second of them.
@@ -110,39 +135,57 @@ def test_llm_judge_selector(tmp_path, artifact):
 
 def test_streaming_relays_and_replays_best_of_n(tmp_path, artifact):
     small = Script(answers=["the answer is 42"])
-    with upstream(small) as s, upstream(Script()) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
-        chunks = list(client.chat.completions.create(
-            model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True))
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client),
+    ):
+        chunks = list(
+            client.chat.completions.create(
+                model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True
+            )
+        )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == "the answer is 42"
         assert all(c.model == "small" for c in chunks)
         assert chunks[-1].usage.completion_tokens > 0
         small.answers = ["42", "42", "7"]
-        chunks = list(client.chat.completions.create(
-            model="bestroute:0.95", messages=[{"role": "user", "content": "q"}], stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model="bestroute:0.95", messages=[{"role": "user", "content": "q"}], stream=True
+            )
+        )
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "42"
         assert chunks[-1].model_extra["bestroute"]["n"] == 3
 
 
 def test_fallback_on_errors_before_the_first_chunk(tmp_path, artifact):
     small, big = Script(always=500), Script(answers=["from big"])
-    with upstream(small) as s, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client),
+    ):
         answer, headers = ask(client, "bestroute:0")
         assert answer.model == "big" and headers["x-bestroute-model"] == "big"
         assert len(small.bodies) == 2  # two attempts (retry) before falling back
         assert "HTTP 500" in answer.model_extra["bestroute"]["fallbacks"][0]
         small.always = "drop-stream"
-        chunks = list(client.chat.completions.create(
-            model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model="bestroute:0", messages=[{"role": "user", "content": "q"}], stream=True
+            )
+        )
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "from big"
 
 
 def test_retry_after_429_and_timeout_falls_back(tmp_path, artifact):
     small, big = Script(failures=[429], answers=["ok"]), Script(answers=["big"])
-    with upstream(small) as s, upstream(big) as b, \
-            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 0.5}, "big": b.url}) as (_, c):
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 0.5}, "big": b.url}) as (_, c),
+    ):
         answer, _ = ask(c, "bestroute:0")
         assert answer.model == "small" and len(small.bodies) == 2
         small.delay_s = 3.0
@@ -155,8 +198,12 @@ def test_upstream_dies_mid_test_and_circuit_breaks(tmp_path, artifact):
     small_script = Script(answers=["small"])
     small = ServerThread(fake_upstream(small_script)).start()
     port = small.port
-    with upstream(big) as b, gateway(tmp_path, artifact, {"small": small.url, "big": b.url},
-                                     circuit_breaker={"failures": 2, "reset_s": 1.0}) as (server, client):
+    with (
+        upstream(big) as b,
+        gateway(
+            tmp_path, artifact, {"small": small.url, "big": b.url}, circuit_breaker={"failures": 2, "reset_s": 1.0}
+        ) as (server, client),
+    ):
         assert ask(client, "bestroute:0")[0].model == "small"
         small.stop()  # the upstream dies
         for _ in range(2):
@@ -178,8 +225,11 @@ def test_upstream_dies_mid_test_and_circuit_breaks(tmp_path, artifact):
 
 
 def test_all_backends_failing_is_a_502_not_a_500(tmp_path, artifact):
-    with upstream(Script(always=503)) as s, upstream(Script(always=503)) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client):
+    with (
+        upstream(Script(always=503)) as s,
+        upstream(Script(always=503)) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client),
+    ):
         with pytest.raises(openai.APIStatusError) as info:
             ask(client, "bestroute:0")
         assert info.value.status_code == 502
@@ -188,11 +238,17 @@ def test_all_backends_failing_is_a_502_not_a_500(tmp_path, artifact):
 
 def test_client_disconnect_cancels_the_upstream_request(tmp_path, artifact):
     small = Script(delay_s=3.0)
-    with upstream(small) as s, upstream(Script()) as b, \
-            gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 10}, "big": b.url}) as (g, _):
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": {"base_url": s.url, "timeout_s": 10}, "big": b.url}) as (g, _),
+    ):
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(g.url + "/v1/chat/completions", timeout=0.5,
-                       json={"model": "bestroute:0", "messages": [{"role": "user", "content": "q"}]})
+            httpx.post(
+                g.url + "/v1/chat/completions",
+                timeout=0.5,
+                json={"model": "bestroute:0", "messages": [{"role": "user", "content": "q"}]},
+            )
         deadline = time.monotonic() + 3
         while small.disconnects == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -204,15 +260,24 @@ def test_auth_and_no_key_leaks(tmp_path, artifact, monkeypatch, caplog):
     monkeypatch.setenv("CLIENT_KEYS", "key-one,key-two")
     monkeypatch.setenv("UPSTREAM_KEY", "sk-upstream-secret")
     small = Script(answers=["42"])
-    with upstream(small) as s, upstream(Script()) as b, gateway(
-            tmp_path, artifact, {"small": {"base_url": s.url, "api_key_env": "UPSTREAM_KEY"}, "big": b.url},
-            client_api_keys_env="CLIENT_KEYS") as (server, _):
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": {"base_url": s.url, "api_key_env": "UPSTREAM_KEY"}, "big": b.url},
+            client_api_keys_env="CLIENT_KEYS",
+        ) as (server, _),
+    ):
         wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError) as info:
             ask(wrong, "bestroute:0")
         assert info.value.body["code"] == "invalid_api_key"
-        missing = httpx.post(server.url + "/v1/chat/completions",
-                             json={"model": "bestroute", "messages": [{"role": "user", "content": "q"}]})
+        missing = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "bestroute", "messages": [{"role": "user", "content": "q"}]},
+        )
         assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
         assert httpx.get(server.url + "/v1/models").status_code == 401
         good = openai.OpenAI(base_url=server.url + "/v1", api_key="key-two", max_retries=0)
@@ -227,31 +292,42 @@ def test_auth_and_no_key_leaks(tmp_path, artifact, monkeypatch, caplog):
     assert "key-two" not in caplog.text and "sk-upstream-secret" not in caplog.text
 
 
-@pytest.mark.parametrize(("payload", "status", "param"), [
-    (b"{not json", 400, None),
-    ({"messages": [{"role": "user", "content": "q"}]}, 422, "model"),
-    ({"model": "bestroute"}, 422, "messages"),
-    ({"model": "bestroute", "messages": "hello"}, 422, "messages"),
-    ({"model": "bestroute", "messages": [{"role": "wizard", "content": "q"}]}, 422, "messages.0.role"),
-    ({"model": "bestroute", "messages": [{"role": "user", "content": "q"}], "temperature": "hot"}, 422,
-     "temperature"),
-    ({"model": "gpt-9", "messages": [{"role": "user", "content": "q"}]}, 404, "model"),
-    ({"model": "small", "messages": [{"role": "user", "content": "q"}], "n": 9}, 400, "n"),
-    ({"model": "small", "messages": [{"role": "user", "content": "q"}], "n": 0}, 400, "n"),
-    ({"model": "bestroute", "messages": [{"role": "user", "content": "q"}], "n": 2}, 400, "n"),
-    ({"model": "bestroute:abc", "messages": [{"role": "user", "content": "q"}]}, 400, "model"),
-    ({"model": "bestroute:1.5", "messages": [{"role": "user", "content": "q"}]}, 400, "model"),
-    ({"model": "bestroute", "messages": [{"role": "user", "content": "q"}] * 20}, 413, "messages"),
-    ({"model": "bestroute", "messages": [{"role": "user", "content": "x" * 5000}]}, 413, None),
-    ([1, 2, 3], 422, None),
-])
+@pytest.mark.parametrize(
+    ("payload", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        ({"messages": [{"role": "user", "content": "q"}]}, 422, "model"),
+        ({"model": "bestroute"}, 422, "messages"),
+        ({"model": "bestroute", "messages": "hello"}, 422, "messages"),
+        ({"model": "bestroute", "messages": [{"role": "wizard", "content": "q"}]}, 422, "messages.0.role"),
+        (
+            {"model": "bestroute", "messages": [{"role": "user", "content": "q"}], "temperature": "hot"},
+            422,
+            "temperature",
+        ),
+        ({"model": "gpt-9", "messages": [{"role": "user", "content": "q"}]}, 404, "model"),
+        ({"model": "small", "messages": [{"role": "user", "content": "q"}], "n": 9}, 400, "n"),
+        ({"model": "small", "messages": [{"role": "user", "content": "q"}], "n": 0}, 400, "n"),
+        ({"model": "bestroute", "messages": [{"role": "user", "content": "q"}], "n": 2}, 400, "n"),
+        ({"model": "bestroute:abc", "messages": [{"role": "user", "content": "q"}]}, 400, "model"),
+        ({"model": "bestroute:1.5", "messages": [{"role": "user", "content": "q"}]}, 400, "model"),
+        ({"model": "bestroute", "messages": [{"role": "user", "content": "q"}] * 20}, 413, "messages"),
+        ({"model": "bestroute", "messages": [{"role": "user", "content": "x" * 5000}]}, 413, None),
+        ([1, 2, 3], 422, None),
+    ],
+)
 def test_bad_input_gets_openai_style_errors(tmp_path, artifact, payload, status, param):
-    with upstream(Script()) as s, upstream(Script()) as b, gateway(
-            tmp_path, artifact, {"small": s.url, "big": b.url},
-            limits={"max_body_bytes": 4096, "max_messages": 10}) as (server, _):
+    with (
+        upstream(Script()) as s,
+        upstream(Script()) as b,
+        gateway(
+            tmp_path, artifact, {"small": s.url, "big": b.url}, limits={"max_body_bytes": 4096, "max_messages": 10}
+        ) as (server, _),
+    ):
         kwargs = {"content": payload} if isinstance(payload, bytes) else {"json": payload}
-        response = httpx.post(server.url + "/v1/chat/completions", headers={"content-type": "application/json"},
-                              **kwargs)
+        response = httpx.post(
+            server.url + "/v1/chat/completions", headers={"content-type": "application/json"}, **kwargs
+        )
         assert response.status_code == status, response.text
         error = response.json()["error"]
         assert error["message"] and error["type"]
@@ -260,8 +336,11 @@ def test_bad_input_gets_openai_style_errors(tmp_path, artifact, payload, status,
 
 
 def test_decision_log_feedback_and_export(tmp_path, artifact):
-    with upstream(Script(answers=["42"])) as s, upstream(Script(answers=["big"])) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, client):
+    with (
+        upstream(Script(answers=["42"])) as s,
+        upstream(Script(answers=["big"])) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, client),
+    ):
         first, _ = ask(client, "bestroute:0", text="What is six times seven?")
         second, _ = ask(client, "bestroute:1", text="Name the answer to everything.")
         feedback = httpx.post(server.url + "/v1/feedback", json={"id": first.id, "quality": 1.0})
@@ -280,9 +359,9 @@ def test_decision_log_feedback_and_export(tmp_path, artifact):
     from typer.testing import CliRunner
 
     from bestroute.cli import app
+
     out = tmp_path / "exported"
-    result = CliRunner().invoke(app, ["log", "export", "--config", str(tmp_path / "gateway.yaml"),
-                                      "--out", str(out)])
+    result = CliRunner().invoke(app, ["log", "export", "--config", str(tmp_path / "gateway.yaml"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     exported = load_dataset(out)
     assert exported.prompt_ids == [first.id]  # only the request with feedback
@@ -294,12 +373,21 @@ def test_config_errors_are_clear(tmp_path, artifact):
     path.write_text(yaml.safe_dump({"router": str(artifact), "backends": [{"name": "small"}]}))
     with pytest.raises(ConfigError, match=r"backends.0.base_url: Field required"):
         load_config(path)
-    path.write_text(yaml.safe_dump({"router": str(artifact), "backends": [
-        {"name": "small", "base_url": "http://127.0.0.1:9/v1"}]}))
+    path.write_text(
+        yaml.safe_dump({"router": str(artifact), "backends": [{"name": "small", "base_url": "http://127.0.0.1:9/v1"}]})
+    )
     with pytest.raises(ConfigError, match="reference model 'big' has no backend"):
         create_app(load_config(path))
-    path.write_text(yaml.safe_dump({"router": str(artifact), "backends": [
-        {"name": "big", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "BESTROUTE_TEST_UNSET_KEY"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "router": str(artifact),
+                "backends": [
+                    {"name": "big", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "BESTROUTE_TEST_UNSET_KEY"}
+                ],
+            }
+        )
+    )
     with pytest.raises(ConfigError, match="BESTROUTE_TEST_UNSET_KEY is not set"):
         create_app(load_config(path))
     path.write_text("router: [unclosed")
@@ -320,8 +408,10 @@ def test_real_local_model_routing_best_of_n_streaming_and_failover(tmp_path, art
     """SmolLM2-135M under llama.cpp's server is the cheap backend; it returns one choice even
     when asked for n, so best-of-n sends n requests."""
     big = Script(answers=["Paris"])
-    with upstream(big) as b, gateway(tmp_path, artifact, {"small": {"base_url": llama.url, "timeout_s": 60},
-                                                          "big": b.url}) as (_, client):
+    with (
+        upstream(big) as b,
+        gateway(tmp_path, artifact, {"small": {"base_url": llama.url, "timeout_s": 60}, "big": b.url}) as (_, client),
+    ):
         kwargs = {"max_tokens": 12, "temperature": 0.8}
         answer, headers = ask(client, "bestroute:0", text="What is the capital of France?", **kwargs)
         assert answer.model == "small" and headers["x-bestroute-n"] == "1"
@@ -332,8 +422,11 @@ def test_real_local_model_routing_best_of_n_streaming_and_failover(tmp_path, art
         assert best.model == "small" and headers["x-bestroute-n"] == "3"
         assert best.usage.prompt_tokens == 3 * single_prompt_tokens  # every sample is counted
         assert best.model_extra["bestroute"]["selector"] == "consensus"
-        chunks = list(client.chat.completions.create(
-            model="bestroute:0", messages=[{"role": "user", "content": "Say hello."}], stream=True, **kwargs))
+        chunks = list(
+            client.chat.completions.create(
+                model="bestroute:0", messages=[{"role": "user", "content": "Say hello."}], stream=True, **kwargs
+            )
+        )
         assert all(c.model == "small" for c in chunks)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
         # A prompt over its 1,024-token context: llama.cpp answers 400 context_length_exceeded.
@@ -352,11 +445,16 @@ def test_real_local_model_routing_best_of_n_streaming_and_failover(tmp_path, art
 
 def test_stream_breaking_after_it_started_ends_with_an_error_event(tmp_path, artifact):
     small = Script(answers=["one two three"], always="break-stream")
-    with upstream(small) as s, upstream(Script()) as b, \
-            gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, _):
-        with httpx.stream("POST", server.url + "/v1/chat/completions",
-                          json={"model": "bestroute:0", "stream": True,
-                                "messages": [{"role": "user", "content": "q"}]}) as response:
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, _),
+    ):
+        with httpx.stream(
+            "POST",
+            server.url + "/v1/chat/completions",
+            json={"model": "bestroute:0", "stream": True, "messages": [{"role": "user", "content": "q"}]},
+        ) as response:
             assert response.status_code == 200 and response.headers["x-bestroute-model"] == "small"
             events = [line for line in response.iter_lines() if line.startswith("data:")]
         assert '"content":"one"' in events[0]
@@ -369,9 +467,16 @@ def test_trained_reward_model_selector(tmp_path, artifact, multisample_dir):
     model_path = tmp_path / "reward.bestroute"
     RewardModel(features="lexical", C=10.0).fit(data, split_prompts(data.prompt_ids).train).save(model_path)
     small = Script(answers=["I think 3", '{"reasoning": "...", "answer": "42"}', "I think 3"])
-    with upstream(small) as s, upstream(Script()) as b, gateway(
-            tmp_path, artifact, {"small": s.url, "big": b.url},
-            selector={"kind": "reward-model", "path": str(model_path)}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": s.url, "big": b.url},
+            selector={"kind": "reward-model", "path": str(model_path)},
+        ) as (_, client),
+    ):
         answer, _ = ask(client, "bestroute:0.95")
         assert answer.choices[0].message.content == '{"reasoning": "...", "answer": "42"}'
         assert answer.model_extra["bestroute"]["selector"] == "reward-model"
@@ -384,17 +489,30 @@ def test_without_a_selector_the_gateway_uses_the_routers_own(tmp_path, multisamp
     RewardModel(features="lexical", C=10.0).fit(data, split.train).save(model_path)
     router_path = tmp_path / "router.bestroute"
     BestRouteRouter(features="lexical", max_n=3, prune_dominated=False, selector=f"reward-model:{model_path}").fit(
-        data, split.train, split.val).save(router_path)
+        data, split.train, split.val
+    ).save(router_path)
     small = Script(answers=["I think 3", '{"reasoning": "...", "answer": "42"}', "I think 3"])
-    with upstream(small) as s, upstream(Script()) as b, \
-            gateway(tmp_path, router_path, {"small": s.url, "big": b.url}) as (_, client):
+    with (
+        upstream(small) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, router_path, {"small": s.url, "big": b.url}) as (_, client),
+    ):
         answer, headers = ask(client, "bestroute:0.95")
         assert headers["x-bestroute-n"] == "3"
         assert answer.model_extra["bestroute"]["selector"] == "reward-model"
         assert answer.choices[0].message.content == '{"reasoning": "...", "answer": "42"}'
     model_path.unlink()  # the router's reward model went missing: a clear start-up error
-    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({"router": str(router_path), "backends": [
-        {"name": "small", "base_url": "http://127.0.0.1:9/v1"}, {"name": "big", "base_url": "http://127.0.0.1:9/v1"}]}))
+    (tmp_path / "gateway.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "router": str(router_path),
+                "backends": [
+                    {"name": "small", "base_url": "http://127.0.0.1:9/v1"},
+                    {"name": "big", "base_url": "http://127.0.0.1:9/v1"},
+                ],
+            }
+        )
+    )
     with pytest.raises(ConfigError, match="trained with the reward model .* does not exist"):
         create_app(load_config(tmp_path / "gateway.yaml"))
 
@@ -426,8 +544,10 @@ def test_replicas_share_a_postgresql_decision_log(tmp_path, artifact, postgres_u
     (tmp_path / "b").mkdir()
     with upstream(Script(answers=["42"])) as s, upstream(Script(answers=["big"])) as b:
         backends = {"small": s.url, "big": b.url}
-        with gateway(tmp_path / "a", artifact, backends, decision_log=log) as (replica_a, client_a), \
-                gateway(tmp_path / "b", artifact, backends, decision_log=log) as (replica_b, client_b):
+        with (
+            gateway(tmp_path / "a", artifact, backends, decision_log=log) as (replica_a, client_a),
+            gateway(tmp_path / "b", artifact, backends, decision_log=log) as (replica_b, client_b),
+        ):
             first, _ = ask(client_a, "bestroute:0", text="What is six times seven?")
             second, _ = ask(client_b, "bestroute:1", text="Name the answer to everything.")
             # Feedback may reach a replica other than the one that answered.
@@ -444,9 +564,11 @@ def test_replicas_share_a_postgresql_decision_log(tmp_path, artifact, postgres_u
     from typer.testing import CliRunner
 
     from bestroute.cli import app
+
     out = tmp_path / "exported"
-    result = CliRunner().invoke(app, ["log", "export", "--config", str(tmp_path / "a" / "gateway.yaml"),
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["log", "export", "--config", str(tmp_path / "a" / "gateway.yaml"), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     exported = load_dataset(out)
     assert first.id in exported.prompt_ids and second.id not in exported.prompt_ids
@@ -462,13 +584,26 @@ def test_a_missing_or_stale_reward_model_is_a_start_up_error(tmp_path, artifact,
     stored["meta"] = np.array(json.dumps(json.loads(str(stored["meta"])) | {"version": 1}))
     with open(tmp_path / "old.bestroute", "wb") as handle:
         np.savez_compressed(handle, **stored)
-    backends = [{"name": "small", "base_url": "http://127.0.0.1:9/v1"}, {"name": "big", "base_url": "http://127.0.0.1:9/v1"}]
-    for path, message in ((tmp_path / "missing.bestroute", "no such file"),
-                          (tmp_path / "old.bestroute", r"older bestroute \(version 1\); train it again")):
-        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump({
-            "router": str(artifact), "backends": backends, "selector": {"kind": "reward-model", "path": str(path)}}))
+    backends = [
+        {"name": "small", "base_url": "http://127.0.0.1:9/v1"},
+        {"name": "big", "base_url": "http://127.0.0.1:9/v1"},
+    ]
+    for path, message in (
+        (tmp_path / "missing.bestroute", "no such file"),
+        (tmp_path / "old.bestroute", r"older bestroute \(version 1\); train it again"),
+    ):
+        (tmp_path / "gateway.yaml").write_text(
+            yaml.safe_dump(
+                {"router": str(artifact), "backends": backends, "selector": {"kind": "reward-model", "path": str(path)}}
+            )
+        )
         with pytest.raises(ArtifactError, match=message):
             create_app(load_config(tmp_path / "gateway.yaml"))
-        done = subprocess.run([sys.executable, "-m", "bestroute", "serve", "--config", str(tmp_path / "gateway.yaml"),
-                               "--port", "9"], check=False, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "bestroute", "serve", "--config", str(tmp_path / "gateway.yaml"), "--port", "9"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and str(path) in done.stderr

@@ -27,8 +27,9 @@ def artifact_digest(url: str) -> str:
     return httpx.get(url + "/healthz").json()["artifact"]["sha256"]
 
 
-def test_reload_swaps_the_router_without_dropping_requests_and_refuses_bad_files(tmp_path, artifact,
-                                                                              multisample_dir, caplog):
+def test_reload_swaps_the_router_without_dropping_requests_and_refuses_bad_files(
+    tmp_path, artifact, multisample_dir, caplog
+):
     second = second_router(multisample_dir, tmp_path / "second.bestroute")
     broken = tmp_path / "broken.bestroute"
     broken.write_text("not a router")
@@ -40,8 +41,7 @@ def test_reload_swaps_the_router_without_dropping_requests_and_refuses_bad_files
             first = artifact_digest(g.url)
             small.delay_s = 1.0
             answers: list[Any] = []
-            threads = [threading.Thread(target=lambda: answers.append(ask(client, "bestroute:0.95")))
-                       for _ in range(4)]
+            threads = [threading.Thread(target=lambda: answers.append(ask(client, "bestroute:0.95"))) for _ in range(4)]
             for thread in threads:
                 thread.start()
             time.sleep(0.3)  # four requests are in flight on the first router
@@ -70,8 +70,11 @@ def test_sighup_reloads_bestroute_serve(tmp_path, artifact, multisample_dir):
         backends = {"small": s.url, "big": s.url}
         config = write_gateway_config(tmp_path, artifact, backends, reload_poll_s=0)
         port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "bestroute", "serve", "--config", str(config),
-                                    "--port", str(port)], stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bestroute", "serve", "--config", str(config), "--port", str(port)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60

@@ -46,12 +46,13 @@ def test_reward_model_reads_a_long_response_by_its_head_and_tail(trained):
     prompt = "What is six times seven?"
     head, tail = "Let me think. " * 20, '"answer": "42" ' * 60
     middle = "Some digression about sevens. " * 3000
-    other_middle = ("Nothing to see here at all. " * 4000)[:len(middle)]  # same length, other words
+    other_middle = ("Nothing to see here at all. " * 4000)[: len(middle)]  # same length, other words
     long = head + middle + tail
     # The head and tail (and the length) decide: another middle scores the same, another tail not.
-    np.testing.assert_allclose(model.score([prompt], [head + other_middle + tail]), model.score([prompt], [long]),
-                               rtol=1e-6)
-    wrong_tail = ("I think 3. " * 100)[:len(tail)]
+    np.testing.assert_allclose(
+        model.score([prompt], [head + other_middle + tail]), model.score([prompt], [long]), rtol=1e-6
+    )
+    wrong_tail = ("I think 3. " * 100)[: len(tail)]
     assert model.score([prompt], [head + middle + wrong_tail])[0] < model.score([prompt], [long])[0]
 
 
@@ -78,9 +79,24 @@ def test_reward_model_as_offline_best_of_n_selector(trained):
 
 
 def test_cli_train_reward_reports_accuracy(multisample_dir, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bestroute", "train-reward", "--data", str(multisample_dir),
-                           "--features", "lexical", "--out", str(tmp_path / "r.bestroute")],
-                          check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bestroute",
+            "train-reward",
+            "--data",
+            str(multisample_dir),
+            "--features",
+            "lexical",
+            "--out",
+            str(tmp_path / "r.bestroute"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1].split(": ", 1)[1])
     assert set(report) == {"reward_model", "majority_vote", "random", "pairs"}
@@ -94,12 +110,31 @@ def _small_and_big(directory, small: list[list[tuple[str, float]]], big_answer: 
     for i, samples in enumerate(small):
         prompts.append({"prompt_id": f"q{i}", "prompt": prompt.format(i)})
         for sample, (text, quality) in enumerate(samples):
-            responses.append({"prompt_id": f"q{i}", "model": "small", "sample": sample, "quality": quality,
-                              "input_tokens": 10, "output_tokens": 5, "response": text})
-        responses.append({"prompt_id": f"q{i}", "model": "big", "quality": 1.0, "input_tokens": 10,
-                          "output_tokens": 20, "response": big_answer})
-    models = {"small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
-              "big": {"input_usd_per_mtok": 5.0, "output_usd_per_mtok": 15.0}}
+            responses.append(
+                {
+                    "prompt_id": f"q{i}",
+                    "model": "small",
+                    "sample": sample,
+                    "quality": quality,
+                    "input_tokens": 10,
+                    "output_tokens": 5,
+                    "response": text,
+                }
+            )
+        responses.append(
+            {
+                "prompt_id": f"q{i}",
+                "model": "big",
+                "quality": 1.0,
+                "input_tokens": 10,
+                "output_tokens": 20,
+                "response": big_answer,
+            }
+        )
+    models = {
+        "small": {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.2},
+        "big": {"input_usd_per_mtok": 5.0, "output_usd_per_mtok": 15.0},
+    }
     return load_dataset(write_native(directory, prompts, responses, models))
 
 
@@ -120,8 +155,9 @@ def test_choose_selector_keeps_the_reward_model_where_it_picks_better(tmp_path):
 
 def test_choose_selector_prefers_consensus_on_ties_and_single_samples(tmp_path, multisample_dir, subset_dir):
     data = load_dataset(multisample_dir)  # every selector keeps a 42 here
-    selector, quality = choose_selector(data, split_prompts(data.prompt_ids), tmp_path / "r.bestroute",
-                                        features="lexical")
+    selector, quality = choose_selector(
+        data, split_prompts(data.prompt_ids), tmp_path / "r.bestroute", features="lexical"
+    )
     assert selector == "consensus" and quality["consensus"] == quality["reward-model"]
     single = load_dataset(subset_dir)  # one sample per prompt and model: nothing to select
     assert choose_selector(single, split_prompts(single.prompt_ids), tmp_path / "s.bestroute") == ("consensus", {})
@@ -132,9 +168,28 @@ def test_cli_eval_chooses_the_selector_and_reports_best_of_n_use(tmp_path):
     directory = tmp_path / "data"
     _data_where_the_majority_is_wrong(directory)
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "bestroute", "eval", "--data", str(directory), "--out", str(out),
-                           "--features", "lexical", "--routers", "best-route", "--max-n", "3"],
-                          check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bestroute",
+            "eval",
+            "--data",
+            str(directory),
+            "--out",
+            str(out),
+            "--features",
+            "lexical",
+            "--routers",
+            "best-route",
+            "--max-n",
+            "3",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["selector"] == f"reward-model:{(out / 'reward.bestroute').resolve()}"
@@ -186,5 +241,7 @@ def test_reward_model_scores_its_training_prompts_out_of_fold(tmp_path):
     wrong = [(i, k) for i in split.train for k in range(4) if data.quality[i, small[0], k] == 0.0][:40]
     score = RewardModel.load(path).score
     unseen = "A prompt it never saw?"
-    assert (score([unseen] * 40, [data.responses[i, small[0], k] for i, k in right]).mean()
-            > score([unseen] * 40, [data.responses[i, small[0], k] for i, k in wrong]).mean() + 0.2)
+    assert (
+        score([unseen] * 40, [data.responses[i, small[0], k] for i, k in right]).mean()
+        > score([unseen] * 40, [data.responses[i, small[0], k] for i, k in wrong]).mean() + 0.2
+    )

@@ -46,8 +46,9 @@ def test_best_route_beats_random_mix_and_can_reach_the_reference(subset):
         points = np.array([[np.mean(d.cost), np.mean(d.quality)] for d in decisions])
         complete = router.outcomes_.available[split.test].all(axis=0)
         cost = router.outcomes_.cost[split.test].mean(axis=0)
-        auc[name] = area_under_curve(points, cheapest_cost=cost[complete].min(),
-                                     reference_cost=cost[router.reference_index_])
+        auc[name] = area_under_curve(
+            points, cheapest_cost=cost[complete].min(), reference_cost=cost[router.reference_index_]
+        )
         ref = router.outcomes_.quality[split.test, router.reference_index_].mean()
         # The top of each sweep sends everything to the reference.
         assert points[-1, 1] == pytest.approx(ref)
@@ -109,6 +110,7 @@ def test_static_features_travel_inside_the_artifact(subset, tmp_path):
 def test_unknown_reference_and_bad_artifact(subset, tmp_path):
     data, split = subset
     from bestroute import ArtifactError, DataError
+
     with pytest.raises(DataError, match="unknown model 'gpt-5'"):
         BestRouteRouter(features="lexical", reference="gpt-5").fit(data, split.train, split.val)
     bad = tmp_path / "bad.bestroute"
@@ -133,9 +135,14 @@ def test_the_gateways_fallback_order_starts_with_the_routers_decision(name, subs
         available[router.reference_index_] = True
         decided = router.decide(scores, float(knob), available[None, :])
         for row, choice in zip(scores, decided, strict=True):
-            order = fallback_order(row, float(knob), threshold_rule=router.knob == "threshold",
-                                   option_cost=router.option_cost_, reference=router.reference_index_,
-                                   available=available)
+            order = fallback_order(
+                row,
+                float(knob),
+                threshold_rule=router.knob == "threshold",
+                option_cost=router.option_cost_,
+                reference=router.reference_index_,
+                available=available,
+            )
             assert order[0] == choice
             assert sorted(order) == list(np.flatnonzero(available))  # every available option, once
 

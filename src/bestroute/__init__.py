@@ -1,26 +1,41 @@
 """bestroute: route each LLM request to a model and a number of samples (BEST-Route)."""
 
 from ._exceptions import (
-           ArtifactError,
-           BestRouteError,
-           ConfigError,
-           DataError,
-           FeatureError,
-           RouterError,
+    ArtifactError,
+    BestRouteError,
+    ConfigError,
+    DataError,
+    FeatureError,
+    RouterError,
 )
 from .data import RoutingDataset, load_dataset, split_prompts
 from .evaluation import evaluate
 from .routers import (
-           ROUTERS,
-           BestRouteRouter,
-           EscalatingBestRouteRouter,
-           Option,
-           Router,
-           load_router,
+    ROUTERS,
+    BestRouteRouter,
+    EscalatingBestRouteRouter,
+    Option,
+    Router,
+    load_router,
 )
 
 __version__ = "0.1.0"
 
-__all__ = ["ROUTERS", "ArtifactError", "BestRouteError", "BestRouteRouter", "ConfigError", "DataError",
-           "EscalatingBestRouteRouter", "FeatureError", "Option", "Router", "RouterError", "RoutingDataset", "evaluate", "load_dataset", "load_router",
-           "split_prompts"]
+__all__ = [
+    "ROUTERS",
+    "ArtifactError",
+    "BestRouteError",
+    "BestRouteRouter",
+    "ConfigError",
+    "DataError",
+    "EscalatingBestRouteRouter",
+    "FeatureError",
+    "Option",
+    "Router",
+    "RouterError",
+    "RoutingDataset",
+    "evaluate",
+    "load_dataset",
+    "load_router",
+    "split_prompts",
+]

@@ -1,11 +1,11 @@
 """The exception hierarchy of bestroute.
 
-    BestRouteError
-    ├── DataError        bad routing data (names the file and line)
-    ├── FeatureError     a feature extractor cannot be built or run
-    ├── ArtifactError    a router artifact cannot be saved or loaded
-    ├── RouterError      a router is used wrongly (not fitted, unknown option, bad target)
-    └── ConfigError      the gateway configuration is invalid
+BestRouteError
+├── DataError        bad routing data (names the file and line)
+├── FeatureError     a feature extractor cannot be built or run
+├── ArtifactError    a router artifact cannot be saved or loaded
+├── RouterError      a router is used wrongly (not fitted, unknown option, bad target)
+└── ConfigError      the gateway configuration is invalid
 """
 
 

@@ -13,8 +13,11 @@ from .data import RoutingDataset, Split, demo_data_path, load_dataset, split_pro
 from .evaluation import DEFAULT_ROUTERS, evaluate, markdown_table, write_results
 from .routers import ROUTERS, load_router
 
-app = typer.Typer(help="bestroute: route each LLM request to a (model, n) option.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="bestroute: route each LLM request to a (model, n) option.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Inspect routing data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 log_app = typer.Typer(help="The gateway's decision log.", no_args_is_help=True)
@@ -26,12 +29,15 @@ console = Console()
 DataPath = Annotated[Path, typer.Option("--data", help="Routing-data directory or RouterBench table.")]
 
 
-SELECTOR_HELP = ("Best-of-n selector: auto (consensus, or a reward model fitted on the train split if it "
-                 "picks better on validation), consensus, majority, reward-model:PATH.")
+SELECTOR_HELP = (
+    "Best-of-n selector: auto (consensus, or a reward model fitted on the train split if it "
+    "picks better on validation), consensus, majority, reward-model:PATH."
+)
 
 
-def _resolve_selector(selector: str, data: RoutingDataset, split: Split, reward_model_path: Path,
-                      features: str) -> tuple[str, dict[str, float]]:
+def _resolve_selector(
+    selector: str, data: RoutingDataset, split: Split, reward_model_path: Path, features: str
+) -> tuple[str, dict[str, float]]:
     if selector != "auto":
         return selector, {}
     from .reward import choose_selector
@@ -58,19 +64,23 @@ def describe(path: Annotated[Path, typer.Argument(help="Routing-data directory o
     for column in ("model", "prompts", "samples", "quality", "cost per 1k ($)"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in sorted(summary["models"], key=lambda r: -r["quality"]):
-        table.add_row(row["model"], str(row["prompts"]), str(row["samples"]), f"{row['quality']:.4f}",
-                      f"{row['cost_per_1k']:.4f}")
+        table.add_row(
+            row["model"], str(row["prompts"]), str(row["samples"]), f"{row['quality']:.4f}", f"{row['cost_per_1k']:.4f}"
+        )
     oracle = summary["oracle"]
     table.add_section()
-    table.add_row("per-prompt oracle", str(summary["prompts"]), "1", f"{oracle['quality']:.4f}",
-                  f"{oracle['cost_per_1k']:.4f}")
+    table.add_row(
+        "per-prompt oracle", str(summary["prompts"]), "1", f"{oracle['quality']:.4f}", f"{oracle['cost_per_1k']:.4f}"
+    )
     console.print(table)
 
 
 @app.command()
 def train(
-    data_path: Annotated[Path | None, typer.Option(
-        "--data", help="Routing-data directory or RouterBench table; default: the embedded demo data.")] = None,
+    data_path: Annotated[
+        Path | None,
+        typer.Option("--data", help="Routing-data directory or RouterBench table; default: the embedded demo data."),
+    ] = None,
     router: Annotated[str, typer.Option(help=f"One of: {', '.join(ROUTERS)}.")] = "best-route",
     out: Annotated[Path, typer.Option(help="Artifact file to write.")] = Path("router.bestroute"),
     features: Annotated[str, typer.Option(help="auto, static, minilm or lexical.")] = "auto",
@@ -91,8 +101,10 @@ def train(
         fitted.save(out)
     except BestRouteError as exc:
         _fail(exc)
-    console.print(f"saved {router} router ({len(fitted.options_)} options, reference "
-                  f"{fitted.reference_.model}, features {fitted.extractor_.name}) to {out}")
+    console.print(
+        f"saved {router} router ({len(fitted.options_)} options, reference "
+        f"{fitted.reference_.model}, features {fitted.extractor_.name}) to {out}"
+    )
 
 
 @app.command()
@@ -100,10 +112,13 @@ def route(
     artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")],
     prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
     threshold: Annotated[float | None, typer.Option(help="Raw knob (threshold or cost penalty).")] = None,
-    min_quality: Annotated[float | None, typer.Option(
-        help="Operating point: at least this fraction of the reference's quality, e.g. 0.99.")] = None,
-    max_cost: Annotated[float | None, typer.Option(
-        help="Operating point: at most this many USD per 1k prompts.")] = None,
+    min_quality: Annotated[
+        float | None,
+        typer.Option(help="Operating point: at least this fraction of the reference's quality, e.g. 0.99."),
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Operating point: at most this many USD per 1k prompts.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the routing decision for one prompt: option, predicted scores, expected cost."""
@@ -118,8 +133,10 @@ def route(
     if as_json:
         console.print_json(json.dumps(decision))
         return
-    console.print(f"option: [bold]{decision['option']}[/bold]   {router.knob}: {decision[router.knob]:.4g}   "
-                  f"expected cost: ${decision['expected_cost_usd']:.6f}")
+    console.print(
+        f"option: [bold]{decision['option']}[/bold]   {router.knob}: {decision[router.knob]:.4g}   "
+        f"expected cost: ${decision['expected_cost_usd']:.6f}"
+    )
     table = Table("option", "score", "expected cost ($)")
     for o, option in enumerate(router.options_):
         if router.active_[o]:
@@ -136,8 +153,10 @@ def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from 
         _fail(exc)
     if not router.table_:
         _fail(BestRouteError("this router has no validation table"))
-    table = Table(title=f"{router.name}: reference {router.reference_.model}; validation operating points",
-                  caption="route with --min-quality 0.99 or --max-cost 0.5 instead of a raw knob")
+    table = Table(
+        title=f"{router.name}: reference {router.reference_.model}; validation operating points",
+        caption="route with --min-quality 0.99 or --max-cost 0.5 instead of a raw knob",
+    )
     for column in (router.knob, "quality", "vs reference", "cost per 1k ($)"):
         table.add_column(column, justify="right")
     last = None
@@ -146,12 +165,18 @@ def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from 
         if key == last:
             continue  # knob values that change nothing make the table longer, not clearer
         last = key
-        table.add_row(f"{point.knob:.4g}", f"{point.quality:.4f}", f"{point.relative_quality:.2%}",
-                      f"{point.cost_per_1k:.4f}")
+        table.add_row(
+            f"{point.knob:.4g}", f"{point.quality:.4f}", f"{point.relative_quality:.2%}", f"{point.cost_per_1k:.4f}"
+        )
     console.print(table)
     if router.acceptance_:
-        accepted = Table("escalating option", "prompts", "accepted", "quality of accepted",
-                         title="validation: how often each escalating option kept its own answer")
+        accepted = Table(
+            "escalating option",
+            "prompts",
+            "accepted",
+            "quality of accepted",
+            title="validation: how often each escalating option kept its own answer",
+        )
         for row in router.acceptance_:
             quality = "—" if row["accepted_quality"] is None else f"{row['accepted_quality']:.4f}"
             accepted.add_row(row["option"], str(row["prompts"]), f"{row['accepted']:.1%}", quality)
@@ -160,8 +185,10 @@ def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from 
 
 @app.command("eval")
 def eval_command(
-    data_path: Annotated[Path | None, typer.Option(
-        "--data", help="Routing-data directory or RouterBench table; default: the embedded demo data.")] = None,
+    data_path: Annotated[
+        Path | None,
+        typer.Option("--data", help="Routing-data directory or RouterBench table; default: the embedded demo data."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Directory for results.json and curves.png.")] = Path("results"),
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     routers: Annotated[list[str] | None, typer.Option(help="Routers to evaluate (repeat); default all.")] = None,
@@ -176,8 +203,16 @@ def eval_command(
         data = load_dataset(data_path or demo_data_path())
         split = split_prompts(data.prompt_ids, seed=seed)
         selector, choice = _resolve_selector(selector, data, split, out / "reward.bestroute", features)
-        results = evaluate(data, routers=names, seed=seed, features=features, max_n=max_n,
-                           reference=reference, selector=selector, log=lambda m: typer.echo(m, err=True))
+        results = evaluate(
+            data,
+            routers=names,
+            seed=seed,
+            features=features,
+            max_n=max_n,
+            reference=reference,
+            selector=selector,
+            log=lambda m: typer.echo(m, err=True),
+        )
         if choice:
             results["selector_validation_quality"] = choice
         write_results(results, out)
@@ -232,8 +267,9 @@ def replay(
         replayed, left = replay_dead_letters(settings.url, settings.dead_letter_path)
     except BestRouteError as exc:
         _fail(exc)
-    typer.echo(f"replayed {replayed} rows into the decision log; {left} still refused, left in "
-               f"{settings.dead_letter_path}")
+    typer.echo(
+        f"replayed {replayed} rows into the decision log; {left} still refused, left in {settings.dead_letter_path}"
+    )
     if left:
         raise typer.Exit(1)
 
@@ -256,8 +292,9 @@ def local_serve(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Directory for the router, evaluation, config and decision log.")
-                   ] = Path("bestroute-demo"),
+    out: Annotated[Path, typer.Option(help="Directory for the router, evaluation, config and decision log.")] = Path(
+        "bestroute-demo"
+    ),
     port: Annotated[int, typer.Option(help="Port of the gateway.")] = 8000,
     once: Annotated[bool, typer.Option("--once", help="Stop after answering the demo questions.")] = False,
     threads: Annotated[int, typer.Option(help="CPU threads per local model server.")] = 1,
@@ -277,8 +314,10 @@ def demo(
     try:
         ask(loop, settings, typer.echo)
         if not once:
-            typer.echo(f"\nThe gateway keeps serving at {loop.gateway_url} (model \"bestroute\"); "
-                       "Ctrl-C stops it and the local models.")
+            typer.echo(
+                f'\nThe gateway keeps serving at {loop.gateway_url} (model "bestroute"); '
+                "Ctrl-C stops it and the local models."
+            )
             loop.wait()
     except BestRouteError as exc:
         _fail(exc)
@@ -318,9 +357,13 @@ def collect(
     check: Annotated[str, typer.Option(help="Reference check for prompts that name none.")] = "exact",
     reward_url: Annotated[str | None, typer.Option(help="Reward-model endpoint (scorer reward).")] = None,
     judge: Annotated[str | None, typer.Option(help="Backend that judges (scorer judge).")] = None,
-    likelihood_model: Annotated[str, typer.Option(
-        help="Local model whose mean log-likelihood scores (scorer likelihood): smollm2-135m, gemma3-270m "
-             "or a .gguf path.")] = "smollm2-135m",
+    likelihood_model: Annotated[
+        str,
+        typer.Option(
+            help="Local model whose mean log-likelihood scores (scorer likelihood): smollm2-135m, gemma3-270m "
+            "or a .gguf path."
+        ),
+    ] = "smollm2-135m",
 ) -> None:
     """Sample k responses per prompt and model, score them and write routing data."""
     import asyncio
@@ -338,23 +381,42 @@ def collect(
     from .serving import load_config
 
     settings = CollectSettings(
-        samples=samples, temperature=temperature, max_tokens=max_tokens,
-        models=[m.strip() for m in models.split(",") if m.strip()] if models else None, concurrency=concurrency,
-        rate_per_s=rate, budget_usd=budget_usd, budget_tokens=budget_tokens, scorer=scorer, check=check,
-        reward_url=reward_url, judge=judge, likelihood_model=likelihood_model)
+        samples=samples,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
+        concurrency=concurrency,
+        rate_per_s=rate,
+        budget_usd=budget_usd,
+        budget_tokens=budget_tokens,
+        scorer=scorer,
+        check=check,
+        reward_url=reward_url,
+        judge=judge,
+        likelihood_model=likelihood_model,
+    )
     try:
         gateway_config = load_config(config)
         settings.check_against(gateway_config)
     except BestRouteError as exc:
         _fail(exc)
-    columns = (TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[spent]}"))
+    columns = (
+        TextColumn("collect"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[spent]}"),
+    )
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("collect", total=None, spent="")
 
         def show(report, total: int) -> None:
-            bar.update(task, total=total, completed=report.written + report.failed,
-                       spent=f"{report.tokens:,} tokens ${report.cost_usd:.4f} failed {report.failed}")
+            bar.update(
+                task,
+                total=total,
+                completed=report.written + report.failed,
+                spent=f"{report.tokens:,} tokens ${report.cost_usd:.4f} failed {report.failed}",
+            )
 
         try:
             report = asyncio.run(run_collect(gateway_config, prompts, out, settings, progress=show))
@@ -363,15 +425,18 @@ def collect(
             _fail(exc)
     for line in report.bad_lines:
         typer.echo(f"skipped {line}", err=True)
-    typer.echo(f"{report.prompts} prompts; {report.written} samples written, {report.already_done} already there, "
-               f"{report.failed} failed (rerun to retry); {report.tokens:,} tokens, ${report.cost_usd:.4f}"
-               + ("; stopped at the budget" if report.stopped_by_budget else ""))
+    typer.echo(
+        f"{report.prompts} prompts; {report.written} samples written, {report.already_done} already there, "
+        f"{report.failed} failed (rerun to retry); {report.tokens:,} tokens, ${report.cost_usd:.4f}"
+        + ("; stopped at the budget" if report.stopped_by_budget else "")
+    )
 
 
 @app.command("train-reward")
 def train_reward(
-    data_path: Annotated[Path | None, typer.Option(
-        "--data", help="Routing data with response texts; default: the embedded demo data.")] = None,
+    data_path: Annotated[
+        Path | None, typer.Option("--data", help="Routing data with response texts; default: the embedded demo data.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Reward-model artifact to write.")] = Path("reward.bestroute"),
     features: Annotated[str, typer.Option(help="auto, static, minilm or lexical.")] = "auto",
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
@@ -390,5 +455,7 @@ def train_reward(
     except BestRouteError as exc:
         _fail(exc)
     typer.echo(f"saved reward model to {out}")
-    typer.echo("pairwise accuracy on held-out prompts: " + json_module.dumps(
-        {k: round(v, 4) if isinstance(v, float) else v for k, v in accuracy.items()}))
+    typer.echo(
+        "pairwise accuracy on held-out prompts: "
+        + json_module.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in accuracy.items()})
+    )

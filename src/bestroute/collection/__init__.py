@@ -3,5 +3,14 @@
 from ._collect import CollectReport, CollectSettings, collect, read_prompts
 from ._scorers import CHECKS, JudgeScorer, ReferenceScorer, RewardScorer, check_reference
 
-__all__ = ["CHECKS", "CollectReport", "CollectSettings", "JudgeScorer", "ReferenceScorer", "RewardScorer",
-           "check_reference", "collect", "read_prompts"]
+__all__ = [
+    "CHECKS",
+    "CollectReport",
+    "CollectSettings",
+    "JudgeScorer",
+    "ReferenceScorer",
+    "RewardScorer",
+    "check_reference",
+    "collect",
+    "read_prompts",
+]

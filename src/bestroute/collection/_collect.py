@@ -164,8 +164,14 @@ def _scorer(settings: CollectSettings, session: aiohttp.ClientSession, upstreams
     return ReferenceScorer(settings.check)
 
 
-async def collect(config: GatewayConfig, prompts_path: Path, out: Path, settings: CollectSettings,
-                  *, progress: Callable[[CollectReport, int], None] = lambda report, total: None) -> CollectReport:
+async def collect(
+    config: GatewayConfig,
+    prompts_path: Path,
+    out: Path,
+    settings: CollectSettings,
+    *,
+    progress: Callable[[CollectReport, int], None] = lambda report, total: None,
+) -> CollectReport:
     """Collect into ``out`` (the exchange format); resumes whatever ``out`` already holds."""
     names = settings.check_against(config)
     report = CollectReport()
@@ -175,21 +181,29 @@ async def collect(config: GatewayConfig, prompts_path: Path, out: Path, settings
         raise DataError("no valid prompt to collect", path=str(prompts_path))
     out.mkdir(parents=True, exist_ok=True)
     (out / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts), encoding="utf-8")
-    prices = {n: {"input_usd_per_mtok": config.backend(n).input_usd_per_mtok,
-                  "output_usd_per_mtok": config.backend(n).output_usd_per_mtok} for n in names}
+    prices = {
+        n: {
+            "input_usd_per_mtok": config.backend(n).input_usd_per_mtok,
+            "output_usd_per_mtok": config.backend(n).output_usd_per_mtok,
+        }
+        for n in names
+    }
     (out / "models.json").write_text(json.dumps({"models": prices}, indent=1), encoding="utf-8")
     responses_path = out / "responses.jsonl"
     done = _load_done(responses_path)
-    todo = [(p, n, s) for p in prompts for n in names for s in range(settings.samples)
-            if (p["prompt_id"], n, s) not in done]
+    todo = [
+        (p, n, s) for p in prompts for n in names for s in range(settings.samples) if (p["prompt_id"], n, s) not in done
+    ]
     report.already_done = len(prompts) * len(names) * settings.samples - len(todo)
     report.planned = len(todo)
     progress(report, len(todo))
     stop = asyncio.Event()
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        upstreams = {b.name: Upstream(b, config.retries, session, CircuitBreaker(config.circuit_breaker), b.api_key())
-                     for b in config.backends}
+        upstreams = {
+            b.name: Upstream(b, config.retries, session, CircuitBreaker(config.circuit_breaker), b.api_key())
+            for b in config.backends
+        }
         scorer = _scorer(settings, session, upstreams)
         gates = {n: asyncio.Semaphore(settings.concurrency) for n in names}
         limits = {n: _RateLimit(settings.rate_per_s) for n in names}
@@ -201,8 +215,11 @@ async def collect(config: GatewayConfig, prompts_path: Path, out: Path, settings
                         return
                     await limits[name].wait()
                     upstream = upstreams[name]
-                    body = {"messages": [{"role": "user", "content": prompt["prompt"]}],
-                            "temperature": settings.temperature, "max_tokens": settings.max_tokens}
+                    body = {
+                        "messages": [{"role": "user", "content": prompt["prompt"]}],
+                        "temperature": settings.temperature,
+                        "max_tokens": settings.max_tokens,
+                    }
                     try:
                         result = await upstream.complete(body, 1)
                         quality = await scorer.score(prompt, result.texts[0])
@@ -210,17 +227,24 @@ async def collect(config: GatewayConfig, prompts_path: Path, out: Path, settings
                         report.failed += 1  # not written: the next run tries it again
                         progress(report, len(todo))
                         return
-                    row = {"prompt_id": prompt["prompt_id"], "model": name, "sample": sample, "quality": quality,
-                           "input_tokens": result.prompt_tokens, "output_tokens": result.completion_tokens,
-                           "response": result.texts[0]}
+                    row = {
+                        "prompt_id": prompt["prompt_id"],
+                        "model": name,
+                        "sample": sample,
+                        "quality": quality,
+                        "input_tokens": result.prompt_tokens,
+                        "output_tokens": result.completion_tokens,
+                        "response": result.texts[0],
+                    }
                     sink.write(json.dumps(row) + "\n")  # one write per line, flushed: a kill loses no finished one
                     sink.flush()
                     report.written += 1
                     report.tokens += result.prompt_tokens + result.completion_tokens
                     report.cost_usd += upstream.cost(result.prompt_tokens, result.completion_tokens)
                     progress(report, len(todo))
-                    if ((settings.budget_usd is not None and report.cost_usd >= settings.budget_usd)
-                            or (settings.budget_tokens is not None and report.tokens >= settings.budget_tokens)):
+                    if (settings.budget_usd is not None and report.cost_usd >= settings.budget_usd) or (
+                        settings.budget_tokens is not None and report.tokens >= settings.budget_tokens
+                    ):
                         report.stopped_by_budget = True
                         stop.set()
 

@@ -97,8 +97,12 @@ class RewardScorer:
 
     async def score(self, prompt: dict[str, Any], response: str) -> float:
         try:
-            async with self.session.post(self.url, json={"prompt": prompt["prompt"], "responses": [response]},
-                                         timeout=self.timeout, raise_for_status=True) as answer:
+            async with self.session.post(
+                self.url,
+                json={"prompt": prompt["prompt"], "responses": [response]},
+                timeout=self.timeout,
+                raise_for_status=True,
+            ) as answer:
                 value = float((await answer.json(content_type=None))["scores"][0])
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise UpstreamError("reward-model", f"no usable score ({type(exc).__name__})") from exc
@@ -128,8 +132,9 @@ class JudgeScorer:
     async def score(self, prompt: dict[str, Any], response: str) -> float:
         reference = f"\nA correct answer is: {prompt['reference']}" if prompt.get("reference") else ""
         message = _JUDGE.format(reference=reference, prompt=prompt["prompt"], response=response)
-        result = await self.judge.complete({"messages": [{"role": "user", "content": message}],
-                                            "temperature": 0, "max_tokens": 4}, 1)
+        result = await self.judge.complete(
+            {"messages": [{"role": "user", "content": message}], "temperature": 0, "max_tokens": 4}, 1
+        )
         found = re.search(r"\d+(\.\d+)?", result.texts[0])
         if found is None:
             raise UpstreamError(self.judge.name, "the judge gave no rating")
@@ -163,33 +168,40 @@ class LikelihoodScorer:
 
         self.context = context
         # logits_all: llama.cpp keeps every position's logits, not only the last one's.
-        self._llm = Llama(model_path=str(model_path(model)), n_ctx=context, n_threads=threads, logits_all=True,
-                          verbose=False)
+        self._llm = Llama(
+            model_path=str(model_path(model)), n_ctx=context, n_threads=threads, logits_all=True, verbose=False
+        )
         template = self._llm.metadata.get("tokenizer.chat_template")
-        special = {name: self._llm.detokenize([token], special=True).decode(errors="replace")
-                   for name, token in (("eos", self._llm.token_eos()), ("bos", self._llm.token_bos()))}
-        self._template = (Jinja2ChatFormatter(template, eos_token=special["eos"], bos_token=special["bos"])
-                          if template else None)
+        special = {
+            name: self._llm.detokenize([token], special=True).decode(errors="replace")
+            for name, token in (("eos", self._llm.token_eos()), ("bos", self._llm.token_bos()))
+        }
+        self._template = (
+            Jinja2ChatFormatter(template, eos_token=special["eos"], bos_token=special["bos"]) if template else None
+        )
         self._lock = threading.Lock()  # one llama.cpp context, scored one pair at a time
 
     async def score(self, prompt: dict[str, Any], response: str) -> float:
         return await asyncio.to_thread(self.likelihood, prompt["prompt"], response)
 
     def likelihood(self, prompt: str, response: str) -> float:
-        context = (self._template(messages=[{"role": "user", "content": prompt}]).prompt if self._template
-                   else prompt + "\n")
+        context = (
+            self._template(messages=[{"role": "user", "content": prompt}]).prompt if self._template else prompt + "\n"
+        )
         with self._lock:
             prefix = self._llm.tokenize(context.encode(), add_bos=self._template is None, special=True)
             tokens = self._llm.tokenize(response.encode(), add_bos=False, special=False)
             if not tokens:
                 return 0.0
             if len(prefix) + len(tokens) > self.context:
-                raise ConfigError(f"prompt and response take {len(prefix) + len(tokens)} tokens; the likelihood "
-                                  f"scorer's context is {self.context}")
+                raise ConfigError(
+                    f"prompt and response take {len(prefix) + len(tokens)} tokens; the likelihood "
+                    f"scorer's context is {self.context}"
+                )
             self._llm.reset()
             self._llm.eval(prefix + tokens)
             # Row i holds the logits that predict token i + 1.
-            logits = np.asarray(self._llm.scores[len(prefix) - 1: len(prefix) + len(tokens) - 1], dtype=np.float64)
+            logits = np.asarray(self._llm.scores[len(prefix) - 1 : len(prefix) + len(tokens) - 1], dtype=np.float64)
         top = logits.max(axis=1)
         log_normaliser = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
         log_probs = logits[np.arange(len(tokens)), tokens] - log_normaliser

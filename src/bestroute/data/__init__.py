@@ -6,5 +6,17 @@ from ._readers import iter_rows, load_dataset, read_models, read_native, read_ro
 from ._schema import ModelPrice, PromptRecord, ResponseRecord
 from ._split import Split, split_prompts
 
-__all__ = ["ModelPrice", "PromptRecord", "ResponseRecord", "RoutingDataset", "Split", "demo_data_path",
-           "iter_rows", "load_dataset", "read_models", "read_native", "read_routerbench", "split_prompts"]
+__all__ = [
+    "ModelPrice",
+    "PromptRecord",
+    "ResponseRecord",
+    "RoutingDataset",
+    "Split",
+    "demo_data_path",
+    "iter_rows",
+    "load_dataset",
+    "read_models",
+    "read_native",
+    "read_routerbench",
+    "split_prompts",
+]

@@ -33,9 +33,15 @@ class RoutingDataset:
     reference_model: str | None = None  # named by the data; routers default to it
 
     @classmethod
-    def from_records(cls, prompts: Sequence[PromptRecord], responses: Sequence[ResponseRecord],
-                     prices: dict[str, ModelPrice], *, source: str = "",
-                     reference_model: str | None = None) -> "RoutingDataset":
+    def from_records(
+        cls,
+        prompts: Sequence[PromptRecord],
+        responses: Sequence[ResponseRecord],
+        prices: dict[str, ModelPrice],
+        *,
+        source: str = "",
+        reference_model: str | None = None,
+    ) -> "RoutingDataset":
         if not prompts:
             raise DataError("no prompts", path=source)
         if not responses:
@@ -62,12 +68,22 @@ class RoutingDataset:
                 input_cost[i, j] = price.cost(r.input_tokens, 0)
                 output_cost[i, j, r.sample] = price.cost(0, r.output_tokens)
             texts[i, j, r.sample] = r.response
-        return cls(prompt_ids=[p.prompt_id for p in prompts], texts=[p.prompt for p in prompts],
-                   tasks=[p.task for p in prompts], references=[p.reference for p in prompts],
-                   models=models, prices={m: prices[m] for m in models if m in prices},
-                   quality=quality, input_cost=input_cost, output_cost=output_cost,
-                   input_tokens=input_tokens, output_tokens=output_tokens, responses=texts,
-                   source=source, reference_model=reference_model)
+        return cls(
+            prompt_ids=[p.prompt_id for p in prompts],
+            texts=[p.prompt for p in prompts],
+            tasks=[p.task for p in prompts],
+            references=[p.reference for p in prompts],
+            models=models,
+            prices={m: prices[m] for m in models if m in prices},
+            quality=quality,
+            input_cost=input_cost,
+            output_cost=output_cost,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            responses=texts,
+            source=source,
+            reference_model=reference_model,
+        )
 
     @property
     def n_prompts(self) -> int:
@@ -88,8 +104,7 @@ class RoutingDataset:
         try:
             return self.models.index(name)
         except ValueError:
-            raise DataError(f"unknown model {name!r}; known: {', '.join(self.models)}",
-                            path=self.source) from None
+            raise DataError(f"unknown model {name!r}; known: {', '.join(self.models)}", path=self.source) from None
 
     def single_sample_cost(self) -> np.ndarray:
         """(P, M) USD of one response (sample 0), NaN where missing."""
@@ -109,10 +124,15 @@ class RoutingDataset:
         rows = []
         for j, name in enumerate(self.models):
             answered = self.available[:, j]
-            rows.append({"model": name, "prompts": int(answered.sum()),
-                         "samples": self.max_samples(j),
-                         "quality": float(quality[answered, j].mean()),
-                         "cost_per_1k": float(cost[answered, j].mean() * 1000)})
+            rows.append(
+                {
+                    "model": name,
+                    "prompts": int(answered.sum()),
+                    "samples": self.max_samples(j),
+                    "quality": float(quality[answered, j].mean()),
+                    "cost_per_1k": float(cost[answered, j].mean() * 1000),
+                }
+            )
         return {"prompts": self.n_prompts, "models": rows, "oracle": self.oracle_summary()}
 
     def oracle_summary(self) -> dict[str, float]:
@@ -122,5 +142,7 @@ class RoutingDataset:
         cost = np.where(q == best, self.single_sample_cost(), np.inf)
         choice = cost.argmin(axis=1)
         rows = np.arange(self.n_prompts)
-        return {"quality": float(self.quality[rows, choice, 0].mean()),
-                "cost_per_1k": float(cost[rows, choice].mean() * 1000)}
+        return {
+            "quality": float(self.quality[rows, choice, 0].mean()),
+            "cost_per_1k": float(cost[rows, choice].mean() * 1000),
+        }

@@ -20,8 +20,9 @@ RecordT = TypeVar("RecordT", bound=BaseModel)
 _TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".csv", ".csv.gz", ".parquet")
 
 
-def iter_rows(path: Path, *, on_error: Callable[[DataError], None] | None = None
-              ) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_rows(
+    path: Path, *, on_error: Callable[[DataError], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line, row)`` of a JSONL(.gz), CSV(.gz) or Parquet table; line counts from 1.
     A line that is not a JSON object raises, or with ``on_error`` is reported there and skipped."""
     name = path.name.lower()
@@ -49,8 +50,11 @@ def iter_rows(path: Path, *, on_error: Callable[[DataError], None] | None = None
                     if not isinstance(row, dict):
                         raise DataError("expected a JSON object", path=str(path), line=index)
                 except (json.JSONDecodeError, DataError) as exc:
-                    error = exc if isinstance(exc, DataError) else DataError(
-                        f"invalid JSON ({exc.msg})", path=str(path), line=index)
+                    error = (
+                        exc
+                        if isinstance(exc, DataError)
+                        else DataError(f"invalid JSON ({exc.msg})", path=str(path), line=index)
+                    )
                     if on_error is None:
                         raise error from exc
                     on_error(error)
@@ -74,8 +78,9 @@ def _find_table(directory: Path, stem: str) -> Path:
         candidate = directory / f"{stem}{suffix}"
         if candidate.exists():
             return candidate
-    raise DataError(f"missing {stem} table (one of {', '.join(stem + s for s in _TABLE_SUFFIXES)})",
-                    path=str(directory))
+    raise DataError(
+        f"missing {stem} table (one of {', '.join(stem + s for s in _TABLE_SUFFIXES)})", path=str(directory)
+    )
 
 
 def read_reference(path: Path) -> str | None:
@@ -127,15 +132,15 @@ def read_native(directory: Path) -> RoutingDataset:
         if record.prompt_id not in seen:
             raise DataError(f"unknown prompt_id {record.prompt_id!r}", path=str(responses_path), line=line)
         if record.model not in prices and record.cost_usd is None:
-            raise DataError(f"unknown model {record.model!r} (not in models.json)",
-                            path=str(responses_path), line=line)
+            raise DataError(f"unknown model {record.model!r} (not in models.json)", path=str(responses_path), line=line)
         key = (record.prompt_id, record.model, record.sample)
         if key in keys:
             raise DataError(f"duplicate response {key}", path=str(responses_path), line=line)
         keys.add(key)
         responses.append(record)
-    return RoutingDataset.from_records(prompts, responses, prices, source=str(directory),
-                                       reference_model=read_reference(directory / "models.json"))
+    return RoutingDataset.from_records(
+        prompts, responses, prices, source=str(directory), reference_model=read_reference(directory / "models.json")
+    )
 
 
 def read_routerbench(path: Path) -> RoutingDataset:
@@ -148,22 +153,38 @@ def read_routerbench(path: Path) -> RoutingDataset:
         if models is None:
             models = [c.split("|", 1)[0] for c in row if c.endswith("|total_cost")]
             if not models or "prompt" not in row:
-                raise DataError("not a RouterBench table: needs 'prompt' and '<model>|total_cost' columns",
-                                path=str(path), line=line)
+                raise DataError(
+                    "not a RouterBench table: needs 'prompt' and '<model>|total_cost' columns",
+                    path=str(path),
+                    line=line,
+                )
         prompt_id = str(row.get("sample_id") or f"row-{line}")
         text = _prompt_text(row["prompt"])
-        prompts.append(_validate(PromptRecord, {"prompt_id": prompt_id, "prompt": text,
-                                                "task": row.get("eval_name")}, path, line))
+        prompts.append(
+            _validate(PromptRecord, {"prompt_id": prompt_id, "prompt": text, "task": row.get("eval_name")}, path, line)
+        )
         for model in models:
             quality, cost = row.get(model), row.get(f"{model}|total_cost")
             if quality is None and cost is None:
                 continue  # this model did not answer this prompt
             answer = row.get(f"{model}|model_response")
             answer = "" if answer is None else str(answer)
-            responses.append(_validate(ResponseRecord, {
-                "prompt_id": prompt_id, "model": model, "quality": _number(quality),
-                "cost_usd": _number(cost), "input_tokens": math.ceil(len(text) / 4),
-                "output_tokens": math.ceil(len(answer) / 4), "response": answer}, path, line))
+            responses.append(
+                _validate(
+                    ResponseRecord,
+                    {
+                        "prompt_id": prompt_id,
+                        "model": model,
+                        "quality": _number(quality),
+                        "cost_usd": _number(cost),
+                        "input_tokens": math.ceil(len(text) / 4),
+                        "output_tokens": math.ceil(len(answer) / 4),
+                        "response": answer,
+                    },
+                    path,
+                    line,
+                )
+            )
     if models is None:
         raise DataError("empty RouterBench table", path=str(path))
     return RoutingDataset.from_records(prompts, responses, {}, source=str(path))
@@ -192,5 +213,6 @@ def load_dataset(path: str | Path) -> RoutingDataset:
         return read_native(path)
     if path.is_file() and path.name.lower().endswith(_TABLE_SUFFIXES):
         return read_routerbench(path)
-    raise DataError("expected a routing-data directory or a RouterBench table "
-                    f"({', '.join(_TABLE_SUFFIXES)})", path=str(path))
+    raise DataError(
+        f"expected a routing-data directory or a RouterBench table ({', '.join(_TABLE_SUFFIXES)})", path=str(path)
+    )

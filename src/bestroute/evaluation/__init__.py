@@ -3,5 +3,13 @@
 from ._metrics import area_under_curve, cost_reduction_at_drop, quality_at_cost
 from ._runner import DEFAULT_ROUTERS, HYPERPARAMETERS, evaluate, markdown_table, write_results
 
-__all__ = ["DEFAULT_ROUTERS", "HYPERPARAMETERS", "area_under_curve", "cost_reduction_at_drop", "evaluate",
-           "markdown_table", "quality_at_cost", "write_results"]
+__all__ = [
+    "DEFAULT_ROUTERS",
+    "HYPERPARAMETERS",
+    "area_under_curve",
+    "cost_reduction_at_drop",
+    "evaluate",
+    "markdown_table",
+    "quality_at_cost",
+    "write_results",
+]

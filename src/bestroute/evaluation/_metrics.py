@@ -26,8 +26,9 @@ def area_under_curve(points: np.ndarray, *, cheapest_cost: float, reference_cost
     return float(np.sum(widths * best))
 
 
-def cost_reduction_at_drop(points: np.ndarray, *, reference_quality: float, reference_cost: float,
-                           drop: float = 0.01) -> float:
+def cost_reduction_at_drop(
+    points: np.ndarray, *, reference_quality: float, reference_cost: float, drop: float = 0.01
+) -> float:
     """1 - (lowest cost of a point with quality >= (1 - drop) x reference quality) / reference cost;
     0 when no point qualifies."""
     good = points[points[:, 1] >= (1.0 - drop) * reference_quality - 1e-12]

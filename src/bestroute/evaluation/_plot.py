@@ -20,11 +20,24 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
         style = {"linestyle": "--", "color": "black"} if name == "oracle" else {}
         ax.plot(xs, ys, label=name, linewidth=2 if name == "best-route" else 1.2, **style)
     models = results["single_models"]
-    ax.scatter([m["cost_per_1k"] for m in models], [m["quality"] for m in models], s=14, color="grey",
-               label="single models", zorder=3)
+    ax.scatter(
+        [m["cost_per_1k"] for m in models],
+        [m["quality"] for m in models],
+        s=14,
+        color="grey",
+        label="single models",
+        zorder=3,
+    )
     ref = results["reference"]
-    ax.scatter([ref["cost_per_1k"]], [ref["quality"]], marker="*", s=160, color="red",
-               label=f"reference ({ref['model']})", zorder=4)
+    ax.scatter(
+        [ref["cost_per_1k"]],
+        [ref["quality"]],
+        marker="*",
+        s=160,
+        color="red",
+        label=f"reference ({ref['model']})",
+        zorder=4,
+    )
     ax.set_xscale("log")
     ax.set_xlabel("cost per 1k prompts (USD, log scale)")
     ax.set_ylabel("quality (test split)")

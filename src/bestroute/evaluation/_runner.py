@@ -41,9 +41,17 @@ def _grid(name: str) -> list[dict[str, Any]]:
     return [dict(zip(space, values)) for values in itertools.product(*space.values())] or [{}]
 
 
-def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: int = 0,
-             features: str = "auto", max_n: int = 5, selector: str = "consensus",
-             reference: str | None = None, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def evaluate(
+    data: RoutingDataset,
+    *,
+    routers: list[str] | None = None,
+    seed: int = 0,
+    features: str = "auto",
+    max_n: int = 5,
+    selector: str = "consensus",
+    reference: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
     """Evaluate routers on ``data``; returns the document written to ``results.json``."""
     names = routers or DEFAULT_ROUTERS
     unknown = [n for n in names if n not in ROUTERS]
@@ -59,22 +67,29 @@ def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: in
     started = time.perf_counter()
     extractor = make_extractor(features)
     x = extractor.transform(data.texts)
-    log(f"features: {extractor.name} {x.shape[1]}-d for {data.n_prompts} prompts "
-        f"in {time.perf_counter() - started:.1f}s")
-    common = {"features": extractor.name, "reference": reference, "max_n": max_n, "selector": selector,
-              "seed": seed}
-    results: dict[str, Any] = {"data": data.source, "seed": seed, "features": extractor.name, "max_n": max_n,
-                               "selector": selector,
-                               "split": {k: len(getattr(split, k)) for k in ("train", "val", "test")}
-                               | {"left_out_without_reference": unanswered},
-                               "routers": {}}
+    log(
+        f"features: {extractor.name} {x.shape[1]}-d for {data.n_prompts} prompts "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+    common = {"features": extractor.name, "reference": reference, "max_n": max_n, "selector": selector, "seed": seed}
+    results: dict[str, Any] = {
+        "data": data.source,
+        "seed": seed,
+        "features": extractor.name,
+        "max_n": max_n,
+        "selector": selector,
+        "split": {k: len(getattr(split, k)) for k in ("train", "val", "test")}
+        | {"left_out_without_reference": unanswered},
+        "routers": {},
+    }
     reference_info: dict[str, Any] | None = None
     for name in names:
         tic = time.perf_counter()
         best: tuple[float, Router, dict[str, Any]] | None = None
         for params in _grid(name):
-            router = ROUTERS[name](**common, **params).fit(data, split.train, split.val, features=x,
-                                                           extractor=extractor)
+            router = ROUTERS[name](**common, **params).fit(
+                data, split.train, split.val, features=x, extractor=extractor
+            )
             val_points = _curve(router.sweep(data, split.val, x[split.val]))
             val_auc = _auc(router, val_points, split.val)
             if best is None or val_auc > best[0]:
@@ -91,11 +106,17 @@ def evaluate(data: RoutingDataset, *, routers: list[str] | None = None, seed: in
         entry["best_of_n_share"] = [round(float(best_of_n[d.option].mean()), 4) for d in decisions]
         entry["escalation_rate"] = [round(float(d.escalated.mean()), 4) for d in decisions]
         entry["escalation_rate_at_1pct_drop"] = _at_drop_point(points, entry["escalation_rate"], reference_info)
-        entry |= {"params": params, "val_auc": val_auc, "options": len(router.options_),
-                  "decision_latency_ms_p50": _latency_ms(router, [data.texts[i] for i in split.test[:50]])}
+        entry |= {
+            "params": params,
+            "val_auc": val_auc,
+            "options": len(router.options_),
+            "decision_latency_ms_p50": _latency_ms(router, [data.texts[i] for i in split.test[:50]]),
+        }
         results["routers"][name] = entry
-        log(f"{name}: auc={entry['auc']:.4f} cost_reduction@1%={entry['cost_reduction_at_1pct_drop']:.3f} "
-            f"({time.perf_counter() - tic:.1f}s)")
+        log(
+            f"{name}: auc={entry['auc']:.4f} cost_reduction@1%={entry['cost_reduction_at_1pct_drop']:.3f} "
+            f"({time.perf_counter() - tic:.1f}s)"
+        )
     return results
 
 
@@ -105,8 +126,9 @@ def _answered_by(data: RoutingDataset, split: Split, reference: str) -> tuple[Sp
     answered = data.available[:, data.model_index(reference)]
     kept = Split(train=split.train, val=split.val[answered[split.val]], test=split.test[answered[split.test]])
     if min(len(kept.val), len(kept.test)) == 0:
-        raise RouterError(f"the reference {reference} answered no validation or no test prompt; "
-                          "choose another (--reference)")
+        raise RouterError(
+            f"the reference {reference} answered no validation or no test prompt; choose another (--reference)"
+        )
     return kept, len(split.val) + len(split.test) - len(kept.val) - len(kept.test)
 
 
@@ -127,10 +149,12 @@ def _cheapest_cost_per_1k(router: Router, rows: np.ndarray) -> float:
 
 def _reference(router: Router, split: Split) -> dict[str, Any]:
     outcomes, ref = router.outcomes_, router.reference_index_
-    return {"model": router.reference_.model,
-            "quality": float(outcomes.quality[split.test, ref].mean()),
-            "cost_per_1k": float(outcomes.cost[split.test, ref].mean() * 1000),
-            "cheapest_cost_per_1k": _cheapest_cost_per_1k(router, split.test)}
+    return {
+        "model": router.reference_.model,
+        "quality": float(outcomes.quality[split.test, ref].mean()),
+        "cost_per_1k": float(outcomes.cost[split.test, ref].mean() * 1000),
+        "cheapest_cost_per_1k": _cheapest_cost_per_1k(router, split.test),
+    }
 
 
 def _single_models(router: Router, data: RoutingDataset, split: Split) -> list[dict[str, Any]]:
@@ -139,8 +163,13 @@ def _single_models(router: Router, data: RoutingDataset, split: Split) -> list[d
     rows = []
     for o, option in enumerate(router.options_):
         if option.single and outcomes.available[split.test, o].all():
-            rows.append({"model": option.model, "quality": float(outcomes.quality[split.test, o].mean()),
-                         "cost_per_1k": float(outcomes.cost[split.test, o].mean() * 1000)})
+            rows.append(
+                {
+                    "model": option.model,
+                    "quality": float(outcomes.quality[split.test, o].mean()),
+                    "cost_per_1k": float(outcomes.cost[split.test, o].mean() * 1000),
+                }
+            )
     return rows
 
 
@@ -148,22 +177,27 @@ def _auc(router: Router, points: np.ndarray, rows: np.ndarray) -> float:
     cheapest = _cheapest_cost_per_1k(router, rows)
     reference_cost = float(router.outcomes_.cost[rows, router.reference_index_].mean() * 1000)
     if reference_cost <= cheapest:
-        raise RouterError(f"the reference {router.reference_.model} costs ${reference_cost:.4f} "
-                          "per 1k prompts, "
-                          f"no more than the cheapest model (${cheapest:.4f}): there is nothing to save; "
-                          "name a costlier reference (--reference)")
+        raise RouterError(
+            f"the reference {router.reference_.model} costs ${reference_cost:.4f} "
+            "per 1k prompts, "
+            f"no more than the cheapest model (${cheapest:.4f}): there is nothing to save; "
+            "name a costlier reference (--reference)"
+        )
     return area_under_curve(points, cheapest_cost=cheapest, reference_cost=reference_cost)
 
 
 def _metrics(router: Router, points: np.ndarray, split: Split, ref: dict[str, Any]) -> dict[str, Any]:
     at_ref_cost = quality_at_cost(points, max_cost=ref["cost_per_1k"])
     affordable = not np.isnan(at_ref_cost)  # None in JSON: no point of the curve costs <= the reference
-    return {"curve": points.round(6).tolist(),
-            "auc": _auc(router, points, split.test),
-            "cost_reduction_at_1pct_drop": cost_reduction_at_drop(
-                points, reference_quality=ref["quality"], reference_cost=ref["cost_per_1k"]),
-            "quality_at_reference_cost": at_ref_cost if affordable else None,
-            "quality_gain_at_reference_cost": at_ref_cost - ref["quality"] if affordable else None}
+    return {
+        "curve": points.round(6).tolist(),
+        "auc": _auc(router, points, split.test),
+        "cost_reduction_at_1pct_drop": cost_reduction_at_drop(
+            points, reference_quality=ref["quality"], reference_cost=ref["cost_per_1k"]
+        ),
+        "quality_at_reference_cost": at_ref_cost if affordable else None,
+        "quality_gain_at_reference_cost": at_ref_cost - ref["quality"] if affordable else None,
+    }
 
 
 def _at_drop_point(points: np.ndarray, values: list[float], ref: dict[str, Any]) -> float | None:
@@ -187,13 +221,17 @@ def _latency_ms(router: Router, texts: list[str]) -> float | None:
 
 def markdown_table(results: dict[str, Any]) -> str:
     ref = results["reference"]
-    lines = [f"Reference: {ref['model']} — quality {ref['quality']:.4f}, ${ref['cost_per_1k']:.3f} per 1k prompts",
-             "",
-             f"Best-of-n selector: {results['selector']}",
-             "",
-             ("| router | AUC | cost reduction at 1% drop | escalated there | quality at reference cost | "
-              "vs reference | most best-of-n | p50 ms |"),
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Reference: {ref['model']} — quality {ref['quality']:.4f}, ${ref['cost_per_1k']:.3f} per 1k prompts",
+        "",
+        f"Best-of-n selector: {results['selector']}",
+        "",
+        (
+            "| router | AUC | cost reduction at 1% drop | escalated there | quality at reference cost | "
+            "vs reference | most best-of-n | p50 ms |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results["routers"].items():
         latency = "—" if r["decision_latency_ms_p50"] is None else f"{r['decision_latency_ms_p50']:.2f}"
         at_cost, gain = r["quality_at_reference_cost"], r["quality_gain_at_reference_cost"]
@@ -201,10 +239,12 @@ def markdown_table(results: dict[str, Any]) -> str:
         gain_text = "—" if gain is None else f"{gain:+.4f}"
         escalated = r["escalation_rate_at_1pct_drop"]
         escalated_text = "—" if escalated is None else f"{escalated:.0%}"
-        lines.append(f"| {name} | {r['auc']:.4f} | {r['cost_reduction_at_1pct_drop']:.3f} | {escalated_text} | "
-                     f"{at_cost_text} | "
-                     f"{gain_text} | "
-                     f"{max(r['best_of_n_share']):.0%} | {latency} |")
+        lines.append(
+            f"| {name} | {r['auc']:.4f} | {r['cost_reduction_at_1pct_drop']:.3f} | {escalated_text} | "
+            f"{at_cost_text} | "
+            f"{gain_text} | "
+            f"{max(r['best_of_n_share']):.0%} | {latency} |"
+        )
     return "\n".join(lines)
 
 

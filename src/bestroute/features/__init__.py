@@ -11,5 +11,14 @@ from ._extractors import (
     make_extractor,
 )
 
-__all__ = ["EmbeddingCache", "FeatureExtractor", "LexicalFeatures", "MiniLMEmbedder", "StaticEmbedder",
-           "cache_dir", "distill_static_table", "extractor_from_state", "make_extractor"]
+__all__ = [
+    "EmbeddingCache",
+    "FeatureExtractor",
+    "LexicalFeatures",
+    "MiniLMEmbedder",
+    "StaticEmbedder",
+    "cache_dir",
+    "distill_static_table",
+    "extractor_from_state",
+    "make_extractor",
+]

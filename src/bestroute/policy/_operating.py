@@ -13,19 +13,25 @@ class OperatingPoint:
     cost_per_1k: float
 
 
-def choose_knob(table: list[OperatingPoint], *, min_relative_quality: float | None = None,
-                max_cost_per_1k: float | None = None) -> OperatingPoint:
+def choose_knob(
+    table: list[OperatingPoint], *, min_relative_quality: float | None = None, max_cost_per_1k: float | None = None
+) -> OperatingPoint:
     """The cheapest point reaching ``min_relative_quality``, or the best point costing at most
     ``max_cost_per_1k`` (both given: the cheapest point meeting both)."""
     if min_relative_quality is None and max_cost_per_1k is None:
         raise RouterError("give a target: minimum relative quality or maximum cost per 1k prompts")
-    fits = [p for p in table
-            if (min_relative_quality is None or p.relative_quality >= min_relative_quality)
-            and (max_cost_per_1k is None or p.cost_per_1k <= max_cost_per_1k)]
+    fits = [
+        p
+        for p in table
+        if (min_relative_quality is None or p.relative_quality >= min_relative_quality)
+        and (max_cost_per_1k is None or p.cost_per_1k <= max_cost_per_1k)
+    ]
     if not fits:
-        raise RouterError("no operating point on validation meets the target "
-                          f"(quality >= {min_relative_quality}, cost <= {max_cost_per_1k}); "
-                          "run `bestroute explain` to see the table")
+        raise RouterError(
+            "no operating point on validation meets the target "
+            f"(quality >= {min_relative_quality}, cost <= {max_cost_per_1k}); "
+            "run `bestroute explain` to see the table"
+        )
     if min_relative_quality is not None:
         return min(fits, key=lambda p: (p.cost_per_1k, -p.quality))
     return max(fits, key=lambda p: (p.quality, -p.cost_per_1k))

@@ -13,8 +13,14 @@ from ._model import RewardModel
 CONSENSUS = "consensus"
 
 
-def choose_selector(data: RoutingDataset, split: Split, reward_model_path: Path, *, features: str = "auto",
-                    extractor: FeatureExtractor | None = None) -> tuple[str, dict[str, float]]:
+def choose_selector(
+    data: RoutingDataset,
+    split: Split,
+    reward_model_path: Path,
+    *,
+    features: str = "auto",
+    extractor: FeatureExtractor | None = None,
+) -> tuple[str, dict[str, float]]:
     """The selector whose kept samples score higher on the validation prompts.
 
     Data with one sample per prompt and model needs no selector: consensus is returned. Else a

@@ -45,8 +45,9 @@ class RewardModel:
         Seed of that draw.
     """
 
-    def __init__(self, *, features: str = "auto", C: float = 1.0, folds: int = 2, max_responses: int = 50_000,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, *, features: str = "auto", C: float = 1.0, folds: int = 2, max_responses: int = 50_000, seed: int = 0
+    ) -> None:
         self.features = features
         self.C = C
         self.folds = folds
@@ -70,8 +71,11 @@ class RewardModel:
             raise RouterError("no response texts in the training prompts: the data has no `response` field")
         if len(responses) > self.max_responses:  # a random subset keeps big data quick to fit
             keep = np.sort(np.random.default_rng(self.seed).choice(len(responses), self.max_responses, replace=False))
-            prompts, responses, quality = ([prompts[t] for t in keep], [responses[t] for t in keep],
-                                           [quality[t] for t in keep])
+            prompts, responses, quality = (
+                [prompts[t] for t in keep],
+                [responses[t] for t in keep],
+                [quality[t] for t in keep],
+            )
         hashes = _text_hashes(prompts)
         # Head 0 learns from every response (first, so the longest fit starts first on the thread
         # pool); head 1 + f from every response outside fold f.
@@ -89,18 +93,33 @@ class RewardModel:
         # Head 1 + f scores the training prompts of fold f; head 0, fitted on all, any other prompt.
         hashes = _text_hashes(prompts)
         head = np.where(_member(hashes, self.train_hashes_), 1 + hashes % self.folds, 0)
-        parts = [apply_heads(self._features(prompts[at:at + chunk], responses[at:at + chunk]), self.coef_,
-                             self.intercept_) for at in range(0, len(responses), chunk)]
+        parts = [
+            apply_heads(
+                self._features(prompts[at : at + chunk], responses[at : at + chunk]), self.coef_, self.intercept_
+            )
+            for at in range(0, len(responses), chunk)
+        ]
         scores = np.concatenate(parts) if parts else np.zeros((0, self.folds + 1))
         return scores[np.arange(len(head)), head]
 
     def save(self, path: str | Path) -> None:
         meta, arrays = self.extractor_.state()
-        params = {"features": self.features, "C": self.C, "folds": self.folds, "max_responses": self.max_responses,
-                  "seed": self.seed}
+        params = {
+            "features": self.features,
+            "C": self.C,
+            "folds": self.folds,
+            "max_responses": self.max_responses,
+            "seed": self.seed,
+        }
         document = {"kind": ARTIFACT_KIND, "version": ARTIFACT_VERSION, "params": params, "features": meta}
-        write_artifact(path, document, {"features": arrays, "state": {
-            "coef": self.coef_, "intercept": self.intercept_, "train_hashes": self.train_hashes_}})
+        write_artifact(
+            path,
+            document,
+            {
+                "features": arrays,
+                "state": {"coef": self.coef_, "intercept": self.intercept_, "train_hashes": self.train_hashes_},
+            },
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> "RewardModel":
@@ -108,8 +127,10 @@ class RewardModel:
         if document.get("kind") != ARTIFACT_KIND:
             raise ArtifactError(f"{path}: not a reward-model artifact")
         if document.get("version") != ARTIFACT_VERSION:
-            raise ArtifactError(f"{path}: reward model of an older bestroute (version {document.get('version')}); "
-                                "train it again with `bestroute train-reward`")
+            raise ArtifactError(
+                f"{path}: reward model of an older bestroute (version {document.get('version')}); "
+                "train it again with `bestroute train-reward`"
+            )
         model = cls(**document["params"])
         model.extractor_ = extractor_from_state(document["features"], arrays.get("features", {}))
         state = arrays["state"]
@@ -148,8 +169,9 @@ def _pairs(data: RoutingDataset, rows: np.ndarray) -> tuple[list[str], list[str]
     return prompts, responses, quality
 
 
-def pairwise_accuracy(data: RoutingDataset, rows: np.ndarray, model: RewardModel | None = None,
-                      *, max_responses: int = 64, seed: int = 0) -> dict[str, float]:
+def pairwise_accuracy(
+    data: RoutingDataset, rows: np.ndarray, model: RewardModel | None = None, *, max_responses: int = 64, seed: int = 0
+) -> dict[str, float]:
     """How often each scorer ranks the better of two responses to the same prompt higher (ties
     count half), over all pairs of different quality among up to ``max_responses`` responses
     per prompt: the reward model, majority vote (the share of the prompt's responses giving the
@@ -171,16 +193,19 @@ def pairwise_accuracy(data: RoutingDataset, rows: np.ndarray, model: RewardModel
         if len(q) < 2 or q.min() == q.max():
             continue
         answers = [extract_answer(t) for t in texts]
-        scores = {"majority_vote": np.array([answers.count(a) for a in answers], dtype=float) / len(answers),
-                  "random": rng.random(len(texts))}
+        scores = {
+            "majority_vote": np.array([answers.count(a) for a in answers], dtype=float) / len(answers),
+            "random": rng.random(len(texts)),
+        }
         if model is not None:
             scores["reward_model"] = model.score([data.texts[i]] * len(texts), texts)
         better = q[:, None] > q[None, :]
         count = int(better.sum())
         pairs += count
         for name, s in scores.items():
-            wins[name] += float(((s[:, None] > s[None, :]) & better).sum()
-                                + 0.5 * ((s[:, None] == s[None, :]) & better).sum())
+            wins[name] += float(
+                ((s[:, None] > s[None, :]) & better).sum() + 0.5 * ((s[:, None] == s[None, :]) & better).sum()
+            )
     if not pairs:
         raise RouterError("no prompt has two responses of different quality")
     result = {name: wins[name] / pairs for name in wins if name != "reward_model" or model is not None}

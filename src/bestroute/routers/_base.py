@@ -62,8 +62,15 @@ class Router:
     knob: ClassVar[str] = "cost_penalty"
     uses_samples: ClassVar[bool] = False  # True: options (model, n) for n > 1 too
 
-    def __init__(self, *, features: str = "auto", reference: str | None = None, max_n: int = 5,
-                 selector: str = "consensus", seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        features: str = "auto",
+        reference: str | None = None,
+        max_n: int = 5,
+        selector: str = "consensus",
+        seed: int = 0,
+    ) -> None:
         self.features = features
         self.reference = reference
         self.max_n = max_n
@@ -71,8 +78,15 @@ class Router:
         self.seed = seed
 
     # ----------------------------------------------------------------- fitting
-    def fit(self, data: RoutingDataset, train: np.ndarray, val: np.ndarray | None = None, *,
-            features: np.ndarray | None = None, extractor: FeatureExtractor | None = None) -> Self:
+    def fit(
+        self,
+        data: RoutingDataset,
+        train: np.ndarray,
+        val: np.ndarray | None = None,
+        *,
+        features: np.ndarray | None = None,
+        extractor: FeatureExtractor | None = None,
+    ) -> Self:
         """Fit on the ``train`` prompts of ``data``; with ``val``, choose the reference there and
         record the operating-point table. ``features``/``extractor`` reuse precomputed rows."""
         if self.max_n < 1:
@@ -102,9 +116,14 @@ class Router:
             if option.accept is None or np.isnan(accepted).all():
                 continue
             kept = accepted == 1
-            stats.append({"option": option.label, "prompts": int((~np.isnan(accepted)).sum()),
-                          "accepted": float(np.nanmean(accepted)),
-                          "accepted_quality": float(self.outcomes_.quality[rows[kept], o].mean()) if kept.any() else None})
+            stats.append(
+                {
+                    "option": option.label,
+                    "prompts": int((~np.isnan(accepted)).sum()),
+                    "accepted": float(np.nanmean(accepted)),
+                    "accepted_quality": float(self.outcomes_.quality[rows[kept], o].mean()) if kept.any() else None,
+                }
+            )
         return stats
 
     def _make_options(self, data: RoutingDataset, train: np.ndarray) -> list[Option]:
@@ -141,10 +160,17 @@ class Router:
         """Decisions with what led to them: option, scores, expected cost."""
         knob = self.default_knob() if knob is None else knob
         scores = self.predict(texts)
-        return [{"option": self.options_[c].label, "model": self.options_[c].model, "n": self.options_[c].n,
-                 self.knob: knob, "expected_cost_usd": float(self.option_cost_[c]),
-                 "scores": {o.label: float(s) for o, s in zip(self.options_, row)}}
-                for c, row in zip(self.decide(scores, knob), scores)]
+        return [
+            {
+                "option": self.options_[c].label,
+                "model": self.options_[c].model,
+                "n": self.options_[c].n,
+                self.knob: knob,
+                "expected_cost_usd": float(self.option_cost_[c]),
+                "scores": {o.label: float(s) for o, s in zip(self.options_, row)},
+            }
+            for c, row in zip(self.decide(scores, knob), scores)
+        ]
 
     def knob_grid(self) -> np.ndarray:
         return THRESHOLD_GRID if self.knob == "threshold" else PENALTY_GRID
@@ -156,18 +182,17 @@ class Router:
         except RouterError:
             return float(self.knob_grid()[-1] if self.knob == "threshold" else 0.0)
 
-    def knob_for(self, *, min_relative_quality: float | None = None,
-                 max_cost_per_1k: float | None = None) -> float:
+    def knob_for(self, *, min_relative_quality: float | None = None, max_cost_per_1k: float | None = None) -> float:
         """The knob value that met the target on validation."""
         self._check_fitted()
         if not self.table_:
             raise RouterError("this router was fitted without validation data; it has no operating table")
-        return choose_knob(self.table_, min_relative_quality=min_relative_quality,
-                           max_cost_per_1k=max_cost_per_1k).knob
+        return choose_knob(self.table_, min_relative_quality=min_relative_quality, max_cost_per_1k=max_cost_per_1k).knob
 
     # ---------------------------------------------------------------- offline
-    def sweep(self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray,
-              knobs: np.ndarray | None = None) -> list[Decisions]:
+    def sweep(
+        self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray, knobs: np.ndarray | None = None
+    ) -> list[Decisions]:
         """Decisions on ``rows`` for every knob value; ``x`` are the rows' features."""
         knobs = self.knob_grid() if knobs is None else knobs
         outcomes = self._outcomes_on(data)
@@ -177,9 +202,14 @@ class Router:
         out = []
         for knob in knobs:
             choice = self.decide(scores, float(knob), available)
-            out.append(Decisions(option=choice, quality=outcomes.quality[rows][index, choice],
-                                 cost=outcomes.cost[rows][index, choice],
-                                 escalated=outcomes.accepted[rows][index, choice] == 0))
+            out.append(
+                Decisions(
+                    option=choice,
+                    quality=outcomes.quality[rows][index, choice],
+                    cost=outcomes.cost[rows][index, choice],
+                    escalated=outcomes.accepted[rows][index, choice] == 0,
+                )
+            )
         return out
 
     def _outcomes_on(self, data: RoutingDataset) -> OptionOutcomes:
@@ -198,9 +228,14 @@ class Router:
         table = []
         for knob, d in zip(self.knob_grid(), self.sweep(data, val, x)):
             quality = float(np.mean(d.quality))
-            table.append(OperatingPoint(knob=float(knob), quality=quality,
-                                        relative_quality=quality / ref_quality if ref_quality else 0.0,
-                                        cost_per_1k=float(np.mean(d.cost) * 1000)))
+            table.append(
+                OperatingPoint(
+                    knob=float(knob),
+                    quality=quality,
+                    relative_quality=quality / ref_quality if ref_quality else 0.0,
+                    cost_per_1k=float(np.mean(d.cost) * 1000),
+                )
+            )
         return table
 
     # --------------------------------------------------------------- artifact
@@ -210,11 +245,17 @@ class Router:
         feature_meta, feature_arrays = self.extractor_.state()
         meta, arrays = self._state()
         document = {
-            "version": ARTIFACT_VERSION, "router": self.name, "params": self._params(),
-            "options": [_option_to_json(o) for o in self.options_], "reference": self.reference_.model,
-            "option_cost": self.option_cost_.tolist(), "active": self.active_.tolist(), "table": table_to_json(self.table_),
+            "version": ARTIFACT_VERSION,
+            "router": self.name,
+            "params": self._params(),
+            "options": [_option_to_json(o) for o in self.options_],
+            "reference": self.reference_.model,
+            "option_cost": self.option_cost_.tolist(),
+            "active": self.active_.tolist(),
+            "table": table_to_json(self.table_),
             "acceptance": self.acceptance_,
-            "features": feature_meta, "state": meta,
+            "features": feature_meta,
+            "state": meta,
         }
         write_artifact(path, document, {"features": feature_arrays, "state": arrays})
 
@@ -233,8 +274,13 @@ class Router:
         return router
 
     def _params(self) -> dict[str, Any]:
-        return {"features": self.features, "reference": self.reference, "max_n": self.max_n,
-                "selector": self.selector, "seed": self.seed}
+        return {
+            "features": self.features,
+            "reference": self.reference,
+            "max_n": self.max_n,
+            "selector": self.selector,
+            "seed": self.seed,
+        }
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise NotImplementedError
@@ -270,9 +316,11 @@ def choose_reference(data: RoutingDataset, rows: np.ndarray, name: str | None = 
     coverage = data.available.mean(axis=0)
     eligible = coverage == 1.0 if (coverage == 1.0).any() else coverage >= MIN_REFERENCE_COVERAGE
     if not eligible.any():
-        raise RouterError(f"no model answered {MIN_REFERENCE_COVERAGE:.0%} of the prompts (best: "
-                          f"{data.models[int(np.argmax(coverage))]}, {coverage.max():.0%}); "
-                          "name the reference model (--reference)")
+        raise RouterError(
+            f"no model answered {MIN_REFERENCE_COVERAGE:.0%} of the prompts (best: "
+            f"{data.models[int(np.argmax(coverage))]}, {coverage.max():.0%}); "
+            "name the reference model (--reference)"
+        )
     answered = data.available[rows]
     count = answered.sum(axis=0)
     quality = np.where(answered, data.mean_quality()[rows], 0.0).sum(axis=0) / np.maximum(count, 1)
@@ -286,8 +334,10 @@ def load_router(path: str | Path) -> Router:
 
     document, arrays = read_artifact(path, "bestroute router")
     if document.get("version") != ARTIFACT_VERSION:
-        raise ArtifactError(f"{path}: artifact version {document.get('version')} is not supported "
-                            f"(this bestroute reads version {ARTIFACT_VERSION})")
+        raise ArtifactError(
+            f"{path}: artifact version {document.get('version')} is not supported "
+            f"(this bestroute reads version {ARTIFACT_VERSION})"
+        )
     if document.get("router") not in ROUTERS:
         raise ArtifactError(f"{path}: unknown router {document.get('router')!r}")
     return ROUTERS[document["router"]]._load(document, arrays)

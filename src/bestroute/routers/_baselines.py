@@ -142,8 +142,7 @@ class KNNRouter(Router):
 
     def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.train_x_, self.train_quality_ = arrays["train_x"], arrays["train_quality"]
-        self._index = NearestNeighbors(n_neighbors=min(self.k, len(self.train_x_)),
-                                       metric="cosine").fit(self.train_x_)
+        self._index = NearestNeighbors(n_neighbors=min(self.k, len(self.train_x_)), metric="cosine").fit(self.train_x_)
 
 
 class MFRouter(Router):
@@ -172,13 +171,12 @@ class MFRouter(Router):
         d, m = xt.shape[1], target.shape[1]
         count = known.sum()
         rng = np.random.default_rng(self.seed)
-        start = np.concatenate([rng.normal(0, 0.1, d * self.dim), rng.normal(0, 0.1, m * self.dim),
-                                np.zeros(m)])
+        start = np.concatenate([rng.normal(0, 0.1, d * self.dim), rng.normal(0, 0.1, m * self.dim), np.zeros(m)])
 
         def unpack(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            w = theta[:d * self.dim].reshape(d, self.dim)
-            v = theta[d * self.dim:(d + m) * self.dim].reshape(m, self.dim)
-            return w, v, theta[(d + m) * self.dim:]
+            w = theta[: d * self.dim].reshape(d, self.dim)
+            v = theta[d * self.dim : (d + m) * self.dim].reshape(m, self.dim)
+            return w, v, theta[(d + m) * self.dim :]
 
         def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
             w, v, b = unpack(theta)
@@ -187,7 +185,7 @@ class MFRouter(Router):
             p = 1.0 / (1.0 + np.exp(-logits))
             eps = 1e-9
             ce = -(target * np.log(p + eps) + (1 - target) * np.log(1 - p + eps))
-            value = (ce * known).sum() / count + self.l2 * ((w ** 2).sum() + (v ** 2).sum())
+            value = (ce * known).sum() / count + self.l2 * ((w**2).sum() + (v**2).sum())
             g = (p - target) * known / count
             grad_v = g.T @ z + 2 * self.l2 * v
             grad_w = xt.T @ (g @ v) + 2 * self.l2 * w
@@ -239,7 +237,8 @@ class RandomRouter(Router):
         scores = np.zeros((len(x), len(self.options_)))
         scores[:, self.weak_index_] = [
             int.from_bytes(hashlib.sha256(row.tobytes() + str(self.seed).encode()).digest()[:8], "big") / 2**64
-            for row in np.asarray(x, dtype=np.float32)]
+            for row in np.asarray(x, dtype=np.float32)
+        ]
         scores[:, self.reference_index_] = 1.0
         return scores
 
@@ -292,23 +291,28 @@ class CascadeRouter(Router):
         scores[:, self.weak_index_] = 1.0
         return scores
 
-    def sweep(self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray,
-              knobs: np.ndarray | None = None) -> list[Decisions]:
+    def sweep(
+        self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray, knobs: np.ndarray | None = None
+    ) -> list[Decisions]:
         knobs = self.knob_grid() if knobs is None else knobs
         outcomes = self._outcomes_on(data)
         weak, ref = self.weak_index_, self.reference_index_
         weak_j = data.model_index(self.options_[weak].model)
-        confidence = apply_heads(self._pair_features(x, [data.responses[i, weak_j, 0] or "" for i in rows]),
-                                 self.coef_, self.intercept_)[:, 0]
+        confidence = apply_heads(
+            self._pair_features(x, [data.responses[i, weak_j, 0] or "" for i in rows]), self.coef_, self.intercept_
+        )[:, 0]
         out = []
         for knob in knobs:
             accept = (confidence >= knob) & outcomes.available[rows, weak]
             weak_cost = np.nan_to_num(outcomes.cost[rows, weak])
-            out.append(Decisions(
-                option=np.where(accept, weak, ref),
-                quality=np.where(accept, outcomes.quality[rows, weak], outcomes.quality[rows, ref]),
-                cost=np.where(accept, weak_cost, weak_cost + outcomes.cost[rows, ref]),
-                escalated=~accept))
+            out.append(
+                Decisions(
+                    option=np.where(accept, weak, ref),
+                    quality=np.where(accept, outcomes.quality[rows, weak], outcomes.quality[rows, ref]),
+                    cost=np.where(accept, weak_cost, weak_cost + outcomes.cost[rows, ref]),
+                    escalated=~accept,
+                )
+            )
         return out
 
     def _params(self) -> dict[str, Any]:
@@ -334,8 +338,9 @@ class OracleRouter(Router):
     def _scores(self, x: np.ndarray) -> np.ndarray:
         raise RouterError("the oracle needs ground-truth quality; it cannot route new prompts")
 
-    def sweep(self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray,
-              knobs: np.ndarray | None = None) -> list[Decisions]:
+    def sweep(
+        self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray, knobs: np.ndarray | None = None
+    ) -> list[Decisions]:
         knobs = self.knob_grid() if knobs is None else knobs
         outcomes = self._outcomes_on(data)
         quality, cost = outcomes.quality[rows], outcomes.cost[rows]
@@ -346,8 +351,14 @@ class OracleRouter(Router):
             # Ties in value go to the cheaper option.
             value = np.where(outcomes.available[rows], quality - knob * cost / ref_cost - 1e-9 * cost, -np.inf)
             choice = value.argmax(axis=1)
-            out.append(Decisions(option=choice, quality=quality[index, choice], cost=cost[index, choice],
-                                 escalated=outcomes.accepted[rows][index, choice] == 0))
+            out.append(
+                Decisions(
+                    option=choice,
+                    quality=quality[index, choice],
+                    cost=cost[index, choice],
+                    escalated=outcomes.accepted[rows][index, choice] == 0,
+                )
+            )
         return out
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -34,16 +34,22 @@ class BestRouteRouter(Router):
     knob: ClassVar[str] = "threshold"
     uses_samples: ClassVar[bool] = True
 
-    def __init__(self, *, C: float = 1.0, prune_dominated: bool = True, max_subsets: int = 64,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, C: float = 1.0, prune_dominated: bool = True, max_subsets: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.C = C
         self.prune_dominated = prune_dominated
         self.max_subsets = max_subsets
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
-        labels = soft_labels(data, train, self.options_, self.reference_, make_selector(self.selector),
-                             max_subsets=self.max_subsets, seed=self.seed)
+        labels = soft_labels(
+            data,
+            train,
+            self.options_,
+            self.reference_,
+            make_selector(self.selector),
+            max_subsets=self.max_subsets,
+            seed=self.seed,
+        )
         labels[:, self.reference_index_] = 1.0  # the reference is always as good as itself
         self.label_mean_ = np.nan_to_num(np.nanmean(labels, axis=0), nan=0.0)
         if self.prune_dominated:
@@ -57,8 +63,11 @@ class BestRouteRouter(Router):
         return scores
 
     def _params(self) -> dict[str, Any]:
-        return super()._params() | {"C": self.C, "prune_dominated": self.prune_dominated,
-                                    "max_subsets": self.max_subsets}
+        return super()._params() | {
+            "C": self.C,
+            "prune_dominated": self.prune_dominated,
+            "max_subsets": self.max_subsets,
+        }
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {"coef": self.coef_, "intercept": self.intercept_}
@@ -114,8 +123,14 @@ class EscalatingBestRouteRouter(BestRouteRouter):
 
     def _make_options(self, data: RoutingDataset, train: np.ndarray) -> list[Option]:
         return super()._make_options(data, train) + escalating_options(
-            data, train, self.reference_, max_n=self.max_n, mix_models=self.mix_models,
-            accept_shares=self.accept_shares, score_confidence=make_selector(self.selector).confidence == "score")
+            data,
+            train,
+            self.reference_,
+            max_n=self.max_n,
+            mix_models=self.mix_models,
+            accept_shares=self.accept_shares,
+            score_confidence=make_selector(self.selector).confidence == "score",
+        )
 
     def knob_grid(self) -> np.ndarray:
         return ESCALATION_GRID
@@ -131,8 +146,16 @@ MIXTURES = ((2, 1.0), (3, 2 / 3), (3, 1.0), (4, 0.75), (4, 1.0), (5, 0.8), (5, 1
 ESCALATION_GRID = np.unique(np.concatenate([THRESHOLD_GRID, np.linspace(0.9, 1.0, 1001)]))
 
 
-def escalating_options(data: RoutingDataset, train: np.ndarray, reference: Option, *, max_n: int,
-                       mix_models: int, accept_shares: tuple[float, ...], score_confidence: bool) -> list[Option]:
+def escalating_options(
+    data: RoutingDataset,
+    train: np.ndarray,
+    reference: Option,
+    *,
+    max_n: int,
+    mix_models: int,
+    accept_shares: tuple[float, ...],
+    score_confidence: bool,
+) -> list[Option]:
     """The verify-and-escalate options of :class:`EscalatingBestRouteRouter` (see there)."""
     ref_j = data.model_index(reference.model)
     cost, quality = data.single_sample_cost()[train], data.quality[train, :, 0]
@@ -142,8 +165,11 @@ def escalating_options(data: RoutingDataset, train: np.ndarray, reference: Optio
     for task in sorted(set(tasks)):
         rows = tasks == task
         answered = (~np.isnan(quality[rows])).mean(axis=0)
-        cheap = [j for j in range(len(data.models)) if j != ref_j and answered[j] >= 0.95
-                 and np.nanmean(cost[rows, j]) <= ref_cost / 3]
+        cheap = [
+            j
+            for j in range(len(data.models))
+            if j != ref_j and answered[j] >= 0.95 and np.nanmean(cost[rows, j]) <= ref_cost / 3
+        ]
         top = sorted(sorted(cheap, key=lambda j: -np.nanmean(quality[rows, j]))[:mix_models])
         for size, accept in MIXTURES:
             for combo in combinations(top, size):

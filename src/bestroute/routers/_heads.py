@@ -32,9 +32,11 @@ def fit_soft_heads(x: np.ndarray, labels: np.ndarray, *, C: float) -> tuple[np.n
         rows = x[known]
         soft = (y > 0.0) & (y < 1.0)
         model = LogisticRegression(C=C, max_iter=2000)
-        model.fit(np.vstack([rows[~soft], rows[soft], rows[soft]]),
-                  np.r_[y[~soft], np.ones(soft.sum()), np.zeros(soft.sum())],
-                  sample_weight=np.r_[np.ones((~soft).sum()), y[soft], 1.0 - y[soft]])
+        model.fit(
+            np.vstack([rows[~soft], rows[soft], rows[soft]]),
+            np.r_[y[~soft], np.ones(soft.sum()), np.zeros(soft.sum())],
+            sample_weight=np.r_[np.ones((~soft).sum()), y[soft], 1.0 - y[soft]],
+        )
         coef[:, h], intercept[h] = model.coef_[0], model.intercept_[0]
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

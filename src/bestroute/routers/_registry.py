@@ -12,6 +12,17 @@ from ._baselines import (
 )
 from ._best_route import BestRouteRouter, EscalatingBestRouteRouter
 
-ROUTERS: dict[str, type[Router]] = {r.name: r for r in (
-    BestRouteRouter, EscalatingBestRouteRouter, KNNRouter, MFRouter, NClassRouter, NLabelRouter, CascadeRouter, RandomRouter,
-    OracleRouter)}
+ROUTERS: dict[str, type[Router]] = {
+    r.name: r
+    for r in (
+        BestRouteRouter,
+        EscalatingBestRouteRouter,
+        KNNRouter,
+        MFRouter,
+        NClassRouter,
+        NLabelRouter,
+        CascadeRouter,
+        RandomRouter,
+        OracleRouter,
+    )
+}

@@ -79,8 +79,7 @@ class Selector(Protocol):
     # agree with it), "score" (its score, a probability) or "none" (it cannot say).
     confidence: ClassVar[str]
 
-    def judge(self, prompt: str, responses: list[str | None],
-              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(agreement (k, k), scores (k,)) of the k samples. Two samples' agreement and one
         sample's score must not depend on the other samples: every subset's judgment is then a
         slice of the judgment of all samples, which is made once (see ``_judgment``)."""
@@ -135,8 +134,7 @@ class MajorityVote:
     name: ClassVar[str] = "majority"
     confidence: ClassVar[str] = "agreement"
 
-    def judge(self, prompt: str, responses: list[str | None],
-              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         answers = [extract_answer(r) for r in responses]
         agreement = np.array([[float(a == b) for b in answers] for a in answers])
         return agreement, np.zeros(len(answers))
@@ -156,8 +154,7 @@ class Consensus:
     name: ClassVar[str] = "consensus"
     confidence: ClassVar[str] = "agreement"
 
-    def judge(self, prompt: str, responses: list[str | None],
-              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tokens = [re.findall(r"\w+", extract_answer(r)) for r in responses]
         agreement = np.array([[_token_f1(a, b) for b in tokens] for a in tokens])
         return agreement, np.zeros(len(tokens))
@@ -169,8 +166,7 @@ class OracleSelector:
     name: ClassVar[str] = "oracle"
     confidence: ClassVar[str] = "none"  # its scores are the truth: accepting on them would cheat
 
-    def judge(self, prompt: str, responses: list[str | None],
-              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return _no_agreement(len(quality)), np.asarray(quality, dtype=float)
 
 
@@ -185,8 +181,7 @@ class RewardModelSelector:
 
         self.model = RewardModel.load(path)
 
-    def judge(self, prompt: str, responses: list[str | None],
-              quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         texts = [r or "" for r in responses]
         return _no_agreement(len(texts)), self.model.score([prompt] * len(texts), texts)
 
@@ -196,8 +191,9 @@ class RewardModelSelector:
         quality = data.quality[rows]
         where = np.argwhere(~np.isnan(quality))
         scores = np.full(quality.shape, np.nan)
-        scores[tuple(where.T)] = self.model.score([data.texts[rows[r]] for r in where[:, 0]],
-                                                  [data.responses[rows[r], j, k] or "" for r, j, k in where])
+        scores[tuple(where.T)] = self.model.score(
+            [data.texts[rows[r]] for r in where[:, 0]], [data.responses[rows[r], j, k] or "" for r, j, k in where]
+        )
         return scores
 
 
@@ -241,8 +237,10 @@ def pick_confidence(selector: Selector, agreement: np.ndarray, scores: np.ndarra
         return float(agreement[picked].mean())
     if selector.confidence == "score":
         return float(scores[picked])
-    raise RouterError(f"selector {selector.name!r} gives no confidence in its pick, so nothing can "
-                      "escalate on it; use consensus, majority or a reward model")
+    raise RouterError(
+        f"selector {selector.name!r} gives no confidence in its pick, so nothing can "
+        "escalate on it; use consensus, majority or a reward model"
+    )
 
 
 def _subsets(k: int, n: int, *, max_subsets: int, rng: np.random.Generator) -> np.ndarray:
@@ -318,8 +316,16 @@ def _judgment(data: RoutingDataset, selector: Selector, i: int, j: int) -> tuple
     return memo[i, j]
 
 
-def soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], reference: Option,
-                selector: Selector, *, max_subsets: int = 64, seed: int = 0) -> np.ndarray:
+def soft_labels(
+    data: RoutingDataset,
+    rows: np.ndarray,
+    options: list[Option],
+    reference: Option,
+    selector: Selector,
+    *,
+    max_subsets: int = 64,
+    seed: int = 0,
+) -> np.ndarray:
     """BEST-Route labels: for each prompt and option, the probability over subsets of n of the
     model's samples (exact when they are few, bootstrap otherwise) and over the reference's
     samples that the selected response's quality is >= the reference response's quality.
@@ -331,8 +337,16 @@ def soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], r
     return memo[key].copy()
 
 
-def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], reference: Option,
-                 selector: Selector, *, max_subsets: int, seed: int) -> np.ndarray:
+def _soft_labels(
+    data: RoutingDataset,
+    rows: np.ndarray,
+    options: list[Option],
+    reference: Option,
+    selector: Selector,
+    *,
+    max_subsets: int,
+    seed: int,
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     ref_j = data.model_index(reference.model)
     if any(option.n > 1 for option in options):
@@ -359,8 +373,9 @@ def _soft_labels(data: RoutingDataset, rows: np.ndarray, options: list[Option], 
                 labels[r, o] = float(np.mean(quality[0] >= ref_q))
                 continue
             agreement, scores = _judgment(data, selector, i, j)
-            picked = np.array([quality[pick(agreement, scores, s)]
-                               for s in _subsets(k, option.n, max_subsets=max_subsets, rng=rng)])
+            picked = np.array(
+                [quality[pick(agreement, scores, s)] for s in _subsets(k, option.n, max_subsets=max_subsets, rng=rng)]
+            )
             labels[r, o] = float(np.mean(picked[:, None] >= ref_q[None, :]))
     return labels
 
@@ -382,8 +397,9 @@ class OptionOutcomes:
     accepted: np.ndarray  # (P, O) 1 where the option kept its own pick, 0 where it escalated; NaN if unavailable
 
 
-def option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector,
-                    reference: Option | None = None) -> OptionOutcomes:
+def option_outcomes(
+    data: RoutingDataset, options: list[Option], selector: Selector, reference: Option | None = None
+) -> OptionOutcomes:
     """Outcomes of ``options`` on every prompt; escalating options need the ``reference``."""
     memo = _memo(data, selector)
     key = ("outcomes", tuple(options), reference)
@@ -392,8 +408,9 @@ def option_outcomes(data: RoutingDataset, options: list[Option], selector: Selec
     return memo[key]
 
 
-def _option_outcomes(data: RoutingDataset, options: list[Option], selector: Selector,
-                     reference: Option | None) -> OptionOutcomes:
+def _option_outcomes(
+    data: RoutingDataset, options: list[Option], selector: Selector, reference: Option | None
+) -> OptionOutcomes:
     shape = (data.n_prompts, len(options))
     quality, cost, accepted = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     if any(option.n > 1 for option in options):
@@ -403,9 +420,9 @@ def _option_outcomes(data: RoutingDataset, options: list[Option], selector: Sele
             quality[:, o], cost[:, o], accepted[:, o] = _composite_outcomes(data, option, selector, reference)
             continue
         j = data.model_index(option.model)
-        q = data.quality[:, j, :option.n]
+        q = data.quality[:, j, : option.n]
         ok = ~np.isnan(q).any(axis=1)
-        cost[ok, o] = data.input_cost[ok, j] + data.output_cost[ok, j, :option.n].sum(axis=1)
+        cost[ok, o] = data.input_cost[ok, j] + data.output_cost[ok, j, : option.n].sum(axis=1)
         accepted[ok, o] = 1.0
         if option.n == 1:
             quality[ok, o] = q[ok, 0]
@@ -417,8 +434,9 @@ def _option_outcomes(data: RoutingDataset, options: list[Option], selector: Sele
     return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality), accepted=accepted)
 
 
-def _composite_outcomes(data: RoutingDataset, option: Option, selector: Selector,
-                        reference: Option | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _composite_outcomes(
+    data: RoutingDataset, option: Option, selector: Selector, reference: Option | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(quality, cost, accepted) per prompt of a mixture or escalating option, made once per
     option: the first n samples of each of its models are judged together, the selector picks
     one, and an escalating option keeps it only when its confidence reaches ``accept``."""

@@ -50,9 +50,11 @@ class Budgets:
     def limits(self, client: str | None) -> BudgetLimits:
         own = self.config.per_key.get(client or "")
         return BudgetLimits(
-            requests_per_minute=own.requests_per_minute if own and own.requests_per_minute is not None
+            requests_per_minute=own.requests_per_minute
+            if own and own.requests_per_minute is not None
             else self.config.requests_per_minute,
-            usd_per_day=own.usd_per_day if own and own.usd_per_day is not None else self.config.usd_per_day)
+            usd_per_day=own.usd_per_day if own and own.usd_per_day is not None else self.config.usd_per_day,
+        )
 
     def admit(self, client: str | None) -> None:
         """Count a request of ``client``, or raise RateLimited if it is over a limit."""
@@ -64,13 +66,19 @@ class Budgets:
         spent = self._others_spent.get(client, 0.0) + usage.spent_usd
         if limits.usd_per_day is not None and spent >= limits.usd_per_day:
             midnight = (self._day + 1) * 86_400
-            raise RateLimited(f"this API key has spent its {limits.usd_per_day:g} USD for today (UTC)",
-                              retry_after=midnight - now, code="insufficient_quota")
+            raise RateLimited(
+                f"this API key has spent its {limits.usd_per_day:g} USD for today (UTC)",
+                retry_after=midnight - now,
+                code="insufficient_quota",
+            )
         recent = self._others_requests.get(client, 0) + len(usage.admitted)
         if limits.requests_per_minute is not None and recent >= limits.requests_per_minute:
             wait = usage.admitted[0] + WINDOW_S - now if usage.admitted else self.config.refresh_s
-            raise RateLimited(f"this API key is over its {limits.requests_per_minute} requests per minute",
-                              retry_after=wait, code="rate_limit_exceeded")
+            raise RateLimited(
+                f"this API key is over its {limits.requests_per_minute} requests per minute",
+                retry_after=wait,
+                code="rate_limit_exceeded",
+            )
         usage.admitted.append(now)
 
     def charge(self, client: str | None, cost_usd: float) -> None:
@@ -90,11 +98,17 @@ class Budgets:
         while True:
             try:
                 self._others_requests, self._others_spent = await asyncio.to_thread(
-                    self.log.usage_by_client, since=time.time() - WINDOW_S, day_start=self._day * 86_400.0,
-                    except_id_prefix=f"chatcmpl-{self.replica}")
+                    self.log.usage_by_client,
+                    since=time.time() - WINDOW_S,
+                    day_start=self._day * 86_400.0,
+                    except_id_prefix=f"chatcmpl-{self.replica}",
+                )
             except Exception as exc:  # noqa: BLE001 -- keep the last reading and go on: budgets hold, a little stale
-                _logger.warning("budgets: cannot read the shared usage (%s: %s)", type(exc).__name__,
-                                str(exc).splitlines()[0][:200] if str(exc) else "")
+                _logger.warning(
+                    "budgets: cannot read the shared usage (%s: %s)",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                )
             await asyncio.sleep(self.config.refresh_s)
 
 

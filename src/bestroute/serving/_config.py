@@ -28,10 +28,12 @@ class BackendConfig(_Section):
     input_usd_per_mtok: float = Field(default=0.0, ge=0)
     output_usd_per_mtok: float = Field(default=0.0, ge=0)
     max_n: int = Field(default=5, ge=1, le=64)
-    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="per try: a whole answer, or a stream's "
-                                                                        "first chunk")
-    stream_idle_s: float = Field(default=30.0, gt=0, le=3600,
-                                 description="longest wait between two chunks once a stream has started")
+    timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="per try: a whole answer, or a stream's first chunk"
+    )
+    stream_idle_s: float = Field(
+        default=30.0, gt=0, le=3600, description="longest wait between two chunks once a stream has started"
+    )
     supports_n: bool = Field(default=False, description="the upstream returns n choices for one request")
     max_response_bytes: int = Field(default=16 * 2**20, ge=1024, description="a larger answer is a 502")
 
@@ -80,24 +82,30 @@ class SelectorConfig(_Section):
 class RetryConfig(_Section):
     attempts: int = Field(default=3, ge=1, le=10, description="tries per backend, first included")
     backoff_s: float = Field(default=0.2, ge=0, description="first wait; doubles each retry")
-    max_retry_after_s: float = Field(default=30.0, ge=0, description="longest upstream Retry-After honoured; "
-                                                                     "a longer one fails over at once")
-    budget_ratio: float = Field(default=0.2, ge=0, le=1, description="retries in flight per backend, as a share "
-                                                                     "of its requests in flight")
+    max_retry_after_s: float = Field(
+        default=30.0, ge=0, description="longest upstream Retry-After honoured; a longer one fails over at once"
+    )
+    budget_ratio: float = Field(
+        default=0.2, ge=0, le=1, description="retries in flight per backend, as a share of its requests in flight"
+    )
     budget_min: int = Field(default=3, ge=0, description="retries in flight always allowed per backend")
 
 
 class CircuitConfig(_Section):
     failures: int = Field(default=5, ge=1, description="consecutive failures that eject a backend")
-    reset_s: float = Field(default=30.0, gt=0, description="first ejection's length; each ejection soon after "
-                                                          "another lasts one reset_s longer")
+    reset_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="first ejection's length; each ejection soon after another lasts one reset_s longer",
+    )
     max_ejection_s: float = Field(default=300.0, gt=0, description="longest ejection")
 
 
 class TimeoutConfig(_Section):
     request_s: float = Field(default=300.0, gt=0, description="deadline of a request across all its attempts")
-    max_request_s: float = Field(default=900.0, gt=0, description="largest deadline a client may ask for "
-                                                                  "(header x-bestroute-timeout)")
+    max_request_s: float = Field(
+        default=900.0, gt=0, description="largest deadline a client may ask for (header x-bestroute-timeout)"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "TimeoutConfig":
@@ -110,10 +118,12 @@ class LimitsConfig(_Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_messages: int = Field(default=256, ge=1)
     max_json_depth: int = Field(default=64, ge=4, le=512, description="nesting of the request body")
-    max_connections: int = Field(default=4096, ge=2, description="open client connections; beyond it the "
-                                                                 "oldest idle one is closed, or 503")
-    max_concurrent_requests: int = Field(default=1024, ge=1, description="chat requests in progress; beyond "
-                                                                         "it a fast 503")
+    max_connections: int = Field(
+        default=4096, ge=2, description="open client connections; beyond it the oldest idle one is closed, or 503"
+    )
+    max_concurrent_requests: int = Field(
+        default=1024, ge=1, description="chat requests in progress; beyond it a fast 503"
+    )
     header_timeout_s: float = Field(default=10.0, gt=0, description="to receive a request's headers")
     body_timeout_s: float = Field(default=30.0, gt=0, description="to receive a request's body")
     keep_alive_s: int = Field(default=5, ge=1, description="an idle keep-alive connection is closed after")
@@ -122,8 +132,10 @@ class LimitsConfig(_Section):
 class DecisionLogConfig(_Section):
     url: str = Field(default="sqlite:///bestroute-decisions.db", description="SQLAlchemy URL")
     store_prompts: bool = Field(default=False, description="keep prompt and response texts")
-    dead_letter_path: Path = Field(default=Path("bestroute-dead-letters.jsonl"),
-                                   description="rows the database refused, or that could not wait for it")
+    dead_letter_path: Path = Field(
+        default=Path("bestroute-dead-letters.jsonl"),
+        description="rows the database refused, or that could not wait for it",
+    )
     max_backlog: int = Field(default=100_000, ge=1, description="rows kept in memory while the database is away")
 
     @field_validator("url")
@@ -144,8 +156,9 @@ class BudgetLimits(_Section):
 class BudgetConfig(BudgetLimits):
     """Limits per client key (for every key; ``per_key`` overrides by the key's fingerprint)."""
 
-    per_key: dict[str, BudgetLimits] = Field(default_factory=dict, description="fingerprint (client_key_id in "
-                                                                               "the decision log) -> limits")
+    per_key: dict[str, BudgetLimits] = Field(
+        default_factory=dict, description="fingerprint (client_key_id in the decision log) -> limits"
+    )
     shared: bool = Field(default=False, description="count every replica's usage, from the decision log's database")
     refresh_s: float = Field(default=2.0, gt=0, description="how often a replica reads the shared usage")
 
@@ -153,19 +166,22 @@ class BudgetConfig(BudgetLimits):
 class AdminConfig(_Section):
     """Who may read /metrics, /healthz's details and the API docs (/docs, /redoc, /openapi.json)."""
 
-    api_keys_env: str | None = Field(default=None, description="variable with comma-separated admin keys; "
-                                                               "unset: the client keys")
+    api_keys_env: str | None = Field(
+        default=None, description="variable with comma-separated admin keys; unset: the client keys"
+    )
     open: bool = Field(default=False, description="no key needed (e.g. the port is only on a private network)")
 
 
 class GatewayConfig(_Section):
-    router: Path | None = Field(default=None, description="router artifact from `bestroute train` "
-                                                           "(needed by serve, not by collect)")
+    router: Path | None = Field(
+        default=None, description="router artifact from `bestroute train` (needed by serve, not by collect)"
+    )
     threshold: float | None = Field(default=None, ge=0, description="default knob; None: the artifact's default")
     backends: list[BackendConfig] = Field(min_length=1)
     selector: SelectorConfig = SelectorConfig()
     client_api_keys_env: str | None = Field(
-        default=None, description="variable with comma-separated client keys; unset: no auth")
+        default=None, description="variable with comma-separated client keys; unset: no auth"
+    )
     retries: RetryConfig = RetryConfig()
     circuit_breaker: CircuitConfig = CircuitConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -173,9 +189,13 @@ class GatewayConfig(_Section):
     timeouts: TimeoutConfig = TimeoutConfig()
     admin: AdminConfig = AdminConfig()
     budgets: BudgetConfig = BudgetConfig()
-    reload_poll_s: float = Field(default=2.0, ge=0, description="check the configuration and router files "
-                                                                "for changes this often (0: only SIGHUP and "
-                                                                "POST /admin/reload)")
+    reload_poll_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="check the configuration and router files "
+        "for changes this often (0: only SIGHUP and "
+        "POST /admin/reload)",
+    )
 
     @field_validator("threshold")
     @classmethod
@@ -236,13 +256,17 @@ def load_config(path: str | Path) -> GatewayConfig:
     if config.router is not None and not config.router.is_absolute():
         config = config.model_copy(update={"router": path.parent / config.router})
     database = make_url(config.decision_log.url)
-    if (database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:")
-            and not Path(database.database).is_absolute()):
+    if (
+        database.get_backend_name() == "sqlite"
+        and database.database not in (None, "", ":memory:")
+        and not Path(database.database).is_absolute()
+    ):
         url = database.set(database=str(path.parent / database.database)).render_as_string(hide_password=False)
         config = config.model_copy(update={"decision_log": config.decision_log.model_copy(update={"url": url})})
     if not config.decision_log.dead_letter_path.is_absolute():
         log = config.decision_log.model_copy(
-            update={"dead_letter_path": path.parent / config.decision_log.dead_letter_path})
+            update={"dead_letter_path": path.parent / config.decision_log.dead_letter_path}
+        )
         config = config.model_copy(update={"decision_log": log})
     if config.selector.path is not None and not config.selector.path.is_absolute():
         selector = config.selector.model_copy(update={"path": path.parent / config.selector.path})

@@ -51,8 +51,9 @@ class UpstreamRejectedRequest(GatewayError):
 
     type = "invalid_request_error"
 
-    def __init__(self, status: int, message: str, *, type_: str | None, param: str | None, code: str | None,
-                 backend: str) -> None:
+    def __init__(
+        self, status: int, message: str, *, type_: str | None, param: str | None, code: str | None, backend: str
+    ) -> None:
         super().__init__(message, param=param, code=code)
         self.status, self.type = status, type_ or self.type
         self.headers = {"x-bestroute-model": backend}

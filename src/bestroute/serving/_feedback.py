@@ -54,8 +54,9 @@ class FeedbackService:
             try:
                 found = await asyncio.to_thread(self.log.owner, request_id)
             except SQLAlchemyError:
-                raise LogUnavailable("the decision log's database is unavailable; send the feedback again "
-                                     "later") from None
+                raise LogUnavailable(
+                    "the decision log's database is unavailable; send the feedback again later"
+                ) from None
             if found[0] or time.monotonic() + pause > give_up:
                 return found
             await asyncio.sleep(pause)

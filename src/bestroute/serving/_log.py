@@ -51,7 +51,8 @@ _logger = logging.getLogger(__name__)
 metadata = MetaData()
 
 decisions = Table(
-    "decisions", metadata,
+    "decisions",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("created_at", Float, nullable=False, index=True),
     Column("prompt_hash", String(64), nullable=False, index=True),
@@ -76,13 +77,15 @@ decisions = Table(
 )
 
 feedback = Table(
-    "feedback", metadata,
+    "feedback",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("decision_id", String(64), nullable=False, index=True),
     Column("quality", Float, nullable=False),
     Column("comment", Text),
     Column("created_at", Float, nullable=False),
 )
+
 
 def _sqlite_wal(connection: Any, _: Any) -> None:
     # WAL with synchronous=NORMAL: a commit does not fsync, readers never block the writer,
@@ -166,8 +169,10 @@ class DeadLetters:
         self._lock = threading.Lock()
 
     def add(self, rows: list[Entry], reason: str) -> None:
-        lines = "".join(json.dumps({"reason": reason, "at": time.time(), "table": table.name, "row": r},
-                                   default=str) + "\n" for table, r in rows)
+        lines = "".join(
+            json.dumps({"reason": reason, "at": time.time(), "table": table.name, "row": r}, default=str) + "\n"
+            for table, r in rows
+        )
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="ascii") as handle:
@@ -187,8 +192,9 @@ class DecisionLog:
     ``max_backlog`` of them; the oldest beyond that, and any still waiting at shutdown, go to
     the dead-letter file too. Nothing is dropped, and the writer thread survives any error."""
 
-    def __init__(self, url: str, *, dead_letter_path: Path, max_backlog: int = 100_000,
-                 batch_window_s: float = 0.05) -> None:
+    def __init__(
+        self, url: str, *, dead_letter_path: Path, max_backlog: int = 100_000, batch_window_s: float = 0.05
+    ) -> None:
         self.batch_window_s = batch_window_s
         self.max_backlog = max_backlog
         self.engine = _open(url)
@@ -214,8 +220,9 @@ class DecisionLog:
 
     def write_feedback(self, decision_id: str, quality: float, comment: str | None) -> None:
         """Queued like a decision, and written after it: feedback waits out an outage too."""
-        self._pending.append((feedback, {"decision_id": decision_id, "quality": quality, "comment": comment,
-                                         "created_at": time.time()}))
+        self._pending.append(
+            (feedback, {"decision_id": decision_id, "quality": quality, "comment": comment, "created_at": time.time()})
+        )
 
     def flush(self) -> bool:
         """Write every row queued so far; False if the database is away (the rows keep waiting)."""
@@ -279,7 +286,9 @@ class DecisionLog:
             try:
                 clean, changed = sanitize_row(row, table)
             except Exception as exc:  # noqa: BLE001 -- not a row at all: set it aside, write the others
-                self.dead_letters.add([(table, row)], f"not a {table.name.removesuffix('s')} row ({type(exc).__name__}: {exc})")
+                self.dead_letters.add(
+                    [(table, row)], f"not a {table.name.removesuffix('s')} row ({type(exc).__name__}: {exc})"
+                )
                 continue
             self.repaired += changed
             kept.append((table, row))
@@ -304,20 +313,24 @@ class DecisionLog:
             except Exception as exc:  # noqa: BLE001 -- as above: a refused row is dead-lettered
                 if _is_outage(exc):
                     return kept[i:]
-                self.dead_letters.add([entry], f"refused by the database ({type(exc).__name__}: "
-                                               f"{_first_line(exc)})")
+                self.dead_letters.add([entry], f"refused by the database ({type(exc).__name__}: {_first_line(exc)})")
         return []
 
-    def usage_by_client(self, *, since: float, day_start: float, except_id_prefix: str
-                        ) -> tuple[dict[str | None, int], dict[str | None, float]]:
+    def usage_by_client(
+        self, *, since: float, day_start: float, except_id_prefix: str
+    ) -> tuple[dict[str | None, int], dict[str | None, float]]:
         """Per client key fingerprint: requests logged since ``since`` and cost since ``day_start``,
         leaving out the rows whose id starts with ``except_id_prefix`` (a replica's own)."""
         recent = func.sum(case((decisions.c.created_at >= since, 1), else_=0))
         spent = func.sum(case((decisions.c.created_at >= day_start, decisions.c.cost_usd), else_=0.0))
-        query = (select(decisions.c.client_key_id, recent, spent)
-                 .where(decisions.c.created_at >= min(since, day_start),
-                        ~decisions.c.id.startswith(except_id_prefix, autoescape=True))
-                 .group_by(decisions.c.client_key_id))
+        query = (
+            select(decisions.c.client_key_id, recent, spent)
+            .where(
+                decisions.c.created_at >= min(since, day_start),
+                ~decisions.c.id.startswith(except_id_prefix, autoescape=True),
+            )
+            .group_by(decisions.c.client_key_id)
+        )
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return {r[0]: int(r[1] or 0) for r in rows}, {r[0]: float(r[2] or 0.0) for r in rows}
@@ -325,8 +338,9 @@ class DecisionLog:
     def owner(self, decision_id: str) -> tuple[bool, str | None]:
         """Whether the request ``decision_id`` was answered (status 200) and its client key's fingerprint."""
         with self.engine.connect() as connection:
-            found = connection.execute(select(decisions.c.client_key_id).where(
-                decisions.c.id == decision_id, decisions.c.status == 200)).first()
+            found = connection.execute(
+                select(decisions.c.client_key_id).where(decisions.c.id == decision_id, decisions.c.status == 200)
+            ).first()
         return (True, found[0]) if found is not None else (False, None)
 
 
@@ -365,8 +379,10 @@ def replay_dead_letters(url: str, path: Path) -> tuple[int, int]:
             except Exception as exc:  # noqa: BLE001 -- a line that cannot be replayed stays in the file
                 if _is_outage(exc):
                     kept += lines[number:]
-                    raise BestRouteError(f"the decision-log database is unavailable ({_first_line(exc)}); "
-                                         f"{len(lines) - number} rows stay in {path}") from None
+                    raise BestRouteError(
+                        f"the decision-log database is unavailable ({_first_line(exc)}); "
+                        f"{len(lines) - number} rows stay in {path}"
+                    ) from None
                 _logger.warning("dead letter %d refused again (%s)", number + 1, _first_line(exc))
                 kept.append(line)
     finally:
@@ -390,8 +406,10 @@ def export_log(config: GatewayConfig, out: Path) -> int:
     engine.dispose()
     usable = [r for r in rows if r["prompt"] is not None and r["id"] in scores]
     if not usable:
-        raise BestRouteError("no logged request has both a stored prompt and feedback; turn on "
-                             "decision_log.store_prompts and post feedback to /v1/feedback")
+        raise BestRouteError(
+            "no logged request has both a stored prompt and feedback; turn on "
+            "decision_log.store_prompts and post feedback to /v1/feedback"
+        )
     out.mkdir(parents=True, exist_ok=True)
     with (out / "prompts.jsonl").open("w", encoding="utf-8") as handle:
         for r in usable:
@@ -399,12 +417,24 @@ def export_log(config: GatewayConfig, out: Path) -> int:
     with gzip.open(out / "responses.jsonl.gz", "wt", encoding="utf-8") as handle:
         for r in usable:
             quality = scores[r["id"]]
-            handle.write(json.dumps({
-                "prompt_id": r["id"], "model": r["model"], "sample": 0, "quality": sum(quality) / len(quality),
-                "input_tokens": r["call_input_tokens"] or 0, "output_tokens": r["response_tokens"] or 0,
-                "response": r["response"]}) + "\n")
-    models = {b.name: {"input_usd_per_mtok": b.input_usd_per_mtok, "output_usd_per_mtok": b.output_usd_per_mtok}
-              for b in config.backends}
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt_id": r["id"],
+                        "model": r["model"],
+                        "sample": 0,
+                        "quality": sum(quality) / len(quality),
+                        "input_tokens": r["call_input_tokens"] or 0,
+                        "output_tokens": r["response_tokens"] or 0,
+                        "response": r["response"],
+                    }
+                )
+                + "\n"
+            )
+    models = {
+        b.name: {"input_usd_per_mtok": b.input_usd_per_mtok, "output_usd_per_mtok": b.output_usd_per_mtok}
+        for b in config.backends
+    }
     (out / "models.json").write_text(json.dumps({"models": models}, indent=1))
     return len(usable)
 

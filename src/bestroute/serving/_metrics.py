@@ -13,26 +13,45 @@ from ._log import DecisionLog
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("bestroute_requests_total", "Chat completion requests by answering model, n "
-                                "and HTTP status", ["model", "n", "status"], registry=self.registry)
-        self.latency = Histogram("bestroute_request_seconds", "Request wall time", ["model"], registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-        self.routing_seconds = Histogram("bestroute_routing_seconds", "Router decision time (features + heads)",
-                                         registry=self.registry,
-                                         buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05))
-        self.tokens = Counter("bestroute_tokens_total", "Tokens over all samples", ["model", "kind"],
-                              registry=self.registry)
-        self.cost = Counter("bestroute_cost_usd_total", "Cost of all samples in USD", ["model"],
-                            registry=self.registry)
-        self.escalations = Counter("bestroute_escalations_total", "Escalating options' outcomes: the pick "
-                                   "accepted, or escalated to the reference", ["option", "outcome"],
-                                   registry=self.registry)
-        self.upstream_failures = Counter("bestroute_upstream_failures_total",
-                                         "Backend calls that failed after retries", ["backend"],
-                                         registry=self.registry)
+        self.requests = Counter(
+            "bestroute_requests_total",
+            "Chat completion requests by answering model, n and HTTP status",
+            ["model", "n", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "bestroute_request_seconds",
+            "Request wall time",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.routing_seconds = Histogram(
+            "bestroute_routing_seconds",
+            "Router decision time (features + heads)",
+            registry=self.registry,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+        )
+        self.tokens = Counter(
+            "bestroute_tokens_total", "Tokens over all samples", ["model", "kind"], registry=self.registry
+        )
+        self.cost = Counter("bestroute_cost_usd_total", "Cost of all samples in USD", ["model"], registry=self.registry)
+        self.escalations = Counter(
+            "bestroute_escalations_total",
+            "Escalating options' outcomes: the pick accepted, or escalated to the reference",
+            ["option", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_failures = Counter(
+            "bestroute_upstream_failures_total",
+            "Backend calls that failed after retries",
+            ["backend"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, int, int], tuple[Any, ...]] = {}
-        self.circuit_open = Gauge("bestroute_circuit_open", "1 while a backend's circuit is open", ["backend"],
-                                  registry=self.registry)
+        self.circuit_open = Gauge(
+            "bestroute_circuit_open", "1 while a backend's circuit is open", ["backend"], registry=self.registry
+        )
 
     def watch_log(self, log: DecisionLog) -> None:
         self.registry.register(_DecisionLogCollector(log))
@@ -40,15 +59,27 @@ class GatewayMetrics:
     def watch_circuit(self, backend: str, is_open: Callable[[], bool]) -> None:
         self.circuit_open.labels(backend=backend).set_function(lambda: float(is_open()))
 
-    def observe(self, *, model: str, n: int, status: int, seconds: float, prompt_tokens: int,
-                completion_tokens: int, cost_usd: float) -> None:
+    def observe(
+        self,
+        *,
+        model: str,
+        n: int,
+        status: int,
+        seconds: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+    ) -> None:
         key = (model, n, status)
         children = self._children.get(key)
         if children is None:  # labels() is the slow part of an update; its children are kept
             children = self._children[key] = (
-                self.requests.labels(model=model, n=str(n), status=str(status)), self.latency.labels(model=model),
-                self.tokens.labels(model=model, kind="prompt"), self.tokens.labels(model=model, kind="completion"),
-                self.cost.labels(model=model))
+                self.requests.labels(model=model, n=str(n), status=str(status)),
+                self.latency.labels(model=model),
+                self.tokens.labels(model=model, kind="prompt"),
+                self.tokens.labels(model=model, kind="completion"),
+                self.cost.labels(model=model),
+            )
         requests, latency, prompt, completion, cost = children
         requests.inc()
         latency.observe(seconds)
@@ -67,9 +98,14 @@ class _DecisionLogCollector(Collector):
         self.log = log
 
     def collect(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily("bestroute_decision_log_backlog", "Rows waiting for the database",
-                                value=self.log.backlog)
-        yield CounterMetricFamily("bestroute_decision_log_repaired", "Rows sanitised before the database took them",
-                                  value=self.log.repaired)
-        yield CounterMetricFamily("bestroute_decision_log_dead_letters", "Rows written to the dead-letter file",
-                                  value=self.log.dead_letters.count)
+        yield GaugeMetricFamily(
+            "bestroute_decision_log_backlog", "Rows waiting for the database", value=self.log.backlog
+        )
+        yield CounterMetricFamily(
+            "bestroute_decision_log_repaired", "Rows sanitised before the database took them", value=self.log.repaired
+        )
+        yield CounterMetricFamily(
+            "bestroute_decision_log_dead_letters",
+            "Rows written to the dead-letter file",
+            value=self.log.dead_letters.count,
+        )

@@ -71,18 +71,25 @@ def load_serving(config: GatewayConfig) -> Loaded:
         if missing:
             raise ConfigError(f"the router's option {option.label!r} mixes {missing[0]!r}, which has no backend")
     if config.threshold is not None and router.knob == "threshold" and config.threshold > 1:
-        raise ConfigError(f"threshold: {config.threshold:g} is not between 0 and 1 (router {router.name!r} "
-                          "routes on a predicted-quality threshold)")
+        raise ConfigError(
+            f"threshold: {config.threshold:g} is not between 0 and 1 (router {router.name!r} "
+            "routes on a predicted-quality threshold)"
+        )
     trained_with = _selector_of(router)
     if "selector" not in config.model_fields_set:
         config = config.model_copy(update={"selector": trained_with})
     escalating = [o for o in active if o.accept is not None]
     if escalating and config.selector != trained_with:
-        raise ConfigError(f"the router's option {escalating[0].label!r} escalates on the confidence of the selector "
-                          f"it was trained with ({router.selector}); the configuration's selector "
-                          f"({config.selector.kind}) would make its thresholds meaningless: remove `selector`")
-    reward_model = RewardModel.load(config.selector.path) if config.selector.path is not None and \
-        config.selector.kind == "reward-model" else None
+        raise ConfigError(
+            f"the router's option {escalating[0].label!r} escalates on the confidence of the selector "
+            f"it was trained with ({router.selector}); the configuration's selector "
+            f"({config.selector.kind}) would make its thresholds meaningless: remove `selector`"
+        )
+    reward_model = (
+        RewardModel.load(config.selector.path)
+        if config.selector.path is not None and config.selector.kind == "reward-model"
+        else None
+    )
     backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
     return Loaded(config, router, reward_model, backend_keys, ArtifactInfo.of(config.router))
 
@@ -93,8 +100,10 @@ def _selector_of(router: Router) -> SelectorConfig:
     kind, _, path = router.selector.partition(":")
     if kind == "reward-model" and path:
         if not Path(path).is_file():
-            raise ConfigError(f"the router was trained with the reward model {path}, which does not exist; "
-                              "restore it or set `selector` in the configuration")
+            raise ConfigError(
+                f"the router was trained with the reward model {path}, which does not exist; "
+                "restore it or set `selector` in the configuration"
+            )
         return SelectorConfig(kind="reward-model", path=Path(path))
     if kind in ("consensus", "majority"):
         return SelectorConfig(kind=kind)
@@ -104,8 +113,13 @@ def _selector_of(router: Router) -> SelectorConfig:
 class Reloader:
     """Reloads ``config_path`` (and the files it names) into ``app.state.service`` with ``build``."""
 
-    def __init__(self, app: Any, config_path: Path | None, loaded: Loaded,
-                 build: Callable[[Loaded, "ChatService | None"], "ChatService"]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        config_path: Path | None,
+        loaded: Loaded,
+        build: Callable[[Loaded, "ChatService | None"], "ChatService"],
+    ) -> None:
         self.app, self.config_path, self.build = app, config_path, build
         self.current = loaded
         self.loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -123,19 +137,24 @@ class Reloader:
             except BestRouteError as exc:
                 _logger.error("reload (%s) refused: %s; still serving %s", reason, exc, self.current.artifact.path)
                 raise
-            changed = [key for key in RESTART_ONLY
-                       if getattr(loaded.config, key) != getattr(self.current.config, key)]
+            changed = [key for key in RESTART_ONLY if getattr(loaded.config, key) != getattr(self.current.config, key)]
             if changed:
-                _logger.warning("reload (%s): %s changed and takes effect at the next restart", reason,
-                                ", ".join(changed))
-                loaded = Loaded(loaded.config.model_copy(update={k: getattr(self.current.config, k)
-                                                                  for k in RESTART_ONLY}),
-                                loaded.router, loaded.reward_model, loaded.backend_keys, loaded.artifact)
+                _logger.warning(
+                    "reload (%s): %s changed and takes effect at the next restart", reason, ", ".join(changed)
+                )
+                loaded = Loaded(
+                    loaded.config.model_copy(update={k: getattr(self.current.config, k) for k in RESTART_ONLY}),
+                    loaded.router,
+                    loaded.reward_model,
+                    loaded.backend_keys,
+                    loaded.artifact,
+                )
             service = self.build(loaded, self.app.state.service)
             self.app.state.service, self.current = service, loaded
             self.loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-            _logger.warning("reload (%s): serving %s (sha256 %s)", reason, loaded.artifact.path,
-                            loaded.artifact.sha256[:16])
+            _logger.warning(
+                "reload (%s): serving %s (sha256 %s)", reason, loaded.artifact.path, loaded.artifact.sha256[:16]
+            )
             return service
 
     async def _reload_logged(self, reason: str) -> None:
@@ -146,7 +165,8 @@ class Reloader:
         """Reload on SIGHUP (only where the server runs in the main thread, as `bestroute serve` does)."""
         with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(
-                signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_logged("SIGHUP")))
+                signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_logged("SIGHUP"))
+            )
 
     async def watch(self, poll_s: float) -> None:
         """Reload when the configuration file or a file it names changes (checked every ``poll_s``)."""

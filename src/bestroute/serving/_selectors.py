@@ -58,8 +58,9 @@ class RewardSelector:
 
     async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
         try:
-            async with self.session.post(self.url, json={"prompt": prompt, "responses": responses},
-                                         timeout=self.timeout, raise_for_status=True) as answer:
+            async with self.session.post(
+                self.url, json={"prompt": prompt, "responses": responses}, timeout=self.timeout, raise_for_status=True
+            ) as answer:
                 scores = [float(s) for s in (await answer.json(content_type=None))["scores"]]
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
             raise UpstreamError("reward-model", f"no usable scores ({type(exc).__name__})") from exc
@@ -90,16 +91,21 @@ class JudgeSelector:
     async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
         candidates = "\n\n".join(f"Answer {i + 1}:\n{r}" for i, r in enumerate(responses))
         message = _JUDGE_PROMPT.format(prompt=prompt, candidates=candidates)
-        result = await self.judge.complete({"messages": [{"role": "user", "content": message}],
-                                            "temperature": 0, "max_tokens": 8}, 1)
+        result = await self.judge.complete(
+            {"messages": [{"role": "user", "content": message}], "temperature": 0, "max_tokens": 8}, 1
+        )
         match = re.search(r"\d+", result.texts[0])
         if match and 1 <= int(match.group()) <= len(responses):
             return int(match.group()) - 1, None
         return 0, None  # an unusable verdict keeps the first sample rather than failing the request
 
 
-def make_serving_selector(config: SelectorConfig, session: aiohttp.ClientSession,
-                          upstreams: dict[str, Upstream], reward_model: RewardModel | None) -> ServingSelector:
+def make_serving_selector(
+    config: SelectorConfig,
+    session: aiohttp.ClientSession,
+    upstreams: dict[str, Upstream],
+    reward_model: RewardModel | None,
+) -> ServingSelector:
     """``reward_model``: for kind ``reward-model``, the one ``config.path`` names, loaded before
     start-up (a missing or stale file is then a configuration error, not a failed start-up)."""
     if reward_model is not None:

@@ -18,11 +18,20 @@ from ._config import LimitsConfig
 if TYPE_CHECKING:
     from .app import Gateway
 
-_REFUSAL_BODY = json.dumps({"error": {"message": "the gateway has too many connections; retry shortly",
-                                      "type": "service_unavailable", "param": None, "code": None}}).encode()
-_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-            b"connection: close\r\ncontent-length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n"
-            + _REFUSAL_BODY)
+_REFUSAL_BODY = json.dumps(
+    {
+        "error": {
+            "message": "the gateway has too many connections; retry shortly",
+            "type": "service_unavailable",
+            "param": None,
+            "code": None,
+        }
+    }
+).encode()
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY
+)
 _REFUSED_LINGER_S = 1.0  # a refused client's request is read and dropped, so closing does not reset the 503
 
 
@@ -82,16 +91,20 @@ def limited_protocol(limits: LimitsConfig) -> type[asyncio.Protocol]:
 def server_config(gateway: "Gateway", *, host: str, port: int, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for ``gateway`` with its connection limits."""
     limits = gateway.config.limits
-    return uvicorn.Config(gateway, host=host, port=port, http=limited_protocol(limits),
-                          timeout_keep_alive=limits.keep_alive_s, **options)
+    return uvicorn.Config(
+        gateway, host=host, port=port, http=limited_protocol(limits), timeout_keep_alive=limits.keep_alive_s, **options
+    )
 
 
 def run_gateway(gateway: "Gateway", *, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM, then finish the requests in progress (up to 30 s) and drain
     the decision log. Access lines are off (the decision log records every request)."""
     raise_open_files_limit()
-    uvicorn.Server(server_config(gateway, host=host, port=port, log_level="warning", access_log=False,
-                                 timeout_graceful_shutdown=30)).run()
+    uvicorn.Server(
+        server_config(
+            gateway, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30
+        )
+    ).run()
 
 
 def raise_open_files_limit() -> int:

@@ -150,8 +150,9 @@ class Upstream:
         return self.config.name
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.config.input_usd_per_mtok
-                + completion_tokens * self.config.output_usd_per_mtok) / 1e6
+        return (
+            prompt_tokens * self.config.input_usd_per_mtok + completion_tokens * self.config.output_usd_per_mtok
+        ) / 1e6
 
     async def complete(self, body: dict[str, Any], n: int, deadline: Deadline = NO_DEADLINE) -> Completion:
         """n samples: one request asking for n where the backend honours it, else n at once."""
@@ -162,12 +163,16 @@ class Upstream:
             return result
         single = {k: v for k, v in body.items() if k != "n"}
         parts = await asyncio.gather(*(self._retried(deadline, lambda: self._post(single)) for _ in range(n)))
-        return Completion(choices=[c for p in parts for c in p.choices], document=parts[0].document,
-                          prompt_tokens=sum(p.prompt_tokens for p in parts),
-                          completion_tokens=sum(p.completion_tokens for p in parts))
+        return Completion(
+            choices=[c for p in parts for c in p.choices],
+            document=parts[0].document,
+            prompt_tokens=sum(p.prompt_tokens for p in parts),
+            completion_tokens=sum(p.completion_tokens for p in parts),
+        )
 
-    async def stream(self, body: dict[str, Any], deadline: Deadline = NO_DEADLINE
-                     ) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+    async def stream(
+        self, body: dict[str, Any], deadline: Deadline = NO_DEADLINE
+    ) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
         """Open a stream and read its first chunk, so a failure before it can fail over.
         Returns the first chunk and an iterator of the rest (closing it closes the upstream)."""
         return await self._retried(deadline, lambda: self._open_stream(body))
@@ -189,8 +194,9 @@ class Upstream:
                         return await try_once()
                 except TimeoutError:
                     if per_try < self.config.timeout_s:
-                        raise DeadlinePassed(self.name, f"the request's deadline passed after {per_try:.3g} s "
-                                                        "on this backend") from None
+                        raise DeadlinePassed(
+                            self.name, f"the request's deadline passed after {per_try:.3g} s on this backend"
+                        ) from None
                     raise UpstreamError(self.name, f"timed out after {per_try:.3g} s") from None
                 except _Retryable as failure:
                     last = failure.reason
@@ -222,8 +228,9 @@ class Upstream:
         payload = body | {"model": self.config.upstream_model, "stream": stream}
         try:
             # Timeouts are the caller's (per try, stream idle): aiohttp's own are off.
-            response = await self.session.post(self._url, json=payload, headers=self._headers,
-                                               timeout=aiohttp.ClientTimeout(total=None))
+            response = await self.session.post(
+                self._url, json=payload, headers=self._headers, timeout=aiohttp.ClientTimeout(total=None)
+            )
         except aiohttp.ClientError as exc:
             raise _Retryable(f"connection failed ({type(exc).__name__})") from None
         if response.status < 400:
@@ -264,12 +271,15 @@ class Upstream:
             if not all(isinstance(c.get("finish_reason") or "", str) for c in choices):
                 raise ValueError("finish_reason is not a string")
             prompt_tokens, completion_tokens = usage_tokens(
-                document.get("usage"), prompt=lambda: estimate_tokens(_body_text(body)),
-                completion=lambda: sum(estimate_tokens(t) for t in texts))
+                document.get("usage"),
+                prompt=lambda: estimate_tokens(_body_text(body)),
+                completion=lambda: sum(estimate_tokens(t) for t in texts),
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(self.name, f"malformed chat completion ({exc})") from exc
-        return Completion(choices=choices, document=document, prompt_tokens=prompt_tokens,
-                          completion_tokens=completion_tokens)
+        return Completion(
+            choices=choices, document=document, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
 
     async def _open_stream(self, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
         response = await self._request(body, stream=True)
@@ -300,8 +310,12 @@ def _retry_after(value: str | None) -> float | None:
 
 def _error_fields(raw: bytes, status: int) -> dict[str, str | None]:
     """The upstream's OpenAI-style error, its string fields only, or a plain one of our own."""
-    fields: dict[str, str | None] = {"message": f"the backend rejected the request (HTTP {status})",
-                                     "type": "invalid_request_error", "param": None, "code": None}
+    fields: dict[str, str | None] = {
+        "message": f"the backend rejected the request (HTTP {status})",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
     try:
         error = json.loads(raw).get("error")
     except (ValueError, AttributeError, RecursionError):

@@ -51,8 +51,14 @@ TIMEOUT_HEADER = "x-bestroute-timeout"
 _logger = logging.getLogger(__name__)
 
 
-def _error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
@@ -74,8 +80,13 @@ class Gateway:
     Chat requests beyond ``limits.max_concurrent_requests`` get a fast 503 with Retry-After; the
     admin endpoints (ADMIN_PATHS) need an admin key unless ``admin.open``."""
 
-    def __init__(self, app: FastAPI, chat: Callable[[Request], Awaitable[Response]], config: GatewayConfig,
-                 admin_keys: list[bytes] | None) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        chat: Callable[[Request], Awaitable[Response]],
+        config: GatewayConfig,
+        admin_keys: list[bytes] | None,
+    ) -> None:
         self.app, self.config = app, config
         self._chat = chat
         self._admin_keys = admin_keys
@@ -84,8 +95,9 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == CHAT_PATH:
             if self._in_progress >= self.config.limits.max_concurrent_requests:
-                await _error_response(Overloaded("the gateway is at its limit of concurrent requests; "
-                                                 "retry shortly"))(scope, receive, send)
+                await _error_response(Overloaded("the gateway is at its limit of concurrent requests; retry shortly"))(
+                    scope, receive, send
+                )
                 return
             self._in_progress += 1
             try:
@@ -101,8 +113,9 @@ class Gateway:
                 self._in_progress -= 1
             return
         if scope["type"] == "http" and scope["path"] in ADMIN_PATHS and not self.admits(Request(scope)):
-            await _error_response(Unauthorized("this endpoint needs an admin API key",
-                                               code="invalid_api_key"))(scope, receive, send)
+            await _error_response(Unauthorized("this endpoint needs an admin API key", code="invalid_api_key"))(
+                scope, receive, send
+            )
             return
         await self.app(scope, receive, send)
 
@@ -125,8 +138,11 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector, read_bufsize=2**20) as session:
-            log = DecisionLog(config.decision_log.url, dead_letter_path=config.decision_log.dead_letter_path,
-                              max_backlog=config.decision_log.max_backlog)
+            log = DecisionLog(
+                config.decision_log.url,
+                dead_letter_path=config.decision_log.dead_letter_path,
+                max_backlog=config.decision_log.max_backlog,
+            )
             metrics.watch_log(log)
             answered = AnsweredRequests()
             budgets = Budgets(config.budgets, log)
@@ -138,19 +154,38 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
                 upstreams = {}
                 for b in new.config.backends:
                     old = kept.get(b.name)
-                    same = (old is not None and old.config == b and old.retry == new.config.retries
-                            and old.breaker.config == new.config.circuit_breaker
-                            and old.api_key == new.backend_keys[b.name])
-                    upstreams[b.name] = old if same and old is not None else Upstream(
-                        b, new.config.retries, session, CircuitBreaker(new.config.circuit_breaker),
-                        new.backend_keys[b.name])
+                    same = (
+                        old is not None
+                        and old.config == b
+                        and old.retry == new.config.retries
+                        and old.breaker.config == new.config.circuit_breaker
+                        and old.api_key == new.backend_keys[b.name]
+                    )
+                    upstreams[b.name] = (
+                        old
+                        if same and old is not None
+                        else Upstream(
+                            b,
+                            new.config.retries,
+                            session,
+                            CircuitBreaker(new.config.circuit_breaker),
+                            new.backend_keys[b.name],
+                        )
+                    )
                 for name, upstream in upstreams.items():
                     metrics.watch_circuit(name, lambda u=upstream: u.breaker.state == "open")
                 budgets.configure(new.config.budgets)
                 return ChatService(
-                    config=new.config, router=new.router, upstreams=upstreams, log=log, metrics=metrics,
-                    answered=answered, budgets=budgets, artifact=new.artifact,
-                    selector=make_serving_selector(new.config.selector, session, upstreams, new.reward_model))
+                    config=new.config,
+                    router=new.router,
+                    upstreams=upstreams,
+                    log=log,
+                    metrics=metrics,
+                    answered=answered,
+                    budgets=budgets,
+                    artifact=new.artifact,
+                    selector=make_serving_selector(new.config.selector, session, upstreams, new.reward_model),
+                )
 
             app.state.service = build(loaded, None)
             app.state.feedback = FeedbackService(log, answered)
@@ -246,8 +281,14 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
         return JSONResponse(body, headers=outcome.headers())
 
     # Registered for the OpenAPI schema and other methods' 405; POSTs take the Gateway's direct path.
-    app.add_api_route(CHAT_PATH, chat_completions, methods=["POST"], response_model=None,
-                      openapi_extra=_json_body(ChatCompletionRequest), summary="Chat completions, routed or direct")
+    app.add_api_route(
+        CHAT_PATH,
+        chat_completions,
+        methods=["POST"],
+        response_model=None,
+        openapi_extra=_json_body(ChatCompletionRequest),
+        summary="Chat completions, routed or direct",
+    )
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -274,11 +315,20 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
             return {"status": "ok"}
         service: ChatService = request.app.state.service
         log = service.log
-        return {"status": "ok", "router": service.router.name, "reference": service.router.reference_.model,
-                "artifact": service.artifact.describe(), "config_loaded_at": request.app.state.reloader.loaded_at,
-                "backends": {n: u.breaker.state for n, u in service.upstreams.items()},
-                "decision_log": {"backlog": log.backlog, "repaired": log.repaired,
-                                 "dead_letters": log.dead_letters.count, "dead_letter_path": str(log.dead_letters.path)}}
+        return {
+            "status": "ok",
+            "router": service.router.name,
+            "reference": service.router.reference_.model,
+            "artifact": service.artifact.describe(),
+            "config_loaded_at": request.app.state.reloader.loaded_at,
+            "backends": {n: u.breaker.state for n, u in service.upstreams.items()},
+            "decision_log": {
+                "backlog": log.backlog,
+                "repaired": log.repaired,
+                "dead_letters": log.dead_letters.count,
+                "dead_letter_path": str(log.dead_letters.path),
+            },
+        }
 
     @app.post("/admin/reload")
     async def reload(request: Request) -> dict[str, Any]:
@@ -345,8 +395,10 @@ def _deadline(request: Request, config: GatewayConfig) -> Deadline:
     except ValueError:
         seconds = math.nan
     if not 0 < seconds <= config.timeouts.max_request_s:  # NaN fails too
-        raise InvalidRequest(f"{TIMEOUT_HEADER} must be a number of seconds above 0 and at most "
-                             f"{config.timeouts.max_request_s:g}", param=TIMEOUT_HEADER)
+        raise InvalidRequest(
+            f"{TIMEOUT_HEADER} must be a number of seconds above 0 and at most {config.timeouts.max_request_s:g}",
+            param=TIMEOUT_HEADER,
+        )
     return Deadline.after(seconds)
 
 
@@ -361,8 +413,13 @@ async def _warn_unreachable(backends: list[BackendConfig]) -> None:
                 _, writer = await asyncio.open_connection(url.hostname, port)
             writer.close()
         except (OSError, TimeoutError) as exc:
-            _logger.warning("backend %r: nothing answers at %s:%d (%s); requests fail over until it does",
-                            backend.name, url.hostname, port, type(exc).__name__)
+            _logger.warning(
+                "backend %r: nothing answers at %s:%d (%s); requests fail over until it does",
+                backend.name,
+                url.hostname,
+                port,
+                type(exc).__name__,
+            )
 
     await asyncio.gather(*(probe(b) for b in backends))
 

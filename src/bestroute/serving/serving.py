@@ -90,8 +90,12 @@ class Outcome:
 
     def headers(self) -> dict[str, str]:
         assert self.attempt is not None
-        headers = {"x-bestroute-model": self.attempt.upstream.name, "x-bestroute-n": str(self.attempt.n),
-                   "x-bestroute-cost-usd": f"{self.cost_usd:.8f}", "x-request-id": self.request_id}
+        headers = {
+            "x-bestroute-model": self.attempt.upstream.name,
+            "x-bestroute-n": str(self.attempt.n),
+            "x-bestroute-cost-usd": f"{self.cost_usd:.8f}",
+            "x-request-id": self.request_id,
+        }
         if self.plan.threshold is not None:
             headers["x-bestroute-threshold"] = f"{self.plan.threshold:g}"
         if self.escalation is not None:
@@ -102,29 +106,52 @@ class Outcome:
 
     def details(self, selector: str) -> dict[str, Any]:
         assert self.attempt is not None
-        return {"option": self.attempt.label, "model": self.attempt.upstream.name, "n": self.attempt.n,
-                "threshold": self.plan.threshold, "routed": self.plan.routed, "scores": self.plan.scores,
-                "fallbacks": self.fallbacks, "selector": selector if self.attempt.n > 1 else None,
-                "selected_sample": self.selected, "cost_usd": self.cost_usd, "escalation": self.escalation}
+        return {
+            "option": self.attempt.label,
+            "model": self.attempt.upstream.name,
+            "n": self.attempt.n,
+            "threshold": self.plan.threshold,
+            "routed": self.plan.routed,
+            "scores": self.plan.scores,
+            "fallbacks": self.fallbacks,
+            "selector": selector if self.attempt.n > 1 else None,
+            "selected_sample": self.selected,
+            "cost_usd": self.cost_usd,
+            "escalation": self.escalation,
+        }
 
     def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
 
 
 class ChatService:
     """The logic behind POST /v1/chat/completions."""
 
-    def __init__(self, *, config: GatewayConfig, router: Router, upstreams: dict[str, Upstream],
-                 selector: ServingSelector, log: DecisionLog, metrics: GatewayMetrics,
-                 answered: AnsweredRequests, budgets: Budgets, artifact: ArtifactInfo) -> None:
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        router: Router,
+        upstreams: dict[str, Upstream],
+        selector: ServingSelector,
+        log: DecisionLog,
+        metrics: GatewayMetrics,
+        answered: AnsweredRequests,
+        budgets: Budgets,
+        artifact: ArtifactInfo,
+    ) -> None:
         self.config, self.router, self.upstreams, self.artifact = config, router, upstreams, artifact
         self.selector, self.log, self.metrics, self.answered = selector, log, metrics, answered
         self.budgets = budgets
         # Options the gateway can serve: active in the router, each of its models has a backend
         # that allows that many samples.
-        self._available = router.active_ & np.array([
-            all(m in upstreams and o.n <= upstreams[m].config.max_n for m in o.models) for o in router.options_])
+        self._available = router.active_ & np.array(
+            [all(m in upstreams and o.n <= upstreams[m].config.max_n for m in o.models) for o in router.options_]
+        )
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._default_knob = config.threshold if config.threshold is not None else router.default_knob()
 
@@ -136,17 +163,20 @@ class ChatService:
     def plan(self, request: ChatCompletionRequest) -> Plan:
         if request.model == ROUTED_MODEL or request.model.startswith(ROUTED_MODEL + ":"):
             if request.n != 1:
-                raise InvalidRequest("routed requests return one choice; the router decides how many "
-                                     "samples to draw", param="n")
+                raise InvalidRequest(
+                    "routed requests return one choice; the router decides how many samples to draw", param="n"
+                )
             return self._route(request, self._parse_threshold(request.model))
         upstream = self.upstreams.get(request.model)
         if upstream is None:
-            raise ModelNotFound(f"model {request.model!r} does not exist; use 'bestroute', "
-                                "'bestroute:<threshold>' or a configured backend", param="model",
-                                code="model_not_found")
+            raise ModelNotFound(
+                f"model {request.model!r} does not exist; use 'bestroute', "
+                "'bestroute:<threshold>' or a configured backend",
+                param="model",
+                code="model_not_found",
+            )
         if not 1 <= request.n <= upstream.config.max_n:
-            raise InvalidRequest(f"n must be between 1 and {upstream.config.max_n} for {upstream.name}",
-                                 param="n")
+            raise InvalidRequest(f"n must be between 1 and {upstream.config.max_n} for {upstream.name}", param="n")
         return Plan(attempts=[Attempt(upstream, request.n, upstream.name)], routed=False)
 
     def _parse_threshold(self, model: str) -> float:
@@ -167,14 +197,29 @@ class ChatService:
         tic = time.perf_counter()
         scores = self.router.predict([request.prompt_text()])[0]
         # The order's first option is the router's decision (``Router.decide``'s rule).
-        order = fallback_order(scores, knob, threshold_rule=self.router.knob == "threshold",
-                               option_cost=self.router.option_cost_, reference=self.router.reference_index_,
-                               available=self._available)
+        order = fallback_order(
+            scores,
+            knob,
+            threshold_rule=self.router.knob == "threshold",
+            option_cost=self.router.option_cost_,
+            reference=self.router.reference_index_,
+            available=self._available,
+        )
         self.metrics.routing_seconds.observe(time.perf_counter() - tic)
         options, values = self.router.options_, scores.tolist()
-        return Plan(attempts=[Attempt(self.upstreams[options[o].models[0]], options[o].n, options[o].label,
-                                      options[o] if options[o].composite else None) for o in order],
-                    threshold=knob, scores={label: round(values[o], 6) for label, o in self._labels})
+        return Plan(
+            attempts=[
+                Attempt(
+                    self.upstreams[options[o].models[0]],
+                    options[o].n,
+                    options[o].label,
+                    options[o] if options[o].composite else None,
+                )
+                for o in order
+            ],
+            threshold=knob,
+            scores={label: round(values[o], 6) for label, o in self._labels},
+        )
 
     def _attempts(self, outcome: Outcome) -> Iterator[Attempt]:
         """Options in plan order, skipping backends whose circuit is open or that already failed."""
@@ -216,16 +261,22 @@ class ChatService:
         answer: GatewayError
         if isinstance(error, UpstreamRejected):
             answer = UpstreamRejectedRequest(
-                error.status, error.error["message"] or str(error), type_=error.error["type"],
-                param=error.error["param"], code=error.error["code"], backend=error.backend)
+                error.status,
+                error.error["message"] or str(error),
+                type_=error.error["type"],
+                param=error.error["param"],
+                code=error.error["code"],
+                backend=error.backend,
+            )
         else:
             answer = DeadlineExceeded("the request's deadline passed; tried: " + "; ".join(outcome.fallbacks))
         self._record(request, outcome, answer.status, error=str(error))
         return answer
 
     # ------------------------------------------------------------- completing
-    async def complete(self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline,
-                       client: str | None) -> tuple[dict[str, Any], Outcome]:
+    async def complete(
+        self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline, client: str | None
+    ) -> tuple[dict[str, Any], Outcome]:
         outcome = Outcome(request_id=self._new_id(), plan=plan, started=time.perf_counter(), client=client)
         try:
             for attempt in self._attempts(outcome):
@@ -241,8 +292,9 @@ class ChatService:
             raise
         raise self._exhausted(request, outcome)
 
-    async def _try(self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt,
-                   deadline: Deadline) -> Completion:
+    async def _try(
+        self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt, deadline: Deadline
+    ) -> Completion:
         """Draw the attempt's samples and select one; an UpstreamError is recorded and re-raised."""
         if attempt.option is not None:
             return await self._try_composite(request, outcome, attempt, deadline)
@@ -263,8 +315,9 @@ class ChatService:
         outcome.response_tokens = estimate_tokens(completion.texts[outcome.selected])
         return completion
 
-    async def _select(self, request: ChatCompletionRequest, outcome: Outcome, texts: list[str],
-                      deadline: Deadline) -> tuple[int, float | None]:
+    async def _select(
+        self, request: ChatCompletionRequest, outcome: Outcome, texts: list[str], deadline: Deadline
+    ) -> tuple[int, float | None]:
         """The selector's pick and confidence; if it fails, the first sample and no confidence."""
         try:
             async with asyncio.timeout(max(deadline.remaining(), 0.0)):
@@ -275,8 +328,9 @@ class ChatService:
             outcome.fallbacks.append("selector: the request's deadline passed; kept the first sample")
         return 0, None
 
-    async def _try_composite(self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt,
-                             deadline: Deadline) -> Completion:
+    async def _try_composite(
+        self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt, deadline: Deadline
+    ) -> Completion:
         """A mixture or escalating option, as offline evaluation simulates it: n samples from each
         of its models at once, the selector's pick over all of them, kept if the option does not
         escalate or the selector's confidence reaches its ``accept``; else the reference answers
@@ -285,8 +339,9 @@ class ChatService:
         assert option is not None
         upstreams = [self.upstreams[m] for m in option.models]
         started = time.monotonic()
-        results = await asyncio.gather(*(self._draw(request, u, option.n, deadline) for u in upstreams),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._draw(request, u, option.n, deadline) for u in upstreams), return_exceptions=True
+        )
         failures = [(u, r) for u, r in zip(upstreams, results, strict=True) if isinstance(r, BaseException)]
         for upstream, failure in failures:
             if not isinstance(failure, UpstreamError):
@@ -303,12 +358,15 @@ class ChatService:
             upstream.breaker.record_success()
             outcome.charge(upstream, result.prompt_tokens, result.completion_tokens)
         picked, confidence = await self._select(request, outcome, [r.texts[k] for _, r, k in samples], deadline)
-        stages = [{"option": attempt.label, "models": list(option.models), "n": option.n,
-                   "cost_usd": outcome.cost_usd}]
+        stages = [{"option": attempt.label, "models": list(option.models), "n": option.n, "cost_usd": outcome.cost_usd}]
         keep = option.accept is None or (confidence is not None and confidence >= option.accept - 1e-9)
         upstream, result, k = samples[picked]
-        answer = Completion(choices=[result.choices[k]], document=result.document,
-                            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+        answer = Completion(
+            choices=[result.choices[k]],
+            document=result.document,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
         if not keep:
             reference = self.upstreams[self.router.reference_.model]
             escalated = time.monotonic()
@@ -321,23 +379,28 @@ class ChatService:
                 reference.breaker.record_success()
                 before = outcome.cost_usd
                 outcome.charge(reference, answer.prompt_tokens, answer.completion_tokens)
-                stages.append({"option": "reference", "models": [reference.name], "n": 1,
-                               "cost_usd": outcome.cost_usd - before})
+                stages.append(
+                    {"option": "reference", "models": [reference.name], "n": 1, "cost_usd": outcome.cost_usd - before}
+                )
                 upstream = reference
         escalated_to_reference = len(stages) > 1
-        outcome.escalation = {"accept": option.accept, "confidence": confidence, "escalated": escalated_to_reference,
-                              "stages": stages}
+        outcome.escalation = {
+            "accept": option.accept,
+            "confidence": confidence,
+            "escalated": escalated_to_reference,
+            "stages": stages,
+        }
         if option.accept is not None:
-            self.metrics.escalations.labels(option=attempt.label,
-                                            outcome="escalated" if escalated_to_reference else "accepted").inc()
+            self.metrics.escalations.labels(
+                option=attempt.label, outcome="escalated" if escalated_to_reference else "accepted"
+            ).inc()
         outcome.attempt = Attempt(upstream, 1 if escalated_to_reference else option.n, attempt.label, option)
         outcome.selected = 0
         outcome.call_input_tokens = answer.prompt_tokens
         outcome.response_tokens = estimate_tokens(answer.texts[0])
         return answer
 
-    async def _draw(self, request: ChatCompletionRequest, upstream: Upstream, n: int,
-                    deadline: Deadline) -> Completion:
+    async def _draw(self, request: ChatCompletionRequest, upstream: Upstream, n: int, deadline: Deadline) -> Completion:
         body = request.upstream_body(upstream.config.upstream_model, n=n, stream=False)
         return await upstream.complete(body, n, deadline)
 
@@ -347,14 +410,20 @@ class ChatService:
         only ``id``, ``model``, ``usage``, the choices' ``index`` and ``bestroute`` are the gateway's."""
         assert outcome.attempt is not None
         picked = range(len(completion.choices)) if not outcome.plan.routed else [outcome.selected]
-        choices = [completion.choices[k] | {"index": i, "finish_reason": completion.choices[k].get("finish_reason")
-                                            or "stop"} for i, k in enumerate(picked)]
+        choices = [
+            completion.choices[k] | {"index": i, "finish_reason": completion.choices[k].get("finish_reason") or "stop"}
+            for i, k in enumerate(picked)
+        ]
         self._record(request, outcome, 200, response=completion.texts[picked[0]])
         return completion.document | {
-            "id": outcome.request_id, "object": "chat.completion",
+            "id": outcome.request_id,
+            "object": "chat.completion",
             "created": completion.document.get("created") or int(time.time()),
-            "model": outcome.attempt.upstream.name, "choices": choices, "usage": outcome.usage(),
-            "bestroute": outcome.details(self.selector.name)}
+            "model": outcome.attempt.upstream.name,
+            "choices": choices,
+            "usage": outcome.usage(),
+            "bestroute": outcome.details(self.selector.name),
+        }
 
     def _exhausted(self, request: ChatCompletionRequest, outcome: Outcome) -> GatewayError:
         if outcome.rejection is not None:
@@ -364,8 +433,9 @@ class ChatService:
         return error
 
     # -------------------------------------------------------------- streaming
-    async def stream(self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline,
-                     client: str | None) -> tuple[Outcome, AsyncIterator[bytes]]:
+    async def stream(
+        self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline, client: str | None
+    ) -> tuple[Outcome, AsyncIterator[bytes]]:
         """Start a stream. One sample: the upstream's stream is relayed, failing over to the next
         option while no chunk has arrived. n samples: all are drawn, the selected one is streamed."""
         if not plan.routed and request.n > 1:
@@ -392,8 +462,15 @@ class ChatService:
             return outcome, self._relay(request, outcome, first, rest, deadline, started)
         raise self._exhausted(request, outcome)
 
-    async def _relay(self, request: ChatCompletionRequest, outcome: Outcome, first: dict[str, Any],
-                     rest: AsyncIterator[dict[str, Any]], deadline: Deadline, started: float) -> AsyncIterator[bytes]:
+    async def _relay(
+        self,
+        request: ChatCompletionRequest,
+        outcome: Outcome,
+        first: dict[str, Any],
+        rest: AsyncIterator[dict[str, Any]],
+        deadline: Deadline,
+        started: float,
+    ) -> AsyncIterator[bytes]:
         """Relay the stream; one that stalls longer than the backend's ``stream_idle_s``, breaks, or
         outlives the deadline ends with an ``error`` event (and counts against the backend unless
         it was the deadline)."""
@@ -419,8 +496,11 @@ class ChatService:
                     raise UpstreamError(upstream.name, f"stream stalled: no chunk for {idle:g} s") from None
             status, error = 200, None
         except (UpstreamError, *STREAM_ERRORS) as exc:  # after the first chunk: the client sees an error event
-            failure = exc if isinstance(exc, UpstreamError) else UpstreamError(
-                upstream.name, f"stream broke after it started ({type(exc).__name__})")
+            failure = (
+                exc
+                if isinstance(exc, UpstreamError)
+                else UpstreamError(upstream.name, f"stream broke after it started ({type(exc).__name__})")
+            )
             self._hold_against(upstream, failure, started)
             status = 504 if isinstance(failure, DeadlinePassed) else 502
             error = str(failure)
@@ -428,8 +508,10 @@ class ChatService:
         finally:
             await rest.aclose()
             answer = "".join(text)
-            estimates = {"prompt": lambda: estimate_tokens(request.prompt_text()),
-                         "completion": lambda: estimate_tokens(answer)}
+            estimates = {
+                "prompt": lambda: estimate_tokens(request.prompt_text()),
+                "completion": lambda: estimate_tokens(answer),
+            }
             try:
                 prompt_tokens, completion_tokens = usage_tokens(usage, **estimates)
             except ValueError as exc:  # the answer has been relayed; only its accounting is estimated
@@ -439,37 +521,72 @@ class ChatService:
             outcome.call_input_tokens, outcome.response_tokens = prompt_tokens, completion_tokens
             self._record(request, outcome, status, error=error, response=answer)
         if status == 200:
-            yield _sse({"id": outcome.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                        "model": upstream.name, "choices": [], "usage": outcome.usage(),
-                        "bestroute": outcome.details(self.selector.name)})
+            yield _sse(
+                {
+                    "id": outcome.request_id,
+                    "object": "chat.completion.chunk",
+                    "created": int(time.time()),
+                    "model": upstream.name,
+                    "choices": [],
+                    "usage": outcome.usage(),
+                    "bestroute": outcome.details(self.selector.name),
+                }
+            )
             yield b"data: [DONE]\n\n"
 
     # ----------------------------------------------------------------- logging
-    def _record(self, request: ChatCompletionRequest, outcome: Outcome, status: int, *,
-                error: str | None = None, response: str | None = None) -> None:
+    def _record(
+        self,
+        request: ChatCompletionRequest,
+        outcome: Outcome,
+        status: int,
+        *,
+        error: str | None = None,
+        response: str | None = None,
+    ) -> None:
         latency = time.perf_counter() - outcome.started
         prompt = request.prompt_text()
         model = outcome.attempt.upstream.name if outcome.attempt else None
         store = self.config.decision_log.store_prompts
-        self.log.write({
-            "id": outcome.request_id, "created_at": time.time(),
-            # surrogatepass: a prompt with a lone surrogate is still hashed (the row is sanitised later)
-            "prompt_hash": hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(), "prompt": prompt if store else None,
-            "requested_model": request.model, "model": model,
-            "n": outcome.attempt.n if outcome.attempt else None, "threshold": outcome.plan.threshold,
-            "scores": outcome.plan.scores, "fallbacks": outcome.fallbacks, "latency_ms": latency * 1000,
-            "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
-            "call_input_tokens": outcome.call_input_tokens, "response_tokens": outcome.response_tokens,
-            "cost_usd": outcome.cost_usd, "status": status, "error": error,
-            "response": response if store else None, "client_key_id": outcome.client,
-            "escalation": outcome.escalation})
+        self.log.write(
+            {
+                "id": outcome.request_id,
+                "created_at": time.time(),
+                # surrogatepass: a prompt with a lone surrogate is still hashed (the row is sanitised later)
+                "prompt_hash": hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(),
+                "prompt": prompt if store else None,
+                "requested_model": request.model,
+                "model": model,
+                "n": outcome.attempt.n if outcome.attempt else None,
+                "threshold": outcome.plan.threshold,
+                "scores": outcome.plan.scores,
+                "fallbacks": outcome.fallbacks,
+                "latency_ms": latency * 1000,
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
+                "call_input_tokens": outcome.call_input_tokens,
+                "response_tokens": outcome.response_tokens,
+                "cost_usd": outcome.cost_usd,
+                "status": status,
+                "error": error,
+                "response": response if store else None,
+                "client_key_id": outcome.client,
+                "escalation": outcome.escalation,
+            }
+        )
         if status == 200:
             self.answered.add(outcome.request_id, outcome.client)
         if outcome.cost_usd:
             self.budgets.charge(outcome.client, outcome.cost_usd)
-        self.metrics.observe(model=model or "none", n=outcome.attempt.n if outcome.attempt else 0,
-                             status=status, seconds=latency, prompt_tokens=outcome.prompt_tokens,
-                             completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd)
+        self.metrics.observe(
+            model=model or "none",
+            n=outcome.attempt.n if outcome.attempt else 0,
+            status=status,
+            seconds=latency,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            cost_usd=outcome.cost_usd,
+        )
 
 
 def _delta_text(chunk: dict[str, Any]) -> str:
@@ -483,12 +600,11 @@ def _delta_text(chunk: dict[str, Any]) -> str:
             continue
         calls = delta.get("tool_calls")
         functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
-        pieces = [delta.get("content")] + [f.get(k) for f in functions if isinstance(f, dict)
-                                           for k in ("name", "arguments")]
+        pieces = [delta.get("content")] + [
+            f.get(k) for f in functions if isinstance(f, dict) for k in ("name", "arguments")
+        ]
         text.extend(p for p in pieces if isinstance(p, str))
     return "".join(text)
-
-
 
 
 def _sse(document: dict[str, Any]) -> bytes:
