@@ -15,7 +15,8 @@ def write_artifact(path: str | Path, document: dict[str, Any], arrays: dict[str,
     for section, named in arrays.items():
         payload |= {f"{section}.{k}": v for k, v in named.items()}
     with Path(path).open("wb") as handle:
-        np.savez_compressed(handle, **payload)
+        # numpy < 2.1 has no allow_pickle here; its stubs match **payload against that keyword
+        np.savez_compressed(handle, **payload)  # type: ignore[arg-type]
 
 
 def read_artifact(path: str | Path, what: str) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:

@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,9 @@ from ._exceptions import BestRouteError, ConfigError
 from .data import RoutingDataset, Split, demo_data_path, load_dataset, split_prompts
 from .evaluation import DEFAULT_ROUTERS, evaluate, markdown_table, write_results
 from .routers import ROUTERS, load_router
+
+if TYPE_CHECKING:
+    from .collection import CollectReport
 
 app = typer.Typer(
     help="bestroute: route each LLM request to a (model, n) option.",
@@ -410,7 +413,7 @@ def collect(
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("collect", total=None, spent="")
 
-        def show(report, total: int) -> None:
+        def show(report: "CollectReport", total: int) -> None:
             bar.update(
                 task,
                 total=total,

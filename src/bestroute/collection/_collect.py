@@ -181,10 +181,11 @@ async def collect(
         raise DataError("no valid prompt to collect", path=str(prompts_path))
     out.mkdir(parents=True, exist_ok=True)
     (out / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts), encoding="utf-8")
+    configured = {b.name: b for b in config.backends}
     prices = {
         n: {
-            "input_usd_per_mtok": config.backend(n).input_usd_per_mtok,
-            "output_usd_per_mtok": config.backend(n).output_usd_per_mtok,
+            "input_usd_per_mtok": configured[n].input_usd_per_mtok,
+            "output_usd_per_mtok": configured[n].output_usd_per_mtok,
         }
         for n in names
     }

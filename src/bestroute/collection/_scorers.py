@@ -198,7 +198,7 @@ class LikelihoodScorer:
                     f"prompt and response take {len(prefix) + len(tokens)} tokens; the likelihood "
                     f"scorer's context is {self.context}"
                 )
-            self._llm.reset()
+            self._llm.reset()  # type: ignore[no-untyped-call]
             self._llm.eval(prefix + tokens)
             # Row i holds the logits that predict token i + 1.
             logits = np.asarray(self._llm.scores[len(prefix) - 1 : len(prefix) + len(tokens) - 1], dtype=np.float64)

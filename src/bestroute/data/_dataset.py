@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,7 @@ class RoutingDataset:
         count = answered.sum(axis=2)
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         """Per model: prompts answered, samples, mean quality and cost per 1k prompts; the oracle."""
         quality = self.mean_quality()
         cost = self.single_sample_cost()

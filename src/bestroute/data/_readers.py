@@ -87,7 +87,7 @@ def read_reference(path: Path) -> str | None:
     """The optional ``"reference"`` of ``models.json``: the large model the data compares against."""
     document = json.loads(path.read_text(encoding="utf-8"))
     reference = document.get("reference")
-    if reference is not None and reference not in document["models"]:
+    if reference is not None and (not isinstance(reference, str) or reference not in document["models"]):
         raise DataError(f"reference {reference!r} is not in models", path=str(path))
     return reference
 
@@ -128,16 +128,18 @@ def read_native(directory: Path) -> RoutingDataset:
     responses: list[ResponseRecord] = []
     keys: set[tuple[str, str, int]] = set()
     for line, row in iter_rows(responses_path):
-        record = _validate(ResponseRecord, row, responses_path, line)
-        if record.prompt_id not in seen:
-            raise DataError(f"unknown prompt_id {record.prompt_id!r}", path=str(responses_path), line=line)
-        if record.model not in prices and record.cost_usd is None:
-            raise DataError(f"unknown model {record.model!r} (not in models.json)", path=str(responses_path), line=line)
-        key = (record.prompt_id, record.model, record.sample)
+        response = _validate(ResponseRecord, row, responses_path, line)
+        if response.prompt_id not in seen:
+            raise DataError(f"unknown prompt_id {response.prompt_id!r}", path=str(responses_path), line=line)
+        if response.model not in prices and response.cost_usd is None:
+            raise DataError(
+                f"unknown model {response.model!r} (not in models.json)", path=str(responses_path), line=line
+            )
+        key = (response.prompt_id, response.model, response.sample)
         if key in keys:
             raise DataError(f"duplicate response {key}", path=str(responses_path), line=line)
         keys.add(key)
-        responses.append(record)
+        responses.append(response)
     return RoutingDataset.from_records(
         prompts, responses, prices, source=str(directory), reference_model=read_reference(directory / "models.json")
     )

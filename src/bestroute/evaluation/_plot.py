@@ -17,8 +17,15 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
         if not curve:
             continue
         xs, ys = zip(*curve)
-        style = {"linestyle": "--", "color": "black"} if name == "oracle" else {}
-        ax.plot(xs, ys, label=name, linewidth=2 if name == "best-route" else 1.2, **style)
+        oracle = name == "oracle"
+        ax.plot(
+            xs,
+            ys,
+            label=name,
+            linewidth=2 if name == "best-route" else 1.2,
+            linestyle="--" if oracle else "-",
+            color="black" if oracle else None,
+        )
     models = results["single_models"]
     ax.scatter(
         [m["cost_per_1k"] for m in models],

@@ -71,7 +71,13 @@ def evaluate(
         f"features: {extractor.name} {x.shape[1]}-d for {data.n_prompts} prompts "
         f"in {time.perf_counter() - started:.1f}s"
     )
-    common = {"features": extractor.name, "reference": reference, "max_n": max_n, "selector": selector, "seed": seed}
+    common: dict[str, Any] = {
+        "features": extractor.name,
+        "reference": reference,
+        "max_n": max_n,
+        "selector": selector,
+        "seed": seed,
+    }
     results: dict[str, Any] = {
         "data": data.source,
         "seed": seed,
@@ -94,6 +100,7 @@ def evaluate(
             val_auc = _auc(router, val_points, split.val)
             if best is None or val_auc > best[0]:
                 best = (val_auc, router, params)
+        assert best is not None  # every router has at least one grid point
         val_auc, router, params = best
         if reference_info is None:
             reference_info = _reference(router, split)

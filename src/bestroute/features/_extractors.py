@@ -122,6 +122,8 @@ def distill_static_table(*, dim: int = 256) -> tuple[str, np.ndarray]:
         return model.tokenizer_json, np.load(path)
     vocab = model.tokenizer.get_vocab_size()
     cls_id, sep_id = model.tokenizer.token_to_id("[CLS]"), model.tokenizer.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise FeatureError("the MiniLM tokenizer has no [CLS] or [SEP] token")
     raw = np.concatenate(
         [
             model.pooled([[cls_id, t, sep_id] for t in range(start, min(vocab, start + 1024))])
@@ -210,7 +212,9 @@ class LexicalFeatures:
         return cls(n_features=int(meta["n_features"]))
 
 
-EXTRACTORS: dict[str, type] = {c.name: c for c in (StaticEmbedder, MiniLMEmbedder, LexicalFeatures)}
+EXTRACTORS: dict[str, type[StaticEmbedder] | type[MiniLMEmbedder] | type[LexicalFeatures]] = {
+    c.name: c for c in (StaticEmbedder, MiniLMEmbedder, LexicalFeatures)
+}
 
 
 def make_extractor(name: str) -> FeatureExtractor:

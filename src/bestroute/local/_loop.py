@@ -61,7 +61,7 @@ class Loop:
     """Running processes of the loop: the local model servers and the gateway."""
 
     gateway_url: str
-    processes: list[subprocess.Popen] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def wait(self) -> None:
         self.processes[-1].wait()
@@ -123,7 +123,7 @@ def start(
     """Start one llama.cpp server per model of ``data`` (local models), then the gateway over them."""
     loop = Loop(gateway_url=f"http://127.0.0.1:{settings.port}/v1")
     try:
-        backends = []
+        backends: list[dict[str, Any]] = []
         for model in data.models:
             port = _free_port()
             with open(settings.out / f"{model}.log", "wb") as server_log:  # llama.cpp is chatty
@@ -219,7 +219,7 @@ def ask(loop: Loop, settings: LoopSettings, echo: Callable[[str], None]) -> list
     return answers
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -297,7 +297,7 @@ def _judge_in_bulk(data: RoutingDataset, selector: Selector, rows: np.ndarray) -
         todo = np.unique(np.asarray(rows, dtype=int))
         todo = todo[~memo["bulk_done"][todo]]
         if todo.size:
-            memo["bulk"][todo] = selector.judge_rows(data, todo)
+            memo["bulk"][todo] = selector.judge_rows(data, todo)  # type: ignore[attr-defined]  # checked above
             memo["bulk_done"][todo] = True
 
 
@@ -429,7 +429,7 @@ def _option_outcomes(
             continue
         subset = np.arange(option.n)
         for i in np.flatnonzero(ok):
-            agreement, scores = _judgment(data, selector, i, j)
+            agreement, scores = _judgment(data, selector, int(i), j)
             quality[i, o] = q[i, pick(agreement, scores, subset)]
     return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality), accepted=accepted)
 
@@ -462,7 +462,7 @@ def _composite_outcomes(
     for i in np.flatnonzero(ok):
         if selector.confidence == "score":
             agreement = _no_agreement(len(everything))
-            scores = np.concatenate([_judgment(data, selector, i, j)[1][:n] for j in columns])
+            scores = np.concatenate([_judgment(data, selector, int(i), j)[1][:n] for j in columns])
         else:  # agreement is pairwise across models: judge the mixture's samples together
             responses = [data.responses[i, j, k] for j in columns for k in range(n)]
             agreement, scores = selector.judge(data.texts[i], responses, q[i])

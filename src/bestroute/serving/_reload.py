@@ -59,7 +59,8 @@ def load_serving(config: GatewayConfig) -> Loaded:
     """Load and check what ``config`` serves; any problem is a one-line BestRouteError."""
     if config.router is None:
         raise ConfigError("the configuration names no router artifact (key: router)")
-    router = load_router(config.router)
+    artifact = config.router
+    router = load_router(artifact)
     if router.name in ("oracle", "cascade"):
         raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
     backends = {b.name for b in config.backends}
@@ -91,7 +92,7 @@ def load_serving(config: GatewayConfig) -> Loaded:
         else None
     )
     backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
-    return Loaded(config, router, reward_model, backend_keys, ArtifactInfo.of(config.router))
+    return Loaded(config, router, reward_model, backend_keys, ArtifactInfo.of(artifact))
 
 
 def _selector_of(router: Router) -> SelectorConfig:
@@ -105,9 +106,9 @@ def _selector_of(router: Router) -> SelectorConfig:
                 "restore it or set `selector` in the configuration"
             )
         return SelectorConfig(kind="reward-model", path=Path(path))
-    if kind in ("consensus", "majority"):
-        return SelectorConfig(kind=kind)
-    return SelectorConfig()
+    if kind == "majority":
+        return SelectorConfig(kind="majority")
+    return SelectorConfig()  # consensus, the default
 
 
 class Reloader:
@@ -130,10 +131,11 @@ class Reloader:
         """Load the files again and swap the service in; BestRouteError (the old one keeps serving)."""
         async with self._lock:
             self._seen = self._stamps()
-            if self.config_path is None:
+            path = self.config_path
+            if path is None:
                 raise ConfigError("the gateway was started without a configuration file to reload")
             try:
-                loaded = await asyncio.to_thread(lambda: load_serving(load_config(self.config_path)))
+                loaded = await asyncio.to_thread(lambda: load_serving(load_config(path)))
             except BestRouteError as exc:
                 _logger.error("reload (%s) refused: %s; still serving %s", reason, exc, self.current.artifact.path)
                 raise

@@ -6,7 +6,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -172,7 +172,7 @@ class Upstream:
 
     async def stream(
         self, body: dict[str, Any], deadline: Deadline = NO_DEADLINE
-    ) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+    ) -> tuple[dict[str, Any], AsyncGenerator[dict[str, Any], None]]:
         """Open a stream and read its first chunk, so a failure before it can fail over.
         Returns the first chunk and an iterator of the rest (closing it closes the upstream)."""
         return await self._retried(deadline, lambda: self._open_stream(body))
@@ -281,7 +281,7 @@ class Upstream:
             choices=choices, document=document, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )
 
-    async def _open_stream(self, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+    async def _open_stream(self, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncGenerator[dict[str, Any], None]]:
         response = await self._request(body, stream=True)
         events = _sse_events(response)
         try:
@@ -330,7 +330,7 @@ def _error_fields(raw: bytes, status: int) -> dict[str, str | None]:
 STREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError)
 
 
-async def _sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+async def _sse_events(response: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any], None]:
     """The JSON objects of an SSE stream until [DONE]; closing it closes the connection.
     Anything else (invalid UTF-8 or JSON, a payload that is not an object) raises ValueError."""
     try:

@@ -7,7 +7,7 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -173,7 +173,7 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
                         )
                     )
                 for name, upstream in upstreams.items():
-                    metrics.watch_circuit(name, lambda u=upstream: u.breaker.state == "open")
+                    metrics.watch_circuit(name, _is_ejected(upstream))
                 budgets.configure(new.config.budgets)
                 return ChatService(
                     config=new.config,
@@ -217,7 +217,7 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_response(exc.errors())
+        return _error_response(_unprocessable(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -270,7 +270,7 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
         try:
             chat = ChatCompletionRequest.model_validate(document)
         except ValidationError as exc:
-            return _validation_response(exc.errors())
+            return _error_response(_unprocessable(exc.errors()))
         if len(chat.messages) > config.limits.max_messages:
             raise PayloadTooLarge(f"at most {config.limits.max_messages} messages per request", param="messages")
         plan = service.plan(chat)
@@ -303,7 +303,7 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
         try:
             feedback = FeedbackRequest.model_validate(await read_json(request))
         except ValidationError as exc:
-            return _validation_response(exc.errors())
+            raise _unprocessable(exc.errors()) from None
         service: FeedbackService = request.app.state.feedback
         await service.record(feedback, client)
         return {"id": feedback.id, "object": "feedback", "status": "recorded"}
@@ -349,12 +349,16 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
     return gateway
 
 
-def _validation_response(errors: list[Any]) -> JSONResponse:
+def _unprocessable(errors: Sequence[Any]) -> Unprocessable:
+    """A 422 naming the first field pydantic found wrong."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
-    exc = Unprocessable(f"{param or 'body'}: {first.get('msg')}", param=param)
-    return _error(exc.status, exc.message, exc.type, exc.param)
+    return Unprocessable(f"{param or 'body'}: {first.get('msg')}", param=param)
+
+
+def _is_ejected(upstream: Upstream) -> Callable[[], bool]:
+    return lambda: upstream.breaker.state == "open"
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -467,7 +467,7 @@ class ChatService:
         request: ChatCompletionRequest,
         outcome: Outcome,
         first: dict[str, Any],
-        rest: AsyncIterator[dict[str, Any]],
+        rest: AsyncGenerator[dict[str, Any], None],
         deadline: Deadline,
         started: float,
     ) -> AsyncIterator[bytes]:
@@ -478,7 +478,7 @@ class ChatService:
         upstream = outcome.attempt.upstream
         text: list[str] = []
         usage: Any = None
-        status, error = 499, "client disconnected"
+        status, error_text = 499, "client disconnected"  # until the stream ends one way or another
         try:
             chunk: dict[str, Any] | None = first
             while chunk is not None:
@@ -494,7 +494,7 @@ class ChatService:
                     if idle < upstream.config.stream_idle_s:
                         raise DeadlinePassed(upstream.name, "the request's deadline passed mid-stream") from None
                     raise UpstreamError(upstream.name, f"stream stalled: no chunk for {idle:g} s") from None
-            status, error = 200, None
+            status, error_text = 200, ""
         except (UpstreamError, *STREAM_ERRORS) as exc:  # after the first chunk: the client sees an error event
             failure = (
                 exc
@@ -503,8 +503,8 @@ class ChatService:
             )
             self._hold_against(upstream, failure, started)
             status = 504 if isinstance(failure, DeadlinePassed) else 502
-            error = str(failure)
-            yield _sse({"error": {"message": error, "type": "timeout" if status == 504 else "upstream_error"}})
+            error_text = str(failure)
+            yield _sse({"error": {"message": error_text, "type": "timeout" if status == 504 else "upstream_error"}})
         finally:
             await rest.aclose()
             answer = "".join(text)
@@ -519,7 +519,7 @@ class ChatService:
                 prompt_tokens, completion_tokens = usage_tokens(None, **estimates)
             outcome.charge(upstream, prompt_tokens, completion_tokens)
             outcome.call_input_tokens, outcome.response_tokens = prompt_tokens, completion_tokens
-            self._record(request, outcome, status, error=error, response=answer)
+            self._record(request, outcome, status, error=error_text or None, response=answer)
         if status == 200:
             yield _sse(
                 {
@@ -593,7 +593,7 @@ def _delta_text(chunk: dict[str, Any]) -> str:
     """The text a stream chunk adds, for accounting and the log: content, and the names and
     argument pieces of tool calls; anything not shaped as OpenAI's deltas is ignored."""
     choices = chunk.get("choices")
-    text = []
+    text: list[str] = []
     for choice in choices if isinstance(choices, list) else []:
         delta = choice.get("delta") if isinstance(choice, dict) else None
         if not isinstance(delta, dict):
