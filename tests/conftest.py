@@ -127,3 +127,20 @@ def postgres_url(tmp_path_factory) -> Iterator[str]:
     server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
     yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
     server.cleanup()
+
+
+# Tests are marked by the real servers they need, so `-m "not slow and not postgres and not llama"`
+# runs the fast set.
+_MARKS_BY_FIXTURE = {"postgres_url": "postgres", "llama": "llama"}
+_SLOW_FILES = {"test_demo.py", "test_fuzz.py", "test_reload.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, mark in _MARKS_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(getattr(pytest.mark, mark))
+        if "real_local_model" in item.name:  # loads a GGUF model in process
+            item.add_marker(pytest.mark.llama)
+        if item.path.name in _SLOW_FILES or "sigterm" in item.name or "subprocess" in item.name:
+            item.add_marker(pytest.mark.slow)

@@ -28,7 +28,7 @@ from bestroute.serving._log import TRUNCATED, metadata
 LONG_NAME = "backend-" + "x" * 242  # 250 characters; the column holds 200
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def log_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/log.db"

@@ -4,6 +4,7 @@ import pytest
 from bestroute import ROUTERS, RouterError, load_dataset, load_router, split_prompts
 from bestroute.evaluation import area_under_curve
 from bestroute.features import LexicalFeatures
+from bestroute.policy import fallback_order
 from bestroute.routers import BestRouteRouter, apply_heads, fit_soft_heads
 
 ROUTABLE = [name for name in ROUTERS if name != "oracle"]
@@ -24,8 +25,16 @@ def test_fit_predict_decide_save_load(name, subset, tmp_path):
     scores = router.predict(texts)
     assert scores.shape == (len(texts), len(router.options_))
     assert np.isfinite(scores).all()
-    choices = router.decide(scores, router.default_knob())
-    assert ((choices >= 0) & (choices < len(router.options_))).all()
+    knob = router.default_knob()
+    choices = router.decide(scores, knob)
+    # The serving path's plain-Python rule decides the same, prompt by prompt.
+    rule = {
+        "threshold_rule": router.knob == "threshold",
+        "option_cost": router.option_cost_,
+        "reference": router.reference_index_,
+        "available": router.active_,
+    }
+    assert choices.tolist() == [fallback_order(row, knob, **rule)[0] for row in scores]
     assert router.active_[choices].all()
     assert router.table_, "fitting with validation data records the operating table"
     path = tmp_path / f"{name}.bestroute"
