@@ -1,8 +1,10 @@
 """The `bestroute` command line."""
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +17,9 @@ from .routers import ROUTERS, load_router
 
 if TYPE_CHECKING:
     from .collection import CollectReport
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 app = typer.Typer(
     help="bestroute: route each LLM request to a (model, n) option.",
@@ -49,19 +54,30 @@ def _resolve_selector(
     return choose_selector(data, split, reward_model_path.resolve(), features=features)
 
 
-def _fail(exc: Exception) -> None:
+def _one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """A command whose BestRouteError is one plain line on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except BestRouteError as exc:
+            _fail(exc)
+
+    return run
+
+
+def _fail(exc: Exception) -> NoReturn:
     # One plain line (no wrapping) so scripts and people can read it.
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2)
 
 
 @data_app.command("describe")
+@_one_line_errors
 def describe(path: Annotated[Path, typer.Argument(help="Routing-data directory or RouterBench table.")]) -> None:
     """Models, quality and cost per 1k prompts, and the per-prompt oracle."""
-    try:
-        data = load_dataset(path)
-    except BestRouteError as exc:
-        _fail(exc)
+    data = load_dataset(path)
     summary = data.describe()
     table = Table(title=f"{path}: {summary['prompts']} prompts, {len(data.models)} models")
     for column in ("model", "prompts", "samples", "quality", "cost per 1k ($)"):
@@ -79,6 +95,7 @@ def describe(path: Annotated[Path, typer.Argument(help="Routing-data directory o
 
 
 @app.command()
+@_one_line_errors
 def train(
     data_path: Annotated[
         Path | None,
@@ -93,17 +110,14 @@ def train(
     selector: Annotated[str, typer.Option(help=SELECTOR_HELP)] = "auto",
 ) -> None:
     """Fit a router on the train split and save it as one artifact file."""
-    try:
-        if router not in ROUTERS:
-            raise BestRouteError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
-        data = load_dataset(data_path or demo_data_path())
-        split = split_prompts(data.prompt_ids, seed=seed)
-        selector, _ = _resolve_selector(selector, data, split, out.with_suffix(".reward.bestroute"), features)
-        fitted = ROUTERS[router](features=features, reference=reference, max_n=max_n, seed=seed, selector=selector)
-        fitted.fit(data, split.train, split.val)
-        fitted.save(out)
-    except BestRouteError as exc:
-        _fail(exc)
+    if router not in ROUTERS:
+        raise BestRouteError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
+    data = load_dataset(data_path or demo_data_path())
+    split = split_prompts(data.prompt_ids, seed=seed)
+    selector, _ = _resolve_selector(selector, data, split, out.with_suffix(".reward.bestroute"), features)
+    fitted = ROUTERS[router](features=features, reference=reference, max_n=max_n, seed=seed, selector=selector)
+    fitted.fit(data, split.train, split.val)
+    fitted.save(out)
     console.print(
         f"saved {router} router ({len(fitted.options_)} options, reference "
         f"{fitted.reference_.model}, features {fitted.extractor_.name}) to {out}"
@@ -111,6 +125,7 @@ def train(
 
 
 @app.command()
+@_one_line_errors
 def route(
     artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")],
     prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
@@ -125,14 +140,11 @@ def route(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the routing decision for one prompt: option, predicted scores, expected cost."""
-    try:
-        router = load_router(artifact)
-        knob = threshold
-        if min_quality is not None or max_cost is not None:
-            knob = router.knob_for(min_relative_quality=min_quality, max_cost_per_1k=max_cost)
-        decision = router.route([prompt], knob=knob)[0]
-    except BestRouteError as exc:
-        _fail(exc)
+    router = load_router(artifact)
+    knob = threshold
+    if min_quality is not None or max_cost is not None:
+        knob = router.knob_for(min_relative_quality=min_quality, max_cost_per_1k=max_cost)
+    decision = router.route([prompt], knob=knob)[0]
     if as_json:
         console.print_json(json.dumps(decision))
         return
@@ -148,12 +160,10 @@ def route(
 
 
 @app.command()
+@_one_line_errors
 def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")]) -> None:
     """The validation operating table: knob, quality relative to the reference, cost per 1k."""
-    try:
-        router = load_router(artifact)
-    except BestRouteError as exc:
-        _fail(exc)
+    router = load_router(artifact)
     if not router.table_:
         _fail(BestRouteError("this router has no validation table"))
     table = Table(
@@ -187,6 +197,7 @@ def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from 
 
 
 @app.command("eval")
+@_one_line_errors
 def eval_command(
     data_path: Annotated[
         Path | None,
@@ -202,30 +213,28 @@ def eval_command(
 ) -> None:
     """Sweep each router's knob on the test split; write results.json and curves.png."""
     names = [n.strip() for item in (routers or DEFAULT_ROUTERS) for n in item.split(",") if n.strip()]
-    try:
-        data = load_dataset(data_path or demo_data_path())
-        split = split_prompts(data.prompt_ids, seed=seed)
-        selector, choice = _resolve_selector(selector, data, split, out / "reward.bestroute", features)
-        results = evaluate(
-            data,
-            routers=names,
-            seed=seed,
-            features=features,
-            max_n=max_n,
-            reference=reference,
-            selector=selector,
-            log=lambda m: typer.echo(m, err=True),
-        )
-        if choice:
-            results["selector_validation_quality"] = choice
-        write_results(results, out)
-    except BestRouteError as exc:
-        _fail(exc)
+    data = load_dataset(data_path or demo_data_path())
+    split = split_prompts(data.prompt_ids, seed=seed)
+    selector, choice = _resolve_selector(selector, data, split, out / "reward.bestroute", features)
+    results = evaluate(
+        data,
+        routers=names,
+        seed=seed,
+        features=features,
+        max_n=max_n,
+        reference=reference,
+        selector=selector,
+        log=lambda m: typer.echo(m, err=True),
+    )
+    if choice:
+        results["selector_validation_quality"] = choice
+    write_results(results, out)
     typer.echo(markdown_table(results))
     typer.echo(f"\nwrote {out / 'results.json'} and {out / 'curves.png'}")
 
 
 @app.command()
+@_one_line_errors
 def serve(
     config: Annotated[Path, typer.Option(help="Gateway YAML configuration.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -234,16 +243,14 @@ def serve(
     """Run the OpenAI-compatible routing gateway."""
     from .serving import create_app, load_config, run_gateway
 
-    try:
-        if not 0 < port < 65536:
-            raise ConfigError(f"--port: {port} is not a port (1 to 65535)")
-        gateway = create_app(load_config(config), config_path=config)
-    except BestRouteError as exc:
-        _fail(exc)
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port: {port} is not a port (1 to 65535)")
+    gateway = create_app(load_config(config), config_path=config)
     run_gateway(gateway, host=host, port=port)
 
 
 @log_app.command("export")
+@_one_line_errors
 def export(
     config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its decision_log.url).")],
     out: Annotated[Path, typer.Option(help="Directory to write routing data to.")],
@@ -251,25 +258,20 @@ def export(
     """Write logged requests with feedback as routing data in the exchange format."""
     from .serving import export_log, load_config
 
-    try:
-        count = export_log(load_config(config), out)
-    except BestRouteError as exc:
-        _fail(exc)
+    count = export_log(load_config(config), out)
     typer.echo(f"wrote {count} prompts with feedback to {out}")
 
 
 @log_app.command("replay-dead-letters")
+@_one_line_errors
 def replay(
     config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its decision_log).")],
 ) -> None:
     """Insert the rows of the dead-letter file into the decision log; rows still refused stay."""
     from .serving import load_config, replay_dead_letters
 
-    try:
-        settings = load_config(config).decision_log
-        replayed, left = replay_dead_letters(settings.url, settings.dead_letter_path)
-    except BestRouteError as exc:
-        _fail(exc)
+    settings = load_config(config).decision_log
+    replayed, left = replay_dead_letters(settings.url, settings.dead_letter_path)
     typer.echo(
         f"replayed {replayed} rows into the decision log; {left} still refused, left in {settings.dead_letter_path}"
     )
@@ -278,6 +280,7 @@ def replay(
 
 
 @local_app.command("serve")
+@_one_line_errors
 def local_serve(
     model: Annotated[str, typer.Option(help="smollm2-135m, gemma3-270m, or a .gguf path.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -287,13 +290,11 @@ def local_serve(
     """Serve a local model behind an OpenAI-compatible endpoint (llama.cpp)."""
     from .local import serve_local
 
-    try:
-        serve_local(model, host=host, port=port, threads=threads)
-    except BestRouteError as exc:
-        _fail(exc)
+    serve_local(model, host=host, port=port, threads=threads)
 
 
 @app.command()
+@_one_line_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the router, evaluation, config and decision log.")] = Path(
         "bestroute-demo"
@@ -307,13 +308,10 @@ def demo(
     from .local import LoopSettings, ask, start, train_and_evaluate
 
     settings = LoopSettings(out=out, port=port, threads=threads)
-    try:
-        settings.check()
-        data = load_dataset(demo_data_path())
-        artifact, selector, threshold = train_and_evaluate(data, settings, typer.echo)
-        loop = start(data, settings, artifact, selector, threshold, typer.echo)
-    except BestRouteError as exc:
-        _fail(exc)
+    settings.check()
+    data = load_dataset(demo_data_path())
+    artifact, selector, threshold = train_and_evaluate(data, settings, typer.echo)
+    loop = start(data, settings, artifact, selector, threshold, typer.echo)
     try:
         ask(loop, settings, typer.echo)
         if not once:
@@ -322,8 +320,6 @@ def demo(
                 "Ctrl-C stops it and the local models."
             )
             loop.wait()
-    except BestRouteError as exc:
-        _fail(exc)
     except KeyboardInterrupt:
         pass
     finally:
@@ -331,6 +327,7 @@ def demo(
 
 
 @local_app.command("list")
+@_one_line_errors
 def local_list() -> None:
     """Packaged models and whether they are installed."""
     from .local import PACKAGED_MODELS, model_path
@@ -344,6 +341,7 @@ def local_list() -> None:
 
 
 @app.command()
+@_one_line_errors
 def collect(
     prompts: Annotated[Path, typer.Option(help="JSONL or CSV: prompt, optional prompt_id, reference, check, task.")],
     config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its backends).")],
@@ -398,11 +396,8 @@ def collect(
         judge=judge,
         likelihood_model=likelihood_model,
     )
-    try:
-        gateway_config = load_config(config)
-        settings.check_against(gateway_config)
-    except BestRouteError as exc:
-        _fail(exc)
+    gateway_config = load_config(config)
+    settings.check_against(gateway_config)
     columns = (
         TextColumn("collect"),
         BarColumn(),
@@ -421,11 +416,7 @@ def collect(
                 spent=f"{report.tokens:,} tokens ${report.cost_usd:.4f} failed {report.failed}",
             )
 
-        try:
-            report = asyncio.run(run_collect(gateway_config, prompts, out, settings, progress=show))
-        except BestRouteError as exc:
-            bar.stop()
-            _fail(exc)
+        report = asyncio.run(run_collect(gateway_config, prompts, out, settings, progress=show))
     for line in report.bad_lines:
         typer.echo(f"skipped {line}", err=True)
     typer.echo(
@@ -436,6 +427,7 @@ def collect(
 
 
 @app.command("train-reward")
+@_one_line_errors
 def train_reward(
     data_path: Annotated[
         Path | None, typer.Option("--data", help="Routing data with response texts; default: the embedded demo data.")
@@ -449,14 +441,11 @@ def train_reward(
 
     from .reward import RewardModel, pairwise_accuracy
 
-    try:
-        data = load_dataset(data_path or demo_data_path())
-        split = split_prompts(data.prompt_ids, seed=seed)
-        model = RewardModel(features=features).fit(data, split.train)
-        model.save(out)
-        accuracy = pairwise_accuracy(data, split.test, model, seed=seed)
-    except BestRouteError as exc:
-        _fail(exc)
+    data = load_dataset(data_path or demo_data_path())
+    split = split_prompts(data.prompt_ids, seed=seed)
+    model = RewardModel(features=features).fit(data, split.train)
+    model.save(out)
+    accuracy = pairwise_accuracy(data, split.test, model, seed=seed)
     typer.echo(f"saved reward model to {out}")
     typer.echo(
         "pairwise accuracy on held-out prompts: "
