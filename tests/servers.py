@@ -4,6 +4,8 @@ that can answer, fail, slow down or break its stream, a reward model, and a runn
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import uvicorn
 import yaml
@@ -186,36 +189,25 @@ def fake_upstream(script: Script) -> FastAPI:
     return app
 
 
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> str:
+    """One SSE event of a chat.completion.chunk, as OpenAI streams them."""
+    chunk = {
+        "id": "up-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
 async def _tool_stream(model: str, tool: str, arguments: str):
     """A tool call streamed as OpenAI does: the call's id and name, then its arguments in pieces."""
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        return (
-            "data: "
-            + json.dumps(
-                {
-                    "id": "up-1",
-                    "object": "chat.completion.chunk",
-                    "created": 1,
-                    "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                }
-            )
-            + "\n\n"
-        )
-
-    yield chunk(
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"index": 0, "id": "call_0", "type": "function", "function": {"name": tool, "arguments": ""}}
-            ],
-        }
-    )
+    call = {"index": 0, "id": "call_0", "type": "function", "function": {"name": tool, "arguments": ""}}
+    yield _chunk(model, {"role": "assistant", "content": None, "tool_calls": [call]})
     for start in range(0, len(arguments), 5):
-        yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[start : start + 5]}}]})
-    yield chunk({}, "tool_calls")
+        yield _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": arguments[start : start + 5]}}]})
+    yield _chunk(model, {}, "tool_calls")
     yield "data: [DONE]\n\n"
 
 
@@ -226,41 +218,15 @@ async def _stream(model: str, text: str, failure: Any):
         await asyncio.sleep(3600)  # 200, then nothing
     words = text.split(" ")
     for i, word in enumerate(words):
-        chunk = {
-            "id": "up-1",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": model,
-            "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}],
-        }
-        yield f"data: {json.dumps(chunk)}\n\n"
+        yield _chunk(model, {"content": word if i == 0 else " " + word})
         if failure == "break-stream":
             raise RuntimeError("injected stream break")
         if failure == "stall-stream":
             await asyncio.sleep(3600)
     while failure == "drip-stream":  # a chunk every 0.3 s, forever
         await asyncio.sleep(0.3)
-        drop = {
-            "id": "up-1",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": model,
-            "choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": None}],
-        }
-        yield f"data: {json.dumps(drop)}\n\n"
-    yield (
-        "data: "
-        + json.dumps(
-            {
-                "id": "up-1",
-                "object": "chat.completion.chunk",
-                "created": 1,
-                "model": model,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            }
-        )
-        + "\n\n"
-    )
+        yield _chunk(model, {"content": "."})
+    yield _chunk(model, {}, "stop")
     yield "data: [DONE]\n\n"
 
 
@@ -291,9 +257,6 @@ class LlamaServer:
     """llama.cpp's OpenAI-compatible server (llama-cpp-python) with a real GGUF model."""
 
     def __init__(self, model_path: str) -> None:
-        import subprocess
-        import sys
-
         self.port = free_port()
         self.process = subprocess.Popen(
             [
@@ -314,8 +277,6 @@ class LlamaServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        import httpx
-
         deadline = time.monotonic() + 120
         while True:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -354,6 +315,33 @@ def gateway(
         yield server, openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     finally:
         server.stop()
+
+
+@contextmanager
+def serve_subprocess(config: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`bestroute serve --config config` in a process of its own, once /healthz answers: the
+    process (stderr piped) and its URL. Terminated on exit unless the test ended it."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bestroute", "serve", "--config", str(config), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None and time.monotonic() < deadline, "gateway did not start"
+                time.sleep(0.1)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.communicate(timeout=30)
 
 
 def write_gateway_config(

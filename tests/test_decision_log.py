@@ -5,8 +5,6 @@ import json
 import logging
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,7 +16,7 @@ import httpx
 import pytest
 import sqlalchemy
 import yaml
-from servers import Script, free_port, gateway, upstream, write_gateway_config
+from servers import Script, gateway, serve_subprocess, upstream, write_gateway_config
 from typer.testing import CliRunner
 
 from bestroute.cli import app as cli
@@ -238,44 +236,30 @@ def test_hostile_requests_get_4xx_or_502_and_never_stop_the_log(log_url, tmp_pat
 def test_sigterm_under_load_drains_every_answered_request(tmp_path, artifact):
     with upstream(Script(answers=["42"], delay_s=0.02)) as small, upstream(Script(answers=["big"])) as big:
         config = write_gateway_config(tmp_path, artifact, {"small": small.url, "big": big.url})
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bestroute", "serve", "--config", str(config), "--port", str(port)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/healthz", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None and time.monotonic() < deadline, "gateway did not start"
-                time.sleep(0.1)
-        answered: list[str] = []
-        stop = threading.Event()
+        with serve_subprocess(config) as (process, url):
+            answered: list[str] = []
+            stop = threading.Event()
 
-        def load() -> None:
-            with httpx.Client(base_url=url, timeout=30) as client:
-                while not stop.is_set():
-                    try:
-                        response = client.post("/v1/chat/completions", json=_chat("bestroute:0", "What is 6 * 7?"))
-                    except httpx.HTTPError:
-                        return  # the gateway has stopped listening
-                    if response.status_code == 200:
-                        answered.append(response.json()["id"])
+            def load() -> None:
+                with httpx.Client(base_url=url, timeout=30) as client:
+                    while not stop.is_set():
+                        try:
+                            response = client.post("/v1/chat/completions", json=_chat("bestroute:0", "What is 6 * 7?"))
+                        except httpx.HTTPError:
+                            return  # the gateway has stopped listening
+                        if response.status_code == 200:
+                            answered.append(response.json()["id"])
 
-        workers = [threading.Thread(target=load) for _ in range(8)]
-        for worker in workers:
-            worker.start()
-        while len(answered) < 100:
-            time.sleep(0.01)
-        process.send_signal(signal.SIGTERM)
-        _, errors = process.communicate(timeout=60)
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
+            workers = [threading.Thread(target=load) for _ in range(8)]
+            for worker in workers:
+                worker.start()
+            while len(answered) < 100:
+                time.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            _, errors = process.communicate(timeout=60)
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=30)
     # uvicorn shuts down gracefully, then re-raises the signal it caught: -SIGTERM is a clean stop.
     assert process.returncode in (0, -signal.SIGTERM), errors
     assert "Traceback" not in errors

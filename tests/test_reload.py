@@ -2,15 +2,13 @@
 and SIGHUP; requests in flight finish, a bad file is refused and the old one keeps serving."""
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from servers import Script, ask, free_port, gateway, upstream, write_gateway_config
+from servers import Script, ask, gateway, serve_subprocess, upstream, write_gateway_config
 
 from bestroute import BestRouteRouter, load_dataset, split_prompts
 
@@ -69,22 +67,8 @@ def test_sighup_reloads_bestroute_serve(tmp_path, artifact, multisample_dir):
     with upstream(Script()) as s:
         backends = {"small": s.url, "big": s.url}
         config = write_gateway_config(tmp_path, artifact, backends, reload_poll_s=0)
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bestroute", "serve", "--config", str(config), "--port", str(port)],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    first = artifact_digest(url)
-                    break
-                except httpx.HTTPError:
-                    assert time.monotonic() < deadline and process.poll() is None
-                    time.sleep(0.1)
+        with serve_subprocess(config) as (process, url):
+            first = artifact_digest(url)
             write_gateway_config(tmp_path, second, backends, reload_poll_s=0)
             time.sleep(0.5)
             assert artifact_digest(url) == first  # no watcher: nothing happens until the signal
@@ -93,7 +77,6 @@ def test_sighup_reloads_bestroute_serve(tmp_path, artifact, multisample_dir):
             while artifact_digest(url) == first and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert artifact_digest(url) != first and process.poll() is None
-        finally:
             process.terminate()
             _, stderr = process.communicate(timeout=30)
     assert "reload (SIGHUP): serving" in stderr

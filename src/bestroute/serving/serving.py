@@ -298,10 +298,9 @@ class ChatService:
         """Draw the attempt's samples and select one; an UpstreamError is recorded and re-raised."""
         if attempt.option is not None:
             return await self._try_composite(request, outcome, attempt, deadline)
-        body = request.upstream_body(attempt.upstream.config.upstream_model, n=attempt.n, stream=False)
         started = time.monotonic()
         try:
-            completion = await attempt.upstream.complete(body, attempt.n, deadline)
+            completion = await self._draw(request, attempt.upstream, attempt.n, deadline)
         except UpstreamError as error:
             self._failed(outcome, attempt, error, started)
             raise
