@@ -70,6 +70,65 @@ def test_a_mixture_votes_across_models(data):
     assert (outcomes.quality[:, 2] == 1.0).all() and (outcomes.accepted[:, 2] == 1).all()
 
 
+TINY_CALL = 10 * 0.01 / 1e6
+
+
+def test_stages_are_checked_and_named():
+    with pytest.raises(RouterError, match="keeps every pick|always goes on"):
+        Option("small", 2, then=Option("small", 4, accept=0.5))
+    with pytest.raises(RouterError, match="must draw more samples"):
+        Option("small", 3, accept=1.0, then=Option("small", 3, accept=0.5))
+    with pytest.raises(RouterError, match="its models first"):
+        Option.mixture(("small", "tiny"), accept=1.0, then=Option.mixture(("tiny", "small", "big")))
+    with pytest.raises(RouterError, match=r"gate must be in \[0, 1\], got 2"):
+        Option.mixture(("small", "tiny"), gate=2.0, then=Option.mixture(("small", "tiny", "big")))
+    with pytest.raises(RouterError, match="has none"):
+        Option("small", 2, accept=1.0, gate=0.5)
+    doubt = Option("small", 2, accept=1.0, then=Option("small", 4, accept=0.6))
+    assert doubt.label == "small x2 >=1.00 else small x4 >=0.60 else reference" and doubt.escalates
+    verify = Option.mixture(("small", "tiny"), gate=1.0, then=Option.mixture(("small", "tiny", "big"), accept=1.0))
+    assert verify.label == "small+tiny if >=1.00: small+tiny+big >=1.00 else reference" and verify.escalates
+    assert not Option("small", 2, accept=1.0, then=Option("small", 4)).escalates  # the last stage keeps its pick
+
+
+def test_a_stage_goes_on_only_when_unsure_and_pays_only_for_what_it_adds(data):
+    # small answers 42, 42, 7, 9 (qualities 1, 1, 0, 0); the reference's first answer has quality 1.
+    agree_at_once = Option("small", 2, accept=1.0, then=Option("small", 4, accept=0.6))
+    on_to_reference = Option("small", 3, accept=1.0, then=Option("small", 4, accept=0.6))
+    kept_later = Option("small", 3, accept=1.0, then=Option("small", 4, accept=0.5))
+    never_reference = Option("small", 3, accept=1.0, then=Option("small", 4))
+    options = [agree_at_once, on_to_reference, kept_later, never_reference]
+    outcomes = option_outcomes(data, options, make_selector("consensus"), REFERENCE)
+    np.testing.assert_array_equal(outcomes.accepted[0], [1, 0, 1, 1])
+    np.testing.assert_array_equal(outcomes.quality[0], [1, 1, 1, 1])
+    # A later stage is another call (its input is paid again) for the samples it adds.
+    np.testing.assert_allclose(
+        outcomes.cost[0],
+        [
+            SMALL_CALL + 2 * SMALL_SAMPLE,
+            2 * SMALL_CALL + 4 * SMALL_SAMPLE + BIG_ONE,
+            2 * SMALL_CALL + 4 * SMALL_SAMPLE,
+            2 * SMALL_CALL + 4 * SMALL_SAMPLE,
+        ],
+    )
+
+
+def test_a_gated_mixture_goes_on_only_when_its_models_agree_enough(data):
+    # small's 42 against tiny's 3: agreement 1/2.
+    straight_to_reference = Option.mixture(
+        ("small", "tiny"), gate=1.0, then=Option.mixture(("small", "tiny"), n=2, accept=0.5)
+    )
+    verified = Option.mixture(("small", "tiny"), gate=0.5, then=Option.mixture(("small", "tiny"), n=2, accept=0.5))
+    unverified = Option.mixture(("small", "tiny"), gate=0.5, then=Option.mixture(("small", "tiny"), n=2, accept=1.0))
+    outcomes = option_outcomes(
+        data, [straight_to_reference, verified, unverified], make_selector("majority"), REFERENCE
+    )
+    np.testing.assert_array_equal(outcomes.accepted[0], [0, 1, 0])
+    first = SMALL_CALL + SMALL_SAMPLE + TINY_ONE
+    np.testing.assert_allclose(outcomes.cost[0], [first + BIG_ONE, 2 * first, 2 * first + BIG_ONE])
+    assert outcomes.quality[0, 1] == 1.0  # 42, 42 against 3, 3: the tie goes to small's first sample
+
+
 def test_a_selector_without_confidence_cannot_escalate(data):
     with pytest.raises(RouterError, match="oracle.* gives no confidence"):
         option_outcomes(data, [Option("small", 3, accept=0.5)], make_selector("oracle"), REFERENCE)
@@ -97,6 +156,10 @@ def test_escalating_router_fits_saves_explains_and_the_gateway_checks_it(data, t
     router.save(path)
     loaded = load_router(path)
     assert loaded.options_ == router.options_ and loaded.acceptance_ == router.acceptance_
+    staged = EscalatingBestRouteRouter(features="lexical", max_n=4).fit(data, split.train, split.val)
+    assert "small x2 >=1.00 else small x4 >=0.60 else reference" in {o.label for o in staged.options_}
+    staged.save(tmp_path / "staged.bestroute")
+    assert load_router(tmp_path / "staged.bestroute").options_ == staged.options_
     np.testing.assert_allclose(
         loaded.predict(["What is six times seven?"]), router.predict(["What is six times seven?"])
     )
@@ -243,3 +306,65 @@ def test_a_reward_model_escalates_on_its_score(data, tmp_path):
     tiny = selector.model.score(data.texts, [data.responses[i, tiny_j, 0] for i in range(data.n_prompts)])
     expected = np.where(scores >= tiny, data.quality[:, small_j, 0], data.quality[:, tiny_j, 0])
     np.testing.assert_array_equal(outcomes.quality[:, 3], expected)
+
+
+def test_the_gateway_serves_stages_as_evaluated_offline(data, tmp_path):
+    from servers import Script, ask, gateway, upstream
+
+    from bestroute.routers import pick, pick_confidence, stage_verdict
+
+    label = "small x2 >=1.00 else small x4 >=0.60 else reference"
+    split = split_prompts(data.prompt_ids)
+    router = EscalatingBestRouteRouter(features="lexical", max_n=4, prune_dominated=False).fit(
+        data, split.train, split.val
+    )
+    router.active_ = np.array([o.label == label or o == router.reference_ for o in router.options_])
+    router.option_cost_[[o.label for o in router.options_].index(label)] = 1e-9
+    artifact = tmp_path / "staged.bestroute"
+    router.save(artifact)
+    option = next(o for o in router.options_ if o.label == label)
+    consensus = make_selector("majority" if router.selector == "majority" else "consensus")
+
+    def offline(samples: list[str]) -> tuple[str, int]:
+        """The verdict offline judging gives these samples, and the stage that gives it."""
+        for number, stage in enumerate(option.stages):
+            texts = samples[: stage.n]
+            agreement, scores = consensus.judge("", texts, np.zeros(len(texts)))
+            picked = pick(agreement, scores, np.arange(len(texts)))
+            verdict = stage_verdict(stage, pick_confidence(consensus, agreement, scores, picked))
+            if verdict != "next":
+                return verdict, number
+        raise AssertionError("the last stage always decides")
+
+    small, big = Script(answers=["42"]), Script(answers=["big answer"])
+    with (
+        upstream(small) as s,
+        upstream(Script(answers=["3"])) as t,
+        upstream(big) as b,
+        gateway(tmp_path, artifact, {"small": {"base_url": s.url, "max_n": 4}, "tiny": t.url, "big": b.url}) as (
+            server,
+            client,
+        ),
+    ):
+        expected = [("keep", 0), ("reference", 1), ("keep", 1)]
+        for answers, (verdict, stage) in zip([["42"] * 2, ["1", "2", "3", "3"], ["1", "2", "2", "2"]], expected):
+            assert offline(answers) == (verdict, stage)
+            small.answers, small._next, calls = answers, 0, len(small.bodies)
+            answer, headers = ask(client, "bestroute:0")  # the cheapest active option: the staged one
+            details = answer.model_extra["bestroute"]
+            assert details["option"] == label, details
+            stages = details["escalation"]["stages"]
+            assert len(stages) == stage + 1 + (verdict == "reference")
+            assert len(small.bodies) - calls == (2 if stage == 0 else 4)  # a stage draws only what it adds
+            assert headers["x-bestroute-escalated"] == ("true" if verdict == "reference" else "false")
+            assert float(headers["x-bestroute-cost-usd"]) == pytest.approx(sum(st["cost_usd"] for st in stages))
+            if verdict == "keep":
+                assert answer.model == "small" and headers["x-bestroute-n"] == str(2 * (stage + 1))
+        assert answer.choices[0].message.content == "2"  # 3 of 4 samples agree at the second stage
+        metrics = httpx.get(server.url + "/metrics").text
+        for outcome in ("accepted", "escalated", "continued"):
+            assert f'bestroute_escalations_total{{option="{label}",outcome="{outcome}"}} 1.0' in metrics
+    with sqlite3.connect(tmp_path / "decisions.db") as db:
+        rows = [json.loads(r[0]) for r in db.execute("SELECT escalation FROM decisions ORDER BY created_at")]
+    assert [len(r["stages"]) for r in rows] == [1, 3, 2]
+    assert [r["escalated"] for r in rows] == [False, True, False]

@@ -26,6 +26,9 @@ from ._selection import (
     pick_confidence,
     selected_quality,
     soft_labels,
+    stage_draws,
+    stage_samples,
+    stage_verdict,
 )
 
 __all__ = [
@@ -57,4 +60,7 @@ __all__ = [
     "pick_confidence",
     "selected_quality",
     "soft_labels",
+    "stage_draws",
+    "stage_samples",
+    "stage_verdict",
 ]

@@ -290,15 +290,26 @@ class Router:
 
 
 def _option_to_json(option: Option) -> list[Any] | dict[str, Any]:
-    if not option.mix and option.accept is None:
+    if not option.composite:
         return [option.model, option.n]  # the form every artifact version reads
-    return {"model": option.model, "n": option.n, "mix": list(option.mix), "accept": option.accept}
+    document = {"model": option.model, "n": option.n, "mix": list(option.mix), "accept": option.accept}
+    if option.then is not None:
+        document |= {"then": _option_to_json(option.then), "gate": option.gate}
+    return document
 
 
 def _option_from_json(document: list[Any] | dict[str, Any]) -> Option:
     if isinstance(document, list):
         return Option(str(document[0]), int(document[1]))
-    return Option(str(document["model"]), int(document["n"]), tuple(document["mix"]), document["accept"])
+    then = _option_from_json(document["then"]) if document.get("then") is not None else None
+    return Option(
+        str(document["model"]),
+        int(document["n"]),
+        tuple(document["mix"]),
+        document["accept"],
+        then,
+        document.get("gate", 0.0),
+    )
 
 
 MIN_REFERENCE_COVERAGE = 0.8

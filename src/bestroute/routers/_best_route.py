@@ -142,6 +142,11 @@ class EscalatingBestRouteRouter(BestRouteRouter):
 MIX_SCORE_ACCEPTS = (0.3, 0.5, 0.7)
 # (models in a mixture, share of their answers that must agree with the pick)
 MIXTURES = ((2, 1.0), (3, 2 / 3), (3, 1.0), (4, 0.75), (4, 1.0), (5, 0.8), (5, 1.0))
+# Mixtures grown in stages from a pair of the PAIR_MODELS best cheap models: (models added, share
+# of all answers that must agree) when the pair disagrees; models added, all agreeing, to verify.
+PAIR_MODELS = 4
+GROWN_ON_DOUBT = ((1, 2 / 3), (2, 0.75))
+GROWN_TO_VERIFY = (1, 2, 3)
 # Escalating options' predicted labels crowd just below 1: the knob needs finer steps there.
 ESCALATION_GRID = np.unique(np.concatenate([THRESHOLD_GRID, np.linspace(0.9, 1.0, 1001)]))
 
@@ -170,18 +175,40 @@ def escalating_options(
             for j in range(len(data.models))
             if j != ref_j and answered[j] >= 0.95 and np.nanmean(cost[rows, j]) <= ref_cost / 3
         ]
-        top = sorted(sorted(cheap, key=lambda j: -np.nanmean(quality[rows, j]))[:mix_models])
+        ranked = sorted(cheap, key=lambda j: -np.nanmean(quality[rows, j]))[:mix_models]
+        top = sorted(ranked)
         for size, accept in MIXTURES:
             for combo in combinations(top, size):
                 options[Option.mixture(tuple(data.models[j] for j in combo), accept=accept)] = None
+        # Two models first, more only where the pair says it is worth it: on doubt (the pair
+        # disagrees: ask more of them, then the reference) or to verify (the pair agrees: ask
+        # more, and keep only what they all agree on; a split pair goes to the reference).
+        for pair in combinations(ranked[:PAIR_MODELS], 2):
+            first = tuple(data.models[j] for j in pair)
+            others = tuple(data.models[j] for j in ranked if j not in pair)
+            for extra, share in GROWN_ON_DOUBT:
+                if len(others) >= extra:
+                    grown = Option.mixture(first + others[:extra], accept=share)
+                    options[Option.mixture(first, accept=1.0, then=grown)] = None
+            for extra in GROWN_TO_VERIFY:
+                if len(others) >= extra:
+                    grown = Option.mixture(first + others[:extra], accept=1.0)
+                    options[Option.mixture(first, gate=1.0, then=grown)] = None
     for j, model in enumerate(data.models):
         if j == ref_j or np.nanmean(cost[:, j]) > ref_cost:
             continue
+        most = min(max_n, data.max_samples(j))
         for n in (3, 5):
-            if n <= min(max_n, data.max_samples(j)):
+            if n <= most:
                 for share in accept_shares:
                     options[Option(model, n, accept=share)] = None
+        if most >= 4:  # two samples first, more only when they disagree; the reference last, or never
+            for share in accept_shares:
+                options[Option(model, 2, accept=1.0, then=Option(model, most, accept=share))] = None
+            options[Option(model, 2, accept=1.0, then=Option(model, most))] = None
         if score_confidence:
             for accept in MIX_SCORE_ACCEPTS:
                 options[Option(model, 1, accept=accept)] = None
+                if most >= 3:
+                    options[Option(model, 1, accept=accept, then=Option(model, 3))] = None
     return list(options)

@@ -31,26 +31,63 @@ class Option:
     A *mixture* samples ``n`` from each model of ``mix`` (``model`` is then their names joined
     by "+") and keeps the best of all. An *escalating* option (``accept`` set) keeps its pick
     only when the selector's confidence in it is >= ``accept``; otherwise the request goes on to
-    the reference, and pays for both."""
+    ``then``, a larger stage that draws only the samples it adds and judges them together with
+    those already drawn, or, when ``then`` is None, to the reference, and pays for every stage.
+    A stage with a ``then`` goes on to it only when its confidence is >= ``gate`` (below that,
+    straight to the reference); with ``accept`` None it never keeps its own pick, so the
+    samples so far only decide whether more are worth drawing (verify before accepting). A last
+    stage without ``accept`` keeps its pick: the reference is never asked."""
 
     model: str
     n: int = 1
     mix: tuple[str, ...] = ()
     accept: float | None = None
+    then: "Option | None" = None
+    gate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.accept is not None and not 0.0 <= self.accept <= 1.0:
             raise RouterError(f"acceptance threshold must be in [0, 1], got {self.accept}")
         if self.mix and self.model != "+".join(self.mix):
             raise RouterError(f"a mixture's model name is its models joined by '+', got {self.model!r}")
+        if not 0.0 <= self.gate <= 1.0:
+            raise RouterError(f"a stage's gate must be in [0, 1], got {self.gate}")
+        if self.gate and self.then is None:
+            raise RouterError("a gate says when to go on to the next stage; this option has none")
+        if self.then is not None:
+            if self.accept is None and not self.gate:
+                raise RouterError(f"a stage that always goes on to {self.then.label!r} is that stage alone")
+            later = self.then
+            if later.models[: len(self.models)] != self.models or later.n < self.n or later.samples <= self.samples:
+                raise RouterError(
+                    f"next stage {later.label!r} must draw more samples than {self.label!r}, its models first"
+                )
 
     @classmethod
-    def mixture(cls, models: tuple[str, ...], *, n: int = 1, accept: float | None = None) -> "Option":
-        return cls("+".join(models), n, tuple(models), accept)
+    def mixture(
+        cls,
+        models: tuple[str, ...],
+        *,
+        n: int = 1,
+        accept: float | None = None,
+        then: "Option | None" = None,
+        gate: float = 0.0,
+    ) -> "Option":
+        return cls("+".join(models), n, tuple(models), accept, then, gate)
 
     @property
     def models(self) -> tuple[str, ...]:
         return self.mix or (self.model,)
+
+    @property
+    def stages(self) -> tuple["Option", ...]:
+        """This option and the stages it may go on to, in order."""
+        return (self,) + (self.then.stages if self.then is not None else ())
+
+    @property
+    def escalates(self) -> bool:
+        """Some stage may send the request to the reference."""
+        return self.stages[-1].accept is not None or any(stage.gate for stage in self.stages)
 
     @property
     def single(self) -> bool:
@@ -64,13 +101,55 @@ class Option:
 
     @property
     def samples(self) -> int:
-        """Responses drawn: n from each model."""
+        """Responses drawn by this stage: n from each model."""
         return self.n * len(self.models)
 
     @property
     def label(self) -> str:
         base = self.model if self.n == 1 else f"{self.model} x{self.n}"
-        return base if self.accept is None else f"{base} >={self.accept:.2f} else reference"
+        if self.then is None:
+            return base if self.accept is None else f"{base} >={self.accept:.2f} else reference"
+        kept = "" if self.accept is None else f" >={self.accept:.2f} else"
+        gated = f" if >={self.gate:.2f}:" if self.gate else ""
+        return f"{base}{kept}{gated} {self.then.label}"
+
+
+def stage_verdict(stage: Option, confidence: float | None) -> str:
+    """What one stage does with its pick: "keep" it, go on to the "next" stage, or ask the
+    "reference". No confidence (a selector that failed) keeps nothing and goes on nowhere."""
+    if stage.accept is None and stage.then is None:
+        return "keep"
+    if confidence is not None and stage.accept is not None and confidence >= stage.accept - 1e-9:
+        return "keep"
+    if confidence is not None and stage.then is not None and confidence >= stage.gate - 1e-9:
+        return "next"
+    return "reference"
+
+
+def stage_samples(option: Option) -> list[tuple[str, int]]:
+    """The (model, sample number) pairs an option's last stage holds, in the order they are judged
+    (model-major); every stage is judged on the ones it has drawn, in this order."""
+    last = option.stages[-1]
+    return [(model, k) for model in last.models for k in range(last.n)]
+
+
+def stage_draws(option: Option) -> list[list[tuple[str, int, int]]]:
+    """Per stage, the calls it adds: (model, first sample, samples) for each model it draws more of."""
+    draws: list[list[tuple[str, int, int]]] = []
+    before: dict[str, int] = {}
+    for stage in option.stages:
+        calls = [(m, before.get(m, 0), stage.n - before.get(m, 0)) for m in stage.models if stage.n > before.get(m, 0)]
+        draws.append(calls)
+        before = {m: stage.n for m in stage.models}
+    return draws
+
+
+def stage_positions(option: Option) -> list[np.ndarray]:
+    """Per stage, the positions (into :func:`stage_samples`) of the samples it is judged on."""
+    order = stage_samples(option)
+    return [
+        np.array([p for p, (m, k) in enumerate(order) if m in stage.models and k < stage.n]) for stage in option.stages
+    ]
 
 
 class Selector(Protocol):
@@ -353,7 +432,7 @@ def _soft_labels(
         _judge_in_bulk(data, selector, rows)
     labels = np.full((len(rows), len(options)), np.nan)
     for o, option in enumerate(options):
-        if option.mix or option.accept is not None:
+        if option.composite:
             # Its outcome is already the whole policy's (its pick, or the reference's answer):
             # the label is how often that is as good as the reference.
             outcome = _composite_outcomes(data, option, selector, reference)[0]
@@ -416,7 +495,7 @@ def _option_outcomes(
     if any(option.n > 1 for option in options):
         _judge_in_bulk(data, selector, np.arange(data.n_prompts))
     for o, option in enumerate(options):
-        if option.mix or option.accept is not None:
+        if option.composite:
             quality[:, o], cost[:, o], accepted[:, o] = _composite_outcomes(data, option, selector, reference)
             continue
         j = data.model_index(option.model)
@@ -438,38 +517,58 @@ def _composite_outcomes(
     data: RoutingDataset, option: Option, selector: Selector, reference: Option | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(quality, cost, accepted) per prompt of a mixture or escalating option, made once per
-    option: the first n samples of each of its models are judged together, the selector picks
-    one, and an escalating option keeps it only when its confidence reaches ``accept``."""
+    option: the samples of its last stage are judged together once, and each stage in turn picks
+    among the ones it has drawn and pays for the calls it adds; the first stage that keeps its
+    pick answers, else the reference does (``accepted`` 0)."""
     memo = _memo(data, selector)
     key = ("composite", option, reference)
     if key in memo:
         return memo[key]
-    if option.accept is not None and reference is None:
+    if option.escalates and reference is None:
         raise RouterError(f"option {option.label!r} escalates, but no reference was given")
-    columns = [data.model_index(m) for m in option.models]
-    n = option.n
-    q = data.quality[:, columns, :n].reshape(data.n_prompts, -1)  # model-major: m0 s0..s(n-1), m1 ...
+    order = [(data.model_index(m), k) for m, k in stage_samples(option)]
+    rows, cols = np.array([j for j, _ in order]), np.array([k for _, k in order])
+    q = data.quality[:, rows, cols]  # (P, samples of the last stage)
     ok = ~np.isnan(q).any(axis=1)
-    first_cost = sum(data.input_cost[:, j] + data.output_cost[:, j, :n].sum(axis=1) for j in columns)
-    if option.accept is not None:
+    stage_cost = [
+        sum(
+            data.input_cost[:, data.model_index(m)]
+            + data.output_cost[:, data.model_index(m), k : k + count].sum(axis=1)
+            for m, k, count in calls
+        )
+        for calls in stage_draws(option)
+    ]
+    ref_quality, ref_cost = np.full(data.n_prompts, np.nan), np.zeros(data.n_prompts)
+    if option.escalates:
         ref_j = data.model_index(reference.model)  # type: ignore[union-attr]
         ref_quality, ref_cost = data.quality[:, ref_j, 0], data.single_sample_cost()[:, ref_j]
         ok &= ~np.isnan(ref_quality)
     quality, cost, accepted = (np.full(data.n_prompts, np.nan) for _ in range(3))
-    everything = np.arange(q.shape[1])
-    if selector.confidence == "score":  # pointwise scores: reuse each model's judgment (made in bulk)
+    positions = stage_positions(option)
+    pointwise = selector.confidence == "score"
+    if pointwise:  # pointwise scores: reuse each model's judgment (made in bulk)
         _judge_in_bulk(data, selector, np.flatnonzero(ok))
     for i in np.flatnonzero(ok):
-        if selector.confidence == "score":
-            agreement = _no_agreement(len(everything))
-            scores = np.concatenate([_judgment(data, selector, int(i), j)[1][:n] for j in columns])
-        else:  # agreement is pairwise across models: judge the mixture's samples together
-            responses = [data.responses[i, j, k] for j in columns for k in range(n)]
-            agreement, scores = selector.judge(data.texts[i], responses, q[i])
-        picked = pick(agreement, scores, everything)
-        keep = option.accept is None or pick_confidence(selector, agreement, scores, picked) >= option.accept - 1e-9
-        quality[i] = q[i, picked] if keep else ref_quality[i]
-        cost[i] = first_cost[i] + (0.0 if keep else ref_cost[i])
-        accepted[i] = float(keep)
+        if pointwise:
+            agreement = _no_agreement(len(order))
+            by_model = {j: _judgment(data, selector, int(i), j)[1] for j in set(rows.tolist())}
+            scores = np.array([by_model[j][k] for j, k in order])
+        else:  # agreement is pairwise across models: judge the samples together
+            agreement, scores = selector.judge(data.texts[i], [data.responses[i, j, k] for j, k in order], q[i])
+        spent, kept = 0.0, False
+        for stage, where, paid in zip(option.stages, positions, stage_cost):
+            spent += paid[i]
+            sub_agreement, sub_scores = agreement[np.ix_(where, where)], scores[where]
+            picked = pick(sub_agreement, sub_scores, np.arange(len(where)))
+            judged = stage.accept is not None or stage.then is not None
+            verdict = stage_verdict(
+                stage, pick_confidence(selector, sub_agreement, sub_scores, picked) if judged else None
+            )
+            kept = verdict == "keep"
+            if verdict != "next":
+                break
+        quality[i] = q[i, where[picked]] if kept else ref_quality[i]
+        cost[i] = spent + (0.0 if kept else ref_cost[i])
+        accepted[i] = float(kept)
     memo[key] = (quality, cost, accepted)
     return memo[key]

@@ -68,7 +68,7 @@ def load_serving(config: GatewayConfig) -> Loaded:
         raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
     active = [o for o, on in zip(router.options_, router.active_, strict=True) if on]
     for option in active:
-        missing = [m for m in option.mix if m not in backends]
+        missing = [m for m in option.stages[-1].mix if m not in backends]
         if missing:
             raise ConfigError(f"the router's option {option.label!r} mixes {missing[0]!r}, which has no backend")
     if config.threshold is not None and router.knob == "threshold" and config.threshold > 1:
@@ -79,7 +79,7 @@ def load_serving(config: GatewayConfig) -> Loaded:
     trained_with = _selector_of(router)
     if "selector" not in config.model_fields_set:
         config = config.model_copy(update={"selector": trained_with})
-    escalating = [o for o in active if o.accept is not None]
+    escalating = [o for o in active if o.composite and (o.accept is not None or o.then is not None)]
     if escalating and config.selector != trained_with:
         raise ConfigError(
             f"the router's option {escalating[0].label!r} escalates on the confidence of the selector "

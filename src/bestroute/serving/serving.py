@@ -11,8 +11,19 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import (
+    STREAM_ERRORS,
+    Completion,
+    Deadline,
+    DeadlinePassed,
+    Upstream,
+    UpstreamError,
+    UpstreamRejected,
+    estimate_tokens,
+    usage_tokens,
+)
 from ..policy import fallback_order
-from ..routers import Option, Router
+from ..routers import Option, Router, stage_draws, stage_samples, stage_verdict
 from ._budgets import Budgets
 from ._config import GatewayConfig
 from ._errors import (
@@ -28,17 +39,6 @@ from ._log import DecisionLog
 from ._metrics import GatewayMetrics
 from ._reload import ArtifactInfo
 from ._selectors import ServingSelector
-from ._upstream import (
-    STREAM_ERRORS,
-    Completion,
-    Deadline,
-    DeadlinePassed,
-    Upstream,
-    UpstreamError,
-    UpstreamRejected,
-    estimate_tokens,
-    usage_tokens,
-)
 from .protocol import ChatCompletionRequest
 
 ROUTED_MODEL = "bestroute"
@@ -150,7 +150,10 @@ class ChatService:
         # Options the gateway can serve: active in the router, each of its models has a backend
         # that allows that many samples.
         self._available = router.active_ & np.array(
-            [all(m in upstreams and o.n <= upstreams[m].config.max_n for m in o.models) for o in router.options_]
+            [
+                all(m in upstreams and o.stages[-1].n <= upstreams[m].config.max_n for m in o.stages[-1].models)
+                for o in router.options_
+            ]
         )
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._default_knob = config.threshold if config.threshold is not None else router.default_knob()
@@ -225,7 +228,7 @@ class ChatService:
         """Options in plan order, skipping backends whose circuit is open or that already failed."""
         tried: set[str] = set()
         for attempt in outcome.plan.attempts:
-            names = attempt.option.models if attempt.option is not None else (attempt.upstream.name,)
+            names = attempt.option.stages[-1].models if attempt.option is not None else (attempt.upstream.name,)
             if tried.intersection(names):
                 continue
             tried.update(names)  # a backend gets one (retried) chance per request
@@ -330,43 +333,56 @@ class ChatService:
     async def _try_composite(
         self, request: ChatCompletionRequest, outcome: Outcome, attempt: Attempt, deadline: Deadline
     ) -> Completion:
-        """A mixture or escalating option, as offline evaluation simulates it: n samples from each
-        of its models at once, the selector's pick over all of them, kept if the option does not
-        escalate or the selector's confidence reaches its ``accept``; else the reference answers
-        and both are paid for. If the reference fails, the pick is kept (and the row says so)."""
+        """A mixture or escalating option, as offline evaluation simulates it: stage by stage, the
+        samples a stage adds are drawn from each of its models at once, the selector picks among
+        all drawn so far (in ``stage_samples`` order) and ``stage_verdict`` keeps the pick, goes on
+        to the next stage or asks the reference; every stage is paid for. If a later stage or the
+        reference fails, the last pick is kept (and the row says so)."""
         option = attempt.option
         assert option is not None
-        upstreams = [self.upstreams[m] for m in option.models]
-        started = time.monotonic()
-        results = await asyncio.gather(
-            *(self._draw(request, u, option.n, deadline) for u in upstreams), return_exceptions=True
-        )
-        failures = [(u, r) for u, r in zip(upstreams, results, strict=True) if isinstance(r, BaseException)]
-        for upstream, failure in failures:
-            if not isinstance(failure, UpstreamError):
-                raise failure
-            self._hold_against(upstream, failure, started)
-        if failures:
-            error = failures[0][1]
-            assert isinstance(error, UpstreamError)
-            outcome.fallbacks.append(f"{attempt.label}: {error}")
-            raise error
-        drawn = [(u, r) for u, r in zip(upstreams, results, strict=True) if isinstance(r, Completion)]
-        samples = [(u, r, k) for u, r in drawn for k in range(len(r.choices))]  # model-major, as offline
-        for upstream, result in drawn:
-            upstream.breaker.record_success()
-            outcome.charge(upstream, result.prompt_tokens, result.completion_tokens)
-        picked, confidence = await self._select(request, outcome, [r.texts[k] for _, r, k in samples], deadline)
-        stages = [{"option": attempt.label, "models": list(option.models), "n": option.n, "cost_usd": outcome.cost_usd}]
-        keep = option.accept is None or (confidence is not None and confidence >= option.accept - 1e-9)
-        upstream, result, k = samples[picked]
+        order = stage_samples(option)
+        drawn: dict[tuple[str, int], tuple[Upstream, Completion, int]] = {}
+        stages: list[dict[str, Any]] = []
+        picked_sample: tuple[Upstream, Completion, int] | None = None
+        confidence: float | None = None
+        verdict = "keep"
+        for number, (stage, calls) in enumerate(zip(option.stages, stage_draws(option), strict=True)):
+            before = outcome.cost_usd
+            try:
+                results = await self._draw_stage(request, outcome, attempt, calls, deadline)
+            except UpstreamError as error:
+                if picked_sample is None:
+                    raise
+                outcome.fallbacks.append(f"stage {number + 1} of {attempt.label}: {error}; kept the pick")
+                verdict = "keep"
+                break
+            for (model, first, _), (upstream, result) in zip(calls, results, strict=True):
+                drawn |= {(model, first + k): (upstream, result, k) for k in range(len(result.choices))}
+            samples = [drawn[key] for key in order if key in drawn and key[0] in stage.models and key[1] < stage.n]
+            picked, confidence = await self._select(request, outcome, [r.texts[k] for _, r, k in samples], deadline)
+            picked_sample = samples[picked]
+            stages.append(
+                {
+                    "option": stage.label,
+                    "models": list(stage.models),
+                    "n": stage.n,
+                    "confidence": confidence,
+                    "cost_usd": outcome.cost_usd - before,
+                }
+            )
+            verdict = stage_verdict(stage, confidence)
+            if verdict != "next":
+                break
+        assert picked_sample is not None
+        upstream, result, k = picked_sample
         answer = Completion(
             choices=[result.choices[k]],
             document=result.document,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
         )
-        if not keep:
+        escalated_to_reference = False
+        if verdict == "reference":
             reference = self.upstreams[self.router.reference_.model]
             escalated = time.monotonic()
             try:
@@ -379,25 +395,61 @@ class ChatService:
                 before = outcome.cost_usd
                 outcome.charge(reference, answer.prompt_tokens, answer.completion_tokens)
                 stages.append(
-                    {"option": "reference", "models": [reference.name], "n": 1, "cost_usd": outcome.cost_usd - before}
+                    {
+                        "option": "reference",
+                        "models": [reference.name],
+                        "n": 1,
+                        "confidence": None,
+                        "cost_usd": outcome.cost_usd - before,
+                    }
                 )
-                upstream = reference
-        escalated_to_reference = len(stages) > 1
+                upstream, escalated_to_reference = reference, True
         outcome.escalation = {
             "accept": option.accept,
             "confidence": confidence,
             "escalated": escalated_to_reference,
             "stages": stages,
         }
-        if option.accept is not None:
-            self.metrics.escalations.labels(
-                option=attempt.label, outcome="escalated" if escalated_to_reference else "accepted"
-            ).inc()
-        outcome.attempt = Attempt(upstream, 1 if escalated_to_reference else option.n, attempt.label, option)
+        if option.escalates or option.then is not None:
+            result_label = "escalated" if escalated_to_reference else "accepted" if len(stages) == 1 else "continued"
+            self.metrics.escalations.labels(option=attempt.label, outcome=result_label).inc()
+        outcome.attempt = Attempt(upstream, 1 if escalated_to_reference else stages[-1]["n"], attempt.label, option)
         outcome.selected = 0
         outcome.call_input_tokens = answer.prompt_tokens
         outcome.response_tokens = estimate_tokens(answer.texts[0])
         return answer
+
+    async def _draw_stage(
+        self,
+        request: ChatCompletionRequest,
+        outcome: Outcome,
+        attempt: Attempt,
+        calls: list[tuple[str, int, int]],
+        deadline: Deadline,
+    ) -> list[tuple[Upstream, Completion]]:
+        """One stage's calls, (model, first sample, samples) each, at once; all are paid for. If
+        any fails, its error is recorded against its backend and raised."""
+        upstreams = [self.upstreams[model] for model, _, _ in calls]
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(self._draw(request, u, count, deadline) for u, (_, _, count) in zip(upstreams, calls, strict=True)),
+            return_exceptions=True,
+        )
+        failures = [(u, r) for u, r in zip(upstreams, results, strict=True) if isinstance(r, BaseException)]
+        for upstream, failure in failures:
+            if not isinstance(failure, UpstreamError):
+                raise failure
+            self._hold_against(upstream, failure, started)
+        drawn = [(u, r) for u, r in zip(upstreams, results, strict=True) if isinstance(r, Completion)]
+        for upstream, result in drawn:
+            upstream.breaker.record_success()
+            outcome.charge(upstream, result.prompt_tokens, result.completion_tokens)
+        if failures:
+            error = failures[0][1]
+            assert isinstance(error, UpstreamError)
+            outcome.fallbacks.append(f"{attempt.label}: {error}")
+            raise error
+        return drawn
 
     async def _draw(self, request: ChatCompletionRequest, upstream: Upstream, n: int, deadline: Deadline) -> Completion:
         body = request.upstream_body(upstream.config.upstream_model, n=n, stream=False)
