@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from bestroute import BestRouteRouter, load_dataset, split_prompts
+from bestroute.data import ModelPrice, write_routing_data
 
 ZEROEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "zeroeval"
 SUBSET_MODELS = [
@@ -25,12 +26,7 @@ def zeroeval_dir() -> Path:
 
 
 def write_native(directory: Path, prompts: list[dict], responses: list[dict], models: dict) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    with gzip.open(directory / "responses.jsonl.gz", "wt") as handle:
-        handle.writelines(json.dumps(r) + "\n" for r in responses)
-    (directory / "models.json").write_text(json.dumps({"models": models}))
-    return directory
+    return write_routing_data(directory, prompts, responses, {m: ModelPrice(**p) for m, p in models.items()})
 
 
 def read_native(directory: Path) -> tuple[list[dict], list[dict], dict]:

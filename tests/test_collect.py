@@ -142,6 +142,45 @@ def test_budget_stops_and_a_rerun_finishes(tmp_path):
     assert sorted(_keys(tmp_path / "out")) == sorted((f"q{i}", "a", s) for i in range(10) for s in range(2))
 
 
+def test_stop_sequences_are_sent_and_the_reference_is_named(tmp_path):
+    script = Script(answers=["1"])
+    server = ServerThread(fake_upstream(script)).start()
+    try:
+        config = _config(tmp_path / "c.yaml", {"a": server.url, "b": server.url})
+        args = ["--prompts", str(_prompt_file(tmp_path / "p.jsonl", 2, bad_lines=False)), "--config", str(config)]
+        refused = _collect(*args, "--out", str(tmp_path / "no"), "--reference", "c")
+        done = _collect(*args, "--out", str(tmp_path / "out"), "--samples", "1", "--stop", "\nQ:", "--reference", "b")
+    finally:
+        server.stop()
+    assert refused.returncode == 2 and "the reference 'c' is not one of the models sampled (a, b)" in refused.stderr
+    assert not (tmp_path / "no" / "responses.jsonl").exists()
+    assert done.returncode == 0, done.stderr
+    assert [body["stop"] for body in script.bodies] == [["\nQ:"]] * 4
+    assert load_dataset(tmp_path / "out").reference_model == "b"
+
+
+def test_the_checkable_prompts_are_the_generators_and_their_checks_refuse_an_echo(tmp_path):
+    """datasets/checkable/prompts.jsonl is what scripts/make_checkable_prompts.py writes; each
+    prompt's own answer passes its check, and repeating the question does not."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "prompts.jsonl"
+    made = subprocess.run(
+        [sys.executable, str(root / "scripts" / "make_checkable_prompts.py"), "--out", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    assert out.read_text() == (root / "datasets" / "checkable" / "prompts.jsonl").read_text()
+    rows = [json.loads(line) for line in out.open()]
+    assert len(rows) == 610 and len({r["prompt"] for r in rows}) == 610
+    for row in rows:
+        assert check_reference(row["answer"], row["reference"], row["check"]), row
+        question = row["prompt"].rsplit("Q: ", 1)[-1].removesuffix("\nA:")
+        if row["task"] in ("yes-no", "extraction", "dates"):
+            assert not check_reference(question, row["reference"], row["check"]), row
+
+
 def test_failures_are_not_written_and_are_retried_next_run(tmp_path):
     script = Script(answers=["1"], always=500)
     server = ServerThread(fake_upstream(script)).start()

@@ -365,6 +365,10 @@ def collect(
             "or a .gguf path."
         ),
     ] = "smollm2-135m",
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop sequence sent with every request (repeat for more).")
+    ] = None,
+    reference: Annotated[str | None, typer.Option(help="The reference model, named in models.json.")] = None,
 ) -> None:
     """Sample k responses per prompt and model, score them and write routing data."""
     import asyncio
@@ -395,6 +399,8 @@ def collect(
         reward_url=reward_url,
         judge=judge,
         likelihood_model=likelihood_model,
+        stop=tuple(stop or ()),
+        reference=reference,
     )
     gateway_config = load_config(config)
     settings.check_against(gateway_config)

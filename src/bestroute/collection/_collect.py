@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 
 from .._exceptions import ConfigError, DataError
-from ..data import iter_rows
-from ..serving._config import GatewayConfig
-from ..serving._upstream import CircuitBreaker, Upstream, UpstreamError
+from ..backends import CircuitBreaker, RewardClient, Upstream, UpstreamError
+from ..data import ResponseAppender, iter_rows, write_catalog, write_prompts
+from ..serving import GatewayConfig
 from ._scorers import (
     CHECKS,
     SCORERS,
@@ -48,6 +48,8 @@ class CollectSettings:
     reward_url: str | None = None
     judge: str | None = None
     likelihood_model: str = "smollm2-135m"  # scorer likelihood: a packaged local model or a .gguf path
+    stop: tuple[str, ...] = ()  # stop sequences sent with every request (a few-shot prompt's "\nQ:")
+    reference: str | None = None  # the reference model, named in models.json
 
     def check_against(self, config: GatewayConfig) -> list[str]:
         """Raise ConfigError for settings that cannot work; return the backends to sample."""
@@ -69,6 +71,8 @@ class CollectSettings:
         unknown = [n for n in names if config.backend(n) is None]
         if unknown:
             raise ConfigError(f"models not in the configuration: {', '.join(unknown)}")
+        if self.reference is not None and self.reference not in names:
+            raise ConfigError(f"the reference {self.reference!r} is not one of the models sampled ({', '.join(names)})")
         return names
 
 
@@ -156,7 +160,7 @@ class _RateLimit:
 
 def _scorer(settings: CollectSettings, session: aiohttp.ClientSession, upstreams: dict[str, Upstream]) -> Scorer:
     if settings.scorer == "reward":
-        return RewardScorer(settings.reward_url or "", session)
+        return RewardScorer(RewardClient(settings.reward_url or "", session))
     if settings.scorer == "judge":
         return JudgeScorer(upstreams[settings.judge or ""])
     if settings.scorer == "likelihood":
@@ -179,17 +183,9 @@ async def collect(
     report.prompts = len(prompts)
     if not prompts:
         raise DataError("no valid prompt to collect", path=str(prompts_path))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts), encoding="utf-8")
+    write_prompts(out, prompts)
     configured = {b.name: b for b in config.backends}
-    prices = {
-        n: {
-            "input_usd_per_mtok": configured[n].input_usd_per_mtok,
-            "output_usd_per_mtok": configured[n].output_usd_per_mtok,
-        }
-        for n in names
-    }
-    (out / "models.json").write_text(json.dumps({"models": prices}, indent=1), encoding="utf-8")
+    write_catalog(out, {n: configured[n].price for n in names}, reference=settings.reference)
     responses_path = out / "responses.jsonl"
     done = _load_done(responses_path)
     todo = [
@@ -208,7 +204,7 @@ async def collect(
         scorer = _scorer(settings, session, upstreams)
         gates = {n: asyncio.Semaphore(settings.concurrency) for n in names}
         limits = {n: _RateLimit(settings.rate_per_s) for n in names}
-        with responses_path.open("a", encoding="utf-8") as sink:
+        with ResponseAppender(out) as sink:
 
             async def one(prompt: dict[str, Any], name: str, sample: int) -> None:
                 async with gates[name]:
@@ -220,7 +216,7 @@ async def collect(
                         "messages": [{"role": "user", "content": prompt["prompt"]}],
                         "temperature": settings.temperature,
                         "max_tokens": settings.max_tokens,
-                    }
+                    } | ({"stop": list(settings.stop)} if settings.stop else {})
                     try:
                         result = await upstream.complete(body, 1)
                         quality = await scorer.score(prompt, result.texts[0])
@@ -237,8 +233,7 @@ async def collect(
                         "output_tokens": result.completion_tokens,
                         "response": result.texts[0],
                     }
-                    sink.write(json.dumps(row) + "\n")  # one write per line, flushed: a kill loses no finished one
-                    sink.flush()
+                    sink.write(row)
                     report.written += 1
                     report.tokens += result.prompt_tokens + result.completion_tokens
                     report.cost_usd += upstream.cost(result.prompt_tokens, result.completion_tokens)

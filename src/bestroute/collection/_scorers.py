@@ -7,12 +7,11 @@ import re
 import threading
 from typing import Any, Protocol
 
-import aiohttp
 import numpy as np
 
 from .._exceptions import ConfigError
+from ..backends import RewardClient, Upstream, UpstreamError, ask_judge
 from ..routers import extract_answer
-from ..serving._upstream import Upstream, UpstreamError
 
 CHECKS = ("numeric", "exact", "literal", "regex", "contains", "yesno")
 SCORERS = ("reference", "reward", "judge", "likelihood")
@@ -88,25 +87,16 @@ class ReferenceScorer:
 
 
 class RewardScorer:
-    """A reward-model endpoint: POST {prompt, responses: [response]} -> {scores: [s]}, s in [0, 1]."""
+    """A reward-model endpoint (:class:`bestroute.backends.RewardClient`); its score of the one
+    response, clipped to [0, 1]."""
 
     name = "reward"
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, timeout_s: float = 30.0) -> None:
-        self.url, self.session, self.timeout = url, session, aiohttp.ClientTimeout(total=timeout_s)
+    def __init__(self, client: RewardClient) -> None:
+        self.client = client
 
     async def score(self, prompt: dict[str, Any], response: str) -> float:
-        try:
-            async with self.session.post(
-                self.url,
-                json={"prompt": prompt["prompt"], "responses": [response]},
-                timeout=self.timeout,
-                raise_for_status=True,
-            ) as answer:
-                value = float((await answer.json(content_type=None))["scores"][0])
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise UpstreamError("reward-model", f"no usable score ({type(exc).__name__})") from exc
-        return min(1.0, max(0.0, value))
+        return min(1.0, max(0.0, (await self.client.scores(prompt["prompt"], [response]))[0]))
 
 
 _JUDGE = """Rate how well the answer below responds to the request, from 0 (useless or wrong) to
@@ -132,13 +122,10 @@ class JudgeScorer:
     async def score(self, prompt: dict[str, Any], response: str) -> float:
         reference = f"\nA correct answer is: {prompt['reference']}" if prompt.get("reference") else ""
         message = _JUDGE.format(reference=reference, prompt=prompt["prompt"], response=response)
-        result = await self.judge.complete(
-            {"messages": [{"role": "user", "content": message}], "temperature": 0, "max_tokens": 4}, 1
-        )
-        found = re.search(r"\d+(\.\d+)?", result.texts[0])
-        if found is None:
+        rating = await ask_judge(self.judge, message, max_tokens=4)
+        if rating is None:
             raise UpstreamError(self.judge.name, "the judge gave no rating")
-        return min(10.0, float(found.group())) / 10.0
+        return min(10.0, rating) / 10.0
 
 
 class LikelihoodScorer:

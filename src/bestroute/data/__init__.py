@@ -5,10 +5,12 @@ from ._demo import demo_data_path
 from ._readers import iter_rows, load_dataset, read_models, read_native, read_routerbench
 from ._schema import ModelPrice, PromptRecord, ResponseRecord
 from ._split import Split, split_prompts
+from ._writer import ResponseAppender, write_catalog, write_prompts, write_routing_data
 
 __all__ = [
     "ModelPrice",
     "PromptRecord",
+    "ResponseAppender",
     "ResponseRecord",
     "RoutingDataset",
     "Split",
@@ -19,4 +21,7 @@ __all__ = [
     "read_native",
     "read_routerbench",
     "split_prompts",
+    "write_catalog",
+    "write_prompts",
+    "write_routing_data",
 ]

@@ -4,62 +4,17 @@ import math
 import os
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .._exceptions import ConfigError
+from ..backends import BackendConfig, CircuitConfig, RetryConfig, Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BackendConfig(_Section):
-    """One OpenAI-compatible upstream. ``name`` is the model name the router and clients use."""
-
-    name: str = Field(min_length=1)
-    base_url: str = Field(min_length=1, description="e.g. http://127.0.0.1:8000/v1")
-    model: str | None = Field(default=None, description="upstream model id; default: name")
-    api_key_env: str | None = Field(default=None, description="environment variable holding the key")
-    input_usd_per_mtok: float = Field(default=0.0, ge=0)
-    output_usd_per_mtok: float = Field(default=0.0, ge=0)
-    max_n: int = Field(default=5, ge=1, le=64)
-    timeout_s: float = Field(
-        default=60.0, gt=0, le=3600, description="per try: a whole answer, or a stream's first chunk"
-    )
-    stream_idle_s: float = Field(
-        default=30.0, gt=0, le=3600, description="longest wait between two chunks once a stream has started"
-    )
-    supports_n: bool = Field(default=False, description="the upstream returns n choices for one request")
-    max_response_bytes: int = Field(default=16 * 2**20, ge=1024, description="a larger answer is a 502")
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        url = urlsplit(value)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
-        _ = url.port  # a port that is not a number from 0 to 65535 raises ValueError
-        return value
-
-    @property
-    def upstream_model(self) -> str:
-        return self.model or self.name
-
-    def api_key(self) -> str | None:
-        if self.api_key_env is None:
-            return None
-        value = os.environ.get(self.api_key_env)
-        if not value:
-            raise ConfigError(f"backend {self.name!r}: environment variable {self.api_key_env} is not set")
-        return value
-
-
-class SelectorConfig(_Section):
+class SelectorConfig(Section):
     """How best-of-n keeps one response."""
 
     kind: Literal["majority", "consensus", "reward", "reward-model", "judge"] = "consensus"
@@ -79,29 +34,7 @@ class SelectorConfig(_Section):
         return self
 
 
-class RetryConfig(_Section):
-    attempts: int = Field(default=3, ge=1, le=10, description="tries per backend, first included")
-    backoff_s: float = Field(default=0.2, ge=0, description="first wait; doubles each retry")
-    max_retry_after_s: float = Field(
-        default=30.0, ge=0, description="longest upstream Retry-After honoured; a longer one fails over at once"
-    )
-    budget_ratio: float = Field(
-        default=0.2, ge=0, le=1, description="retries in flight per backend, as a share of its requests in flight"
-    )
-    budget_min: int = Field(default=3, ge=0, description="retries in flight always allowed per backend")
-
-
-class CircuitConfig(_Section):
-    failures: int = Field(default=5, ge=1, description="consecutive failures that eject a backend")
-    reset_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="first ejection's length; each ejection soon after another lasts one reset_s longer",
-    )
-    max_ejection_s: float = Field(default=300.0, gt=0, description="longest ejection")
-
-
-class TimeoutConfig(_Section):
+class TimeoutConfig(Section):
     request_s: float = Field(default=300.0, gt=0, description="deadline of a request across all its attempts")
     max_request_s: float = Field(
         default=900.0, gt=0, description="largest deadline a client may ask for (header x-bestroute-timeout)"
@@ -114,7 +47,7 @@ class TimeoutConfig(_Section):
         return self
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_messages: int = Field(default=256, ge=1)
     max_json_depth: int = Field(default=64, ge=4, le=512, description="nesting of the request body")
@@ -129,7 +62,7 @@ class LimitsConfig(_Section):
     keep_alive_s: int = Field(default=5, ge=1, description="an idle keep-alive connection is closed after")
 
 
-class DecisionLogConfig(_Section):
+class DecisionLogConfig(Section):
     url: str = Field(default="sqlite:///bestroute-decisions.db", description="SQLAlchemy URL")
     store_prompts: bool = Field(default=False, description="keep prompt and response texts")
     dead_letter_path: Path = Field(
@@ -148,7 +81,7 @@ class DecisionLogConfig(_Section):
         return value
 
 
-class BudgetLimits(_Section):
+class BudgetLimits(Section):
     requests_per_minute: int | None = Field(default=None, ge=1)
     usd_per_day: float | None = Field(default=None, gt=0, description="from the cost the gateway computes")
 
@@ -163,7 +96,7 @@ class BudgetConfig(BudgetLimits):
     refresh_s: float = Field(default=2.0, gt=0, description="how often a replica reads the shared usage")
 
 
-class AdminConfig(_Section):
+class AdminConfig(Section):
     """Who may read /metrics, /healthz's details and the API docs (/docs, /redoc, /openapi.json)."""
 
     api_keys_env: str | None = Field(
@@ -172,7 +105,7 @@ class AdminConfig(_Section):
     open: bool = Field(default=False, description="no key needed (e.g. the port is only on a private network)")
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(Section):
     router: Path | None = Field(
         default=None, description="router artifact from `bestroute train` (needed by serve, not by collect)"
     )

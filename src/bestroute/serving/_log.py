@@ -1,7 +1,6 @@
 """The decision log: one row per request, written by a background thread so the response never
 waits for the database, and drained completely on a clean shutdown."""
 
-import gzip
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .._exceptions import BestRouteError, ConfigError
 from .._text import without_lone_surrogates
+from ..data import write_routing_data
 from ._config import GatewayConfig
 
 _logger = logging.getLogger(__name__)
@@ -410,32 +410,23 @@ def export_log(config: GatewayConfig, out: Path) -> int:
             "no logged request has both a stored prompt and feedback; turn on "
             "decision_log.store_prompts and post feedback to /v1/feedback"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "prompts.jsonl").open("w", encoding="utf-8") as handle:
-        for r in usable:
-            handle.write(json.dumps({"prompt_id": r["id"], "prompt": r["prompt"]}) + "\n")
-    with gzip.open(out / "responses.jsonl.gz", "wt", encoding="utf-8") as handle:
-        for r in usable:
-            quality = scores[r["id"]]
-            handle.write(
-                json.dumps(
-                    {
-                        "prompt_id": r["id"],
-                        "model": r["model"],
-                        "sample": 0,
-                        "quality": sum(quality) / len(quality),
-                        "input_tokens": r["call_input_tokens"] or 0,
-                        "output_tokens": r["response_tokens"] or 0,
-                        "response": r["response"],
-                    }
-                )
-                + "\n"
-            )
-    models = {
-        b.name: {"input_usd_per_mtok": b.input_usd_per_mtok, "output_usd_per_mtok": b.output_usd_per_mtok}
-        for b in config.backends
-    }
-    (out / "models.json").write_text(json.dumps({"models": models}, indent=1))
+    write_routing_data(
+        out,
+        ({"prompt_id": r["id"], "prompt": r["prompt"]} for r in usable),
+        (
+            {
+                "prompt_id": r["id"],
+                "model": r["model"],
+                "sample": 0,
+                "quality": sum(scores[r["id"]]) / len(scores[r["id"]]),
+                "input_tokens": r["call_input_tokens"] or 0,
+                "output_tokens": r["response_tokens"] or 0,
+                "response": r["response"],
+            }
+            for r in usable
+        ),
+        {b.name: b.price for b in config.backends},
+    )
     return len(usable)
 
 

@@ -1,15 +1,14 @@
 """Best-of-n selectors at serving time: majority vote, a reward-model endpoint, an LLM judge."""
 
-import re
 from typing import Protocol
 
 import aiohttp
 import numpy as np
 
+from ..backends import RewardClient, Upstream, ask_judge
 from ..reward import RewardModel
 from ..routers import make_selector, pick, pick_confidence
 from ._config import SelectorConfig
-from ._upstream import Upstream, UpstreamError
 
 
 class ServingSelector(Protocol):
@@ -49,24 +48,15 @@ class RewardModelSelector:
 
 
 class RewardSelector:
-    """POST ``{"prompt", "responses"}`` to a reward-model endpoint that answers ``{"scores": [...]}``."""
+    """The highest-scored response of a reward-model endpoint (:class:`bestroute.backends.RewardClient`)."""
 
     name = "reward"
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, timeout_s: float) -> None:
-        self.url, self.session, self.timeout = url, session, aiohttp.ClientTimeout(total=timeout_s)
+    def __init__(self, client: RewardClient) -> None:
+        self.client = client
 
     async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
-        try:
-            async with self.session.post(
-                self.url, json={"prompt": prompt, "responses": responses}, timeout=self.timeout, raise_for_status=True
-            ) as answer:
-                scores = [float(s) for s in (await answer.json(content_type=None))["scores"]]
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
-            raise UpstreamError("reward-model", f"no usable scores ({type(exc).__name__})") from exc
-        if len(scores) != len(responses):
-            raise UpstreamError("reward-model", f"{len(scores)} scores for {len(responses)} responses")
-        return int(np.argmax(scores)), None
+        return int(np.argmax(await self.client.scores(prompt, responses))), None
 
 
 _JUDGE_PROMPT = """You are judging candidate answers to a request. Pick the single best answer:
@@ -90,13 +80,9 @@ class JudgeSelector:
 
     async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
         candidates = "\n\n".join(f"Answer {i + 1}:\n{r}" for i, r in enumerate(responses))
-        message = _JUDGE_PROMPT.format(prompt=prompt, candidates=candidates)
-        result = await self.judge.complete(
-            {"messages": [{"role": "user", "content": message}], "temperature": 0, "max_tokens": 8}, 1
-        )
-        match = re.search(r"\d+", result.texts[0])
-        if match and 1 <= int(match.group()) <= len(responses):
-            return int(match.group()) - 1, None
+        number = await ask_judge(self.judge, _JUDGE_PROMPT.format(prompt=prompt, candidates=candidates), max_tokens=8)
+        if number is not None and number.is_integer() and 1 <= number <= len(responses):
+            return int(number) - 1, None
         return 0, None  # an unusable verdict keeps the first sample rather than failing the request
 
 
@@ -111,7 +97,7 @@ def make_serving_selector(
     if reward_model is not None:
         return RewardModelSelector(reward_model)
     if config.kind == "reward":
-        return RewardSelector(config.url or "", session, config.timeout_s)
+        return RewardSelector(RewardClient(config.url or "", session, config.timeout_s))
     if config.kind == "judge":
         return JudgeSelector(upstreams[config.backend or ""])
     return AgreementSelector(config.kind)

@@ -23,8 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from .._exceptions import BestRouteError
+from ..backends import BackendConfig, CircuitBreaker, Deadline, Upstream
 from ._budgets import Budgets
-from ._config import BackendConfig, GatewayConfig
+from ._config import GatewayConfig
 from ._errors import (
     ClientDisconnected,
     GatewayError,
@@ -40,7 +41,6 @@ from ._log import DecisionLog, check_database
 from ._metrics import GatewayMetrics
 from ._reload import Loaded, Reloader, load_serving
 from ._selectors import make_serving_selector
-from ._upstream import CircuitBreaker, Deadline, Upstream
 from .protocol import ChatCompletionRequest, ErrorBody, ErrorResponse, FeedbackRequest
 from .serving import ROUTED_MODEL, ChatService
 

@@ -1,0 +1,41 @@
+"""Upstream backends: their configuration and prices, the client with retries, deadlines and a
+circuit breaker, and the reward-model and judge services. Used by the gateway and by
+`bestroute collect`."""
+
+from ._clients import RewardClient, ask_judge
+from ._config import BackendConfig, CircuitConfig, RetryConfig, Section
+from ._upstream import (
+    NO_DEADLINE,
+    STREAM_ERRORS,
+    CircuitBreaker,
+    Completion,
+    Deadline,
+    DeadlinePassed,
+    Upstream,
+    UpstreamError,
+    UpstreamRejected,
+    answer_text,
+    estimate_tokens,
+    usage_tokens,
+)
+
+__all__ = [
+    "NO_DEADLINE",
+    "STREAM_ERRORS",
+    "BackendConfig",
+    "CircuitBreaker",
+    "CircuitConfig",
+    "Completion",
+    "Deadline",
+    "DeadlinePassed",
+    "RetryConfig",
+    "RewardClient",
+    "Section",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamRejected",
+    "answer_text",
+    "ask_judge",
+    "estimate_tokens",
+    "usage_tokens",
+]

@@ -1,0 +1,83 @@
+"""Configuration of one upstream backend, its retries and its circuit breaker (YAML sections of
+the gateway's and `bestroute collect`'s configuration, documented in docs/gateway.md)."""
+
+import os
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .._exceptions import ConfigError
+from ..data import ModelPrice
+
+
+class Section(BaseModel):
+    """A configuration section: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendConfig(Section):
+    """One OpenAI-compatible upstream. ``name`` is the model name the router and clients use."""
+
+    name: str = Field(min_length=1)
+    base_url: str = Field(min_length=1, description="e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(default=None, description="upstream model id; default: name")
+    api_key_env: str | None = Field(default=None, description="environment variable holding the key")
+    input_usd_per_mtok: float = Field(default=0.0, ge=0)
+    output_usd_per_mtok: float = Field(default=0.0, ge=0)
+    max_n: int = Field(default=5, ge=1, le=64)
+    timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="per try: a whole answer, or a stream's first chunk"
+    )
+    stream_idle_s: float = Field(
+        default=30.0, gt=0, le=3600, description="longest wait between two chunks once a stream has started"
+    )
+    supports_n: bool = Field(default=False, description="the upstream returns n choices for one request")
+    max_response_bytes: int = Field(default=16 * 2**20, ge=1024, description="a larger answer is a 502")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        _ = url.port  # a port that is not a number from 0 to 65535 raises ValueError
+        return value
+
+    @property
+    def price(self) -> ModelPrice:
+        return ModelPrice(input_usd_per_mtok=self.input_usd_per_mtok, output_usd_per_mtok=self.output_usd_per_mtok)
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+    def api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        value = os.environ.get(self.api_key_env)
+        if not value:
+            raise ConfigError(f"backend {self.name!r}: environment variable {self.api_key_env} is not set")
+        return value
+
+
+class RetryConfig(Section):
+    attempts: int = Field(default=3, ge=1, le=10, description="tries per backend, first included")
+    backoff_s: float = Field(default=0.2, ge=0, description="first wait; doubles each retry")
+    max_retry_after_s: float = Field(
+        default=30.0, ge=0, description="longest upstream Retry-After honoured; a longer one fails over at once"
+    )
+    budget_ratio: float = Field(
+        default=0.2, ge=0, le=1, description="retries in flight per backend, as a share of its requests in flight"
+    )
+    budget_min: int = Field(default=3, ge=0, description="retries in flight always allowed per backend")
+
+
+class CircuitConfig(Section):
+    failures: int = Field(default=5, ge=1, description="consecutive failures that eject a backend")
+    reset_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="first ejection's length; each ejection soon after another lasts one reset_s longer",
+    )
+    max_ejection_s: float = Field(default=300.0, gt=0, description="longest ejection")
