@@ -4,7 +4,6 @@ import pytest
 from bestroute import ROUTERS, RouterError, load_dataset, load_router, split_prompts
 from bestroute.evaluation import area_under_curve
 from bestroute.features import LexicalFeatures
-from bestroute.policy import fallback_order
 from bestroute.routers import BestRouteRouter, apply_heads, fit_soft_heads
 
 ROUTABLE = [name for name in ROUTERS if name != "oracle"]
@@ -28,13 +27,8 @@ def test_fit_predict_decide_save_load(name, subset, tmp_path):
     knob = router.default_knob()
     choices = router.decide(scores, knob)
     # The serving path's plain-Python rule decides the same, prompt by prompt.
-    rule = {
-        "threshold_rule": router.knob == "threshold",
-        "option_cost": router.option_cost_,
-        "reference": router.reference_index_,
-        "available": router.active_,
-    }
-    assert choices.tolist() == [fallback_order(row, knob, **rule)[0] for row in scores]
+    everything = np.ones(len(router.options_), dtype=bool)
+    assert choices.tolist() == [router.rule.order(row, knob, everything)[0] for row in scores]
     assert router.active_[choices].all()
     assert router.table_, "fitting with validation data records the operating table"
     path = tmp_path / f"{name}.bestroute"
@@ -133,8 +127,6 @@ def test_unknown_reference_and_bad_artifact(subset, tmp_path):
 
 @pytest.mark.parametrize("name", ["best-route", "n-label"])  # the threshold rule and the cost-penalty rule
 def test_the_gateways_fallback_order_starts_with_the_routers_decision(name, subset):
-    from bestroute.policy import fallback_order
-
     data, split = subset
     router = ROUTERS[name](features="lexical").fit(data, split.train, split.val)
     scores = router.predict([data.texts[i] for i in split.test])
@@ -144,14 +136,7 @@ def test_the_gateways_fallback_order_starts_with_the_routers_decision(name, subs
         available[router.reference_index_] = True
         decided = router.decide(scores, float(knob), available[None, :])
         for row, choice in zip(scores, decided, strict=True):
-            order = fallback_order(
-                row,
-                float(knob),
-                threshold_rule=router.knob == "threshold",
-                option_cost=router.option_cost_,
-                reference=router.reference_index_,
-                available=available,
-            )
+            order = router.rule.order(row, float(knob), available)
             assert order[0] == choice
             assert sorted(order) == list(np.flatnonzero(available))  # every available option, once
 
@@ -166,3 +151,15 @@ def test_soft_heads_fit_hard_and_soft_labels_by_cross_entropy():
     x = np.array([[0.0], [0.0], [0.0], [1.0], [1.0]])
     coef, intercept = fit_soft_heads(x, np.array([[1.0, 0.0, 0.5, 0.9, 1.0]]).T, C=1e6)
     np.testing.assert_allclose(apply_heads(np.array([[0.0], [1.0]]), coef, intercept)[:, 0], [0.5, 0.95], atol=1e-3)
+
+
+def test_a_decision_rule_checks_its_knob(subset):
+    data, split = subset
+    threshold = ROUTERS["best-route"](features="lexical").fit(data, split.train, split.val).rule
+    penalty = ROUTERS["n-label"](features="lexical").fit(data, split.train, split.val).rule
+    assert threshold.check(0.99) == 0.99 and penalty.check(1.5) == 1.5
+    with pytest.raises(RouterError, match="a threshold must be between 0 and 1, got 1.5"):
+        threshold.check(1.5)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(RouterError, match="finite non-negative"):
+            penalty.check(bad)

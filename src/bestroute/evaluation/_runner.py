@@ -17,19 +17,7 @@ from ..routers import ROUTERS, Decisions, Router, choose_reference
 from ._metrics import area_under_curve, cost_reduction_at_drop, quality_at_cost
 from ._plot import plot_curves
 
-# Candidate hyperparameters, chosen per router by validation AUC.
-HYPERPARAMETERS: dict[str, dict[str, list[Any]]] = {
-    "best-route": {"C": [0.3, 1.0, 3.0], "prune_dominated": [True, False]},
-    "best-route-escalate": {"C": [0.3, 1.0, 3.0], "prune_dominated": [True, False]},
-    "n-label": {"C": [0.3, 1.0, 3.0]},
-    "n-class": {"C": [0.3, 1.0, 3.0]},
-    "knn": {"k": [10, 30, 100]},
-    "mf": {"dim": [8, 32]},
-    "cascade": {"C": [0.3, 1.0, 3.0]},
-    "random": {},
-    "oracle": {},
-}
-DEFAULT_ROUTERS = list(HYPERPARAMETERS)
+DEFAULT_ROUTERS = list(ROUTERS)
 
 
 def _curve(decisions: list[Decisions]) -> np.ndarray:
@@ -37,7 +25,7 @@ def _curve(decisions: list[Decisions]) -> np.ndarray:
 
 
 def _grid(name: str) -> list[dict[str, Any]]:
-    space = HYPERPARAMETERS.get(name, {})
+    space = ROUTERS[name].param_grid
     return [dict(zip(space, values)) for values in itertools.product(*space.values())] or [{}]
 
 
@@ -114,6 +102,7 @@ def evaluate(
         entry["escalation_rate"] = [round(float(d.escalated.mean()), 4) for d in decisions]
         entry["escalation_rate_at_1pct_drop"] = _at_drop_point(points, entry["escalation_rate"], reference_info)
         entry |= {
+            "upper_bound": router.upper_bound,
             "params": params,
             "val_auc": val_auc,
             "options": len(router.options_),
@@ -215,7 +204,7 @@ def _at_drop_point(points: np.ndarray, values: list[float], ref: dict[str, Any])
 
 def _latency_ms(router: Router, texts: list[str]) -> float | None:
     """Median wall time of routing one prompt (features + heads + decision)."""
-    if router.name == "oracle":
+    if router.upper_bound:
         return None
     knob = router.default_knob()
     timings = []

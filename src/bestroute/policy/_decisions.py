@@ -1,6 +1,11 @@
 """Decision rules: per-option scores and one knob in, one option per prompt out."""
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
+
+from .._exceptions import RouterError
 
 
 def cheapest_above(
@@ -61,6 +66,45 @@ def fallback_order(
             return 0, -(values[o] - knob * costs[o] / reference_cost)
 
     return sorted(candidates, key=rank)
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """A router's rule with what it needs: ``kind`` "threshold" (:func:`cheapest_above`) or
+    "cost_penalty" (:func:`best_value`), each option's expected cost, the fallback option and the
+    options the router keeps. :meth:`decide` decides for many prompts at once (offline);
+    :meth:`order` ranks one prompt's options, its first being :meth:`decide`'s choice (serving)."""
+
+    kind: str
+    option_cost: np.ndarray
+    reference: int
+    active: np.ndarray
+
+    def check(self, knob: float) -> float:
+        """``knob``, if this rule can use it; else a RouterError saying why."""
+        if not math.isfinite(knob) or knob < 0:
+            raise RouterError(f"the routing knob must be a finite non-negative number, got {knob}")
+        if self.kind == "threshold" and knob > 1:
+            raise RouterError(f"a threshold must be between 0 and 1, got {knob:g}")
+        return knob
+
+    def decide(self, scores: np.ndarray, knob: float, available: np.ndarray | None = None) -> np.ndarray:
+        """One option index per row of ``scores``."""
+        usable = self.active[None, :] if available is None else available & self.active[None, :]
+        if self.kind == "threshold":
+            return cheapest_above(scores, knob, self.option_cost, self.reference, usable)
+        return best_value(scores, knob, self.option_cost, self.option_cost[self.reference], usable)
+
+    def order(self, scores: np.ndarray, knob: float, available: np.ndarray) -> list[int]:
+        """One prompt's available options, best first (:func:`fallback_order`)."""
+        return fallback_order(
+            scores,
+            knob,
+            threshold_rule=self.kind == "threshold",
+            option_cost=self.option_cost,
+            reference=self.reference,
+            available=available & self.active,
+        )
 
 
 THRESHOLD_GRID = np.unique(np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.geomspace(1e-4, 5e-3, 20)]))

@@ -1,5 +1,6 @@
 """The router interface shared by BEST-Route and the baselines."""
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -13,9 +14,8 @@ from ..features import FeatureExtractor, extractor_from_state, make_extractor
 from ..policy import (
     PENALTY_GRID,
     THRESHOLD_GRID,
+    DecisionRule,
     OperatingPoint,
-    best_value,
-    cheapest_above,
     choose_knob,
     table_from_json,
     table_to_json,
@@ -39,8 +39,10 @@ class Router:
     """Base of every router: options, reference, features, decisions and the artifact.
 
     Subclasses set ``name`` and ``knob`` ("threshold": cheapest option scoring >= t, or
-    "cost_penalty": best score minus penalty x relative cost), and implement ``_fit_scores``,
-    ``_scores`` and the ``_state``/``_load_state`` pair for their fitted parameters.
+    "cost_penalty": best score minus penalty x relative cost), their ``param_grid``, the
+    ``fitted`` attributes ``_fit_scores`` sets and, where it applies, ``servable`` and
+    ``upper_bound``, and implement ``_fit_scores`` and ``_scores``. Hyperparameters are the
+    keyword arguments of ``__init__`` (see :meth:`get_params`).
 
     Parameters
     ----------
@@ -61,6 +63,13 @@ class Router:
     name: ClassVar[str]
     knob: ClassVar[str] = "cost_penalty"
     uses_samples: ClassVar[bool] = False  # True: options (model, n) for n > 1 too
+    # Candidate hyperparameters, chosen by validation AUC in `bestroute eval`.
+    param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    servable: ClassVar[bool] = True  # False: the gateway refuses its artifact
+    upper_bound: ClassVar[bool] = False  # True: it sees realised outcomes (a bound, not a router)
+    # Fitted attributes the artifact keeps (named without the trailing underscore): arrays in its
+    # archive, numbers in its JSON.
+    fitted: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -149,12 +158,15 @@ class Router:
         self._check_fitted()
         return self._scores(self.extractor_.transform(list(texts)))
 
+    @property
+    def rule(self) -> DecisionRule:
+        """The decision rule with this router's fitted costs, reference and active options."""
+        self._check_fitted()
+        return DecisionRule(self.knob, self.option_cost_, self.reference_index_, self.active_)
+
     def decide(self, scores: np.ndarray, knob: float, available: np.ndarray | None = None) -> np.ndarray:
         """One option index per row of ``scores`` for the knob value."""
-        available = self.active_[None, :] if available is None else available & self.active_[None, :]
-        if self.knob == "threshold":
-            return cheapest_above(scores, knob, self.option_cost_, self.reference_index_, available)
-        return best_value(scores, knob, self.option_cost_, self.option_cost_[self.reference_index_], available)
+        return self.rule.decide(scores, knob, available)
 
     def route(self, texts: list[str], *, knob: float | None = None) -> list[dict[str, Any]]:
         """Decisions with what led to them: option, scores, expected cost."""
@@ -247,7 +259,7 @@ class Router:
         document = {
             "version": ARTIFACT_VERSION,
             "router": self.name,
-            "params": self._params(),
+            "params": self.get_params(),
             "options": [_option_to_json(o) for o in self.options_],
             "reference": self.reference_.model,
             "option_cost": self.option_cost_.tolist(),
@@ -273,20 +285,37 @@ class Router:
         router._load_state(document["state"], arrays.get("state", {}))
         return router
 
-    def _params(self) -> dict[str, Any]:
-        return {
-            "features": self.features,
-            "reference": self.reference,
-            "max_n": self.max_n,
-            "selector": self.selector,
-            "seed": self.seed,
-        }
+    def get_params(self) -> dict[str, Any]:
+        """The hyperparameters: every keyword argument of ``__init__`` along the class hierarchy,
+        read from the attribute of the same name, as scikit-learn does; a subclass that takes one
+        and stores it under another name fails here, not silently in the artifact."""
+        names = [
+            parameter.name
+            for klass in type(self).__mro__
+            if "__init__" in vars(klass) and klass is not object
+            for parameter in inspect.signature(vars(klass)["__init__"]).parameters.values()
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
+        return {name: getattr(self, name) for name in dict.fromkeys(names)}
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        raise NotImplementedError
+        meta, arrays = {}, {}
+        for attribute in self.fitted:
+            value = getattr(self, attribute)
+            if isinstance(value, np.ndarray):
+                arrays[attribute.rstrip("_")] = value
+            else:
+                meta[attribute.rstrip("_")] = value
+        return meta, arrays
 
     def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        raise NotImplementedError
+        for attribute in self.fitted:
+            key = attribute.rstrip("_")
+            setattr(self, attribute, arrays[key] if key in arrays else meta[key])
+        self._restore()
+
+    def _restore(self) -> None:
+        """Rebuild what derives from the fitted attributes, after loading (nothing by default)."""
 
 
 def _option_to_json(option: Option) -> list[Any] | dict[str, Any]:

@@ -29,6 +29,8 @@ class NLabelRouter(Router):
     """
 
     name: ClassVar[str] = "n-label"
+    fitted: ClassVar[tuple[str, ...]] = ("coef_", "intercept_")
+    param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"C": (0.3, 1.0, 3.0)}
 
     def __init__(self, *, C: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -39,15 +41,6 @@ class NLabelRouter(Router):
 
     def _scores(self, x: np.ndarray) -> np.ndarray:
         return apply_heads(x, self.coef_, self.intercept_)
-
-    def _params(self) -> dict[str, Any]:
-        return super()._params() | {"C": self.C}
-
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {}, {"coef": self.coef_, "intercept": self.intercept_}
-
-    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.coef_, self.intercept_ = arrays["coef"], arrays["intercept"]
 
 
 class NClassRouter(Router):
@@ -61,6 +54,8 @@ class NClassRouter(Router):
     """
 
     name: ClassVar[str] = "n-class"
+    fitted: ClassVar[tuple[str, ...]] = ("coef_", "intercept_", "classes_")
+    param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"C": (0.3, 1.0, 3.0)}
 
     def __init__(self, *, C: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -92,15 +87,6 @@ class NClassRouter(Router):
         scores[:, self.classes_] = probs
         return scores
 
-    def _params(self) -> dict[str, Any]:
-        return super()._params() | {"C": self.C}
-
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {}, {"coef": self.coef_, "intercept": self.intercept_, "classes": self.classes_}
-
-    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.coef_, self.intercept_, self.classes_ = arrays["coef"], arrays["intercept"], arrays["classes"]
-
 
 class KNNRouter(Router):
     """Similarity-weighted quality of the nearest training prompts (as RouteLLM's sw_ranking).
@@ -114,6 +100,8 @@ class KNNRouter(Router):
     """
 
     name: ClassVar[str] = "knn"
+    fitted: ClassVar[tuple[str, ...]] = ("train_x_", "train_quality_")
+    param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"k": (10, 30, 100)}
 
     def __init__(self, *, k: int = 20, temperature: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -123,7 +111,10 @@ class KNNRouter(Router):
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         self.train_x_ = x[train].astype(np.float32)
         self.train_quality_ = _train_quality(self, train)
-        self._index = NearestNeighbors(n_neighbors=min(self.k, len(train)), metric="cosine").fit(self.train_x_)
+        self._restore()
+
+    def _restore(self) -> None:
+        self._index = NearestNeighbors(n_neighbors=min(self.k, len(self.train_x_)), metric="cosine").fit(self.train_x_)
 
     def _scores(self, x: np.ndarray) -> np.ndarray:
         distance, neighbours = self._index.kneighbors(x)
@@ -133,16 +124,6 @@ class KNNRouter(Router):
         total = (weight[:, :, None] * known).sum(axis=1)
         scores = (weight[:, :, None] * np.nan_to_num(quality)).sum(axis=1) / np.maximum(total, 1e-12)
         return np.where(total > 0, scores, 0.0)
-
-    def _params(self) -> dict[str, Any]:
-        return super()._params() | {"k": self.k, "temperature": self.temperature}
-
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {}, {"train_x": self.train_x_, "train_quality": self.train_quality_}
-
-    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.train_x_, self.train_quality_ = arrays["train_x"], arrays["train_quality"]
-        self._index = NearestNeighbors(n_neighbors=min(self.k, len(self.train_x_)), metric="cosine").fit(self.train_x_)
 
 
 class MFRouter(Router):
@@ -158,6 +139,8 @@ class MFRouter(Router):
     """
 
     name: ClassVar[str] = "mf"
+    fitted: ClassVar[tuple[str, ...]] = ("w_", "v_", "b_")
+    param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"dim": (8, 32)}
 
     def __init__(self, *, dim: int = 16, l2: float = 1e-3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -197,15 +180,6 @@ class MFRouter(Router):
     def _scores(self, x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-((x @ self.w_) @ self.v_.T + self.b_)))
 
-    def _params(self) -> dict[str, Any]:
-        return super()._params() | {"dim": self.dim, "l2": self.l2}
-
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {}, {"w": self.w_, "v": self.v_, "b": self.b_}
-
-    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.w_, self.v_, self.b_ = arrays["w"], arrays["v"], arrays["b"]
-
 
 def _weak_option(router: Router, train: np.ndarray) -> int:
     """The best option on train among those costing at most a fifth of the reference and
@@ -225,6 +199,7 @@ class RandomRouter(Router):
 
     name: ClassVar[str] = "random"
     knob: ClassVar[str] = "threshold"
+    fitted: ClassVar[tuple[str, ...]] = ("weak_index_",)
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         self.weak_index_ = _weak_option(self, train)
@@ -242,12 +217,6 @@ class RandomRouter(Router):
         scores[:, self.reference_index_] = 1.0
         return scores
 
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {"weak_index": self.weak_index_}, {}
-
-    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.weak_index_ = int(meta["weak_index"])
-
 
 class CascadeRouter(Router):
     """Two-model cascade: ask the cheap model first; a verifier scores its answer from the
@@ -261,6 +230,9 @@ class CascadeRouter(Router):
 
     name: ClassVar[str] = "cascade"
     knob: ClassVar[str] = "threshold"
+    fitted: ClassVar[tuple[str, ...]] = ("weak_index_", "coef_", "intercept_")
+    param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"C": (0.3, 1.0, 3.0)}
+    servable: ClassVar[bool] = False  # its verifier reads the cheap model's answer; the gateway does not run it
 
     def __init__(self, *, C: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -315,22 +287,14 @@ class CascadeRouter(Router):
             )
         return out
 
-    def _params(self) -> dict[str, Any]:
-        return super()._params() | {"C": self.C}
-
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {"weak_index": self.weak_index_}, {"coef": self.coef_, "intercept": self.intercept_}
-
-    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.weak_index_ = int(meta["weak_index"])
-        self.coef_, self.intercept_ = arrays["coef"], arrays["intercept"]
-
 
 class OracleRouter(Router):
     """The per-prompt oracle: knows every option's realised quality; the upper bound.
     It cannot route unseen prompts."""
 
     name: ClassVar[str] = "oracle"
+    servable: ClassVar[bool] = False
+    upper_bound: ClassVar[bool] = True
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         pass
@@ -360,9 +324,3 @@ class OracleRouter(Router):
                 )
             )
         return out
-
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {}, {}
-
-    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        pass

@@ -33,6 +33,8 @@ class BestRouteRouter(Router):
     name: ClassVar[str] = "best-route"
     knob: ClassVar[str] = "threshold"
     uses_samples: ClassVar[bool] = True
+    param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"C": (0.3, 1.0, 3.0), "prune_dominated": (True, False)}
+    fitted: ClassVar[tuple[str, ...]] = ("coef_", "intercept_")
 
     def __init__(self, *, C: float = 1.0, prune_dominated: bool = True, max_subsets: int = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -61,19 +63,6 @@ class BestRouteRouter(Router):
         scores = apply_heads(x, self.coef_, self.intercept_)
         scores[:, self.reference_index_] = 1.0
         return scores
-
-    def _params(self) -> dict[str, Any]:
-        return super()._params() | {
-            "C": self.C,
-            "prune_dominated": self.prune_dominated,
-            "max_subsets": self.max_subsets,
-        }
-
-    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {}, {"coef": self.coef_, "intercept": self.intercept_}
-
-    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.coef_, self.intercept_ = arrays["coef"], arrays["intercept"]
 
 
 def _dominated(label_mean: np.ndarray, cost: np.ndarray, available: np.ndarray) -> np.ndarray:
@@ -134,9 +123,6 @@ class EscalatingBestRouteRouter(BestRouteRouter):
 
     def knob_grid(self) -> np.ndarray:
         return ESCALATION_GRID
-
-    def _params(self) -> dict[str, Any]:
-        return super()._params() | {"mix_models": self.mix_models, "accept_shares": list(self.accept_shares)}
 
 
 MIX_SCORE_ACCEPTS = (0.3, 0.5, 0.7)

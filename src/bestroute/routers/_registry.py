@@ -1,4 +1,4 @@
-"""Routers by the names used on the CLI and in results."""
+"""Routers by the names used on the CLI and in results, in the order `bestroute eval` runs them."""
 
 from ._base import Router
 from ._baselines import (
@@ -17,10 +17,10 @@ ROUTERS: dict[str, type[Router]] = {
     for r in (
         BestRouteRouter,
         EscalatingBestRouteRouter,
+        NLabelRouter,
+        NClassRouter,
         KNNRouter,
         MFRouter,
-        NClassRouter,
-        NLabelRouter,
         CascadeRouter,
         RandomRouter,
         OracleRouter,

@@ -61,7 +61,7 @@ def load_serving(config: GatewayConfig) -> Loaded:
         raise ConfigError("the configuration names no router artifact (key: router)")
     artifact = config.router
     router = load_router(artifact)
-    if router.name in ("oracle", "cascade"):
+    if not router.servable:
         raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
     backends = {b.name for b in config.backends}
     if router.reference_.model not in backends:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._exceptions import RouterError
 from ..backends import (
     STREAM_ERRORS,
     Completion,
@@ -22,7 +23,6 @@ from ..backends import (
     estimate_tokens,
     usage_tokens,
 )
-from ..policy import fallback_order
 from ..routers import Option, Router, stage_draws, stage_samples, stage_verdict
 from ._budgets import Budgets
 from ._config import GatewayConfig
@@ -156,6 +156,7 @@ class ChatService:
             ]
         )
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
+        self._rule = router.rule
         self._default_knob = config.threshold if config.threshold is not None else router.default_knob()
 
     def _new_id(self) -> str:
@@ -190,24 +191,15 @@ class ChatService:
             knob = float(raw)
         except ValueError:
             raise InvalidRequest(f"threshold {raw!r} in model name is not a number", param="model") from None
-        if self.router.knob == "threshold" and not 0.0 <= knob <= 1.0:
-            raise InvalidRequest("threshold must be between 0 and 1", param="model")
-        if not np.isfinite(knob) or knob < 0:
-            raise InvalidRequest("the routing knob must be a finite non-negative number", param="model")
-        return knob
+        try:
+            return self._rule.check(knob)
+        except RouterError as error:
+            raise InvalidRequest(str(error), param="model") from None
 
     def _route(self, request: ChatCompletionRequest, knob: float) -> Plan:
         tic = time.perf_counter()
         scores = self.router.predict([request.prompt_text()])[0]
-        # The order's first option is the router's decision (``Router.decide``'s rule).
-        order = fallback_order(
-            scores,
-            knob,
-            threshold_rule=self.router.knob == "threshold",
-            option_cost=self.router.option_cost_,
-            reference=self.router.reference_index_,
-            available=self._available,
-        )
+        order = self._rule.order(scores, knob, self._available)  # its first option is Router.decide's
         self.metrics.routing_seconds.observe(time.perf_counter() - tic)
         options, values = self.router.options_, scores.tolist()
         return Plan(
