@@ -17,6 +17,7 @@ from bestroute.evaluation import evaluate, markdown_table
 from bestroute.routers import (
     EscalatingBestRouteRouter,
     Option,
+    SelectionCache,
     load_router,
     make_selector,
     option_outcomes,
@@ -48,7 +49,7 @@ def test_acceptance_threshold_and_mixture_names_are_checked():
 def test_same_model_samples_escalate_when_they_disagree(data):
     # small's first three samples answer 42, 42, 7: the pick (42, quality 1) has 2 of 3 votes.
     strict, loose = Option("small", 3, accept=1.0), Option("small", 3, accept=0.6)
-    outcomes = option_outcomes(data, [strict, loose, REFERENCE], make_selector("consensus"), REFERENCE)
+    outcomes = option_outcomes(SelectionCache(data, "consensus"), [strict, loose, REFERENCE], REFERENCE)
     assert (outcomes.accepted[:, 0] == 0).all() and (outcomes.accepted[:, 1] == 1).all()
     assert (outcomes.accepted[:, 2] == 1).all()  # a plain option always keeps its answer
     # Escalated: the reference's answer (42, quality 1), paid on top of the three samples.
@@ -62,7 +63,7 @@ def test_a_mixture_votes_across_models(data):
     unanimous = Option.mixture(("small", "tiny"), accept=1.0)
     either = Option.mixture(("small", "tiny"), accept=0.5)
     plain = Option.mixture(("small", "tiny"))
-    outcomes = option_outcomes(data, [unanimous, either, plain], make_selector("majority"), REFERENCE)
+    outcomes = option_outcomes(SelectionCache(data, "majority"), [unanimous, either, plain], REFERENCE)
     assert (outcomes.accepted[:, 0] == 0).all() and (outcomes.accepted[:, 1] == 1).all()
     np.testing.assert_allclose(outcomes.cost[:, 0], SMALL_CALL + SMALL_SAMPLE + TINY_ONE + BIG_ONE)
     np.testing.assert_allclose(outcomes.cost[:, 1], SMALL_CALL + SMALL_SAMPLE + TINY_ONE)
@@ -98,7 +99,7 @@ def test_a_stage_goes_on_only_when_unsure_and_pays_only_for_what_it_adds(data):
     kept_later = Option("small", 3, accept=1.0, then=Option("small", 4, accept=0.5))
     never_reference = Option("small", 3, accept=1.0, then=Option("small", 4))
     options = [agree_at_once, on_to_reference, kept_later, never_reference]
-    outcomes = option_outcomes(data, options, make_selector("consensus"), REFERENCE)
+    outcomes = option_outcomes(SelectionCache(data, "consensus"), options, REFERENCE)
     np.testing.assert_array_equal(outcomes.accepted[0], [1, 0, 1, 1])
     np.testing.assert_array_equal(outcomes.quality[0], [1, 1, 1, 1])
     # A later stage is another call (its input is paid again) for the samples it adds.
@@ -121,7 +122,7 @@ def test_a_gated_mixture_goes_on_only_when_its_models_agree_enough(data):
     verified = Option.mixture(("small", "tiny"), gate=0.5, then=Option.mixture(("small", "tiny"), n=2, accept=0.5))
     unverified = Option.mixture(("small", "tiny"), gate=0.5, then=Option.mixture(("small", "tiny"), n=2, accept=1.0))
     outcomes = option_outcomes(
-        data, [straight_to_reference, verified, unverified], make_selector("majority"), REFERENCE
+        SelectionCache(data, "majority"), [straight_to_reference, verified, unverified], REFERENCE
     )
     np.testing.assert_array_equal(outcomes.accepted[0], [0, 1, 0])
     first = SMALL_CALL + SMALL_SAMPLE + TINY_ONE
@@ -131,7 +132,7 @@ def test_a_gated_mixture_goes_on_only_when_its_models_agree_enough(data):
 
 def test_a_selector_without_confidence_cannot_escalate(data):
     with pytest.raises(RouterError, match="oracle.* gives no confidence"):
-        option_outcomes(data, [Option("small", 3, accept=0.5)], make_selector("oracle"), REFERENCE)
+        option_outcomes(SelectionCache(data, "oracle"), [Option("small", 3, accept=0.5)], REFERENCE)
 
 
 def test_escalating_router_fits_saves_explains_and_the_gateway_checks_it(data, tmp_path):
@@ -295,9 +296,10 @@ def test_a_reward_model_escalates_on_its_score(data, tmp_path):
     split = split_prompts(data.prompt_ids)
     path = tmp_path / "reward.bestroute"
     RewardModel(features="lexical").fit(data, split.train).save(path)
-    selector = make_selector(f"reward-model:{path}")
+    cache = SelectionCache(data, f"reward-model:{path}")
+    selector = cache.selector
     options = [Option("small", 1, accept=a) for a in (0.0, 0.5, 1.0)] + [Option.mixture(("small", "tiny"))]
-    outcomes = option_outcomes(data, options, selector, REFERENCE)
+    outcomes = option_outcomes(cache, options, REFERENCE)
     assert (outcomes.accepted[:, 0] == 1).all() and (outcomes.accepted[:, 2] == 0).all()  # a score is < 1
     small_j, tiny_j = data.model_index("small"), data.model_index("tiny")
     scores = selector.model.score(data.texts, [data.responses[i, small_j, 0] for i in range(data.n_prompts)])

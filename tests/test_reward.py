@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -10,9 +9,8 @@ from conftest import write_native
 from bestroute import ArtifactError, load_dataset, split_prompts
 from bestroute.reward import RewardModel, choose_selector, pairwise_accuracy
 from bestroute.routers import (
-    MajorityVote,
     Option,
-    OracleSelector,
+    SelectionCache,
     make_selector,
     selected_quality,
     soft_labels,
@@ -70,10 +68,9 @@ def test_reward_model_artifact_round_trip(trained, tmp_path):
 def test_reward_model_as_offline_best_of_n_selector(trained):
     data, split, _, path = trained
     options = [Option("small", n) for n in (1, 2, 3)]
-    selector = make_selector(f"reward-model:{path}")
-    by_reward = soft_labels(data, split.train, options, Option("big"), selector)
-    by_oracle = soft_labels(data, split.train, options, Option("big"), OracleSelector())
-    by_majority = soft_labels(data, split.train, options, Option("big"), MajorityVote())
+    by_reward = soft_labels(SelectionCache(data, f"reward-model:{path}"), split.train, options, Option("big"))
+    by_oracle = soft_labels(SelectionCache(data, "oracle"), split.train, options, Option("big"))
+    by_majority = soft_labels(SelectionCache(data, "majority"), split.train, options, Option("big"))
     np.testing.assert_allclose(by_reward, by_oracle)  # it always keeps a right answer when there is one
     np.testing.assert_allclose(by_majority, by_oracle)
 
@@ -150,7 +147,7 @@ def test_choose_selector_keeps_the_reward_model_where_it_picks_better(tmp_path):
     selector, quality = choose_selector(data, split, tmp_path / "r.bestroute", features="lexical")
     assert selector == f"reward-model:{tmp_path / 'r.bestroute'}"
     assert quality == {"consensus": 0.0, "reward-model": 1.0}  # consensus keeps the agreeing 7s
-    assert selected_quality(data, split.val, make_selector(selector)) == 1.0
+    assert selected_quality(SelectionCache(data, selector), split.val) == 1.0
 
 
 def test_choose_selector_prefers_consensus_on_ties_and_single_samples(tmp_path, multisample_dir, subset_dir):
@@ -205,12 +202,10 @@ def test_a_rewritten_reward_model_file_is_loaded_anew(tmp_path):
     split = split_prompts(data.prompt_ids)
     path = tmp_path / "r.bestroute"
     RewardModel(features="lexical", C=10.0).fit(data, split.train).save(path)
-    first = make_selector(f"reward-model:{path}")
-    assert make_selector(f"reward-model:{path}") is first  # judgments made with it are shared
-    time.sleep(0.01)
+    first = SelectionCache(data, f"reward-model:{path}")
     RewardModel(features="lexical", C=0.01).fit(data, split.train).save(path)
-    second = make_selector(f"reward-model:{path}")
-    assert second is not first and second.model.C == 0.01
+    second = SelectionCache(data, f"reward-model:{path}")  # no process-wide cache keeps the old one
+    assert first.selector.model.C == 10.0 and second.selector.model.C == 0.01
     with pytest.raises(ArtifactError):
         make_selector(f"reward-model:{tmp_path / 'missing.bestroute'}")
 
@@ -228,12 +223,11 @@ def test_reward_model_scores_its_training_prompts_out_of_fold(tmp_path):
     split = split_prompts(data.prompt_ids)
     path = tmp_path / "r.bestroute"
     RewardModel(features="lexical", C=1000.0).fit(data, split.train).save(path)
-    selector = make_selector(f"reward-model:{path}")
     small = [data.models.index("small")]
     # Scored by the fold scorer that saw them, its picks would be right nearly always (a right one
     # is among 4 samples for 94% of prompts); scored out of fold, they are right by chance.
-    oracle = selected_quality(data, split.train, OracleSelector())
-    picked = selected_quality(data, split.train, selector)
+    oracle = selected_quality(SelectionCache(data, "oracle"), split.train)
+    picked = selected_quality(SelectionCache(data, f"reward-model:{path}"), split.train)
     assert oracle > 0.9 and 0.3 < picked < 0.7
     # Not a weak scorer: it did memorise, which shows on responses it was trained on when they are
     # asked under another prompt text (held out of every fold, so scored by the fold average).

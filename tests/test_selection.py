@@ -5,7 +5,7 @@ from bestroute import load_dataset
 from bestroute.routers import (
     MajorityVote,
     Option,
-    OracleSelector,
+    SelectionCache,
     extract_answer,
     option_outcomes,
     soft_labels,
@@ -35,20 +35,22 @@ def test_bootstrap_labels_match_hand_computed_values(multisample_dir):
     options = [Option("small", n) for n in (1, 2, 3, 4)] + [Option("tiny", 1), Option("big", 1)]
     # Reference samples have quality 1 and 0: a response is as good as the reference's with
     # probability 1 when its quality is 1 and 1/2 when it is 0.
-    majority = soft_labels(data, rows, options, reference, MajorityVote())
+    majority = soft_labels(SelectionCache(data, "majority"), rows, options, reference)
     # small, n=1: mean over its 4 samples of (1, 1, 1/2, 1/2) = 3/4.
     # n=2: of the 6 pairs, majority vote (ties: earliest) keeps a right answer in 5, so
     #      5/6 * 1 + 1/6 * 1/2 = 11/12. n=3 and n=4: every subset keeps a right answer: 1.
     np.testing.assert_allclose(majority[0], [3 / 4, 11 / 12, 1.0, 1.0, 0.5, 0.75])
     assert np.allclose(majority, majority[0])
-    oracle = soft_labels(data, rows, options, reference, OracleSelector())
+    oracle = soft_labels(SelectionCache(data, "oracle"), rows, options, reference)
     # With ground truth picking, a pair holds a right answer unless it is {7, 9}: same 11/12.
     np.testing.assert_allclose(oracle[0, :4], [3 / 4, 11 / 12, 1.0, 1.0])
 
 
 def test_majority_vote_beats_first_sample_when_wrong_answers_disagree(tmp_path, multisample_dir):
     data = load_dataset(multisample_dir)
-    outcomes = option_outcomes(data, [Option("small", 1), Option("small", 3), Option("big", 1)], MajorityVote())
+    outcomes = option_outcomes(
+        SelectionCache(data, "majority"), [Option("small", 1), Option("small", 3), Option("big", 1)]
+    )
     # First three samples answer 42, 42, 7: majority keeps 42 (quality 1); cost is one input and
     # three outputs.
     np.testing.assert_allclose(outcomes.quality[0], [1.0, 1.0, 1.0])
@@ -59,7 +61,7 @@ def test_majority_vote_beats_first_sample_when_wrong_answers_disagree(tmp_path, 
 
 def test_options_without_enough_samples_are_unlabelled(multisample_dir):
     data = load_dataset(multisample_dir)
-    labels = soft_labels(data, np.arange(3), [Option("big", 3)], Option("big"), MajorityVote())
+    labels = soft_labels(SelectionCache(data, "majority"), np.arange(3), [Option("big", 3)], Option("big"))
     assert np.isnan(labels).all()
 
 

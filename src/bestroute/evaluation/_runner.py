@@ -13,7 +13,7 @@ import numpy as np
 from .._exceptions import RouterError
 from ..data import RoutingDataset, Split, split_prompts
 from ..features import make_extractor
-from ..routers import ROUTERS, Decisions, Router, choose_reference
+from ..routers import ROUTERS, Decisions, Router, SelectionCache, choose_reference
 from ._metrics import area_under_curve, cost_reduction_at_drop, quality_at_cost
 from ._plot import plot_curves
 
@@ -77,12 +77,13 @@ def evaluate(
         "routers": {},
     }
     reference_info: dict[str, Any] | None = None
+    cache = SelectionCache(data, selector)  # every fit below shares the selector's judgments
     for name in names:
         tic = time.perf_counter()
         best: tuple[float, Router, dict[str, Any]] | None = None
         for params in _grid(name):
             router = ROUTERS[name](**common, **params).fit(
-                data, split.train, split.val, features=x, extractor=extractor
+                data, split.train, split.val, features=x, extractor=extractor, cache=cache
             )
             val_points = _curve(router.sweep(data, split.val, x[split.val]))
             val_auc = _auc(router, val_points, split.val)

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..data import RoutingDataset, Split
 from ..features import FeatureExtractor
-from ..routers import make_selector, selected_quality
+from ..routers import SelectionCache, selected_quality
 from ._model import RewardModel
 
 CONSENSUS = "consensus"
@@ -40,6 +40,6 @@ def choose_selector(
         return CONSENSUS, {}
     RewardModel(features=features).fit(data, split.train, extractor=extractor).save(reward_model_path)
     candidates = [CONSENSUS, f"reward-model:{reward_model_path}"]
-    quality = {name: selected_quality(data, split.val, make_selector(name)) for name in candidates}
+    quality = {name: selected_quality(SelectionCache(data, name), split.val) for name in candidates}
     best = max(candidates, key=lambda name: quality[name])  # the first of equals: consensus
     return best, {name.split(":", 1)[0]: round(q, 6) for name, q in quality.items()}

@@ -20,7 +20,7 @@ from ..policy import (
     table_from_json,
     table_to_json,
 )
-from ._selection import Option, OptionOutcomes, make_selector, option_outcomes
+from ._selection import Option, OptionOutcomes, SelectionCache, option_outcomes
 
 ARTIFACT_VERSION = 1
 
@@ -95,17 +95,22 @@ class Router:
         *,
         features: np.ndarray | None = None,
         extractor: FeatureExtractor | None = None,
+        cache: SelectionCache | None = None,
     ) -> Self:
         """Fit on the ``train`` prompts of ``data``; with ``val``, choose the reference there and
-        record the operating-point table. ``features``/``extractor`` reuse precomputed rows."""
+        record the operating-point table. ``features``/``extractor`` reuse precomputed rows;
+        ``cache`` shares the selector's judgments and outcomes with other fits on ``data``."""
         if self.max_n < 1:
             raise RouterError(f"max_n must be >= 1, got {self.max_n}")
+        if cache is not None and (cache.data is not data or cache.spec != self.selector):
+            raise RouterError(f"the cache given holds another dataset's or selector's results than {self.selector!r}")
+        self._cache = cache if cache is not None else SelectionCache(data, self.selector)
         self.extractor_ = extractor or make_extractor(self.features)
         x = features if features is not None else self.extractor_.transform(data.texts)
         chooser = val if val is not None and len(val) else train
         self.reference_ = Option(choose_reference(data, chooser, self.reference))
         self.options_ = self._make_options(data, train)
-        self.outcomes_ = option_outcomes(data, self.options_, make_selector(self.selector), self.reference_)
+        self.outcomes_ = option_outcomes(self._cache, self.options_, self.reference_)
         self._fit_data = data
         self.reference_index_ = self.options_.index(self.reference_)
         cost = np.where(self.outcomes_.available[train], self.outcomes_.cost[train], np.nan)
@@ -228,7 +233,7 @@ class Router:
         # Outcomes of the fitting data are kept from fit; other data gets its own.
         if data is getattr(self, "_fit_data", None):
             return self.outcomes_
-        return option_outcomes(data, self.options_, make_selector(self.selector), self.reference_)
+        return option_outcomes(SelectionCache(data, self.selector), self.options_, self.reference_)
 
     def _operating_table(self, data: RoutingDataset, val: np.ndarray, x: np.ndarray) -> list[OperatingPoint]:
         # Relative quality needs the reference's answer; prompts it did not answer say nothing.

@@ -9,7 +9,7 @@ from ..data import RoutingDataset
 from ..policy import THRESHOLD_GRID
 from ._base import Router
 from ._heads import apply_heads, fit_soft_heads
-from ._selection import Option, make_selector, soft_labels
+from ._selection import Option, soft_labels
 
 
 class BestRouteRouter(Router):
@@ -44,11 +44,10 @@ class BestRouteRouter(Router):
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         labels = soft_labels(
-            data,
+            self._cache,
             train,
             self.options_,
             self.reference_,
-            make_selector(self.selector),
             max_subsets=self.max_subsets,
             seed=self.seed,
         )
@@ -118,7 +117,7 @@ class EscalatingBestRouteRouter(BestRouteRouter):
             max_n=self.max_n,
             mix_models=self.mix_models,
             accept_shares=self.accept_shares,
-            score_confidence=make_selector(self.selector).confidence == "score",
+            score_confidence=self._cache.selector.confidence == "score",
         )
 
     def knob_grid(self) -> np.ndarray:

@@ -8,12 +8,9 @@ token-F1 overlap of final answers, so free-text answers that say the same thing 
 model or the oracle: no agreement, their scores.
 """
 
-import functools
 import json
 import math
-import os
 import re
-import weakref
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, ClassVar, Protocol
@@ -280,26 +277,11 @@ SELECTORS: dict[str, type] = {s.name: s for s in (MajorityVote, Consensus, Oracl
 
 
 def make_selector(name: str) -> Selector:
-    """``majority``, ``oracle``, or ``reward-model:PATH`` (a reward-model artifact). One instance
-    per name (and per version of the artifact's file), so the judgments made with it are shared
-    by every router fitted in the process."""
-    if name.startswith(RewardModelSelector.name + ":"):
-        path = name.split(":", 1)[1]
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return RewardModelSelector(path)  # raises the artifact error that says what is wrong
-        return _selector(name, stat.st_mtime_ns, stat.st_size)
-    if name not in SELECTORS:
-        raise RouterError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)} or reward-model:PATH")
-    return _selector(name, 0, 0)
-
-
-@functools.cache
-def _selector(name: str, mtime_ns: int, size: int) -> Selector:
-    # A rewritten reward-model file has another mtime and size, so it is loaded anew.
+    """``majority``, ``consensus``, ``oracle``, or ``reward-model:PATH`` (a reward-model artifact)."""
     if name.startswith(RewardModelSelector.name + ":"):
         return RewardModelSelector(name.split(":", 1)[1])
+    if name not in SELECTORS:
+        raise RouterError(f"unknown selector {name!r}; choose one of {', '.join(SELECTORS)} or reward-model:PATH")
     return SELECTORS[name]()
 
 
@@ -335,72 +317,74 @@ def _sample_count(data: RoutingDataset, i: int, j: int) -> int:
     return int((~np.isnan(data.quality[i, j])).cumprod().sum())
 
 
-def selected_quality(data: RoutingDataset, rows: np.ndarray, selector: Selector) -> float:
-    """How well ``selector`` picks: the mean quality of the sample it keeps from all of a model's
-    samples, over the (prompt, model) pairs of ``rows`` that have at least two; NaN if none do."""
-    _judge_in_bulk(data, selector, rows)
+class SelectionCache:
+    """What is computed from one dataset with one selector: the selector's judgment of each
+    prompt's samples, option outcomes and soft labels. An evaluation makes one and passes it to
+    every router it fits (several per router, to choose hyperparameters), so each is computed
+    once; a router fitted without one makes its own.
+
+    Parameters
+    ----------
+    data : RoutingDataset
+        The routing data.
+    selector : str
+        The selector, by the name routers take (``consensus``, ``reward-model:PATH``, ...).
+    """
+
+    def __init__(self, data: RoutingDataset, selector: str) -> None:
+        self.data, self.spec, self.selector = data, selector, make_selector(selector)
+        self.memo: dict[Any, Any] = {}
+        # A pointwise scorer that is faster in bulk scores whole prompts at once, when asked.
+        self._bulk = np.full(data.quality.shape, np.nan) if hasattr(self.selector, "judge_rows") else None
+        self._bulk_done = np.zeros(data.n_prompts, dtype=bool)
+
+    def judge_in_bulk(self, rows: np.ndarray) -> None:
+        """For a selector that is faster in bulk, judge the prompts of ``rows`` not judged yet in
+        one batch, so that only the prompts asked about are judged (choosing a selector on
+        validation must not pay for scoring the training and test prompts too)."""
+        if self._bulk is not None:
+            todo = np.unique(np.asarray(rows, dtype=int))
+            todo = todo[~self._bulk_done[todo]]
+            if todo.size:
+                self._bulk[todo] = self.selector.judge_rows(self.data, todo)  # type: ignore[attr-defined]
+                self._bulk_done[todo] = True
+
+    def judgment(self, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """The selector's judgment of all samples of prompt i from model j, made once: every
+        subset's judgment is a slice of it."""
+        if (i, j) not in self.memo:
+            data, k = self.data, _sample_count(self.data, i, j)
+            if self._bulk is not None:
+                self.judge_in_bulk(np.array([i]))
+                self.memo[i, j] = (_no_agreement(k), self._bulk[i, j, :k])
+            else:
+                self.memo[i, j] = self.selector.judge(
+                    data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k]
+                )
+        return self.memo[i, j]
+
+
+def selected_quality(cache: SelectionCache, rows: np.ndarray) -> float:
+    """How well the cache's selector picks: the mean quality of the sample it keeps from all of
+    a model's samples, over the (prompt, model) pairs of ``rows`` that have at least two; NaN if
+    none do."""
+    data = cache.data
+    cache.judge_in_bulk(rows)
     kept = []
     for i in rows:
         for j in range(len(data.models)):
             k = _sample_count(data, i, j)
             if k >= 2:
-                agreement, scores = _judgment(data, selector, i, j)
+                agreement, scores = cache.judgment(i, j)
                 kept.append(data.quality[i, j, pick(agreement, scores, np.arange(k))])
     return float(np.mean(kept)) if kept else float("nan")
 
 
-_MEMOS: dict[tuple[int, int], dict[Any, Any]] = {}
-
-
-def _memo(data: RoutingDataset, selector: Selector) -> dict[Any, Any]:
-    """What was computed from ``data`` with ``selector`` in this process: judgments, outcomes
-    and labels, shared by every router fitted on the data (an evaluation fits several per
-    router to choose hyperparameters) and forgotten with the dataset."""
-    key = (id(data), id(selector))
-    memo = _MEMOS.get(key)
-    if memo is None:
-        memo = _MEMOS[key] = {}
-        weakref.finalize(data, _MEMOS.pop, key, None)
-        if hasattr(selector, "judge_rows"):  # a pointwise scorer that is faster in bulk
-            memo["bulk"] = np.full(data.quality.shape, np.nan)
-            memo["bulk_done"] = np.zeros(data.n_prompts, dtype=bool)
-    return memo
-
-
-def _judge_in_bulk(data: RoutingDataset, selector: Selector, rows: np.ndarray) -> None:
-    """For a selector that is faster in bulk, judge the prompts of ``rows`` not judged yet in one
-    batch, so that only the prompts asked about are judged (choosing a selector on validation
-    must not pay for scoring the training and test prompts too)."""
-    memo = _memo(data, selector)
-    if "bulk" in memo:
-        todo = np.unique(np.asarray(rows, dtype=int))
-        todo = todo[~memo["bulk_done"][todo]]
-        if todo.size:
-            memo["bulk"][todo] = selector.judge_rows(data, todo)  # type: ignore[attr-defined]  # checked above
-            memo["bulk_done"][todo] = True
-
-
-def _judgment(data: RoutingDataset, selector: Selector, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """The selector's judgment of all samples of prompt i from model j, made once: every subset's
-    judgment is a slice of it."""
-    memo = _memo(data, selector)
-    if (i, j) not in memo:
-        k = _sample_count(data, i, j)
-        if "bulk" in memo:
-            if not memo["bulk_done"][i]:
-                _judge_in_bulk(data, selector, np.array([i]))
-            memo[i, j] = (_no_agreement(k), memo["bulk"][i, j, :k])
-        else:
-            memo[i, j] = selector.judge(data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k])
-    return memo[i, j]
-
-
 def soft_labels(
-    data: RoutingDataset,
+    cache: SelectionCache,
     rows: np.ndarray,
     options: list[Option],
     reference: Option,
-    selector: Selector,
     *,
     max_subsets: int = 64,
     seed: int = 0,
@@ -410,32 +394,31 @@ def soft_labels(
     samples that the selected response's quality is >= the reference response's quality.
     NaN where the model lacks the samples."""
     key = ("labels", tuple(options), reference, np.asarray(rows).tobytes(), max_subsets, seed)
-    memo = _memo(data, selector)
-    if key not in memo:
-        memo[key] = _soft_labels(data, rows, options, reference, selector, max_subsets=max_subsets, seed=seed)
-    return memo[key].copy()
+    if key not in cache.memo:
+        cache.memo[key] = _soft_labels(cache, rows, options, reference, max_subsets=max_subsets, seed=seed)
+    return cache.memo[key].copy()
 
 
 def _soft_labels(
-    data: RoutingDataset,
+    cache: SelectionCache,
     rows: np.ndarray,
     options: list[Option],
     reference: Option,
-    selector: Selector,
     *,
     max_subsets: int,
     seed: int,
 ) -> np.ndarray:
+    data = cache.data
     rng = np.random.default_rng(seed)
     ref_j = data.model_index(reference.model)
     if any(option.n > 1 for option in options):
-        _judge_in_bulk(data, selector, rows)
+        cache.judge_in_bulk(rows)
     labels = np.full((len(rows), len(options)), np.nan)
     for o, option in enumerate(options):
         if option.composite:
             # Its outcome is already the whole policy's (its pick, or the reference's answer):
             # the label is how often that is as good as the reference.
-            outcome = _composite_outcomes(data, option, selector, reference)[0]
+            outcome = _composite_outcomes(cache, option, reference)[0]
             for r, i in enumerate(rows):
                 ref_q = _scored(data.quality[i, ref_j])
                 if not np.isnan(outcome[i]) and ref_q.size:
@@ -451,7 +434,7 @@ def _soft_labels(
             if k == 1:
                 labels[r, o] = float(np.mean(quality[0] >= ref_q))
                 continue
-            agreement, scores = _judgment(data, selector, i, j)
+            agreement, scores = cache.judgment(i, j)
             picked = np.array(
                 [quality[pick(agreement, scores, s)] for s in _subsets(k, option.n, max_subsets=max_subsets, rng=rng)]
             )
@@ -476,27 +459,24 @@ class OptionOutcomes:
     accepted: np.ndarray  # (P, O) 1 where the option kept its own pick, 0 where it escalated; NaN if unavailable
 
 
-def option_outcomes(
-    data: RoutingDataset, options: list[Option], selector: Selector, reference: Option | None = None
-) -> OptionOutcomes:
-    """Outcomes of ``options`` on every prompt; escalating options need the ``reference``."""
-    memo = _memo(data, selector)
+def option_outcomes(cache: SelectionCache, options: list[Option], reference: Option | None = None) -> OptionOutcomes:
+    """Outcomes of ``options`` on every prompt of the cache's data; escalating options need the
+    ``reference``."""
     key = ("outcomes", tuple(options), reference)
-    if key not in memo:
-        memo[key] = _option_outcomes(data, options, selector, reference)
-    return memo[key]
+    if key not in cache.memo:
+        cache.memo[key] = _option_outcomes(cache, options, reference)
+    return cache.memo[key]
 
 
-def _option_outcomes(
-    data: RoutingDataset, options: list[Option], selector: Selector, reference: Option | None
-) -> OptionOutcomes:
+def _option_outcomes(cache: SelectionCache, options: list[Option], reference: Option | None) -> OptionOutcomes:
+    data = cache.data
     shape = (data.n_prompts, len(options))
     quality, cost, accepted = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     if any(option.n > 1 for option in options):
-        _judge_in_bulk(data, selector, np.arange(data.n_prompts))
+        cache.judge_in_bulk(np.arange(data.n_prompts))
     for o, option in enumerate(options):
         if option.composite:
-            quality[:, o], cost[:, o], accepted[:, o] = _composite_outcomes(data, option, selector, reference)
+            quality[:, o], cost[:, o], accepted[:, o] = _composite_outcomes(cache, option, reference)
             continue
         j = data.model_index(option.model)
         q = data.quality[:, j, : option.n]
@@ -508,22 +488,22 @@ def _option_outcomes(
             continue
         subset = np.arange(option.n)
         for i in np.flatnonzero(ok):
-            agreement, scores = _judgment(data, selector, int(i), j)
+            agreement, scores = cache.judgment(int(i), j)
             quality[i, o] = q[i, pick(agreement, scores, subset)]
     return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality), accepted=accepted)
 
 
 def _composite_outcomes(
-    data: RoutingDataset, option: Option, selector: Selector, reference: Option | None
+    cache: SelectionCache, option: Option, reference: Option | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(quality, cost, accepted) per prompt of a mixture or escalating option, made once per
     option: the samples of its last stage are judged together once, and each stage in turn picks
     among the ones it has drawn and pays for the calls it adds; the first stage that keeps its
     pick answers, else the reference does (``accepted`` 0)."""
-    memo = _memo(data, selector)
+    data, selector = cache.data, cache.selector
     key = ("composite", option, reference)
-    if key in memo:
-        return memo[key]
+    if key in cache.memo:
+        return cache.memo[key]
     if option.escalates and reference is None:
         raise RouterError(f"option {option.label!r} escalates, but no reference was given")
     order = [(data.model_index(m), k) for m, k in stage_samples(option)]
@@ -547,11 +527,11 @@ def _composite_outcomes(
     positions = stage_positions(option)
     pointwise = selector.confidence == "score"
     if pointwise:  # pointwise scores: reuse each model's judgment (made in bulk)
-        _judge_in_bulk(data, selector, np.flatnonzero(ok))
+        cache.judge_in_bulk(np.flatnonzero(ok))
     for i in np.flatnonzero(ok):
         if pointwise:
             agreement = _no_agreement(len(order))
-            by_model = {j: _judgment(data, selector, int(i), j)[1] for j in set(rows.tolist())}
+            by_model = {j: cache.judgment(int(i), j)[1] for j in set(rows.tolist())}
             scores = np.array([by_model[j][k] for j, k in order])
         else:  # agreement is pairwise across models: judge the samples together
             agreement, scores = selector.judge(data.texts[i], [data.responses[i, j, k] for j, k in order], q[i])
@@ -570,5 +550,5 @@ def _composite_outcomes(
         quality[i] = q[i, where[picked]] if kept else ref_quality[i]
         cost[i] = spent + (0.0 if kept else ref_cost[i])
         accepted[i] = float(kept)
-    memo[key] = (quality, cost, accepted)
-    return memo[key]
+    cache.memo[key] = (quality, cost, accepted)
+    return quality, cost, accepted
