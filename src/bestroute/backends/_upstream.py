@@ -142,6 +142,7 @@ class Upstream:
     def __post_init__(self) -> None:
         self._headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._url = self.config.base_url.rstrip("/") + "/chat/completions"
+        self._price = self.config.price  # built once: cost() runs on every answer
         self.in_flight = 0
         self.retries_in_flight = 0
 
@@ -150,7 +151,7 @@ class Upstream:
         return self.config.name
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.config.price.cost(prompt_tokens, completion_tokens)
+        return self._price.cost(prompt_tokens, completion_tokens)
 
     async def complete(self, body: dict[str, Any], n: int, deadline: Deadline = NO_DEADLINE) -> Completion:
         """n samples: one request asking for n where the backend honours it, else n at once."""

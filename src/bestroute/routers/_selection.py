@@ -82,6 +82,11 @@ class Option:
         return (self,) + (self.then.stages if self.then is not None else ())
 
     @property
+    def judged(self) -> bool:
+        """The selector's confidence decides what this stage does with its pick."""
+        return self.accept is not None or self.then is not None
+
+    @property
     def escalates(self) -> bool:
         """Some stage may send the request to the reference."""
         return self.stages[-1].accept is not None or any(stage.gate for stage in self.stages)
@@ -93,8 +98,9 @@ class Option:
 
     @property
     def composite(self) -> bool:
-        """Mixes models or escalates: more than drawing n samples of one model."""
-        return bool(self.mix) or self.accept is not None
+        """Mixes models, or judges its pick (keeps it, escalates or goes on): more than drawing n
+        samples of one model."""
+        return bool(self.mix) or self.judged
 
     @property
     def samples(self) -> int:
@@ -540,10 +546,8 @@ def _composite_outcomes(
             spent += paid[i]
             sub_agreement, sub_scores = agreement[np.ix_(where, where)], scores[where]
             picked = pick(sub_agreement, sub_scores, np.arange(len(where)))
-            judged = stage.accept is not None or stage.then is not None
-            verdict = stage_verdict(
-                stage, pick_confidence(selector, sub_agreement, sub_scores, picked) if judged else None
-            )
+            confidence = pick_confidence(selector, sub_agreement, sub_scores, picked) if stage.judged else None
+            verdict = stage_verdict(stage, confidence)
             kept = verdict == "keep"
             if verdict != "next":
                 break

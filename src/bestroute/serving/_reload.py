@@ -79,7 +79,7 @@ def load_serving(config: GatewayConfig) -> Loaded:
     trained_with = _selector_of(router)
     if "selector" not in config.model_fields_set:
         config = config.model_copy(update={"selector": trained_with})
-    escalating = [o for o in active if o.composite and (o.accept is not None or o.then is not None)]
+    escalating = [o for o in active if o.judged]
     if escalating and config.selector != trained_with:
         raise ConfigError(
             f"the router's option {escalating[0].label!r} escalates on the confidence of the selector "

@@ -402,7 +402,7 @@ class ChatService:
             "escalated": escalated_to_reference,
             "stages": stages,
         }
-        if option.escalates or option.then is not None:
+        if option.judged:
             result_label = "escalated" if escalated_to_reference else "accepted" if len(stages) == 1 else "continued"
             self.metrics.escalations.labels(option=attempt.label, outcome=result_label).inc()
         outcome.attempt = Attempt(upstream, 1 if escalated_to_reference else stages[-1]["n"], attempt.label, option)
