@@ -14,14 +14,9 @@ from typer.testing import CliRunner
 from bestroute import ConfigError, RouterError, load_dataset, split_prompts
 from bestroute.cli import app as cli
 from bestroute.evaluation import evaluate, markdown_table
-from bestroute.routers import (
-    EscalatingBestRouteRouter,
-    Option,
-    SelectionCache,
-    load_router,
-    make_selector,
-    option_outcomes,
-)
+from bestroute.reward import load_selector
+from bestroute.routers import EscalatingBestRouteRouter, load_router
+from bestroute.selection import Option, SelectionCache, option_outcomes
 from bestroute.serving import create_app, load_config
 
 SMALL_CALL = 10 * 0.1 / 1e6  # input tokens x price, paid once per call
@@ -49,7 +44,7 @@ def test_acceptance_threshold_and_mixture_names_are_checked():
 def test_same_model_samples_escalate_when_they_disagree(data):
     # small's first three samples answer 42, 42, 7: the pick (42, quality 1) has 2 of 3 votes.
     strict, loose = Option("small", 3, accept=1.0), Option("small", 3, accept=0.6)
-    outcomes = option_outcomes(SelectionCache(data, "consensus"), [strict, loose, REFERENCE], REFERENCE)
+    outcomes = option_outcomes(SelectionCache(data, load_selector("consensus")), [strict, loose, REFERENCE], REFERENCE)
     assert (outcomes.accepted[:, 0] == 0).all() and (outcomes.accepted[:, 1] == 1).all()
     assert (outcomes.accepted[:, 2] == 1).all()  # a plain option always keeps its answer
     # Escalated: the reference's answer (42, quality 1), paid on top of the three samples.
@@ -63,7 +58,7 @@ def test_a_mixture_votes_across_models(data):
     unanimous = Option.mixture(("small", "tiny"), accept=1.0)
     either = Option.mixture(("small", "tiny"), accept=0.5)
     plain = Option.mixture(("small", "tiny"))
-    outcomes = option_outcomes(SelectionCache(data, "majority"), [unanimous, either, plain], REFERENCE)
+    outcomes = option_outcomes(SelectionCache(data, load_selector("majority")), [unanimous, either, plain], REFERENCE)
     assert (outcomes.accepted[:, 0] == 0).all() and (outcomes.accepted[:, 1] == 1).all()
     np.testing.assert_allclose(outcomes.cost[:, 0], SMALL_CALL + SMALL_SAMPLE + TINY_ONE + BIG_ONE)
     np.testing.assert_allclose(outcomes.cost[:, 1], SMALL_CALL + SMALL_SAMPLE + TINY_ONE)
@@ -99,7 +94,7 @@ def test_a_stage_goes_on_only_when_unsure_and_pays_only_for_what_it_adds(data):
     kept_later = Option("small", 3, accept=1.0, then=Option("small", 4, accept=0.5))
     never_reference = Option("small", 3, accept=1.0, then=Option("small", 4))
     options = [agree_at_once, on_to_reference, kept_later, never_reference]
-    outcomes = option_outcomes(SelectionCache(data, "consensus"), options, REFERENCE)
+    outcomes = option_outcomes(SelectionCache(data, load_selector("consensus")), options, REFERENCE)
     np.testing.assert_array_equal(outcomes.accepted[0], [1, 0, 1, 1])
     np.testing.assert_array_equal(outcomes.quality[0], [1, 1, 1, 1])
     # A later stage is another call (its input is paid again) for the samples it adds.
@@ -122,7 +117,7 @@ def test_a_gated_mixture_goes_on_only_when_its_models_agree_enough(data):
     verified = Option.mixture(("small", "tiny"), gate=0.5, then=Option.mixture(("small", "tiny"), n=2, accept=0.5))
     unverified = Option.mixture(("small", "tiny"), gate=0.5, then=Option.mixture(("small", "tiny"), n=2, accept=1.0))
     outcomes = option_outcomes(
-        SelectionCache(data, "majority"), [straight_to_reference, verified, unverified], REFERENCE
+        SelectionCache(data, load_selector("majority")), [straight_to_reference, verified, unverified], REFERENCE
     )
     np.testing.assert_array_equal(outcomes.accepted[0], [0, 1, 0])
     first = SMALL_CALL + SMALL_SAMPLE + TINY_ONE
@@ -132,7 +127,7 @@ def test_a_gated_mixture_goes_on_only_when_its_models_agree_enough(data):
 
 def test_a_selector_without_confidence_cannot_escalate(data):
     with pytest.raises(RouterError, match="oracle.* gives no confidence"):
-        option_outcomes(SelectionCache(data, "oracle"), [Option("small", 3, accept=0.5)], REFERENCE)
+        option_outcomes(SelectionCache(data, load_selector("oracle")), [Option("small", 3, accept=0.5)], REFERENCE)
 
 
 def test_escalating_router_fits_saves_explains_and_the_gateway_checks_it(data, tmp_path):
@@ -208,11 +203,11 @@ def served_router(data, tmp_path, keep: set[str], costs: dict[str, float] | None
 def test_the_gateway_serves_escalation_as_evaluated_offline(data, tmp_path):
     from servers import Script, ask, gateway, upstream
 
-    from bestroute.routers import pick, pick_confidence
+    from bestroute.selection import pick, pick_confidence
 
     artifact = served_router(data, tmp_path, {"small x3 >=0.60 else reference", "tiny x3 >=0.60 else reference"})
     router = load_router(artifact)
-    consensus = make_selector("consensus")
+    consensus = load_selector("consensus")
     small, tiny, big = Script(answers=["42", "42", "7"]), Script(answers=["3"]), Script(answers=["big answer"])
     with (
         upstream(small) as s,
@@ -296,16 +291,16 @@ def test_a_reward_model_escalates_on_its_score(data, tmp_path):
     split = split_prompts(data.prompt_ids)
     path = tmp_path / "reward.bestroute"
     RewardModel(features="lexical").fit(data, split.train).save(path)
-    cache = SelectionCache(data, f"reward-model:{path}")
+    cache = SelectionCache(data, load_selector(f"reward-model:{path}"))
     selector = cache.selector
     options = [Option("small", 1, accept=a) for a in (0.0, 0.5, 1.0)] + [Option.mixture(("small", "tiny"))]
     outcomes = option_outcomes(cache, options, REFERENCE)
     assert (outcomes.accepted[:, 0] == 1).all() and (outcomes.accepted[:, 2] == 0).all()  # a score is < 1
     small_j, tiny_j = data.model_index("small"), data.model_index("tiny")
-    scores = selector.model.score(data.texts, [data.responses[i, small_j, 0] for i in range(data.n_prompts)])
+    scores = selector.scorer.score(data.texts, [data.responses[i, small_j, 0] for i in range(data.n_prompts)])
     np.testing.assert_array_equal(outcomes.accepted[:, 1], (scores >= 0.5 - 1e-9).astype(float))
     # The mixture keeps whichever of small's and tiny's first answers the reward model scores higher.
-    tiny = selector.model.score(data.texts, [data.responses[i, tiny_j, 0] for i in range(data.n_prompts)])
+    tiny = selector.scorer.score(data.texts, [data.responses[i, tiny_j, 0] for i in range(data.n_prompts)])
     expected = np.where(scores >= tiny, data.quality[:, small_j, 0], data.quality[:, tiny_j, 0])
     np.testing.assert_array_equal(outcomes.quality[:, 3], expected)
 
@@ -313,7 +308,7 @@ def test_a_reward_model_escalates_on_its_score(data, tmp_path):
 def test_the_gateway_serves_stages_as_evaluated_offline(data, tmp_path):
     from servers import Script, ask, gateway, upstream
 
-    from bestroute.routers import pick, pick_confidence, stage_verdict
+    from bestroute.selection import pick, pick_confidence, stage_verdict
 
     label = "small x2 >=1.00 else small x4 >=0.60 else reference"
     split = split_prompts(data.prompt_ids)
@@ -325,7 +320,7 @@ def test_the_gateway_serves_stages_as_evaluated_offline(data, tmp_path):
     artifact = tmp_path / "staged.bestroute"
     router.save(artifact)
     option = next(o for o in router.options_ if o.label == label)
-    consensus = make_selector("majority" if router.selector == "majority" else "consensus")
+    consensus = load_selector("majority" if router.selector == "majority" else "consensus")
 
     def offline(samples: list[str]) -> tuple[str, int]:
         """The verdict offline judging gives these samples, and the stage that gives it."""

@@ -1,8 +1,11 @@
 """The package's layout rules, read from the source (issue 12): a subpackage's private modules are
-its own; other packages use its public names."""
+its own, other packages use its public names, and no import cycle joins packages or modules."""
 
 import ast
+import graphlib
 from pathlib import Path
+
+import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "bestroute"
 
@@ -42,3 +45,55 @@ def test_the_rule_sees_a_violation(tmp_path):
     (tmp_path / "collection" / "_x.py").write_text("\n\nfrom ..serving._config import X\nfrom ._scorers import Y\n")
     found = _imports(tmp_path / "collection" / "_x.py", tmp_path)
     assert (3, "bestroute.serving._config") in found and (4, "bestroute.collection._scorers.Y") in found
+
+
+def _module_of(name: str, root: Path) -> str:
+    """The module an imported name lives in: its longest prefix that is a file or package below ``root``."""
+    parts = name.split(".")
+    for end in range(len(parts), 1, -1):
+        path = root.joinpath(*parts[1:end])
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            return ".".join(parts[:end])
+    return "bestroute"
+
+
+def _dependencies(root: Path, depth: int | None) -> dict[str, set[str]]:
+    """What each module (``depth`` None) or each top-level package and module (``depth`` 2, e.g.
+    ``bestroute.routers``) imports, imports inside functions included: a cycle hidden behind a
+    lazy import is still a cycle."""
+
+    def node(module: str) -> str:
+        return module if depth is None else ".".join(module.split(".")[:depth])
+
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        module = ".".join(("bestroute", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+        targets = {node(_module_of(name, root)) for _, name in _imports(path, root)}
+        graph.setdefault(node(module), set()).update(targets - {node(module)})
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        return list(exc.args[1])
+    return None
+
+
+@pytest.mark.parametrize("depth", [2, None], ids=["packages", "modules"])
+def test_no_import_cycle(depth):
+    """Packages form layers (data -> features -> selection -> reward -> routers -> ... -> serving)
+    and so do the modules inside each."""
+    assert _cycle(_dependencies(SOURCE, depth)) is None
+
+
+def test_the_cycle_check_sees_a_lazy_cycle(tmp_path):
+    (tmp_path / "reward").mkdir()
+    (tmp_path / "routers").mkdir()
+    (tmp_path / "reward" / "__init__.py").write_text("from ..routers import pick\n")
+    (tmp_path / "routers" / "__init__.py").write_text("def f():\n    from ..reward import RewardModel\n")
+    graph = _dependencies(tmp_path, 2)
+    assert graph == {"bestroute.reward": {"bestroute.routers"}, "bestroute.routers": {"bestroute.reward"}}
+    assert set(_cycle(graph) or ()) == {"bestroute.reward", "bestroute.routers"}

@@ -7,14 +7,8 @@ import pytest
 from conftest import write_native
 
 from bestroute import ArtifactError, load_dataset, split_prompts
-from bestroute.reward import RewardModel, choose_selector, pairwise_accuracy
-from bestroute.routers import (
-    Option,
-    SelectionCache,
-    make_selector,
-    selected_quality,
-    soft_labels,
-)
+from bestroute.reward import RewardModel, choose_selector, load_selector, pairwise_accuracy
+from bestroute.selection import Option, SelectionCache, SelectorSpec, selected_quality, soft_labels
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +62,11 @@ def test_reward_model_artifact_round_trip(trained, tmp_path):
 def test_reward_model_as_offline_best_of_n_selector(trained):
     data, split, _, path = trained
     options = [Option("small", n) for n in (1, 2, 3)]
-    by_reward = soft_labels(SelectionCache(data, f"reward-model:{path}"), split.train, options, Option("big"))
-    by_oracle = soft_labels(SelectionCache(data, "oracle"), split.train, options, Option("big"))
-    by_majority = soft_labels(SelectionCache(data, "majority"), split.train, options, Option("big"))
+    by_reward = soft_labels(
+        SelectionCache(data, load_selector(f"reward-model:{path}")), split.train, options, Option("big")
+    )
+    by_oracle = soft_labels(SelectionCache(data, load_selector("oracle")), split.train, options, Option("big"))
+    by_majority = soft_labels(SelectionCache(data, load_selector("majority")), split.train, options, Option("big"))
     np.testing.assert_allclose(by_reward, by_oracle)  # it always keeps a right answer when there is one
     np.testing.assert_allclose(by_majority, by_oracle)
 
@@ -145,9 +141,9 @@ def test_choose_selector_keeps_the_reward_model_where_it_picks_better(tmp_path):
     data = _data_where_the_majority_is_wrong(tmp_path / "data")
     split = split_prompts(data.prompt_ids)
     selector, quality = choose_selector(data, split, tmp_path / "r.bestroute", features="lexical")
-    assert selector == f"reward-model:{tmp_path / 'r.bestroute'}"
+    assert str(selector) == f"reward-model:{tmp_path / 'r.bestroute'}"
     assert quality == {"consensus": 0.0, "reward-model": 1.0}  # consensus keeps the agreeing 7s
-    assert selected_quality(SelectionCache(data, selector), split.val) == 1.0
+    assert selected_quality(SelectionCache(data, load_selector(selector)), split.val) == 1.0
 
 
 def test_choose_selector_prefers_consensus_on_ties_and_single_samples(tmp_path, multisample_dir, subset_dir):
@@ -155,9 +151,9 @@ def test_choose_selector_prefers_consensus_on_ties_and_single_samples(tmp_path, 
     selector, quality = choose_selector(
         data, split_prompts(data.prompt_ids), tmp_path / "r.bestroute", features="lexical"
     )
-    assert selector == "consensus" and quality["consensus"] == quality["reward-model"]
+    assert str(selector) == "consensus" and quality["consensus"] == quality["reward-model"]
     single = load_dataset(subset_dir)  # one sample per prompt and model: nothing to select
-    assert choose_selector(single, split_prompts(single.prompt_ids), tmp_path / "s.bestroute") == ("consensus", {})
+    assert choose_selector(single, split_prompts(single.prompt_ids), tmp_path / "s.bestroute") == (SelectorSpec(), {})
     assert not (tmp_path / "s.bestroute").exists()
 
 
@@ -202,12 +198,12 @@ def test_a_rewritten_reward_model_file_is_loaded_anew(tmp_path):
     split = split_prompts(data.prompt_ids)
     path = tmp_path / "r.bestroute"
     RewardModel(features="lexical", C=10.0).fit(data, split.train).save(path)
-    first = SelectionCache(data, f"reward-model:{path}")
+    first = SelectionCache(data, load_selector(f"reward-model:{path}"))
     RewardModel(features="lexical", C=0.01).fit(data, split.train).save(path)
-    second = SelectionCache(data, f"reward-model:{path}")  # no process-wide cache keeps the old one
-    assert first.selector.model.C == 10.0 and second.selector.model.C == 0.01
+    second = SelectionCache(data, load_selector(f"reward-model:{path}"))  # no process-wide cache keeps the old one
+    assert first.selector.scorer.C == 10.0 and second.selector.scorer.C == 0.01
     with pytest.raises(ArtifactError):
-        make_selector(f"reward-model:{tmp_path / 'missing.bestroute'}")
+        load_selector(f"reward-model:{tmp_path / 'missing.bestroute'}")
 
 
 def _data_with_memorisable_noise(directory):
@@ -226,8 +222,8 @@ def test_reward_model_scores_its_training_prompts_out_of_fold(tmp_path):
     small = [data.models.index("small")]
     # Scored by the fold scorer that saw them, its picks would be right nearly always (a right one
     # is among 4 samples for 94% of prompts); scored out of fold, they are right by chance.
-    oracle = selected_quality(SelectionCache(data, "oracle"), split.train)
-    picked = selected_quality(SelectionCache(data, f"reward-model:{path}"), split.train)
+    oracle = selected_quality(SelectionCache(data, load_selector("oracle")), split.train)
+    picked = selected_quality(SelectionCache(data, load_selector(f"reward-model:{path}")), split.train)
     assert oracle > 0.9 and 0.3 < picked < 0.7
     # Not a weak scorer: it did memorise, which shows on responses it was trained on when they are
     # asked under another prompt text (held out of every fold, so scored by the fold average).

@@ -3,8 +3,8 @@ import pytest
 
 from bestroute import ROUTERS, RouterError, load_dataset, load_router, split_prompts
 from bestroute.evaluation import area_under_curve
-from bestroute.features import LexicalFeatures
-from bestroute.routers import BestRouteRouter, apply_heads, fit_soft_heads
+from bestroute.features import LexicalFeatures, apply_heads, fit_soft_heads
+from bestroute.routers import BestRouteRouter
 
 ROUTABLE = [name for name in ROUTERS if name != "oracle"]
 

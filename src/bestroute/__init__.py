@@ -14,10 +14,10 @@ from .routers import (
     ROUTERS,
     BestRouteRouter,
     EscalatingBestRouteRouter,
-    Option,
     Router,
     load_router,
 )
+from .selection import Option, SelectorSpec
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "Router",
     "RouterError",
     "RoutingDataset",
+    "SelectorSpec",
     "evaluate",
     "load_dataset",
     "load_router",

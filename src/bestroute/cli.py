@@ -51,7 +51,8 @@ def _resolve_selector(
     from .reward import choose_selector
 
     reward_model_path.parent.mkdir(parents=True, exist_ok=True)
-    return choose_selector(data, split, reward_model_path.resolve(), features=features)
+    spec, quality = choose_selector(data, split, reward_model_path.resolve(), features=features)
+    return str(spec), quality
 
 
 def _one_line_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -2,7 +2,6 @@
 
 import ast
 import asyncio
-import json
 import re
 import threading
 from typing import Any, Protocol
@@ -10,8 +9,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from .._exceptions import ConfigError
+from .._text import json_objects
 from ..backends import RewardClient, Upstream, UpstreamError, ask_judge
-from ..routers import extract_answer
+from ..selection import extract_answer
 
 CHECKS = ("numeric", "exact", "literal", "regex", "contains", "yesno")
 SCORERS = ("reference", "reward", "judge", "likelihood")
@@ -63,13 +63,7 @@ def _literal(text: str) -> object:
 def _literal_candidates(text: str) -> list[str]:
     """Where a Python literal answer may stand: the whole text, a JSON "answer" field, the last line."""
     candidates = [text]
-    for blob in re.findall(r"\{.*\}", text, flags=re.DOTALL):
-        try:
-            parsed = json.loads(blob)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(parsed, dict) and "answer" in parsed:
-            candidates.append(str(parsed["answer"]))
+    candidates += [str(parsed["answer"]) for parsed in json_objects(text) if "answer" in parsed]
     candidates.append(text.strip().splitlines()[-1] if text.strip() else "")
     return candidates
 

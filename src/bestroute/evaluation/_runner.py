@@ -13,7 +13,9 @@ import numpy as np
 from .._exceptions import RouterError
 from ..data import RoutingDataset, Split, split_prompts
 from ..features import make_extractor
-from ..routers import ROUTERS, Decisions, Router, SelectionCache, choose_reference
+from ..reward import load_selector
+from ..routers import ROUTERS, Decisions, Router, choose_reference
+from ..selection import SelectionCache
 from ._metrics import area_under_curve, cost_reduction_at_drop, quality_at_cost
 from ._plot import plot_curves
 
@@ -77,7 +79,7 @@ def evaluate(
         "routers": {},
     }
     reference_info: dict[str, Any] | None = None
-    cache = SelectionCache(data, selector)  # every fit below shares the selector's judgments
+    cache = SelectionCache(data, load_selector(selector))  # every fit below shares the selector's judgments
     for name in names:
         tic = time.perf_counter()
         best: tuple[float, Router, dict[str, Any]] | None = None

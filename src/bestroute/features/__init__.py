@@ -1,4 +1,5 @@
-"""Query features: text in, fixed-size L2-normalised vectors out."""
+"""Query features: text in, fixed-size L2-normalised vectors out; and the linear sigmoid heads
+fitted on them (BEST-Route's per-option heads, the reward model's scorer)."""
 
 from ._cache import EmbeddingCache, cache_dir
 from ._extractors import (
@@ -10,6 +11,7 @@ from ._extractors import (
     extractor_from_state,
     make_extractor,
 )
+from ._heads import apply_heads, fit_soft_heads
 
 __all__ = [
     "EmbeddingCache",
@@ -17,8 +19,10 @@ __all__ = [
     "LexicalFeatures",
     "MiniLMEmbedder",
     "StaticEmbedder",
+    "apply_heads",
     "cache_dir",
     "distill_static_table",
     "extractor_from_state",
+    "fit_soft_heads",
     "make_extractor",
 ]

@@ -84,8 +84,9 @@ def train_and_evaluate(
     split = split_prompts(data.prompt_ids)
     settings.out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
-    selector, quality = choose_selector(data, split, (settings.out / "reward.bestroute").resolve())
-    echo(f"selector: {selector.split(':')[0]} (kept-sample quality on validation: {quality})")
+    spec, quality = choose_selector(data, split, (settings.out / "reward.bestroute").resolve())
+    echo(f"selector: {spec.kind} (kept-sample quality on validation: {quality})")
+    selector = str(spec)
     router = BestRouteRouter(max_n=settings.max_n, selector=selector).fit(data, split.train, split.val)
     artifact = settings.out / "router.bestroute"
     router.save(artifact)

@@ -7,10 +7,10 @@ import numpy as np
 
 from ..data import RoutingDataset, Split
 from ..features import FeatureExtractor
-from ..routers import SelectionCache, selected_quality
-from ._model import RewardModel
+from ..selection import SelectionCache, SelectorSpec, selected_quality
+from ._model import RewardModel, load_selector
 
-CONSENSUS = "consensus"
+CONSENSUS = SelectorSpec(kind="consensus")
 
 
 def choose_selector(
@@ -20,7 +20,7 @@ def choose_selector(
     *,
     features: str = "auto",
     extractor: FeatureExtractor | None = None,
-) -> tuple[str, dict[str, float]]:
+) -> tuple[SelectorSpec, dict[str, float]]:
     """The selector whose kept samples score higher on the validation prompts.
 
     Data with one sample per prompt and model needs no selector: consensus is returned. Else a
@@ -29,8 +29,8 @@ def choose_selector(
 
     Returns
     -------
-    selector : str
-        ``"consensus"`` or ``"reward-model:PATH"``, as routers and the gateway take it.
+    selector : SelectorSpec
+        Consensus, or the reward model at ``reward_model_path``.
     validation_quality : dict
         Mean quality of the kept sample on validation, per candidate.
     """
@@ -39,7 +39,7 @@ def choose_selector(
     if not multi_sample or not has_texts:
         return CONSENSUS, {}
     RewardModel(features=features).fit(data, split.train, extractor=extractor).save(reward_model_path)
-    candidates = [CONSENSUS, f"reward-model:{reward_model_path}"]
-    quality = {name: selected_quality(SelectionCache(data, name), split.val) for name in candidates}
-    best = max(candidates, key=lambda name: quality[name])  # the first of equals: consensus
-    return best, {name.split(":", 1)[0]: round(q, 6) for name, q in quality.items()}
+    candidates = [CONSENSUS, SelectorSpec(kind="reward-model", path=reward_model_path)]
+    quality = {spec.kind: selected_quality(SelectionCache(data, load_selector(spec)), split.val) for spec in candidates}
+    best = max(candidates, key=lambda spec: quality[spec.kind])  # the first of equals: consensus
+    return best, {kind: round(q, 6) for kind, q in quality.items()}

@@ -9,8 +9,8 @@ import numpy as np
 from .._artifact import read_artifact, write_artifact
 from .._exceptions import ArtifactError, RouterError
 from ..data import RoutingDataset
-from ..features import FeatureExtractor, extractor_from_state, make_extractor
-from ..routers import apply_heads, extract_answer, fit_soft_heads
+from ..features import FeatureExtractor, apply_heads, extractor_from_state, fit_soft_heads, make_extractor
+from ..selection import Selector, SelectorSpec, extract_answer, make_selector
 
 ARTIFACT_KIND = "bestroute-reward-model"
 ARTIFACT_VERSION = 2  # 2: cross-fitted
@@ -136,6 +136,15 @@ class RewardModel:
         state = arrays["state"]
         model.coef_, model.intercept_, model.train_hashes_ = state["coef"], state["intercept"], state["train_hashes"]
         return model
+
+
+def load_selector(spec: SelectorSpec | str) -> Selector:
+    """The in-process selector ``spec`` names (a :class:`SelectorSpec` or its one-line form),
+    with its reward model loaded from the spec's path for ``reward-model``."""
+    spec = SelectorSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.kind == "reward-model" and spec.path is not None:
+        return make_selector(spec, scorer=RewardModel.load(spec.path))
+    return make_selector(spec)
 
 
 def _text_hashes(texts: list[str]) -> np.ndarray:

@@ -20,7 +20,8 @@ from ..policy import (
     table_from_json,
     table_to_json,
 )
-from ._selection import Option, OptionOutcomes, SelectionCache, option_outcomes
+from ..reward import load_selector
+from ..selection import Option, OptionOutcomes, SelectionCache, SelectorSpec, option_outcomes
 
 ARTIFACT_VERSION = 1
 
@@ -102,9 +103,10 @@ class Router:
         ``cache`` shares the selector's judgments and outcomes with other fits on ``data``."""
         if self.max_n < 1:
             raise RouterError(f"max_n must be >= 1, got {self.max_n}")
-        if cache is not None and (cache.data is not data or cache.spec != self.selector):
+        spec = SelectorSpec.parse(self.selector)
+        if cache is not None and (cache.data is not data or cache.selector.spec != spec):
             raise RouterError(f"the cache given holds another dataset's or selector's results than {self.selector!r}")
-        self._cache = cache if cache is not None else SelectionCache(data, self.selector)
+        self._cache = cache if cache is not None else SelectionCache(data, load_selector(spec))
         self.extractor_ = extractor or make_extractor(self.features)
         x = features if features is not None else self.extractor_.transform(data.texts)
         chooser = val if val is not None and len(val) else train
@@ -233,7 +235,7 @@ class Router:
         # Outcomes of the fitting data are kept from fit; other data gets its own.
         if data is getattr(self, "_fit_data", None):
             return self.outcomes_
-        return option_outcomes(SelectionCache(data, self.selector), self.options_, self.reference_)
+        return option_outcomes(SelectionCache(data, load_selector(self.selector)), self.options_, self.reference_)
 
     def _operating_table(self, data: RoutingDataset, val: np.ndarray, x: np.ndarray) -> list[OperatingPoint]:
         # Relative quality needs the reference's answer; prompts it did not answer say nothing.

@@ -10,8 +10,8 @@ from sklearn.neighbors import NearestNeighbors
 
 from .._exceptions import RouterError
 from ..data import RoutingDataset
+from ..features import apply_heads, fit_soft_heads
 from ._base import Decisions, Router
-from ._heads import apply_heads, fit_soft_heads
 
 
 def _train_quality(router: Router, train: np.ndarray) -> np.ndarray:

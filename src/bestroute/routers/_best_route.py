@@ -6,10 +6,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..data import RoutingDataset
+from ..features import apply_heads, fit_soft_heads
 from ..policy import THRESHOLD_GRID
+from ..selection import Option, soft_labels
 from ._base import Router
-from ._heads import apply_heads, fit_soft_heads
-from ._selection import Option, soft_labels
 
 
 class BestRouteRouter(Router):

@@ -3,7 +3,6 @@
 import math
 import os
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -12,26 +11,7 @@ from sqlalchemy.exc import ArgumentError
 
 from .._exceptions import ConfigError
 from ..backends import BackendConfig, CircuitConfig, RetryConfig, Section
-
-
-class SelectorConfig(Section):
-    """How best-of-n keeps one response."""
-
-    kind: Literal["majority", "consensus", "reward", "reward-model", "judge"] = "consensus"
-    url: str | None = Field(default=None, description="reward: POST {prompt, responses} -> {scores}")
-    path: Path | None = Field(default=None, description="reward-model: artifact from `bestroute train-reward`")
-    backend: str | None = Field(default=None, description="judge: the backend that judges")
-    timeout_s: float = Field(default=30.0, gt=0)
-
-    @model_validator(mode="after")
-    def _needs_target(self) -> "SelectorConfig":
-        if self.kind == "reward" and not self.url:
-            raise ValueError("selector kind 'reward' needs url")
-        if self.kind == "reward-model" and not self.path:
-            raise ValueError("selector kind 'reward-model' needs path")
-        if self.kind == "judge" and not self.backend:
-            raise ValueError("selector kind 'judge' needs backend")
-        return self
+from ..selection import SelectorSpec
 
 
 class TimeoutConfig(Section):
@@ -111,7 +91,7 @@ class GatewayConfig(Section):
     )
     threshold: float | None = Field(default=None, ge=0, description="default knob; None: the artifact's default")
     backends: list[BackendConfig] = Field(min_length=1)
-    selector: SelectorConfig = SelectorConfig()
+    selector: SelectorSpec = SelectorSpec()
     client_api_keys_env: str | None = Field(
         default=None, description="variable with comma-separated client keys; unset: no auth"
     )
@@ -143,6 +123,8 @@ class GatewayConfig(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate backend names: {', '.join(duplicates)}")
+        if self.selector.kind == "oracle":
+            raise ValueError("selector kind 'oracle' picks by ground-truth quality: it is an offline bound only")
         if self.selector.kind == "judge" and self.selector.backend not in names:
             raise ValueError(f"selector backend {self.selector.backend!r} is not a configured backend")
         return self

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import BestRouteError, ConfigError
-from ..reward import RewardModel
+from ..reward import load_selector
 from ..routers import Router, load_router
-from ._config import GatewayConfig, SelectorConfig, load_config
+from ..selection import IN_PROCESS, Selector, SelectorSpec
+from ._config import GatewayConfig, load_config
 
 if TYPE_CHECKING:
     from .serving import ChatService
@@ -50,7 +51,7 @@ class Loaded:
 
     config: GatewayConfig
     router: Router
-    reward_model: RewardModel | None
+    in_process_selector: Selector | None  # loaded before start-up; None for a service kind
     backend_keys: dict[str, str | None]
     artifact: ArtifactInfo
 
@@ -86,29 +87,22 @@ def load_serving(config: GatewayConfig) -> Loaded:
             f"it was trained with ({router.selector}); the configuration's selector "
             f"({config.selector.kind}) would make its thresholds meaningless: remove `selector`"
         )
-    reward_model = (
-        RewardModel.load(config.selector.path)
-        if config.selector.path is not None and config.selector.kind == "reward-model"
-        else None
-    )
+    in_process = load_selector(config.selector) if config.selector.kind in IN_PROCESS else None
     backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
-    return Loaded(config, router, reward_model, backend_keys, ArtifactInfo.of(artifact))
+    return Loaded(config, router, in_process, backend_keys, ArtifactInfo.of(artifact))
 
 
-def _selector_of(router: Router) -> SelectorConfig:
+def _selector_of(router: Router) -> SelectorSpec:
     """The selector the router's labels were estimated with, where the gateway can run it: best
-    of n is then picked online the way it was scored offline."""
-    kind, _, path = router.selector.partition(":")
-    if kind == "reward-model" and path:
-        if not Path(path).is_file():
-            raise ConfigError(
-                f"the router was trained with the reward model {path}, which does not exist; "
-                "restore it or set `selector` in the configuration"
-            )
-        return SelectorConfig(kind="reward-model", path=Path(path))
-    if kind == "majority":
-        return SelectorConfig(kind="majority")
-    return SelectorConfig()  # consensus, the default
+    of n is then picked online the way it was scored offline (the oracle bound cannot run:
+    consensus)."""
+    spec = SelectorSpec.parse(router.selector)
+    if spec.path is not None and not spec.path.is_file():
+        raise ConfigError(
+            f"the router was trained with the reward model {spec.path}, which does not exist; "
+            "restore it or set `selector` in the configuration"
+        )
+    return SelectorSpec() if spec.kind == "oracle" else spec
 
 
 class Reloader:
@@ -147,7 +141,7 @@ class Reloader:
                 loaded = Loaded(
                     loaded.config.model_copy(update={k: getattr(self.current.config, k) for k in RESTART_ONLY}),
                     loaded.router,
-                    loaded.reward_model,
+                    loaded.in_process_selector,
                     loaded.backend_keys,
                     loaded.artifact,
                 )

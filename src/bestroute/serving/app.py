@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from .._exceptions import BestRouteError
 from ..backends import BackendConfig, CircuitBreaker, Deadline, Upstream
+from ..selection import online_selector
 from ._budgets import Budgets
 from ._config import GatewayConfig
 from ._errors import (
@@ -40,7 +41,6 @@ from ._feedback import AnsweredRequests, FeedbackService
 from ._log import DecisionLog, check_database
 from ._metrics import GatewayMetrics
 from ._reload import Loaded, Reloader, load_serving
-from ._selectors import make_serving_selector
 from .protocol import ChatCompletionRequest, ErrorBody, ErrorResponse, FeedbackRequest
 from .serving import ROUTED_MODEL, ChatService
 
@@ -184,7 +184,12 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
                     answered=answered,
                     budgets=budgets,
                     artifact=new.artifact,
-                    selector=make_serving_selector(new.config.selector, session, upstreams, new.reward_model),
+                    selector=online_selector(
+                        new.config.selector,
+                        in_process=new.in_process_selector,
+                        session=session,
+                        upstreams=upstreams,
+                    ),
                 )
 
             app.state.service = build(loaded, None)

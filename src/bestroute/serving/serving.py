@@ -23,7 +23,8 @@ from ..backends import (
     estimate_tokens,
     usage_tokens,
 )
-from ..routers import Option, Router, stage_draws, stage_samples, stage_verdict
+from ..routers import Router
+from ..selection import OnlineSelector, Option, stage_draws, stage_samples, stage_verdict
 from ._budgets import Budgets
 from ._config import GatewayConfig
 from ._errors import (
@@ -38,7 +39,6 @@ from ._feedback import AnsweredRequests
 from ._log import DecisionLog
 from ._metrics import GatewayMetrics
 from ._reload import ArtifactInfo
-from ._selectors import ServingSelector
 from .protocol import ChatCompletionRequest
 
 ROUTED_MODEL = "bestroute"
@@ -137,7 +137,7 @@ class ChatService:
         config: GatewayConfig,
         router: Router,
         upstreams: dict[str, Upstream],
-        selector: ServingSelector,
+        selector: OnlineSelector,
         log: DecisionLog,
         metrics: GatewayMetrics,
         answered: AnsweredRequests,

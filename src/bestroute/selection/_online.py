@@ -1,17 +1,17 @@
-"""Best-of-n selectors at serving time: majority vote, a reward-model endpoint, an LLM judge."""
+"""Best-of-n selection in the gateway: an in-process selector, a reward-model endpoint, or an LLM
+judge keeps one of the responses sampled for a request."""
 
 from typing import Protocol
 
 import aiohttp
 import numpy as np
 
+from .._exceptions import RouterError
 from ..backends import RewardClient, Upstream, ask_judge
-from ..reward import RewardModel
-from ..routers import make_selector, pick, pick_confidence
-from ._config import SelectorConfig
+from ._selectors import Selector, SelectorSpec, pick, pick_confidence
 
 
-class ServingSelector(Protocol):
+class OnlineSelector(Protocol):
     name: str
 
     async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
@@ -20,34 +20,20 @@ class ServingSelector(Protocol):
         ...
 
 
-class AgreementSelector:
-    """Majority vote or consensus over final answers: the same rules as offline label estimation."""
+class InProcessSelector:
+    """Majority vote, consensus or a trained reward model: the same judgment, pick and confidence
+    as offline label estimation."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._rule = make_selector(name)
+    def __init__(self, selector: Selector) -> None:
+        self.selector, self.name = selector, str(selector.spec.kind)
 
     async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
-        agreement, scores = self._rule.judge(prompt, list(responses), np.zeros(len(responses)))
+        agreement, scores = self.selector.judge(prompt, list(responses), np.zeros(len(responses)))
         picked = pick(agreement, scores, np.arange(len(responses)))
-        return picked, pick_confidence(self._rule, agreement, scores, picked)
+        return picked, pick_confidence(self.selector, agreement, scores, picked)
 
 
-class RewardModelSelector:
-    """A trained proxy reward model (``bestroute train-reward``), scored in process."""
-
-    name = "reward-model"
-
-    def __init__(self, model: RewardModel) -> None:
-        self.model = model
-
-    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
-        scores = self.model.score([prompt] * len(responses), responses)
-        picked = int(np.argmax(scores))
-        return picked, float(scores[picked])
-
-
-class RewardSelector:
+class EndpointSelector:
     """The highest-scored response of a reward-model endpoint (:class:`bestroute.backends.RewardClient`)."""
 
     name = "reward"
@@ -86,18 +72,20 @@ class JudgeSelector:
         return 0, None  # an unusable verdict keeps the first sample rather than failing the request
 
 
-def make_serving_selector(
-    config: SelectorConfig,
+def online_selector(
+    spec: SelectorSpec,
+    *,
+    in_process: Selector | None,
     session: aiohttp.ClientSession,
     upstreams: dict[str, Upstream],
-    reward_model: RewardModel | None,
-) -> ServingSelector:
-    """``reward_model``: for kind ``reward-model``, the one ``config.path`` names, loaded before
-    start-up (a missing or stale file is then a configuration error, not a failed start-up)."""
-    if reward_model is not None:
-        return RewardModelSelector(reward_model)
-    if config.kind == "reward":
-        return RewardSelector(RewardClient(config.url or "", session, config.timeout_s))
-    if config.kind == "judge":
-        return JudgeSelector(upstreams[config.backend or ""])
-    return AgreementSelector(config.kind)
+) -> OnlineSelector:
+    """The gateway's selector for ``spec``: a service kind calls its endpoint or backend; an
+    in-process kind runs ``in_process``, loaded before start-up (a missing or stale reward model
+    is then a configuration error, not a failed start-up)."""
+    if spec.kind == "reward":
+        return EndpointSelector(RewardClient(spec.url or "", session, spec.timeout_s))
+    if spec.kind == "judge":
+        return JudgeSelector(upstreams[spec.backend or ""])
+    if in_process is None:
+        raise RouterError(f"selector {spec} runs in process: pass it loaded")
+    return InProcessSelector(in_process)

@@ -1,4 +1,4 @@
-"""Linear sigmoid heads trained on soft labels, shared by BEST-Route and N-label."""
+"""Linear sigmoid heads trained on soft labels, shared by BEST-Route, N-label and the reward model."""
 
 import os
 from concurrent.futures import ThreadPoolExecutor

@@ -1,0 +1,142 @@
+"""Routing options: (model, n) pairs, mixtures of models, and staged options that keep their
+pick, go on to a larger stage or ask the reference, by the selector's confidence."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._exceptions import RouterError
+
+
+@dataclass(frozen=True)
+class Option:
+    """A routing option: ``n`` samples from ``model``, best one kept.
+
+    A *mixture* samples ``n`` from each model of ``mix`` (``model`` is then their names joined
+    by "+") and keeps the best of all. An *escalating* option (``accept`` set) keeps its pick
+    only when the selector's confidence in it is >= ``accept``; otherwise the request goes on to
+    ``then``, a larger stage that draws only the samples it adds and judges them together with
+    those already drawn, or, when ``then`` is None, to the reference, and pays for every stage.
+    A stage with a ``then`` goes on to it only when its confidence is >= ``gate`` (below that,
+    straight to the reference); with ``accept`` None it never keeps its own pick, so the
+    samples so far only decide whether more are worth drawing (verify before accepting). A last
+    stage without ``accept`` keeps its pick: the reference is never asked."""
+
+    model: str
+    n: int = 1
+    mix: tuple[str, ...] = ()
+    accept: float | None = None
+    then: "Option | None" = None
+    gate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.accept is not None and not 0.0 <= self.accept <= 1.0:
+            raise RouterError(f"acceptance threshold must be in [0, 1], got {self.accept}")
+        if self.mix and self.model != "+".join(self.mix):
+            raise RouterError(f"a mixture's model name is its models joined by '+', got {self.model!r}")
+        if not 0.0 <= self.gate <= 1.0:
+            raise RouterError(f"a stage's gate must be in [0, 1], got {self.gate}")
+        if self.gate and self.then is None:
+            raise RouterError("a gate says when to go on to the next stage; this option has none")
+        if self.then is not None:
+            if self.accept is None and not self.gate:
+                raise RouterError(f"a stage that always goes on to {self.then.label!r} is that stage alone")
+            later = self.then
+            if later.models[: len(self.models)] != self.models or later.n < self.n or later.samples <= self.samples:
+                raise RouterError(
+                    f"next stage {later.label!r} must draw more samples than {self.label!r}, its models first"
+                )
+
+    @classmethod
+    def mixture(
+        cls,
+        models: tuple[str, ...],
+        *,
+        n: int = 1,
+        accept: float | None = None,
+        then: "Option | None" = None,
+        gate: float = 0.0,
+    ) -> "Option":
+        return cls("+".join(models), n, tuple(models), accept, then, gate)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.mix or (self.model,)
+
+    @property
+    def stages(self) -> tuple["Option", ...]:
+        """This option and the stages it may go on to, in order."""
+        return (self,) + (self.then.stages if self.then is not None else ())
+
+    @property
+    def judged(self) -> bool:
+        """The selector's confidence decides what this stage does with its pick."""
+        return self.accept is not None or self.then is not None
+
+    @property
+    def escalates(self) -> bool:
+        """Some stage may send the request to the reference."""
+        return self.stages[-1].accept is not None or any(stage.gate for stage in self.stages)
+
+    @property
+    def single(self) -> bool:
+        """One response of one model, kept as it is."""
+        return self.n == 1 and not self.mix and self.accept is None
+
+    @property
+    def composite(self) -> bool:
+        """Mixes models, or judges its pick (keeps it, escalates or goes on): more than drawing n
+        samples of one model."""
+        return bool(self.mix) or self.judged
+
+    @property
+    def samples(self) -> int:
+        """Responses drawn by this stage: n from each model."""
+        return self.n * len(self.models)
+
+    @property
+    def label(self) -> str:
+        base = self.model if self.n == 1 else f"{self.model} x{self.n}"
+        if self.then is None:
+            return base if self.accept is None else f"{base} >={self.accept:.2f} else reference"
+        kept = "" if self.accept is None else f" >={self.accept:.2f} else"
+        gated = f" if >={self.gate:.2f}:" if self.gate else ""
+        return f"{base}{kept}{gated} {self.then.label}"
+
+
+def stage_verdict(stage: Option, confidence: float | None) -> str:
+    """What one stage does with its pick: "keep" it, go on to the "next" stage, or ask the
+    "reference". No confidence (a selector that failed) keeps nothing and goes on nowhere."""
+    if stage.accept is None and stage.then is None:
+        return "keep"
+    if confidence is not None and stage.accept is not None and confidence >= stage.accept - 1e-9:
+        return "keep"
+    if confidence is not None and stage.then is not None and confidence >= stage.gate - 1e-9:
+        return "next"
+    return "reference"
+
+
+def stage_samples(option: Option) -> list[tuple[str, int]]:
+    """The (model, sample number) pairs an option's last stage holds, in the order they are judged
+    (model-major); every stage is judged on the ones it has drawn, in this order."""
+    last = option.stages[-1]
+    return [(model, k) for model in last.models for k in range(last.n)]
+
+
+def stage_draws(option: Option) -> list[list[tuple[str, int, int]]]:
+    """Per stage, the calls it adds: (model, first sample, samples) for each model it draws more of."""
+    draws: list[list[tuple[str, int, int]]] = []
+    before: dict[str, int] = {}
+    for stage in option.stages:
+        calls = [(m, before.get(m, 0), stage.n - before.get(m, 0)) for m in stage.models if stage.n > before.get(m, 0)]
+        draws.append(calls)
+        before = {m: stage.n for m in stage.models}
+    return draws
+
+
+def stage_positions(option: Option) -> list[np.ndarray]:
+    """Per stage, the positions (into :func:`stage_samples`) of the samples it is judged on."""
+    order = stage_samples(option)
+    return [
+        np.array([p for p, (m, k) in enumerate(order) if m in stage.models and k < stage.n]) for stage in option.stages
+    ]
