@@ -1,6 +1,6 @@
 """Routers: BEST-Route and the baselines, one interface (fit / predict / decide / save / load)."""
 
-from ._base import Decisions, Router, choose_reference, load_router
+from ._base import Decisions, Router, choose_reference
 from ._baselines import (
     CascadeRouter,
     KNNRouter,
@@ -11,7 +11,7 @@ from ._baselines import (
     RandomRouter,
 )
 from ._best_route import BestRouteRouter, EscalatingBestRouteRouter
-from ._registry import ROUTERS
+from ._registry import ROUTERS, load_router
 
 __all__ = [
     "ROUTERS",

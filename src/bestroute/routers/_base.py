@@ -1,14 +1,13 @@
 """The router interface shared by BEST-Route and the baselines."""
 
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from .._artifact import read_artifact, write_artifact
-from .._exceptions import ArtifactError, RouterError
+from .._artifact import write_artifact
+from .._exceptions import RouterError
 from ..data import RoutingDataset
 from ..features import FeatureExtractor, extractor_from_state, make_extractor
 from ..policy import (
@@ -36,14 +35,17 @@ class Decisions:
     escalated: np.ndarray  # bool per prompt: the chosen option escalated to the reference
 
 
+@dataclass(kw_only=True, eq=False)
 class Router:
     """Base of every router: options, reference, features, decisions and the artifact.
 
     Subclasses set ``name`` and ``knob`` ("threshold": cheapest option scoring >= t, or
     "cost_penalty": best score minus penalty x relative cost), their ``param_grid``, the
     ``fitted`` attributes ``_fit_scores`` sets and, where it applies, ``servable`` and
-    ``upper_bound``, and implement ``_fit_scores`` and ``_scores``. Hyperparameters are the
-    keyword arguments of ``__init__`` (see :meth:`get_params`).
+    ``upper_bound``, and implement ``_fit_scores`` and ``_scores``. A router is a keyword-only
+    dataclass: each hyperparameter is a field with its default, so ``__init__`` takes exactly
+    them and :meth:`get_params` (hence the artifact) finds every one. Fitted state is set by
+    ``fit`` in attributes ending in ``_``, never fields.
 
     Parameters
     ----------
@@ -72,20 +74,11 @@ class Router:
     # archive, numbers in its JSON.
     fitted: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(
-        self,
-        *,
-        features: str = "auto",
-        reference: str | None = None,
-        max_n: int = 5,
-        selector: str = "consensus",
-        seed: int = 0,
-    ) -> None:
-        self.features = features
-        self.reference = reference
-        self.max_n = max_n
-        self.selector = selector
-        self.seed = seed
+    features: str = "auto"
+    reference: str | None = None
+    max_n: int = 5
+    selector: str = "consensus"
+    seed: int = 0
 
     # ----------------------------------------------------------------- fitting
     def fit(
@@ -293,17 +286,9 @@ class Router:
         return router
 
     def get_params(self) -> dict[str, Any]:
-        """The hyperparameters: every keyword argument of ``__init__`` along the class hierarchy,
-        read from the attribute of the same name, as scikit-learn does; a subclass that takes one
-        and stores it under another name fails here, not silently in the artifact."""
-        names = [
-            parameter.name
-            for klass in type(self).__mro__
-            if "__init__" in vars(klass) and klass is not object
-            for parameter in inspect.signature(vars(klass)["__init__"]).parameters.values()
-            if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-        ]
-        return {name: getattr(self, name) for name in dict.fromkeys(names)}
+        """The hyperparameters, as scikit-learn names them: the keyword arguments of ``__init__``,
+        which are the dataclass fields of the class and its bases."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, arrays = {}, {}
@@ -373,18 +358,3 @@ def choose_reference(data: RoutingDataset, rows: np.ndarray, name: str | None = 
     quality = np.where(answered, data.mean_quality()[rows], 0.0).sum(axis=0) / np.maximum(count, 1)
     quality = np.where(eligible & (count > 0), quality, -np.inf)
     return data.models[int(np.argmax(quality))]
-
-
-def load_router(path: str | Path) -> Router:
-    """Load any router saved with :meth:`Router.save`."""
-    from ._registry import ROUTERS
-
-    document, arrays = read_artifact(path, "bestroute router")
-    if document.get("version") != ARTIFACT_VERSION:
-        raise ArtifactError(
-            f"{path}: artifact version {document.get('version')} is not supported "
-            f"(this bestroute reads version {ARTIFACT_VERSION})"
-        )
-    if document.get("router") not in ROUTERS:
-        raise ArtifactError(f"{path}: unknown router {document.get('router')!r}")
-    return ROUTERS[document["router"]]._load(document, arrays)

@@ -1,6 +1,7 @@
 """Baseline routers users compare against. All pick among single responses (n = 1)."""
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +20,7 @@ def _train_quality(router: Router, train: np.ndarray) -> np.ndarray:
     return router.outcomes_.quality[train]
 
 
+@dataclass(kw_only=True, eq=False)
 class NLabelRouter(Router):
     """Per-model probability of a good answer; decision maximises it minus a cost penalty.
 
@@ -32,9 +34,7 @@ class NLabelRouter(Router):
     fitted: ClassVar[tuple[str, ...]] = ("coef_", "intercept_")
     param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"C": (0.3, 1.0, 3.0)}
 
-    def __init__(self, *, C: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.C = C
+    C: float = 1.0
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         self.coef_, self.intercept_ = fit_soft_heads(x[train], _train_quality(self, train), C=self.C)
@@ -43,6 +43,7 @@ class NLabelRouter(Router):
         return apply_heads(x, self.coef_, self.intercept_)
 
 
+@dataclass(kw_only=True, eq=False)
 class NClassRouter(Router):
     """Multinomial classifier of the best model per prompt (ties: the strongest overall);
     decision maximises class probability minus a cost penalty.
@@ -57,9 +58,7 @@ class NClassRouter(Router):
     fitted: ClassVar[tuple[str, ...]] = ("coef_", "intercept_", "classes_")
     param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"C": (0.3, 1.0, 3.0)}
 
-    def __init__(self, *, C: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.C = C
+    C: float = 1.0
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         quality = np.nan_to_num(_train_quality(self, train), nan=-1.0)
@@ -88,6 +87,7 @@ class NClassRouter(Router):
         return scores
 
 
+@dataclass(kw_only=True, eq=False)
 class KNNRouter(Router):
     """Similarity-weighted quality of the nearest training prompts (as RouteLLM's sw_ranking).
 
@@ -103,10 +103,8 @@ class KNNRouter(Router):
     fitted: ClassVar[tuple[str, ...]] = ("train_x_", "train_quality_")
     param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"k": (10, 30, 100)}
 
-    def __init__(self, *, k: int = 20, temperature: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.k = k
-        self.temperature = temperature
+    k: int = 20
+    temperature: float = 0.1
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         self.train_x_ = x[train].astype(np.float32)
@@ -126,6 +124,7 @@ class KNNRouter(Router):
         return np.where(total > 0, scores, 0.0)
 
 
+@dataclass(kw_only=True, eq=False)
 class MFRouter(Router):
     """Matrix factorisation (as RouteLLM's mf): P[good | prompt, model] = sigmoid(b_m + v_m . W x),
     fitted jointly over all models by L-BFGS on cross-entropy.
@@ -142,10 +141,8 @@ class MFRouter(Router):
     fitted: ClassVar[tuple[str, ...]] = ("w_", "v_", "b_")
     param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"dim": (8, 32)}
 
-    def __init__(self, *, dim: int = 16, l2: float = 1e-3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.dim = dim
-        self.l2 = l2
+    dim: int = 16
+    l2: float = 1e-3
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         xt, target = x[train].astype(float), _train_quality(self, train)
@@ -193,6 +190,7 @@ def _weak_option(router: Router, train: np.ndarray) -> int:
     return int(np.argmax(np.where(cheap, np.nanmean(quality, axis=0), -np.inf)))
 
 
+@dataclass(kw_only=True, eq=False)
 class RandomRouter(Router):
     """Sends a prompt to the reference with probability p (the knob), else to a cheap model;
     the draw is a hash of the prompt, so a prompt always goes the same way."""
@@ -218,6 +216,7 @@ class RandomRouter(Router):
         return scores
 
 
+@dataclass(kw_only=True, eq=False)
 class CascadeRouter(Router):
     """Two-model cascade: ask the cheap model first; a verifier scores its answer from the
     prompt and the response; below the threshold the reference is asked too (both paid).
@@ -234,9 +233,7 @@ class CascadeRouter(Router):
     param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"C": (0.3, 1.0, 3.0)}
     servable: ClassVar[bool] = False  # its verifier reads the cheap model's answer; the gateway does not run it
 
-    def __init__(self, *, C: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.C = C
+    C: float = 1.0
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         self.weak_index_ = _weak_option(self, train)
@@ -288,6 +285,7 @@ class CascadeRouter(Router):
         return out
 
 
+@dataclass(kw_only=True, eq=False)
 class OracleRouter(Router):
     """The per-prompt oracle: knows every option's realised quality; the upper bound.
     It cannot route unseen prompts."""

@@ -1,5 +1,6 @@
 """The BEST-Route router: one sigmoid head per (model, n) option, and its escalating variant."""
 
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, ClassVar
 
@@ -12,6 +13,7 @@ from ..selection import Option, soft_labels
 from ._base import Router
 
 
+@dataclass(kw_only=True, eq=False)
 class BestRouteRouter(Router):
     """Head (m, n) predicts P[quality of best-of-n from m >= quality of the reference].
 
@@ -26,8 +28,7 @@ class BestRouteRouter(Router):
         heads means fewer chances for a noisy head to win the cheapest-above-threshold race.
     max_subsets : int
         Subsets of n samples per prompt used to estimate a soft label (all when fewer).
-    **kwargs
-        See :class:`Router`.
+    Also every parameter of :class:`Router`.
     """
 
     name: ClassVar[str] = "best-route"
@@ -36,11 +37,9 @@ class BestRouteRouter(Router):
     param_grid: ClassVar[dict[str, tuple[Any, ...]]] = {"C": (0.3, 1.0, 3.0), "prune_dominated": (True, False)}
     fitted: ClassVar[tuple[str, ...]] = ("coef_", "intercept_")
 
-    def __init__(self, *, C: float = 1.0, prune_dominated: bool = True, max_subsets: int = 64, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.C = C
-        self.prune_dominated = prune_dominated
-        self.max_subsets = max_subsets
+    C: float = 1.0
+    prune_dominated: bool = True
+    max_subsets: int = 64
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         labels = soft_labels(
@@ -72,6 +71,7 @@ def _dominated(label_mean: np.ndarray, cost: np.ndarray, available: np.ndarray) 
     return (covers & better).any(axis=0)
 
 
+@dataclass(kw_only=True, eq=False)
 class EscalatingBestRouteRouter(BestRouteRouter):
     """BEST-Route whose options may also verify and escalate: sample, let the selector pick, and
     keep the pick only when the selector is confident enough (the samples agree, or the reward
@@ -98,16 +98,16 @@ class EscalatingBestRouteRouter(BestRouteRouter):
         Cheap models (per task) that mixtures are drawn from.
     accept_shares : tuple of float
         Acceptance thresholds of a single model's n samples.
-    **kwargs
-        See :class:`BestRouteRouter`.
+    Also every parameter of :class:`BestRouteRouter`.
     """
 
     name: ClassVar[str] = "best-route-escalate"
 
-    def __init__(self, *, mix_models: int = 5, accept_shares: tuple[float, ...] = (0.6, 1.0), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.mix_models = mix_models
-        self.accept_shares = tuple(accept_shares)
+    mix_models: int = 5
+    accept_shares: tuple[float, ...] = (0.6, 1.0)
+
+    def __post_init__(self) -> None:
+        self.accept_shares = tuple(self.accept_shares)  # an artifact's JSON gives a list
 
     def _make_options(self, data: RoutingDataset, train: np.ndarray) -> list[Option]:
         return super()._make_options(data, train) + escalating_options(

@@ -1,6 +1,11 @@
-"""Routers by the names used on the CLI and in results, in the order `bestroute eval` runs them."""
+"""Routers by the names used on the CLI and in results, in the order `bestroute eval` runs them,
+and loading any of them from its artifact."""
 
-from ._base import Router
+from pathlib import Path
+
+from .._artifact import read_artifact
+from .._exceptions import ArtifactError
+from ._base import ARTIFACT_VERSION, Router
 from ._baselines import (
     CascadeRouter,
     KNNRouter,
@@ -26,3 +31,16 @@ ROUTERS: dict[str, type[Router]] = {
         OracleRouter,
     )
 }
+
+
+def load_router(path: str | Path) -> Router:
+    """Load any router saved with :meth:`Router.save`."""
+    document, arrays = read_artifact(path, "bestroute router")
+    if document.get("version") != ARTIFACT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact version {document.get('version')} is not supported "
+            f"(this bestroute reads version {ARTIFACT_VERSION})"
+        )
+    if document.get("router") not in ROUTERS:
+        raise ArtifactError(f"{path}: unknown router {document.get('router')!r}")
+    return ROUTERS[document["router"]]._load(document, arrays)

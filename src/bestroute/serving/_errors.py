@@ -2,6 +2,10 @@
 
 import math
 
+from fastapi.responses import JSONResponse
+
+from .protocol import ErrorBody, ErrorResponse
+
 
 class GatewayError(Exception):
     status = 500
@@ -92,3 +96,23 @@ class ClientDisconnected(GatewayError):
     """The client went away; nothing can be sent (499, as nginx logs it)."""
 
     status, type = 499, "client_closed_request"
+
+
+def error_json(
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The one mapping of errors to responses: a GatewayError carries its status and type;
+    anything else is a 500 with no stack trace leaving the process."""
+    if isinstance(exc, GatewayError):
+        return error_json(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
+    return error_json(500, "internal error", "server_error")

@@ -1,0 +1,90 @@
+"""Loading what the gateway serves: the configuration, its router artifact and its selector,
+checked against each other. Any problem is a one-line BestRouteError."""
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._exceptions import ConfigError
+from ..reward import load_selector
+from ..routers import Router, load_router
+from ..selection import IN_PROCESS, Selector, SelectorSpec
+from ._config import GatewayConfig
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """Which router artifact is serving: its path, a digest of its bytes, and when it was loaded."""
+
+    path: Path
+    sha256: str
+    loaded_at: str
+
+    @classmethod
+    def of(cls, path: Path) -> "ArtifactInfo":
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return cls(path, digest, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    def describe(self) -> dict[str, str]:
+        return {"path": str(self.path), "sha256": self.sha256[:16], "loaded_at": self.loaded_at}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A configuration with its router and selector, checked and loaded."""
+
+    config: GatewayConfig
+    router: Router
+    in_process_selector: Selector | None  # loaded before start-up; None for a service kind
+    backend_keys: dict[str, str | None]
+    artifact: ArtifactInfo
+
+
+def load_serving(config: GatewayConfig) -> Loaded:
+    """Load and check what ``config`` serves; any problem is a one-line BestRouteError."""
+    if config.router is None:
+        raise ConfigError("the configuration names no router artifact (key: router)")
+    artifact = config.router
+    router = load_router(artifact)
+    if not router.servable:
+        raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
+    backends = {b.name for b in config.backends}
+    if router.reference_.model not in backends:
+        raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
+    active = [o for o, on in zip(router.options_, router.active_, strict=True) if on]
+    for option in active:
+        missing = [m for m in option.stages[-1].mix if m not in backends]
+        if missing:
+            raise ConfigError(f"the router's option {option.label!r} mixes {missing[0]!r}, which has no backend")
+    if config.threshold is not None and router.knob == "threshold" and config.threshold > 1:
+        raise ConfigError(
+            f"threshold: {config.threshold:g} is not between 0 and 1 (router {router.name!r} "
+            "routes on a predicted-quality threshold)"
+        )
+    trained_with = _selector_of(router)
+    if "selector" not in config.model_fields_set:
+        config = config.model_copy(update={"selector": trained_with})
+    escalating = [o for o in active if o.judged]
+    if escalating and config.selector != trained_with:
+        raise ConfigError(
+            f"the router's option {escalating[0].label!r} escalates on the confidence of the selector "
+            f"it was trained with ({router.selector}); the configuration's selector "
+            f"({config.selector.kind}) would make its thresholds meaningless: remove `selector`"
+        )
+    in_process = load_selector(config.selector) if config.selector.kind in IN_PROCESS else None
+    backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
+    return Loaded(config, router, in_process, backend_keys, ArtifactInfo.of(artifact))
+
+
+def _selector_of(router: Router) -> SelectorSpec:
+    """The selector the router's labels were estimated with, where the gateway can run it: best
+    of n is then picked online the way it was scored offline (the oracle bound cannot run:
+    consensus)."""
+    spec = SelectorSpec.parse(router.selector)
+    if spec.path is not None and not spec.path.is_file():
+        raise ConfigError(
+            f"the router was trained with the reward model {spec.path}, which does not exist; "
+            "restore it or set `selector` in the configuration"
+        )
+    return SelectorSpec() if spec.kind == "oracle" else spec

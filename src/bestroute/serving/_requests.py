@@ -1,0 +1,138 @@
+"""Reading a client's request before any handler trusts it: its API key, a JSON body bounded in
+size, depth and arrival time, its deadline, and its connection while the answer is worked out."""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import math
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from ..backends import Deadline
+from ._config import GatewayConfig, LimitsConfig
+from ._errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, RequestTimeout, Unauthorized, Unprocessable
+
+T = TypeVar("T")
+TIMEOUT_HEADER = "x-bestroute-timeout"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call: ``client_keys`` for the API (none: anyone), ``admin_keys`` for the admin
+    endpoints (None: anyone)."""
+
+    client_keys: list[bytes]
+    admin_keys: list[bytes] | None
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> "Access":
+        admin = config.admin_keys()
+        return cls([k.encode() for k in config.client_keys()], None if admin is None else [k.encode() for k in admin])
+
+    def client(self, request: Request) -> str | None:
+        """The fingerprint of the client's key (None when the gateway needs no key)."""
+        if not self.client_keys:
+            return None
+        key = _matching_key(request, self.client_keys)
+        if key is None:
+            raise Unauthorized("invalid or missing API key", code="invalid_api_key")
+        return hashlib.sha256(key).hexdigest()[:16]
+
+    def admits(self, request: Request) -> bool:
+        """Whether the request may see the admin endpoints."""
+        return self.admin_keys is None or _matching_key(request, self.admin_keys) is not None
+
+
+def _matching_key(request: Request, keys: list[bytes]) -> bytes | None:
+    """The key of ``keys`` the request's bearer token is, if any. Every key is compared, always,
+    so timing says nothing about which key nearly matched."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip().encode()
+    matched = None
+    for key in keys:
+        if hmac.compare_digest(given, key):
+            matched = key
+    return matched if scheme.lower() == "bearer" else None
+
+
+async def read_json(request: Request, limits: LimitsConfig) -> Any:
+    """The request's JSON body: at most ``max_body_bytes`` (413), arrived within
+    ``body_timeout_s`` (408), nested at most ``max_json_depth`` deep and valid JSON (400)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise PayloadTooLarge(f"request body exceeds {limits.max_body_bytes} bytes")
+    body = bytearray()
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for part in request.stream():
+                body += part
+                if len(body) > limits.max_body_bytes:
+                    raise PayloadTooLarge(f"request body exceeds {limits.max_body_bytes} bytes")
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {limits.body_timeout_s:g} s") from None
+    too_deep = InvalidRequest(f"request body is nested deeper than {limits.max_json_depth} levels")
+    try:
+        document = json.loads(body)
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
+        raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
+    if _depth_exceeds(document, limits.max_json_depth):
+        raise too_deep
+    return document
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    """Whether JSON containers nest deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in value if isinstance(child, dict | list))
+    return False
+
+
+def unprocessable(errors: Sequence[Any]) -> Unprocessable:
+    """A 422 naming the first field pydantic found wrong."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    return Unprocessable(f"{param or 'body'}: {first.get('msg')}", param=param)
+
+
+def deadline_of(request: Request, config: GatewayConfig) -> Deadline:
+    """The request's deadline: ``timeouts.request_s``, or the client's x-bestroute-timeout (seconds)."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return Deadline.after(config.timeouts.request_s)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= config.timeouts.max_request_s:  # NaN fails too
+        raise InvalidRequest(
+            f"{TIMEOUT_HEADER} must be a number of seconds above 0 and at most {config.timeouts.max_request_s:g}",
+            param=TIMEOUT_HEADER,
+        )
+    return Deadline.after(seconds)
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; cancel it (and its upstream requests) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise ClientDisconnected("client disconnected")
