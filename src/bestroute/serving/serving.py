@@ -61,16 +61,19 @@ class ChatService:
                 continue
             yield attempt
 
-    def _ends_request(self, outcome: Outcome, error: UpstreamError) -> bool:
-        """Whether a failed attempt ends the request: the deadline passed, or the backend rejected
-        the request itself. A routed prompt over a backend's context window goes on to the next
-        option, which may have a larger one (the rejection is kept in case none answers)."""
-        if isinstance(error, UpstreamRejected):
-            if outcome.plan.routed and error.error["code"] == CONTEXT_LENGTH_EXCEEDED:
-                outcome.rejection = error
-                return False
-            return True
-        return isinstance(error, DeadlinePassed)
+    def _fail_over(self, request: ChatCompletionRequest, outcome: Outcome, error: UpstreamError) -> None:
+        """After a failed attempt: raise the client's error if the failure ends the request (the
+        deadline passed, or the backend rejected the request itself), else return to try the next
+        option. A routed prompt over a backend's context window goes on to the next option, which
+        may have a larger one (the rejection is kept in case none answers)."""
+        if (
+            isinstance(error, UpstreamRejected)
+            and outcome.plan.routed
+            and error.error["code"] == CONTEXT_LENGTH_EXCEEDED
+        ):
+            outcome.rejection = error
+        elif isinstance(error, UpstreamRejected | DeadlinePassed):
+            raise self._final(request, outcome, error) from None
 
     def _final(self, request: ChatCompletionRequest, outcome: Outcome, error: UpstreamError) -> GatewayError:
         """The client's error when an attempt's failure ends the request: the backend rejected the
@@ -107,8 +110,7 @@ class ChatService:
                 try:
                     completion = await self.sampler.answer(request, outcome, attempt, deadline)
                 except UpstreamError as error:
-                    if self._ends_request(outcome, error):
-                        raise self._final(request, outcome, error) from None
+                    self._fail_over(request, outcome, error)
                     continue
                 return self._answer(request, outcome, completion), outcome
         except asyncio.CancelledError:
@@ -159,8 +161,7 @@ class ChatService:
                     self.sampler.failed(outcome, attempt, error, started)
                     raise
             except UpstreamError as error:
-                if self._ends_request(outcome, error):
-                    raise self._final(request, outcome, error) from None
+                self._fail_over(request, outcome, error)
                 continue
             attempt.upstream.breaker.record_success()
             outcome.attempt = attempt
