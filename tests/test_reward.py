@@ -8,7 +8,17 @@ from conftest import write_native
 
 from bestroute import ArtifactError, load_dataset, split_prompts
 from bestroute.reward import RewardModel, choose_selector, load_selector, pairwise_accuracy
-from bestroute.selection import Option, SelectionCache, SelectorSpec, selected_quality, soft_labels
+from bestroute.selection import (
+    Consensus,
+    MajorityVote,
+    Option,
+    OracleSelector,
+    SelectionCache,
+    SelectorSpec,
+    best_selector,
+    selected_quality,
+    soft_labels,
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +145,15 @@ def _data_where_the_majority_is_wrong(directory):
     """Model "small" answers 7, 7, then the right 42 with its working; "big" is the reference."""
     samples = [("7", 0.0), ("7", 0.0), ("six times seven is 42 because 6 x 7 = 42", 1.0)]
     return _small_and_big(directory, [samples] * 50, "42", "What is six times seven? (case {})")
+
+
+def test_best_selector_keeps_the_better_one_and_the_first_of_equals(tmp_path):
+    data = _data_where_the_majority_is_wrong(tmp_path / "data")
+    rows = np.arange(data.n_prompts)
+    best, quality = best_selector(data, rows, [MajorityVote(), OracleSelector()])
+    assert best.spec.kind == "oracle" and quality == {"majority": 0.0, "oracle": 1.0}
+    first, quality = best_selector(data, rows, [Consensus(), MajorityVote()])  # both keep a 7
+    assert first.spec.kind == "consensus" and quality == {"consensus": 0.0, "majority": 0.0}
 
 
 def test_choose_selector_keeps_the_reward_model_where_it_picks_better(tmp_path):

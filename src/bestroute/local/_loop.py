@@ -19,6 +19,7 @@ from ..data import RoutingDataset, split_prompts
 from ..evaluation import evaluate, markdown_table, write_results
 from ..reward import choose_selector
 from ..routers import BestRouteRouter
+from ..selection import SelectorSpec
 
 # Questions of the embedded data's kinds, none of them in it.
 DEMO_QUESTIONS = (
@@ -162,12 +163,12 @@ def start(
         for backend, process in zip(backends, loop.processes, strict=True):
             _wait_ready(backend["base_url"] + "/models", process, settings.startup_timeout_s)
             echo(f"local model {backend['name']} serving at {backend['base_url']}")
-        kind, _, path = selector.partition(":")
+        spec = SelectorSpec.parse(selector)
         config = {
             "router": str(artifact.resolve()),
             "threshold": threshold,
             "backends": backends,
-            "selector": {"kind": kind} | ({"path": path} if path else {}),
+            "selector": {"kind": spec.kind} | spec.model_dump(mode="json", exclude_defaults=True),
             "decision_log": {"url": f"sqlite:///{(settings.out / 'decisions.db').resolve()}", "store_prompts": True},
         }
         config_path = settings.out / "gateway.yaml"

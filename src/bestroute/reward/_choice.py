@@ -7,10 +7,8 @@ import numpy as np
 
 from ..data import RoutingDataset, Split
 from ..features import FeatureExtractor
-from ..selection import SelectionCache, SelectorSpec, selected_quality
+from ..selection import Consensus, SelectorSpec, best_selector
 from ._model import RewardModel, load_selector
-
-CONSENSUS = SelectorSpec(kind="consensus")
 
 
 def choose_selector(
@@ -37,9 +35,8 @@ def choose_selector(
     multi_sample = bool((~np.isnan(data.quality[:, :, 1:])).any())  # empty (False) with one sample
     has_texts = any(r is not None for r in data.responses[split.train].ravel())
     if not multi_sample or not has_texts:
-        return CONSENSUS, {}
+        return Consensus.spec, {}
     RewardModel(features=features).fit(data, split.train, extractor=extractor).save(reward_model_path)
-    candidates = [CONSENSUS, SelectorSpec(kind="reward-model", path=reward_model_path)]
-    quality = {spec.kind: selected_quality(SelectionCache(data, load_selector(spec)), split.val) for spec in candidates}
-    best = max(candidates, key=lambda spec: quality[spec.kind])  # the first of equals: consensus
-    return best, {kind: round(q, 6) for kind, q in quality.items()}
+    reward_model = load_selector(SelectorSpec(kind="reward-model", path=reward_model_path))
+    best, quality = best_selector(data, split.val, [Consensus(), reward_model])  # ties: consensus
+    return best.spec, quality

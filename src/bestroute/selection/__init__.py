@@ -4,7 +4,14 @@ and in the gateway), the answers they compare, and the outcomes and soft labels 
 from ._answers import extract_answer
 from ._online import EndpointSelector, InProcessSelector, JudgeSelector, OnlineSelector, online_selector
 from ._options import Option, stage_draws, stage_positions, stage_samples, stage_verdict
-from ._outcomes import OptionOutcomes, SelectionCache, option_outcomes, selected_quality, soft_labels
+from ._outcomes import (
+    OptionOutcomes,
+    SelectionCache,
+    best_selector,
+    option_outcomes,
+    selected_quality,
+    soft_labels,
+)
 from ._selectors import (
     IN_PROCESS,
     Consensus,
@@ -37,6 +44,7 @@ __all__ = [
     "Selector",
     "SelectorKind",
     "SelectorSpec",
+    "best_selector",
     "extract_answer",
     "make_selector",
     "online_selector",

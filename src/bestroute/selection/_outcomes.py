@@ -92,6 +92,17 @@ def selected_quality(cache: SelectionCache, rows: np.ndarray) -> float:
     return float(np.mean(kept)) if kept else float("nan")
 
 
+def best_selector(
+    data: RoutingDataset, rows: np.ndarray, candidates: list[Selector]
+) -> tuple[Selector, dict[str, float]]:
+    """The candidate whose kept samples are better on the prompts ``rows`` (by
+    :func:`selected_quality`; the first of equals), and each candidate's mean quality there, by
+    kind."""
+    quality = [selected_quality(SelectionCache(data, candidate), rows) for candidate in candidates]
+    best = max(range(len(candidates)), key=quality.__getitem__)
+    return candidates[best], {c.spec.kind: round(q, 6) for c, q in zip(candidates, quality, strict=True)}
+
+
 def soft_labels(
     cache: SelectionCache,
     rows: np.ndarray,
