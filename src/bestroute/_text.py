@@ -13,15 +13,14 @@ def without_lone_surrogates(text: str) -> str:
     return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
 
 
-def json_objects(text: str) -> list[dict[str, Any]]:
-    """The JSON objects written in ``text`` (a model's answer may wrap one in prose), outermost
-    first; spans that do not parse are skipped."""
-    found = []
-    for blob in re.findall(r"\{.*\}", text, flags=re.DOTALL):
-        try:
-            parsed = json.loads(blob)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(parsed, dict):
-            found.append(parsed)
-    return found
+def json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object a model's answer writes, maybe wrapped in prose: the text from its first
+    "{" to its last "}", if that parses as an object."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start:
+        return None
+    try:
+        parsed = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None

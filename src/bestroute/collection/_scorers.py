@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .._exceptions import ConfigError
-from .._text import json_objects
+from .._text import json_object
 from ..backends import RewardClient, Upstream, UpstreamError, ask_judge
 from ..selection import extract_answer
 
@@ -63,7 +63,9 @@ def _literal(text: str) -> object:
 def _literal_candidates(text: str) -> list[str]:
     """Where a Python literal answer may stand: the whole text, a JSON "answer" field, the last line."""
     candidates = [text]
-    candidates += [str(parsed["answer"]) for parsed in json_objects(text) if "answer" in parsed]
+    parsed = json_object(text)
+    if parsed is not None and "answer" in parsed:
+        candidates.append(str(parsed["answer"]))
     candidates.append(text.strip().splitlines()[-1] if text.strip() else "")
     return candidates
 

@@ -3,7 +3,7 @@
 import json
 import re
 
-from .._text import json_objects
+from .._text import json_object
 
 _NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
 
@@ -15,11 +15,11 @@ def extract_answer(response: str | None) -> str:
     if not response:
         return ""
     text = response.strip()
-    for parsed in json_objects(text):
-        if "answer" in parsed:
-            return _normalise_answer(str(parsed["answer"]))
-        if list(parsed) == ["tool_calls"]:  # the gateway's text of a tool-call answer
-            return json.dumps(parsed["tool_calls"], sort_keys=True)
+    parsed = json_object(text)
+    if parsed is not None and "answer" in parsed:
+        return _normalise_answer(str(parsed["answer"]))
+    if parsed is not None and list(parsed) == ["tool_calls"]:  # the gateway's text of a tool-call answer
+        return json.dumps(parsed["tool_calls"], sort_keys=True)
     marker = re.search(r'(?:####|answer is|"answer"\s*:)\s*"?([^"\n]+)', text, flags=re.IGNORECASE)
     if marker:
         return _normalise_answer(marker.group(1))

@@ -12,7 +12,7 @@ import numpy as np
 from .._exceptions import RouterError
 from ..data import RoutingDataset
 from ._options import Option, stage_draws, stage_positions, stage_samples, stage_verdict
-from ._selectors import Selector, no_agreement, pick, pick_confidence
+from ._selectors import ScoreSelector, Selector, no_agreement, pick, pick_confidence
 
 
 def _subsets(k: int, n: int, *, max_subsets: int, rng: np.random.Generator) -> np.ndarray:
@@ -47,18 +47,19 @@ class SelectionCache:
         self.data, self.selector = data, selector
         self.memo: dict[Any, Any] = {}
         # A pointwise scorer that is faster in bulk scores whole prompts at once, when asked.
-        self._bulk = np.full(data.quality.shape, np.nan) if hasattr(self.selector, "judge_rows") else None
+        self._bulk_scorer = selector if isinstance(selector, ScoreSelector) else None
+        self._bulk = np.full(data.quality.shape, np.nan) if self._bulk_scorer is not None else None
         self._bulk_done = np.zeros(data.n_prompts, dtype=bool)
 
     def judge_in_bulk(self, rows: np.ndarray) -> None:
         """For a selector that is faster in bulk, judge the prompts of ``rows`` not judged yet in
         one batch, so that only the prompts asked about are judged (choosing a selector on
         validation must not pay for scoring the training and test prompts too)."""
-        if self._bulk is not None:
+        if self._bulk is not None and self._bulk_scorer is not None:
             todo = np.unique(np.asarray(rows, dtype=int))
             todo = todo[~self._bulk_done[todo]]
             if todo.size:
-                self._bulk[todo] = self.selector.judge_rows(self.data, todo)  # type: ignore[attr-defined]
+                self._bulk[todo] = self._bulk_scorer.judge_rows(self.data, todo)
                 self._bulk_done[todo] = True
 
     def judgment(self, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
