@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from bestroute.serving import Gateway, create_app, load_config, server_config
+from bestroute.serving._log import DecisionRow
 
 
 def free_port() -> int:
@@ -373,3 +374,33 @@ def ask(client: openai.OpenAI, model: str = "bestroute", text: str = "What is si
         model=model, messages=[{"role": "user", "content": text}], **kw
     )
     return raw.parse(), raw.headers
+
+
+def decision(decision_id: str, **fields: Any) -> DecisionRow:
+    """A decision-log row of an answered request, ``fields`` replacing its defaults (hostile
+    values included: the row type checks nothing, the log's sanitiser does)."""
+    defaults: dict[str, Any] = {
+        "id": decision_id,
+        "created_at": time.time(),
+        "prompt_hash": "h",
+        "prompt": "What is 6 * 7?",
+        "requested_model": "bestroute",
+        "option": "small",
+        "model": "small",
+        "n": 1,
+        "threshold": None,
+        "scores": {},
+        "fallbacks": [],
+        "latency_ms": 1.0,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "cost_usd": 0.0,
+        "status": 200,
+        "error": None,
+        "response": "42",
+        "client_key_id": None,
+        "escalated": None,
+        "confidence": None,
+        "escalation": None,
+    }
+    return DecisionRow(**(defaults | fields))

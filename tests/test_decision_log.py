@@ -16,12 +16,12 @@ import httpx
 import pytest
 import sqlalchemy
 import yaml
-from servers import Script, gateway, serve_subprocess, upstream, write_gateway_config
+from servers import Script, decision, gateway, serve_subprocess, upstream, write_gateway_config
 from typer.testing import CliRunner
 
 from bestroute.cli import app as cli
 from bestroute.serving import DecisionLog
-from bestroute.serving._log import TRUNCATED, metadata
+from bestroute.serving._log.schema import TRUNCATED, metadata
 
 LONG_NAME = "backend-" + "x" * 242  # 250 characters; the column holds 200
 
@@ -47,17 +47,7 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def row(decision_id: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": decision_id,
-        "created_at": time.time(),
-        "prompt_hash": "h",
-        "requested_model": "bestroute",
-        "model": "small",
-        "latency_ms": 1.0,
-        "status": 200,
-        "prompt": "What is 6 * 7?",
-    } | fields
+row = decision
 
 
 def test_poison_rows_are_repaired_or_dead_lettered_and_the_rest_is_written(log_url, tmp_path):
@@ -94,7 +84,7 @@ def test_poison_rows_are_repaired_or_dead_lettered_and_the_rest_is_written(log_u
 
     letters = dead_letters(tmp_path / "dead.jsonl")
     assert log.dead_letters.count == len(letters) == 2
-    assert letters[0]["row"] is None and letters[0]["reason"].startswith("not a decision row")
+    assert letters[0]["row"] is None and letters[0]["reason"].startswith("not a row")
     assert letters[1]["row"]["prompt"] == "a second row with the same id"
     assert letters[1]["reason"].startswith("refused by the database (IntegrityError")
 

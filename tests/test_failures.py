@@ -19,7 +19,7 @@ from servers import Script, ask, gateway, upstream, write_gateway_config
 
 from bestroute import ConfigError
 from bestroute.serving import create_app, load_config
-from bestroute.serving._log import metadata
+from bestroute.serving._log.schema import metadata
 
 
 def chat(
@@ -105,7 +105,9 @@ def test_ejection_expires_even_when_the_first_request_after_it_is_cancelled(tmp_
         small.delay_s = 5.0  # hangs
         for _ in range(2):
             assert ask(client, "bestroute:0")[0].model == "big"
-        assert ask(client, "bestroute:0")[0].model_extra["bestroute"]["fallbacks"] == ["small: circuit open"]
+        assert ask(client, "bestroute:0")[0].model_extra["bestroute"]["fallbacks"] == [
+            "small: backend 'small': circuit open"
+        ]
         time.sleep(1.05)  # the ejection is over; the next request goes to small and its client leaves
         with pytest.raises(httpx.ReadTimeout):
             chat(server.url, timeout=0.1)

@@ -218,7 +218,7 @@ def test_upstream_dies_mid_test_and_circuit_breaks(tmp_path, artifact):
             assert answer.model == "big" and "connection failed" in answer.model_extra["bestroute"]["fallbacks"][0]
         # Two consecutive failures opened the circuit: the dead backend is skipped outright.
         answer, _ = ask(client, "bestroute:0")
-        assert answer.model_extra["bestroute"]["fallbacks"] == ["small: circuit open"]
+        assert answer.model_extra["bestroute"]["fallbacks"] == ["small: backend 'small': circuit open"]
         assert httpx.get(server.url + "/healthz").json()["backends"]["small"] == "open"
         assert 'bestroute_circuit_open{backend="small"} 1.0' in httpx.get(server.url + "/metrics").text
         revived = ServerThread(fake_upstream(small_script), port=port).start()  # it comes back
@@ -525,17 +525,19 @@ def test_without_a_selector_the_gateway_uses_the_routers_own(tmp_path, multisamp
 
 
 def test_decision_log_keeps_rows_while_the_database_is_away(tmp_path):
-    from bestroute.serving._log import DecisionLog, metadata
+    from servers import decision
+
+    from bestroute.serving._log import DecisionLog
+    from bestroute.serving._log.schema import metadata
 
     url = f"sqlite:///{tmp_path}/log.db"
     log = DecisionLog(url, dead_letter_path=tmp_path / "dead.jsonl", batch_window_s=0.01)
-    row = {"created_at": 1.0, "prompt_hash": "h", "requested_model": "bestroute", "latency_ms": 1.0, "status": 200}
-    log.write(row | {"id": "a"})
+    log.write(decision("a"))
     log.flush()
     with sqlite3.connect(tmp_path / "log.db") as db:  # the table disappears under the writer
         db.execute("DROP TABLE decisions")
-    log.write(row | {"id": "b"})
-    log.write(row | {"id": "c"})
+    log.write(decision("b"))
+    log.write(decision("c"))
     time.sleep(0.1)  # several windows fail; the rows wait in order
     metadata.create_all(log.engine)
     log.close()  # drains what waited

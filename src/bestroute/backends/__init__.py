@@ -2,7 +2,7 @@
 circuit breaker, and the reward-model and judge services. Used by the gateway and by
 `bestroute collect`."""
 
-from ._clients import RewardClient, ask_judge
+from ._clients import EndpointSelector, JudgeSelector, RewardClient, ask_judge
 from ._config import BackendConfig, CircuitConfig, RetryConfig, Section
 from ._upstream import (
     NO_DEADLINE,
@@ -16,6 +16,7 @@ from ._upstream import (
     UpstreamRejected,
     answer_text,
     estimate_tokens,
+    split_tokens,
     usage_tokens,
 )
 
@@ -28,6 +29,8 @@ __all__ = [
     "Completion",
     "Deadline",
     "DeadlinePassed",
+    "EndpointSelector",
+    "JudgeSelector",
     "RetryConfig",
     "RewardClient",
     "Section",
@@ -37,5 +40,6 @@ __all__ = [
     "answer_text",
     "ask_judge",
     "estimate_tokens",
+    "split_tokens",
     "usage_tokens",
 ]

@@ -1,5 +1,6 @@
 """The two non-chat services best-of-n selection and collection call: a reward-model endpoint and
-an LLM judge asked for one number."""
+an LLM judge asked for one number, and the gateway's selectors that call them (each returns the
+index of the response it keeps and no confidence)."""
 
 import re
 
@@ -35,3 +36,43 @@ async def ask_judge(judge: Upstream, message: str, *, max_tokens: int) -> float 
     )
     found = re.search(r"\d+(\.\d+)?", result.texts[0])
     return float(found.group()) if found else None
+
+
+class EndpointSelector:
+    """The highest-scored response of a reward-model endpoint."""
+
+    name = "reward"
+
+    def __init__(self, client: RewardClient) -> None:
+        self.client = client
+
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
+        scores = await self.client.scores(prompt, responses)
+        return max(range(len(scores)), key=scores.__getitem__), None
+
+
+_JUDGE_PROMPT = """You are judging candidate answers to a request. Pick the single best answer:
+correct, complete and following the request's instructions.
+
+Request:
+{prompt}
+
+{candidates}
+
+Reply with only the number of the best answer."""
+
+
+class JudgeSelector:
+    """Ask a configured backend which response is best; its reply must name a candidate number."""
+
+    name = "judge"
+
+    def __init__(self, judge: Upstream) -> None:
+        self.judge = judge
+
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
+        candidates = "\n\n".join(f"Answer {i + 1}:\n{r}" for i, r in enumerate(responses))
+        number = await ask_judge(self.judge, _JUDGE_PROMPT.format(prompt=prompt, candidates=candidates), max_tokens=8)
+        if number is not None and number.is_integer() and 1 <= number <= len(responses):
+            return int(number) - 1, None
+        return 0, None  # an unusable verdict keeps the first sample rather than failing the request

@@ -73,20 +73,35 @@ class Deadline:
 NO_DEADLINE = Deadline(math.inf)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Completion:
-    """What one backend returned for one (model, n) option, over all its requests: the choices as
-    the upstream sent them (tool calls, refusals and logprobs included) and the first response's
-    other fields, which the gateway passes on."""
+    """What one backend returned for one call of n samples, over all its requests: the choices as
+    the upstream sent them (tool calls, refusals and logprobs included), the first response's
+    other fields, which the gateway passes on, the tokens, and the requests it took.
+    ``sample_tokens`` is each choice's output: exact where each request returned one choice,
+    else the reported total split in proportion to the choices' lengths."""
 
     choices: list[dict[str, Any]]
     document: dict[str, Any]
     prompt_tokens: int
     completion_tokens: int
+    sample_tokens: tuple[int, ...] = ()
+    requests: int = 1
 
     @property
     def texts(self) -> list[str]:
         return [answer_text(c["message"]) for c in self.choices]
+
+
+def split_tokens(total: int, texts: list[str]) -> tuple[int, ...]:
+    """``total`` output tokens shared among ``texts`` in proportion to their lengths (largest
+    remainders first), so the parts add up to the total."""
+    weights = [len(t) + 1 for t in texts]  # +1: an empty answer still took a token to end
+    exact = [total * w / sum(weights) for w in weights]
+    parts = [math.floor(x) for x in exact]
+    for k in sorted(range(len(texts)), key=lambda k: parts[k] - exact[k])[: total - sum(parts)]:
+        parts[k] += 1
+    return tuple(parts)
 
 
 class CircuitBreaker:
@@ -167,6 +182,8 @@ class Upstream:
             document=parts[0].document,
             prompt_tokens=sum(p.prompt_tokens for p in parts),
             completion_tokens=sum(p.completion_tokens for p in parts),
+            sample_tokens=tuple(t for p in parts for t in p.sample_tokens),
+            requests=n,
         )
 
     async def stream(
@@ -277,7 +294,11 @@ class Upstream:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UpstreamError(self.name, f"malformed chat completion ({exc})") from exc
         return Completion(
-            choices=choices, document=document, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            choices=choices,
+            document=document,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            sample_tokens=split_tokens(completion_tokens, texts),
         )
 
     async def _open_stream(self, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncGenerator[dict[str, Any], None]]:

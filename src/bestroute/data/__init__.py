@@ -5,13 +5,14 @@ from ._demo import demo_data_path
 from ._readers import iter_rows, load_dataset, read_models, read_native, read_routerbench
 from ._schema import ModelPrice, PromptRecord, ResponseRecord
 from ._split import Split, split_prompts
-from ._writer import ResponseAppender, write_catalog, write_prompts, write_routing_data
+from ._writer import ResponseAppender, RoutingDataWriter, write_catalog, write_prompts, write_routing_data
 
 __all__ = [
     "ModelPrice",
     "PromptRecord",
     "ResponseAppender",
     "ResponseRecord",
+    "RoutingDataWriter",
     "RoutingDataset",
     "Split",
     "demo_data_path",

@@ -34,11 +34,38 @@ def write_routing_data(
     reference: str | None = None,
 ) -> Path:
     """A whole data directory, its responses compressed (responses.jsonl.gz); returns it."""
-    write_prompts(directory, prompts)
-    with gzip.open(directory / "responses.jsonl.gz", "wt", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(dict(r)) + "\n" for r in responses)
+    with RoutingDataWriter(directory) as writer:
+        writer.add(prompts, responses)
     write_catalog(directory, prices, reference=reference)
     return directory
+
+
+class RoutingDataWriter:
+    """prompts.jsonl and responses.jsonl.gz written as rows come, so a large export holds only
+    the rows of the batch at hand (the catalog is written apart: ``write_catalog``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._prompts: TextIO | None = None
+        self._responses: TextIO | None = None
+
+    def __enter__(self) -> Self:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._prompts = (self.directory / "prompts.jsonl").open("w", encoding="utf-8")
+        self._responses = gzip.open(self.directory / "responses.jsonl.gz", "wt", encoding="utf-8")
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        for handle in (self._prompts, self._responses):
+            if handle is not None:
+                handle.close()
+
+    def add(self, prompts: Iterable[Mapping[str, Any]], responses: Iterable[Mapping[str, Any]]) -> None:
+        assert self._prompts is not None and self._responses is not None, "use RoutingDataWriter in a with block"
+        self._prompts.writelines(json.dumps(dict(p)) + "\n" for p in prompts)
+        self._responses.writelines(json.dumps(dict(r)) + "\n" for r in responses)
 
 
 class ResponseAppender:

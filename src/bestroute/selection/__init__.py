@@ -1,14 +1,33 @@
-"""Best-of-n selection: routing options, the selectors that keep one of n responses (offline
-and in the gateway), the answers they compare, and the outcomes and soft labels they lead to."""
+"""Best-of-n selection: routing options, the one executor that runs them, the selectors that keep
+one of n responses, the answers they compare, and the outcomes and soft labels they lead to. It
+does no I/O: whoever runs an option supplies its samples."""
 
 from ._answers import extract_answer
-from ._online import EndpointSelector, InProcessSelector, JudgeSelector, OnlineSelector, online_selector
-from ._options import Option, stage_draws, stage_positions, stage_samples, stage_verdict
+from ._executor import (
+    REFERENCE_STAGE,
+    Call,
+    Drawn,
+    Execution,
+    Judge,
+    Judgment,
+    Sample,
+    SampleSource,
+    StageRecord,
+    execute,
+    run_now,
+    stage_calls,
+    stage_keys,
+)
+from ._options import Option, Verdict, stage_verdict
 from ._outcomes import (
     OptionOutcomes,
+    RecordedJudge,
+    RecordedSource,
     SelectionCache,
     best_selector,
     option_outcomes,
+    recorded,
+    run_recorded,
     selected_quality,
     soft_labels,
 )
@@ -22,39 +41,53 @@ from ._selectors import (
     Selector,
     SelectorKind,
     SelectorSpec,
+    judgment,
     make_selector,
     pick,
     pick_confidence,
+    require_confidence,
 )
 
 __all__ = [
     "IN_PROCESS",
+    "REFERENCE_STAGE",
+    "Call",
     "Consensus",
-    "EndpointSelector",
-    "InProcessSelector",
-    "JudgeSelector",
+    "Drawn",
+    "Execution",
+    "Judge",
+    "Judgment",
     "MajorityVote",
-    "OnlineSelector",
     "Option",
     "OptionOutcomes",
     "OracleSelector",
+    "RecordedJudge",
+    "RecordedSource",
     "ResponseScorer",
+    "Sample",
+    "SampleSource",
     "ScoreSelector",
     "SelectionCache",
     "Selector",
     "SelectorKind",
     "SelectorSpec",
+    "StageRecord",
+    "Verdict",
     "best_selector",
+    "execute",
     "extract_answer",
+    "judgment",
     "make_selector",
-    "online_selector",
     "option_outcomes",
     "pick",
     "pick_confidence",
+    "recorded",
+    "require_confidence",
+    "run_now",
+    "run_recorded",
     "selected_quality",
     "soft_labels",
-    "stage_draws",
-    "stage_positions",
-    "stage_samples",
+    "stage_calls",
+    "stage_keys",
     "stage_verdict",
 ]

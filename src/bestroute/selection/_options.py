@@ -2,10 +2,12 @@
 pick, go on to a larger stage or ask the reference, by the selector's confidence."""
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Literal
 
 from .._exceptions import RouterError
+
+# What a stage does with its pick; "failed": a call it made failed, so it gave no answer.
+Verdict = Literal["keep", "next", "reference", "failed"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Option:
         return f"{base}{kept}{gated} {self.then.label}"
 
 
-def stage_verdict(stage: Option, confidence: float | None) -> str:
+def stage_verdict(stage: Option, confidence: float | None) -> Verdict:
     """What one stage does with its pick: "keep" it, go on to the "next" stage, or ask the
     "reference". No confidence (a selector that failed) keeps nothing and goes on nowhere."""
     if stage.accept is None and stage.then is None:
@@ -114,29 +116,3 @@ def stage_verdict(stage: Option, confidence: float | None) -> str:
     if confidence is not None and stage.then is not None and confidence >= stage.gate - 1e-9:
         return "next"
     return "reference"
-
-
-def stage_samples(option: Option) -> list[tuple[str, int]]:
-    """The (model, sample number) pairs an option's last stage holds, in the order they are judged
-    (model-major); every stage is judged on the ones it has drawn, in this order."""
-    last = option.stages[-1]
-    return [(model, k) for model in last.models for k in range(last.n)]
-
-
-def stage_draws(option: Option) -> list[list[tuple[str, int, int]]]:
-    """Per stage, the calls it adds: (model, first sample, samples) for each model it draws more of."""
-    draws: list[list[tuple[str, int, int]]] = []
-    before: dict[str, int] = {}
-    for stage in option.stages:
-        calls = [(m, before.get(m, 0), stage.n - before.get(m, 0)) for m in stage.models if stage.n > before.get(m, 0)]
-        draws.append(calls)
-        before = {m: stage.n for m in stage.models}
-    return draws
-
-
-def stage_positions(option: Option) -> list[np.ndarray]:
-    """Per stage, the positions (into :func:`stage_samples`) of the samples it is judged on."""
-    order = stage_samples(option)
-    return [
-        np.array([p for p, (m, k) in enumerate(order) if m in stage.models and k < stage.n]) for stage in option.stages
-    ]

@@ -3,6 +3,7 @@ cost of the answer it gives) and BEST-Route's soft labels, computed once per dat
 selector in a :class:`SelectionCache`."""
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -11,8 +12,9 @@ import numpy as np
 
 from .._exceptions import RouterError
 from ..data import RoutingDataset
-from ._options import Option, stage_draws, stage_positions, stage_samples, stage_verdict
-from ._selectors import ScoreSelector, Selector, no_agreement, pick, pick_confidence
+from ._executor import Call, Drawn, Execution, Judgment, Sample, execute, run_now, stage_keys
+from ._options import Option
+from ._selectors import ScoreSelector, Selector, judgment, no_agreement, pick, require_confidence
 
 
 def _subsets(k: int, n: int, *, max_subsets: int, rng: np.random.Generator) -> np.ndarray:
@@ -142,7 +144,7 @@ def _soft_labels(
         if option.composite:
             # Its outcome is already the whole policy's (its pick, or the reference's answer):
             # the label is how often that is as good as the reference.
-            outcome = _composite_outcomes(cache, option, reference)[0]
+            outcome = _outcome(cache, option, reference)[0]
             for r, i in enumerate(rows):
                 ref_q = _scored(data.quality[i, ref_j])
                 if not np.isnan(outcome[i]) and ref_q.size:
@@ -173,9 +175,9 @@ def _scored(quality: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OptionOutcomes:
-    """What each option realises on each prompt: the quality of the response the selector keeps
-    from the first n samples, and the cost of the call (input once, n outputs). An escalating
-    option realises the reference's response where it escalates, and pays for both."""
+    """What each option realises on each prompt: the quality of the answer its run keeps (its
+    own pick, or the reference's answer where it escalates) and what the run paid for. An option
+    is evaluated on a prompt only where every sample it may draw is recorded."""
 
     quality: np.ndarray  # (P, O)
     cost: np.ndarray  # (P, O) USD
@@ -184,93 +186,118 @@ class OptionOutcomes:
 
 
 def option_outcomes(cache: SelectionCache, options: list[Option], reference: Option | None = None) -> OptionOutcomes:
-    """Outcomes of ``options`` on every prompt of the cache's data; escalating options need the
-    ``reference``."""
-    key = ("outcomes", tuple(options), reference)
-    if key not in cache.memo:
-        cache.memo[key] = _option_outcomes(cache, options, reference)
-    return cache.memo[key]
-
-
-def _option_outcomes(cache: SelectionCache, options: list[Option], reference: Option | None) -> OptionOutcomes:
-    data = cache.data
-    shape = (data.n_prompts, len(options))
-    quality, cost, accepted = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
-    if any(option.n > 1 for option in options):
-        cache.judge_in_bulk(np.arange(data.n_prompts))
-    for o, option in enumerate(options):
-        if option.composite:
-            quality[:, o], cost[:, o], accepted[:, o] = _composite_outcomes(cache, option, reference)
-            continue
-        j = data.model_index(option.model)
-        q = data.quality[:, j, : option.n]
-        ok = ~np.isnan(q).any(axis=1)
-        cost[ok, o] = data.input_cost[ok, j] + data.output_cost[ok, j, : option.n].sum(axis=1)
-        accepted[ok, o] = 1.0
-        if option.n == 1:
-            quality[ok, o] = q[ok, 0]
-            continue
-        subset = np.arange(option.n)
-        for i in np.flatnonzero(ok):
-            agreement, scores = cache.judgment(int(i), j)
-            quality[i, o] = q[i, pick(agreement, scores, subset)]
+    """Outcomes of ``options`` on every prompt of the cache's data, each run by the executor on
+    the recorded samples; escalating options need the ``reference``."""
+    columns = [_outcome(cache, option, reference) for option in options]
+    quality, cost, accepted = (np.stack([c[part] for c in columns], axis=1) for part in range(3))
     return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality), accepted=accepted)
 
 
-def _composite_outcomes(
-    cache: SelectionCache, option: Option, reference: Option | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(quality, cost, accepted) per prompt of a mixture or escalating option, made once per
-    option: the samples of its last stage are judged together once, and each stage in turn picks
-    among the ones it has drawn and pays for the calls it adds; the first stage that keeps its
-    pick answers, else the reference does (``accepted`` 0)."""
-    data, selector = cache.data, cache.selector
-    key = ("composite", option, reference)
+def recorded(data: RoutingDataset, option: Option, reference: Option | None) -> np.ndarray:
+    """(P,) whether every sample ``option`` may draw (and the reference's answer, if it may
+    escalate) is recorded."""
+    ok = np.ones(data.n_prompts, dtype=bool)
+    for model, k in stage_keys(option.stages[-1]):
+        ok &= ~np.isnan(data.quality[:, data.model_index(model), k])
+    if option.escalates and reference is not None:
+        ok &= ~np.isnan(data.quality[:, data.model_index(reference.model), 0])
+    return ok
+
+
+def run_recorded(cache: SelectionCache, i: int, option: Option, reference: Option | None) -> Execution:
+    """The executor's record of ``option`` on prompt ``i``, fed the recorded samples."""
+    work = execute(
+        option,
+        source=RecordedSource(cache.data, i),
+        judge=RecordedJudge(cache, i, option),
+        reference=reference.model if reference is not None else None,
+    )
+    return run_now(work)
+
+
+def _outcome(cache: SelectionCache, option: Option, reference: Option | None) -> tuple[np.ndarray, ...]:
+    """(quality, cost, accepted) of one option on every prompt, made once per option."""
+    key = ("outcome", option, reference)
     if key in cache.memo:
         return cache.memo[key]
+    data = cache.data
     if option.escalates and reference is None:
         raise RouterError(f"option {option.label!r} escalates, but no reference was given")
-    order = [(data.model_index(m), k) for m, k in stage_samples(option)]
-    rows, cols = np.array([j for j, _ in order]), np.array([k for _, k in order])
-    q = data.quality[:, rows, cols]  # (P, samples of the last stage)
-    ok = ~np.isnan(q).any(axis=1)
-    stage_cost = [
-        sum(
-            data.input_cost[:, data.model_index(m)]
-            + data.output_cost[:, data.model_index(m), k : k + count].sum(axis=1)
-            for m, k, count in calls
-        )
-        for calls in stage_draws(option)
-    ]
-    ref_quality, ref_cost = np.full(data.n_prompts, np.nan), np.zeros(data.n_prompts)
-    if option.escalates:
-        ref_j = data.model_index(reference.model)  # type: ignore[union-attr]
-        ref_quality, ref_cost = data.quality[:, ref_j, 0], data.single_sample_cost()[:, ref_j]
-        ok &= ~np.isnan(ref_quality)
+    if option.judged:
+        require_confidence(cache.selector)
     quality, cost, accepted = (np.full(data.n_prompts, np.nan) for _ in range(3))
-    positions = stage_positions(option)
-    pointwise = selector.confidence == "score"
-    if pointwise:  # pointwise scores: reuse each model's judgment (made in bulk)
+    ok = recorded(data, option, reference)
+    if option.samples > 1 or option.judged:
         cache.judge_in_bulk(np.flatnonzero(ok))
     for i in np.flatnonzero(ok):
-        if pointwise:
-            agreement = no_agreement(len(order))
-            by_model = {j: cache.judgment(int(i), j)[1] for j in set(rows.tolist())}
-            scores = np.array([by_model[j][k] for j, k in order])
-        else:  # agreement is pairwise across models: judge the samples together
-            agreement, scores = selector.judge(data.texts[i], [data.responses[i, j, k] for j, k in order], q[i])
-        spent, kept = 0.0, False
-        for stage, where, paid in zip(option.stages, positions, stage_cost):
-            spent += paid[i]
-            sub_agreement, sub_scores = agreement[np.ix_(where, where)], scores[where]
-            picked = pick(sub_agreement, sub_scores, np.arange(len(where)))
-            confidence = pick_confidence(selector, sub_agreement, sub_scores, picked) if stage.judged else None
-            verdict = stage_verdict(stage, confidence)
-            kept = verdict == "keep"
-            if verdict != "next":
-                break
-        quality[i] = q[i, where[picked]] if kept else ref_quality[i]
-        cost[i] = spent + (0.0 if kept else ref_cost[i])
-        accepted[i] = float(kept)
+        execution = run_recorded(cache, int(i), option, reference)
+        answer = execution.answer
+        assert answer is not None  # recorded samples never fail
+        quality[i] = data.quality[i, data.model_index(answer.model), answer.number]
+        cost[i] = execution.cost_usd
+        accepted[i] = float(execution.accepted)
     cache.memo[key] = (quality, cost, accepted)
     return quality, cost, accepted
+
+
+class RecordedSource:
+    """Prompt ``i``'s recorded samples as a sample source: a call returns the recorded responses,
+    their tokens and their cost (the input paid once per call)."""
+
+    def __init__(self, data: RoutingDataset, i: int) -> None:
+        self.data, self.i = data, i
+
+    async def draw(self, calls: Sequence[Call]) -> list[Drawn]:
+        return [self._drawn(call) for call in calls]
+
+    def _drawn(self, call: Call) -> Drawn:
+        data, i, j = self.data, self.i, self.data.model_index(call.model)
+        where = slice(call.first, call.first + call.samples)
+        return Drawn(
+            call,
+            texts=tuple(data.responses[i, j, where]),
+            input_tokens=int(data.input_tokens[i, j]),
+            output_tokens=tuple(int(t) for t in data.output_tokens[i, j, where]),
+            cost_usd=float(data.input_cost[i, j] + data.output_cost[i, j, where].sum()),
+        )
+
+
+class RecordedJudge:
+    """The cache's selector judging prompt ``i``'s samples for ``option``: the samples of one
+    model are a slice of that model's judgment (made once per prompt and model); samples of
+    several models are judged together, once per option, and a stage's are a slice of that (or,
+    for a pointwise scorer, each model's scores)."""
+
+    def __init__(self, cache: SelectionCache, i: int, option: Option) -> None:
+        self.cache, self.i, self.option = cache, i, option
+        self._joint: tuple[dict[tuple[str, int], int], np.ndarray, np.ndarray] | None = None
+
+    async def judge(self, samples: Sequence[Sample]) -> Judgment:
+        cache, data = self.cache, self.cache.data
+        models = {s.model for s in samples}
+        if len(models) == 1 or cache.selector.confidence == "score":
+            by_model = {m: cache.judgment(self.i, data.model_index(m)) for m in models}
+            scores = np.array([by_model[s.model][1][s.number] for s in samples])
+            if len(models) == 1:
+                (agreement, _), numbers = by_model.popitem()[1], [s.number for s in samples]
+                agreement = agreement[np.ix_(numbers, numbers)]
+            else:
+                agreement = no_agreement(len(samples))
+        else:
+            index, agreement, scores = self._judged_together()
+            where = [index[s.model, s.number] for s in samples]
+            agreement, scores = agreement[np.ix_(where, where)], scores[where]
+        return judgment(cache.selector, agreement, scores)
+
+    def _judged_together(self) -> tuple[dict[tuple[str, int], int], np.ndarray, np.ndarray]:
+        if self._joint is None:
+            data, i = self.cache.data, self.i
+            keys = stage_keys(self.option.stages[-1])
+            cells = [(data.model_index(m), k) for m, k in keys]
+            agreement, scores = self.cache.selector.judge(
+                data.texts[i],
+                [data.responses[i, j, k] for j, k in cells],
+                np.array([data.quality[i, j, k] for j, k in cells]),
+            )
+            self._joint = ({key: p for p, key in enumerate(keys)}, agreement, scores)
+        return self._joint

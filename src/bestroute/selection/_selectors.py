@@ -19,6 +19,7 @@ from .._exceptions import RouterError
 from ..backends import Section
 from ..data import RoutingDataset
 from ._answers import extract_answer
+from ._executor import Judgment
 
 SelectorKind = Literal["majority", "consensus", "oracle", "reward-model", "reward", "judge"]
 # The part after "kind:" in a selector's one-line form names this field.
@@ -190,13 +191,27 @@ def pick(agreement: np.ndarray, scores: np.ndarray, subset: np.ndarray) -> int:
     return int(subset[order[0]])
 
 
-def pick_confidence(selector: Selector, agreement: np.ndarray, scores: np.ndarray, picked: int) -> float:
-    """The selector's confidence in the sample it picked from all of ``agreement``'s samples."""
+def pick_confidence(selector: Selector, agreement: np.ndarray, scores: np.ndarray, picked: int) -> float | None:
+    """The selector's confidence in the sample it picked from all of ``agreement``'s samples
+    (None for a selector that gives none)."""
     if selector.confidence == "agreement":
         return float(agreement[picked].mean())
     if selector.confidence == "score":
         return float(scores[picked])
-    raise RouterError(
-        f"selector {selector.spec} gives no confidence in its pick, so nothing can "
-        "escalate on it; use consensus, majority or a reward model"
-    )
+    return None
+
+
+def require_confidence(selector: Selector) -> None:
+    """RouterError unless the selector's confidence can decide what a stage does."""
+    if selector.confidence == "none":
+        raise RouterError(
+            f"selector {selector.spec} gives no confidence in its pick, so nothing can "
+            "escalate on it; use consensus, majority or a reward model"
+        )
+
+
+def judgment(selector: Selector, agreement: np.ndarray, scores: np.ndarray) -> Judgment:
+    """The selector's pick among all the judged samples and its confidence in it: the one rule,
+    offline and in the gateway."""
+    picked = pick(agreement, scores, np.arange(len(scores)))
+    return Judgment(picked, pick_confidence(selector, agreement, scores, picked))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ._config import BudgetConfig, BudgetLimits
 from ._errors import RateLimited
-from ._log import DecisionLog
+from ._log import DecisionLog, usage_by_client
 
 _logger = logging.getLogger(__name__)
 WINDOW_S = 60.0
@@ -98,7 +98,8 @@ class Budgets:
         while True:
             try:
                 self._others_requests, self._others_spent = await asyncio.to_thread(
-                    self.log.usage_by_client,
+                    usage_by_client,
+                    self.log.engine,
                     since=time.time() - WINDOW_S,
                     day_start=self._day * 86_400.0,
                     except_id_prefix=f"chatcmpl-{self.replica}",

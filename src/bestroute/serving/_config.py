@@ -31,6 +31,9 @@ class LimitsConfig(Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     max_messages: int = Field(default=256, ge=1)
     max_json_depth: int = Field(default=64, ge=4, le=512, description="nesting of the request body")
+    cpu_workers: int = Field(
+        default=2, ge=1, le=64, description="threads that route prompts and judge samples, off the event loop"
+    )
     max_connections: int = Field(
         default=4096, ge=2, description="open client connections; beyond it the oldest idle one is closed, or 503"
     )

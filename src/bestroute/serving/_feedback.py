@@ -7,7 +7,7 @@ from collections import OrderedDict
 from sqlalchemy.exc import SQLAlchemyError
 
 from ._errors import LogUnavailable, ModelNotFound
-from ._log import DecisionLog
+from ._log import DecisionLog, FeedbackRow, decision_owner
 from .protocol import FeedbackRequest
 
 
@@ -46,13 +46,17 @@ class FeedbackService:
             found, owner = await self._look_up(feedback.id)
         if not found or owner != client:  # another key's request is as unknown as a made-up id
             raise ModelNotFound(f"no answered request with id {feedback.id!r} for this API key", param="id")
-        self.log.write_feedback(feedback.id, feedback.quality, feedback.comment)
+        self.log.write(
+            FeedbackRow(
+                decision_id=feedback.id, quality=feedback.quality, comment=feedback.comment, created_at=time.time()
+            )
+        )
 
     async def _look_up(self, request_id: str) -> tuple[bool, str | None]:
         give_up, pause = time.monotonic() + self.wait_s, 0.05
         while True:
             try:
-                found = await asyncio.to_thread(self.log.owner, request_id)
+                found = await asyncio.to_thread(decision_owner, self.log.engine, request_id)
             except SQLAlchemyError:
                 raise LogUnavailable(
                     "the decision log's database is unavailable; send the feedback again later"

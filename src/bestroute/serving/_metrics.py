@@ -33,12 +33,21 @@ class GatewayMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
         )
         self.tokens = Counter(
-            "bestroute_tokens_total", "Tokens over all samples", ["model", "kind"], registry=self.registry
+            "bestroute_tokens_total",
+            "Tokens of every call, by the model called",
+            ["model", "kind"],
+            registry=self.registry,
         )
-        self.cost = Counter("bestroute_cost_usd_total", "Cost of all samples in USD", ["model"], registry=self.registry)
+        self.cost = Counter(
+            "bestroute_cost_usd_total",
+            "Cost of every call in USD, by the model called",
+            ["model"],
+            registry=self.registry,
+        )
         self.escalations = Counter(
             "bestroute_escalations_total",
-            "Escalating options' outcomes: the pick accepted, or escalated to the reference",
+            "Runs of judged options: the first pick accepted, a later stage's accepted ('continued'), "
+            "escalated to the reference, or failed (a call failed; the request failed over)",
             ["option", "outcome"],
             registry=self.registry,
         )
@@ -49,6 +58,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, int, int], tuple[Any, ...]] = {}
+        self._models: dict[str, tuple[Any, ...]] = {}
         self.circuit_open = Gauge(
             "bestroute_circuit_open", "1 while a backend's circuit is open", ["backend"], registry=self.registry
         )
@@ -59,33 +69,33 @@ class GatewayMetrics:
     def watch_circuit(self, backend: str, is_open: Callable[[], bool]) -> None:
         self.circuit_open.labels(backend=backend).set_function(lambda: float(is_open()))
 
-    def observe(
-        self,
-        *,
-        model: str,
-        n: int,
-        status: int,
-        seconds: float,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cost_usd: float,
-    ) -> None:
+    def observe_request(self, *, model: str, n: int, status: int, seconds: float) -> None:
         key = (model, n, status)
         children = self._children.get(key)
         if children is None:  # labels() is the slow part of an update; its children are kept
             children = self._children[key] = (
                 self.requests.labels(model=model, n=str(n), status=str(status)),
                 self.latency.labels(model=model),
+            )
+        requests, latency = children
+        requests.inc()
+        latency.observe(seconds)
+
+    def observe_call(self, *, model: str, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
+        prompt, completion, cost = self._per_model(model)
+        prompt.inc(input_tokens)
+        completion.inc(output_tokens)
+        cost.inc(cost_usd)
+
+    def _per_model(self, model: str) -> tuple[Any, ...]:
+        children = self._models.get(model)
+        if children is None:
+            children = self._models[model] = (
                 self.tokens.labels(model=model, kind="prompt"),
                 self.tokens.labels(model=model, kind="completion"),
                 self.cost.labels(model=model),
             )
-        requests, latency, prompt, completion, cost = children
-        requests.inc()
-        latency.observe(seconds)
-        prompt.inc(prompt_tokens)
-        completion.inc(completion_tokens)
-        cost.inc(cost_usd)
+        return children
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

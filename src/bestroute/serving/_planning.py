@@ -2,7 +2,10 @@
 ``bestroute:<knob>``) is scored by the router and gets its decision rule's fallback order; a
 request naming a backend gets that backend alone."""
 
+import asyncio
 import time
+from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,22 +21,22 @@ from .protocol import ChatCompletionRequest
 ROUTED_MODEL = "bestroute"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Attempt:
-    """One option to try: a backend and how many samples to draw from it. A mixture or escalating
-    ``option`` draws from each of its models (``upstream`` is then the one whose answer is kept)."""
+    """One option to try, under the name the response and the log give it (a routed option's
+    label, or the backend a request names)."""
 
-    upstream: Upstream
-    n: int
+    option: Option
     label: str
-    option: Option | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    attempts: list[Attempt]
+    """The options a request tries, in order, and why: the knob and every servable option's score."""
+
+    attempts: tuple[Attempt, ...]
     threshold: float | None = None
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: Mapping[str, float] = field(default_factory=dict)
     routed: bool = True
 
 
@@ -50,12 +53,21 @@ class Planner:
         The knob of a request to plain ``bestroute``.
     metrics : GatewayMetrics
         Where the time spent routing is observed.
+    pool : Executor
+        Where the router scores a prompt (features and heads), off the event loop.
     """
 
     def __init__(
-        self, *, router: Router, upstreams: dict[str, Upstream], default_knob: float, metrics: GatewayMetrics
+        self,
+        *,
+        router: Router,
+        upstreams: dict[str, Upstream],
+        default_knob: float,
+        metrics: GatewayMetrics,
+        pool: Executor,
     ) -> None:
         self.router, self.upstreams, self.default_knob, self.metrics = router, upstreams, default_knob, metrics
+        self.pool = pool
         # Options the gateway can serve: active in the router, each of its models has a backend
         # that allows that many samples.
         self._available = router.active_ & np.array(
@@ -67,13 +79,13 @@ class Planner:
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._rule = router.rule
 
-    def plan(self, request: ChatCompletionRequest) -> Plan:
+    async def plan(self, request: ChatCompletionRequest) -> Plan:
         if request.model == ROUTED_MODEL or request.model.startswith(ROUTED_MODEL + ":"):
             if request.n != 1:
                 raise InvalidRequest(
                     "routed requests return one choice; the router decides how many samples to draw", param="n"
                 )
-            return self._route(request, self._knob(request.model))
+            return await self._route(request, self._knob(request.model))
         upstream = self.upstreams.get(request.model)
         if upstream is None:
             raise ModelNotFound(
@@ -84,7 +96,7 @@ class Planner:
             )
         if not 1 <= request.n <= upstream.config.max_n:
             raise InvalidRequest(f"n must be between 1 and {upstream.config.max_n} for {upstream.name}", param="n")
-        return Plan(attempts=[Attempt(upstream, request.n, upstream.name)], routed=False)
+        return Plan(attempts=(Attempt(Option(upstream.name, request.n), upstream.name),), routed=False)
 
     def _knob(self, model: str) -> float:
         if model == ROUTED_MODEL:
@@ -99,22 +111,19 @@ class Planner:
         except RouterError as error:
             raise InvalidRequest(str(error), param="model") from None
 
-    def _route(self, request: ChatCompletionRequest, knob: float) -> Plan:
-        tic = time.perf_counter()
-        scores = self.router.predict([request.prompt_text()])[0]
+    async def _route(self, request: ChatCompletionRequest, knob: float) -> Plan:
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(self.pool, self._scores, request.prompt_text())
         order = self._rule.order(scores, knob, self._available)  # its first option is Router.decide's
-        self.metrics.routing_seconds.observe(time.perf_counter() - tic)
         options, values = self.router.options_, scores.tolist()
         return Plan(
-            attempts=[
-                Attempt(
-                    self.upstreams[options[o].models[0]],
-                    options[o].n,
-                    options[o].label,
-                    options[o] if options[o].composite else None,
-                )
-                for o in order
-            ],
+            attempts=tuple(Attempt(options[o], options[o].label) for o in order),
             threshold=knob,
             scores={label: round(values[o], 6) for label, o in self._labels},
         )
+
+    def _scores(self, prompt: str) -> np.ndarray:
+        tic = time.perf_counter()
+        scores = self.router.predict([prompt])[0]
+        self.metrics.routing_seconds.observe(time.perf_counter() - tic)
+        return scores

@@ -1,78 +1,75 @@
-"""What one request decided and paid for (its Outcome) and its accounting: the decision-log row,
-the metrics, the client's budget and the set of requests feedback may name."""
+"""What one request decided and paid for (its RequestRecord, made once when the request ends)
+and its accounting: the decision-log rows, the metrics, the client's budget and the set of
+requests feedback may name. Headers, the response's ``bestroute`` field, the log and the metrics
+all read the record, so they cannot disagree."""
 
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..backends import Upstream, UpstreamRejected
+from ..selection import Drawn, StageRecord
 from ._budgets import Budgets
 from ._feedback import AnsweredRequests
-from ._log import DecisionLog
+from ._log import CallRow, DecisionLog, DecisionRow
 from ._metrics import GatewayMetrics
-from ._planning import Attempt, Plan
+from ._planning import Plan
+from ._sampling import Run
 from .protocol import ChatCompletionRequest
 
 
-@dataclass
-class Outcome:
-    """What was decided and paid for one request."""
+@dataclass(frozen=True)
+class Ticket:
+    """A request's identity from the moment it is planned: its id, its client and its start."""
 
     request_id: str
-    plan: Plan
-    started: float
     client: str | None  # fingerprint of the client's API key
-    selector: str  # the selector's name, reported when it picked among samples
-    attempt: Attempt | None = None
-    fallbacks: list[str] = field(default_factory=list)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    selected: int = 0
-    call_input_tokens: int | None = None
-    response_tokens: int | None = None
-    rejection: UpstreamRejected | None = None  # a backend's context window was too small
-    escalation: dict[str, Any] | None = None  # a mixture or escalating option's stages
+    started: float  # time.perf_counter()
 
-    def charge(self, upstream: Upstream, prompt_tokens: int, completion_tokens: int) -> None:
-        self.prompt_tokens += prompt_tokens
-        self.completion_tokens += completion_tokens
-        self.cost_usd += upstream.cost(prompt_tokens, completion_tokens)
 
-    def headers(self) -> dict[str, str]:
-        assert self.attempt is not None
-        headers = {
-            "x-bestroute-model": self.attempt.upstream.name,
-            "x-bestroute-n": str(self.attempt.n),
-            "x-bestroute-cost-usd": f"{self.cost_usd:.8f}",
-            "x-request-id": self.request_id,
-        }
-        if self.plan.threshold is not None:
-            headers["x-bestroute-threshold"] = f"{self.plan.threshold:g}"
-        if self.escalation is not None:
-            headers["x-bestroute-escalated"] = "true" if self.escalation["escalated"] else "false"
-            if self.escalation["confidence"] is not None:
-                headers["x-bestroute-confidence"] = f"{self.escalation['confidence']:.4f}"
-        return headers
+@dataclass(frozen=True)
+class RequestRecord:
+    """Everything one request did: the plan, each attempt's run (failed ones too: what they drew
+    is paid for), the notes on the way (fallbacks, a selector that failed), and how it ended.
+    ``answered`` is the run whose answer the client got."""
 
-    def details(self) -> dict[str, Any]:
-        """The response's ``bestroute`` field: which option answered and why."""
-        assert self.attempt is not None
-        return {
-            "option": self.attempt.label,
-            "model": self.attempt.upstream.name,
-            "n": self.attempt.n,
-            "threshold": self.plan.threshold,
-            "routed": self.plan.routed,
-            "scores": self.plan.scores,
-            "fallbacks": self.fallbacks,
-            "selector": self.selector if self.attempt.n > 1 else None,
-            "selected_sample": self.selected,
-            "cost_usd": self.cost_usd,
-            "escalation": self.escalation,
-        }
+    ticket: Ticket
+    plan: Plan
+    selector: str
+    runs: tuple[Run, ...]
+    notes: tuple[str, ...]
+    status: int
+    latency_s: float
+    error: str | None = None
+    response: str | None = None  # the answer's text, as the log stores it
+
+    @property
+    def answered(self) -> Run | None:
+        last = self.runs[-1] if self.runs else None
+        return last if last is not None and last.execution.answer is not None else None
+
+    @property
+    def calls(self) -> tuple[Drawn, ...]:
+        return tuple(call for run in self.runs for call in run.execution.calls)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(run.execution.cost_usd for run in self.runs)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(run.execution.input_tokens for run in self.runs)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(run.execution.output_tokens for run in self.runs)
+
+    @property
+    def model(self) -> str | None:
+        """The backend whose answer the client got."""
+        answered = self.answered
+        return answered.execution.answer.model if answered and answered.execution.answer else None
 
     def usage(self) -> dict[str, int]:
         return {
@@ -81,10 +78,96 @@ class Outcome:
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
 
+    def headers(self) -> dict[str, str]:
+        answered = self.answered
+        assert answered is not None
+        headers = answer_headers(self.ticket, self.plan, self.model or "", answered.execution.samples)
+        headers["x-bestroute-cost-usd"] = f"{self.cost_usd:.8f}"
+        if answered.attempt.option.composite:
+            headers["x-bestroute-escalated"] = "true" if answered.execution.escalated else "false"
+            confidence = answered.execution.confidence
+            if confidence is not None:
+                headers["x-bestroute-confidence"] = f"{confidence:.4f}"
+        return headers
+
+    def details(self) -> dict[str, Any]:
+        """The response's ``bestroute`` field: which option answered, why, and every call paid for."""
+        answered = self.answered
+        assert answered is not None
+        execution, answer = answered.execution, answered.execution.answer
+        assert answer is not None
+        return {
+            "option": answered.attempt.label,
+            "model": self.model,
+            "n": execution.samples,
+            "threshold": self.plan.threshold,
+            "routed": self.plan.routed,
+            "scores": dict(self.plan.scores),
+            "fallbacks": list(self.notes),
+            "selector": self.selector if self.plan.routed and execution.samples > 1 else None,
+            "selected_sample": answer.number,
+            "cost_usd": self.cost_usd,
+            "escalation": escalation(answered) if answered.attempt.option.composite else None,
+            "calls": [call_details(call) for call in self.calls],
+        }
+
+
+def _ending(run: Run) -> str:
+    execution = run.execution
+    if execution.answer is None:
+        return "failed"
+    if execution.escalated:
+        return "escalated"
+    return "accepted" if len(execution.stages) == 1 else "continued"
+
+
+def answer_headers(ticket: Ticket, plan: Plan, model: str, samples: int) -> dict[str, str]:
+    """The headers every answer has (a relayed stream has only these: its cost is not known yet)."""
+    headers = {"x-bestroute-model": model, "x-bestroute-n": str(samples), "x-request-id": ticket.request_id}
+    if plan.threshold is not None:
+        headers["x-bestroute-threshold"] = f"{plan.threshold:g}"
+    return headers
+
+
+def escalation(run: Run) -> dict[str, Any]:
+    """A mixture or escalating option's stages, as the response and the decision log list them."""
+    execution = run.execution
+    return {
+        "accept": run.attempt.option.accept,
+        "confidence": execution.confidence,
+        "escalated": execution.escalated,
+        "stages": [_stage(stage) for stage in execution.stages],
+    }
+
+
+def _stage(stage: StageRecord) -> dict[str, Any]:
+    return {
+        "option": stage.label,
+        "models": list(stage.models),
+        "n": stage.n,
+        "confidence": stage.confidence,
+        "verdict": stage.verdict,
+        "cost_usd": stage.cost_usd,
+    }
+
+
+def call_details(call: Drawn) -> dict[str, Any]:
+    return {
+        "model": call.call.model,
+        "first_sample": call.call.first,
+        "samples": call.call.samples,
+        "requests": call.requests,
+        "input_tokens": call.input_tokens,
+        "output_tokens": sum(call.output_tokens),
+        "cost_usd": call.cost_usd,
+        "latency_ms": round(call.latency_s * 1000, 3),
+        "error": call.error,
+    }
+
 
 class Recorder:
-    """Opens an Outcome per request and accounts it once it ends: one decision-log row, the
-    request metrics, the client's budget, and (answered) the requests feedback may name.
+    """Opens a Ticket per request and accounts its record once it ends: the decision-log rows,
+    the request metrics, the client's budget, and (answered) the requests feedback may name.
 
     Parameters
     ----------
@@ -107,60 +190,141 @@ class Recorder:
         self.log, self.metrics, self.answered, self.budgets = log, metrics, answered, budgets
         self.store_prompts = store_prompts
 
-    def open(self, plan: Plan, client: str | None, selector: str) -> Outcome:
+    def open(self, client: str | None) -> Ticket:
         # The id starts with this replica's id, so shared budgets can tell its rows.
         request_id = f"chatcmpl-{self.budgets.replica}{uuid.uuid4().hex[:24]}"
-        return Outcome(request_id=request_id, plan=plan, started=time.perf_counter(), client=client, selector=selector)
+        return Ticket(request_id=request_id, client=client, started=time.perf_counter())
 
-    def record(
+    def close(
         self,
         request: ChatCompletionRequest,
-        outcome: Outcome,
+        ticket: Ticket,
+        plan: Plan,
+        runs: list[Run],
+        notes: list[str],
         status: int,
         *,
+        selector: str,
         error: str | None = None,
         response: str | None = None,
-    ) -> None:
-        latency = time.perf_counter() - outcome.started
-        prompt = request.prompt_text()
-        model = outcome.attempt.upstream.name if outcome.attempt else None
-        store = self.store_prompts
-        self.log.write(
-            {
-                "id": outcome.request_id,
-                "created_at": time.time(),
-                # surrogatepass: a prompt with a lone surrogate is still hashed (the row is sanitised later)
-                "prompt_hash": hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(),
-                "prompt": prompt if store else None,
-                "requested_model": request.model,
-                "model": model,
-                "n": outcome.attempt.n if outcome.attempt else None,
-                "threshold": outcome.plan.threshold,
-                "scores": outcome.plan.scores,
-                "fallbacks": outcome.fallbacks,
-                "latency_ms": latency * 1000,
-                "prompt_tokens": outcome.prompt_tokens,
-                "completion_tokens": outcome.completion_tokens,
-                "call_input_tokens": outcome.call_input_tokens,
-                "response_tokens": outcome.response_tokens,
-                "cost_usd": outcome.cost_usd,
-                "status": status,
-                "error": error,
-                "response": response if store else None,
-                "client_key_id": outcome.client,
-                "escalation": outcome.escalation,
-            }
-        )
-        if status == 200:
-            self.answered.add(outcome.request_id, outcome.client)
-        if outcome.cost_usd:
-            self.budgets.charge(outcome.client, outcome.cost_usd)
-        self.metrics.observe(
-            model=model or "none",
-            n=outcome.attempt.n if outcome.attempt else 0,
+    ) -> RequestRecord:
+        """The request's record, accounted once: a row, its calls, the metrics and the budget."""
+        record = RequestRecord(
+            ticket=ticket,
+            plan=plan,
+            selector=selector,
+            runs=tuple(runs),
+            notes=tuple(notes),
             status=status,
-            seconds=latency,
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
-            cost_usd=outcome.cost_usd,
+            latency_s=time.perf_counter() - ticket.started,
+            error=error,
+            response=response,
         )
+        self.log.write(decision_row(record, request.prompt_text(), request.model, store=self.store_prompts))
+        self.log.write_all(call_rows(record, store=self.store_prompts))
+        if status == 200:
+            self.answered.add(ticket.request_id, ticket.client)
+        if record.cost_usd:
+            self.budgets.charge(ticket.client, record.cost_usd)
+        self._observe(record)
+        return record
+
+    def _observe(self, record: RequestRecord) -> None:
+        """The request by the model that answered, its samples and status; tokens and cost by
+        each model called; each judged option's run by how it ended."""
+        answered = record.answered
+        self.metrics.observe_request(
+            model=record.model or "none",
+            n=answered.execution.samples if answered is not None else 0,
+            status=record.status,
+            seconds=record.latency_s,
+        )
+        for drawn in record.calls:
+            self.metrics.observe_call(
+                model=drawn.call.model,
+                input_tokens=drawn.input_tokens,
+                output_tokens=sum(drawn.output_tokens),
+                cost_usd=drawn.cost_usd,
+            )
+        for run in record.runs:
+            if run.attempt.option.judged:
+                self.metrics.escalations.labels(option=run.attempt.label, outcome=_ending(run)).inc()
+
+
+def decision_row(record: RequestRecord, prompt: str, requested_model: str, *, store: bool) -> DecisionRow:
+    answered = record.answered
+    execution = answered.execution if answered is not None else None
+    return DecisionRow(
+        id=record.ticket.request_id,
+        created_at=time.time(),
+        # surrogatepass: a prompt with a lone surrogate is still hashed (the row is sanitised later)
+        prompt_hash=hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(),
+        prompt=prompt if store else None,
+        requested_model=requested_model,
+        option=answered.attempt.label if answered is not None else None,
+        model=record.model,
+        n=execution.samples if execution is not None else None,
+        threshold=record.plan.threshold,
+        scores=dict(record.plan.scores),
+        fallbacks=list(record.notes),
+        latency_ms=record.latency_s * 1000,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        cost_usd=record.cost_usd,
+        status=record.status,
+        error=record.error,
+        response=record.response if store else None,
+        client_key_id=record.ticket.client,
+        escalated=execution.escalated if execution is not None else None,
+        confidence=execution.confidence if execution is not None else None,
+        escalation=escalation(answered) if answered is not None and answered.attempt.option.composite else None,
+    )
+
+
+def call_rows(record: RequestRecord, *, store: bool) -> list[CallRow]:
+    """One row per call of every run; the call holding the sample the client got says which it is
+    (``kept``, its index in the call)."""
+    answered = record.answered
+    kept = _kept(answered) if answered is not None else None
+    rows = []
+    for attempt, run in enumerate(record.runs):
+        for stage_number, stage in enumerate(run.execution.stages):
+            for drawn in stage.calls:
+                call = drawn.call
+                rows.append(
+                    CallRow(
+                        decision_id=record.ticket.request_id,
+                        attempt=attempt,
+                        stage=stage_number,
+                        stage_label=stage.label,
+                        model=call.model,
+                        first_sample=call.first,
+                        samples=call.samples,
+                        requests=drawn.requests,
+                        input_tokens=drawn.input_tokens,
+                        output_tokens=sum(drawn.output_tokens),
+                        sample_tokens=list(drawn.output_tokens),
+                        cost_usd=drawn.cost_usd,
+                        latency_ms=drawn.latency_s * 1000,
+                        error=drawn.error,
+                        kept=kept[1] if kept is not None and kept[0] is drawn else None,
+                        responses=list(drawn.texts) if store else None,
+                    )
+                )
+    return rows
+
+
+def _kept(run: Run) -> tuple[Drawn, int] | None:
+    """The call the run's answer came from, and the answer's index in it: the reference's call
+    if the run escalated, else the call of its stages that drew that sample."""
+    answer, execution = run.execution.answer, run.execution
+    if answer is None:
+        return None
+    stages = execution.stages[-1:] if execution.escalated else execution.stages
+    for stage in stages:
+        for drawn in stage.calls:
+            if drawn.call.model == answer.model and drawn.call.first <= answer.number < drawn.call.first + len(
+                drawn.texts
+            ):
+                return drawn, answer.number - drawn.call.first
+    return None

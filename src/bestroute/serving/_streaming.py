@@ -4,42 +4,84 @@ stall and deadline watch), or a finished completion replayed as one."""
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from ..backends import STREAM_ERRORS, Deadline, DeadlinePassed, UpstreamError, estimate_tokens, usage_tokens
+from ..backends import STREAM_ERRORS, Deadline, DeadlinePassed, Upstream, UpstreamError, estimate_tokens, usage_tokens
+from ..selection import Call, Drawn, execute, run_now
+from ._judging import FirstSample
 from ._metrics import GatewayMetrics
-from ._recording import Outcome, Recorder
-from ._sampling import hold_against
+from ._planning import Attempt
+from ._recording import RequestRecord
+from ._sampling import CircuitOpen, Run, hold_against
 from .protocol import ChatCompletionRequest
+
+
+class _Streamed:
+    """A relayed stream's one call, already made, as the executor's SampleSource."""
+
+    def __init__(self, drawn: Drawn) -> None:
+        self.drawn = drawn
+
+    async def draw(self, calls: Sequence[Call]) -> list[Drawn]:
+        return [self.drawn]
+
+
+def streamed_run(
+    attempt: Attempt,
+    *,
+    texts: tuple[str, ...] = (),
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cost_usd: float = 0.0,
+    latency_s: float = 0.0,
+    error: UpstreamError | None = None,
+) -> Run:
+    """The run of a one-sample option whose answer was relayed as a stream (or whose stream
+    failed to open), recorded by the executor like any other."""
+    call = Call(attempt.option.model, 0, 1)
+    drawn = Drawn(
+        call,
+        texts=texts if error is None else (),
+        input_tokens=input_tokens,
+        output_tokens=(output_tokens,) if error is None else (),
+        cost_usd=cost_usd,
+        latency_s=latency_s,
+        requests=0 if isinstance(error, CircuitOpen) else 1,
+        error=str(error) if error is not None else None,
+    )
+    execution = run_now(execute(attempt.option, source=_Streamed(drawn), judge=FirstSample(), reference=None))
+    return Run(attempt, execution, {}, error)
 
 
 async def relay(
     request: ChatCompletionRequest,
-    outcome: Outcome,
+    attempt: Attempt,
+    upstream: Upstream,
     first: dict[str, Any],
     rest: AsyncGenerator[dict[str, Any], None],
     *,
     deadline: Deadline,
     started: float,
-    recorder: Recorder,
     metrics: GatewayMetrics,
+    finish: Callable[[Run, int, str | None, str], RequestRecord],
+    request_id: str,
 ) -> AsyncIterator[bytes]:
-    """Relay the stream of ``outcome.attempt``'s backend; one that stalls longer than the
-    backend's ``stream_idle_s``, breaks, or outlives the deadline ends with an ``error`` event
-    (and counts against the backend unless it was the deadline). The row is recorded however
-    the stream ends, a client that goes away included (499)."""
-    assert outcome.attempt is not None
-    upstream = outcome.attempt.upstream
+    """Relay ``upstream``'s stream; one that stalls longer than the backend's ``stream_idle_s``,
+    breaks, or outlives the deadline ends with an ``error`` event (and counts against the backend
+    unless it was the deadline). ``finish`` records the request however the stream ends, a
+    client that goes away included (499); the last chunk carries the record's usage and details."""
     text: list[str] = []
     usage: Any = None
     status, error_text = 499, "client disconnected"  # until the stream ends one way or another
+    failure: UpstreamError | None = None
     try:
         chunk: dict[str, Any] | None = first
         while chunk is not None:
             usage = chunk.get("usage") or usage
             text.append(delta_text(chunk))
-            chunk |= {"id": outcome.request_id, "model": upstream.name}
+            chunk |= {"id": request_id, "model": upstream.name}
             yield sse(chunk)
             idle = min(upstream.config.stream_idle_s, deadline.remaining())
             try:
@@ -67,24 +109,33 @@ async def relay(
             "prompt": lambda: estimate_tokens(request.prompt_text()),
             "completion": lambda: estimate_tokens(answer),
         }
+        notes: tuple[str, ...] = ()
         try:
             prompt_tokens, completion_tokens = usage_tokens(usage, **estimates)
         except ValueError as exc:  # the answer has been relayed; only its accounting is estimated
-            outcome.fallbacks.append(f"usage estimated: {exc}")
+            notes = (f"usage estimated: {exc}",)
             prompt_tokens, completion_tokens = usage_tokens(None, **estimates)
-        outcome.charge(upstream, prompt_tokens, completion_tokens)
-        outcome.call_input_tokens, outcome.response_tokens = prompt_tokens, completion_tokens
-        recorder.record(request, outcome, status, error=error_text or None, response=answer)
+        run = streamed_run(
+            attempt,
+            texts=(answer,),
+            input_tokens=prompt_tokens,
+            output_tokens=completion_tokens,
+            cost_usd=upstream.cost(prompt_tokens, completion_tokens),
+            latency_s=time.monotonic() - started,
+        )
+        if notes:
+            run = replace(run, execution=replace(run.execution, notes=notes))
+        record = finish(run, status, error_text or None, answer)
     if status == 200:
         yield sse(
             {
-                "id": outcome.request_id,
+                "id": request_id,
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
                 "model": upstream.name,
                 "choices": [],
-                "usage": outcome.usage(),
-                "bestroute": outcome.details(),
+                "usage": record.usage(),
+                "bestroute": record.details(),
             }
         )
         yield b"data: [DONE]\n\n"

@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,11 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from ..backends import BackendConfig, CircuitBreaker, Upstream
-from ..selection import online_selector
 from ._budgets import Budgets
 from ._config import GatewayConfig
 from ._errors import GatewayError, Overloaded, Unauthorized, error_json, error_response
 from ._feedback import AnsweredRequests, FeedbackService
+from ._judging import online_selector
 from ._loading import Loaded, load_serving
 from ._log import DecisionLog, check_database
 from ._metrics import GatewayMetrics
@@ -133,7 +134,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             budgets=Budgets(config.budgets, log),
             store_prompts=config.decision_log.store_prompts,
         )
-        build = functools.partial(build_service, session=session, recorder=recorder)
+        # Routing and in-process selection are CPU-bound: they run here, never on the event loop.
+        pool = ThreadPoolExecutor(max_workers=config.limits.cpu_workers, thread_name_prefix="bestroute-cpu")
+        build = functools.partial(build_service, session=session, recorder=recorder, pool=pool)
         app.state.service = build(loaded, None)
         app.state.feedback = FeedbackService(log, answered)
         reloader = Reloader(app, config_path, loaded, build)
@@ -154,6 +157,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             for task in tasks:
                 task.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
             log.close()  # drains every queued row before the process exits
 
 
@@ -163,6 +167,7 @@ def build_service(
     *,
     session: aiohttp.ClientSession,
     recorder: Recorder,
+    pool: Executor,
 ) -> ChatService:
     """A ChatService for ``new``; backends whose settings did not change keep their client state
     (circuit, requests in flight)."""
@@ -188,7 +193,7 @@ def build_service(
         recorder.metrics.watch_circuit(name, _is_ejected(upstream))
     recorder.budgets.configure(new.config.budgets)
     selector = online_selector(
-        new.config.selector, in_process=new.in_process_selector, session=session, upstreams=upstreams
+        new.config.selector, in_process=new.in_process_selector, pool=pool, session=session, upstreams=upstreams
     )
     return ChatService(
         config=new.config,
@@ -197,6 +202,7 @@ def build_service(
         recorder=recorder,
         artifact=new.artifact,
         selector=selector,
+        pool=pool,
     )
 
 

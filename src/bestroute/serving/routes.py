@@ -71,12 +71,12 @@ async def chat_completions(request: Request) -> Response:
         return error_response(unprocessable(exc.errors()))
     if len(chat.messages) > limits.max_messages:
         raise PayloadTooLarge(f"at most {limits.max_messages} messages per request", param="messages")
-    plan = service.plan(chat)
+    plan = await service.plan(chat)
     if chat.stream:
-        outcome, chunks = await unless_disconnected(request, service.stream(chat, plan, deadline, client))
-        return StreamingResponse(chunks, media_type="text/event-stream", headers=outcome.headers())
-    body, outcome = await unless_disconnected(request, service.complete(chat, plan, deadline, client))
-    return JSONResponse(body, headers=outcome.headers())
+        headers, chunks = await unless_disconnected(request, service.stream(chat, plan, deadline, client))
+        return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
+    body, record = await unless_disconnected(request, service.complete(chat, plan, deadline, client))
+    return JSONResponse(body, headers=record.headers())
 
 
 @router.get("/v1/models")

@@ -1,25 +1,50 @@
-"""Chat completions: plan the options, try them in order until one answers (failing over on a
+"""Chat completions: plan the options, run them in order until one answers (failing over on a
 backend's failure, ending on a deadline or the client's own error), answer or stream, and record
-one row. Planning, sampling, streaming and recording are their own modules."""
+the request once. Planning, running, streaming and recording are their own modules."""
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from typing import Any
 
 from ..backends import Completion, Deadline, DeadlinePassed, Upstream, UpstreamError, UpstreamRejected
 from ..routers import Router
-from ..selection import OnlineSelector
 from ._config import GatewayConfig
 from ._errors import DeadlineExceeded, GatewayError, InvalidRequest, UpstreamFailed, UpstreamRejectedRequest
+from ._judging import OnlineSelector
 from ._loading import ArtifactInfo
 from ._planning import Attempt, Plan, Planner
-from ._recording import Outcome, Recorder
-from ._sampling import Sampler
-from ._streaming import relay, replay
+from ._recording import Recorder, RequestRecord, Ticket, answer_headers
+from ._sampling import CircuitOpen, Run, Sampler, hold_against
+from ._streaming import relay, replay, streamed_run
 from .protocol import ChatCompletionRequest
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the error code of OpenAI, vLLM and llama.cpp
+
+
+class _Attempts:
+    """One request's attempts so far: the runs (failed ones too), the notes, the models that
+    failed (a backend gets one, retried, chance per request) and a context-window rejection
+    kept in case no later option answers."""
+
+    def __init__(self) -> None:
+        self.runs: list[Run] = []
+        self.notes: list[str] = []
+        self.failed: set[str] = set()
+        self.rejection: UpstreamRejected | None = None
+
+    def next_of(self, plan: Plan) -> list[Attempt]:
+        """The plan's attempts whose first models have not failed yet in this request."""
+        return [a for a in plan.attempts if not self.failed.intersection(a.option.models)]
+
+    def add(self, run: Run) -> None:
+        self.runs.append(run)
+        self.notes += [f"{run.attempt.label}: {note}" for note in run.execution.notes]
+        failed = [drawn for drawn in run.execution.calls if not drawn.ok]
+        self.failed.update(drawn.call.model for drawn in failed)
+        if failed:
+            self.notes.append(f"{run.attempt.label}: {run.error or failed[0].error}")
 
 
 class ChatService:
@@ -35,49 +60,66 @@ class ChatService:
         selector: OnlineSelector,
         recorder: Recorder,
         artifact: ArtifactInfo,
+        pool: Executor,
     ) -> None:
         self.config, self.router, self.upstreams, self.artifact = config, router, upstreams, artifact
         self.selector, self.recorder, self.metrics = selector, recorder, recorder.metrics
         knob = config.threshold if config.threshold is not None else router.default_knob()
-        self.planner = Planner(router=router, upstreams=upstreams, default_knob=knob, metrics=self.metrics)
+        self.planner = Planner(router=router, upstreams=upstreams, default_knob=knob, metrics=self.metrics, pool=pool)
         self.sampler = Sampler(
             upstreams=upstreams, selector=selector, reference=router.reference_.model, metrics=self.metrics
         )
 
-    def plan(self, request: ChatCompletionRequest) -> Plan:
-        return self.planner.plan(request)
+    async def plan(self, request: ChatCompletionRequest) -> Plan:
+        return await self.planner.plan(request)
 
     # ---------------------------------------------------------------- failover
-    def _attempts(self, outcome: Outcome) -> Iterator[Attempt]:
-        """Options in plan order, skipping backends whose circuit is open or that already failed."""
-        tried: set[str] = set()
-        for attempt in outcome.plan.attempts:
-            names = attempt.option.stages[-1].models if attempt.option is not None else (attempt.upstream.name,)
-            if tried.intersection(names):
-                continue
-            tried.update(names)  # a backend gets one (retried) chance per request
-            if not all(self.upstreams[name].breaker.allow() for name in names):
-                outcome.fallbacks.append(f"{attempt.label}: circuit open")
-                continue
-            yield attempt
+    async def _run_in_order(
+        self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline, tried: _Attempts, ticket: Ticket
+    ) -> Run | None:
+        """Run the plan's attempts in order until one answers (returned), failing over past a
+        backend's failure; None when none is left. A failure that ends the request (the deadline,
+        the backend rejecting the request itself) raises the client's error, recorded."""
+        while attempts := tried.next_of(plan):
+            run = await self._try(request, plan, attempts[0], deadline, tried, ticket)
+            if run is not None:
+                return run
+        return None
 
-    def _fail_over(self, request: ChatCompletionRequest, outcome: Outcome, error: UpstreamError) -> None:
+    async def _try(
+        self,
+        request: ChatCompletionRequest,
+        plan: Plan,
+        attempt: Attempt,
+        deadline: Deadline,
+        tried: _Attempts,
+        ticket: Ticket,
+    ) -> Run | None:
+        """Run one attempt: its run if it answered, else None after failing over."""
+        run = await self.sampler.run(request, attempt, routed=plan.routed, deadline=deadline)
+        tried.add(run)
+        if run.execution.answer is not None:
+            return run
+        tried.failed.update(attempt.option.models)  # even if its first stage answered
+        self._fail_over(request, plan, run.error, tried, ticket)
+        return None
+
+    def _fail_over(
+        self, request: ChatCompletionRequest, plan: Plan, error: UpstreamError | None, tried: _Attempts, ticket: Ticket
+    ) -> None:
         """After a failed attempt: raise the client's error if the failure ends the request (the
         deadline passed, or the backend rejected the request itself), else return to try the next
         option. A routed prompt over a backend's context window goes on to the next option, which
         may have a larger one (the rejection is kept in case none answers)."""
-        if (
-            isinstance(error, UpstreamRejected)
-            and outcome.plan.routed
-            and error.error["code"] == CONTEXT_LENGTH_EXCEEDED
-        ):
-            outcome.rejection = error
+        if isinstance(error, UpstreamRejected) and plan.routed and error.error["code"] == CONTEXT_LENGTH_EXCEEDED:
+            tried.rejection = error
         elif isinstance(error, UpstreamRejected | DeadlinePassed):
-            raise self._final(request, outcome, error) from None
+            raise self._final(request, plan, error, tried, ticket) from None
 
-    def _final(self, request: ChatCompletionRequest, outcome: Outcome, error: UpstreamError) -> GatewayError:
-        """The client's error when an attempt's failure ends the request: the backend rejected the
-        request itself, or the deadline passed."""
+    def _final(
+        self, request: ChatCompletionRequest, plan: Plan, error: UpstreamError, tried: _Attempts, ticket: Ticket
+    ) -> GatewayError:
+        """The client's error when an attempt's failure ends the request."""
         answer: GatewayError
         if isinstance(error, UpstreamRejected):
             answer = UpstreamRejectedRequest(
@@ -89,91 +131,138 @@ class ChatService:
                 backend=error.backend,
             )
         else:
-            answer = DeadlineExceeded("the request's deadline passed; tried: " + "; ".join(outcome.fallbacks))
-        self.recorder.record(request, outcome, answer.status, error=str(error))
+            answer = DeadlineExceeded("the request's deadline passed; tried: " + "; ".join(tried.notes))
+        self._close(request, ticket, plan, tried, answer.status, error=str(error))
         return answer
 
-    def _exhausted(self, request: ChatCompletionRequest, outcome: Outcome) -> GatewayError:
-        if outcome.rejection is not None:
-            return self._final(request, outcome, outcome.rejection)
-        error = UpstreamFailed("no backend could answer: " + ("; ".join(outcome.fallbacks) or "none available"))
-        self.recorder.record(request, outcome, error.status, error=error.message)
+    def _exhausted(self, request: ChatCompletionRequest, plan: Plan, tried: _Attempts, ticket: Ticket) -> GatewayError:
+        if tried.rejection is not None:
+            return self._final(request, plan, tried.rejection, tried, ticket)
+        error = UpstreamFailed("no backend could answer: " + ("; ".join(tried.notes) or "none available"))
+        self._close(request, ticket, plan, tried, error.status, error=error.message)
         return error
+
+    def _close(
+        self,
+        request: ChatCompletionRequest,
+        ticket: Ticket,
+        plan: Plan,
+        tried: _Attempts,
+        status: int,
+        *,
+        error: str | None = None,
+        response: str | None = None,
+    ) -> RequestRecord:
+        return self.recorder.close(
+            request,
+            ticket,
+            plan,
+            tried.runs,
+            tried.notes,
+            status,
+            selector=self.selector.name,
+            error=error,
+            response=response,
+        )
 
     # ------------------------------------------------------------- completing
     async def complete(
         self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline, client: str | None
-    ) -> tuple[dict[str, Any], Outcome]:
-        outcome = self.recorder.open(plan, client, self.selector.name)
+    ) -> tuple[dict[str, Any], RequestRecord]:
+        ticket, tried = self.recorder.open(client), _Attempts()
         try:
-            for attempt in self._attempts(outcome):
-                try:
-                    completion = await self.sampler.answer(request, outcome, attempt, deadline)
-                except UpstreamError as error:
-                    self._fail_over(request, outcome, error)
-                    continue
-                return self._answer(request, outcome, completion), outcome
+            run = await self._run_in_order(request, plan, deadline, tried, ticket)
         except asyncio.CancelledError:
-            self.recorder.record(request, outcome, 499, error="client disconnected")
+            self._close(request, ticket, plan, tried, 499, error="client disconnected")
             raise
-        raise self._exhausted(request, outcome)
+        if run is None:
+            raise self._exhausted(request, plan, tried, ticket)
+        return self._answer(request, ticket, plan, tried, run)
 
-    def _answer(self, request: ChatCompletionRequest, outcome: Outcome, completion: Completion) -> dict[str, Any]:
-        """The chat.completion body: the upstream's, with routed requests getting the selected
+    def _answer(
+        self, request: ChatCompletionRequest, ticket: Ticket, plan: Plan, tried: _Attempts, run: Run
+    ) -> tuple[dict[str, Any], RequestRecord]:
+        """The chat.completion body: the upstream's, with routed requests getting the kept
         choice and direct ones all, each as the upstream sent it (tool calls, refusal, logprobs);
         only ``id``, ``model``, ``usage``, the choices' ``index`` and ``bestroute`` are the gateway's."""
-        assert outcome.attempt is not None
-        picked = range(len(completion.choices)) if not outcome.plan.routed else [outcome.selected]
-        choices = [
-            completion.choices[k] | {"index": i, "finish_reason": completion.choices[k].get("finish_reason") or "stop"}
-            for i, k in enumerate(picked)
-        ]
-        self.recorder.record(request, outcome, 200, response=completion.texts[picked[0]])
-        return completion.document | {
-            "id": outcome.request_id,
+        completion, kept = run.answer
+        picked = range(len(completion.choices)) if not plan.routed else [kept]
+        choices = [_choice(completion, k, index) for index, k in enumerate(picked)]
+        record = self._close(request, ticket, plan, tried, 200, response=completion.texts[kept])
+        body = completion.document | {
+            "id": ticket.request_id,
             "object": "chat.completion",
             "created": completion.document.get("created") or int(time.time()),
-            "model": outcome.attempt.upstream.name,
+            "model": record.model,
             "choices": choices,
-            "usage": outcome.usage(),
-            "bestroute": outcome.details(),
+            "usage": record.usage(),
+            "bestroute": record.details(),
         }
+        return body, record
 
     # -------------------------------------------------------------- streaming
     async def stream(
         self, request: ChatCompletionRequest, plan: Plan, deadline: Deadline, client: str | None
-    ) -> tuple[Outcome, AsyncIterator[bytes]]:
-        """Start a stream. One sample: the upstream's stream is relayed, failing over to the next
-        option while no chunk has arrived. n samples: all are drawn, the selected one is streamed."""
+    ) -> tuple[dict[str, str], AsyncIterator[bytes]]:
+        """Start a stream: its headers and chunks. One sample of one model: the upstream's stream
+        is relayed, failing over to the next option while no chunk has arrived. Anything else is
+        run as a whole, then its answer is streamed."""
         if not plan.routed and request.n > 1:
             raise InvalidRequest("streaming returns one choice; use n = 1 or stream = false", param="n")
-        outcome = self.recorder.open(plan, client, self.selector.name)
-        for attempt in self._attempts(outcome):
+        ticket, tried = self.recorder.open(client), _Attempts()
+        while attempts := tried.next_of(plan):
+            attempt = attempts[0]
+            if not attempt.option.single:  # drawn and judged, then streamed
+                run = await self._try(request, plan, attempt, deadline, tried, ticket)
+                if run is None:
+                    continue
+                body, record = self._answer(request, ticket, plan, tried, run)
+                return record.headers(), replay(body)
+            upstream = self.upstreams[attempt.option.model]
+            started = time.monotonic()
             try:
-                if attempt.n > 1 or attempt.option is not None:  # drawn and selected, then streamed
-                    completion = await self.sampler.answer(request, outcome, attempt, deadline)
-                    return outcome, replay(self._answer(request, outcome, completion))
-                body = request.upstream_body(attempt.upstream.config.upstream_model, n=1, stream=True)
-                started = time.monotonic()
-                try:
-                    first, rest = await attempt.upstream.stream(body, deadline)
-                except UpstreamError as error:
-                    self.sampler.failed(outcome, attempt, error, started)
-                    raise
+                if not upstream.breaker.allow():
+                    raise CircuitOpen(upstream.name)
+                body = request.upstream_body(upstream.config.upstream_model, n=1, stream=True)
+                first, rest = await upstream.stream(body, deadline)
             except UpstreamError as error:
-                self._fail_over(request, outcome, error)
+                hold_against(upstream, error, started, self.metrics)
+                tried.add(streamed_run(attempt, error=error, latency_s=time.monotonic() - started))
+                self._fail_over(request, plan, error, tried, ticket)
                 continue
-            attempt.upstream.breaker.record_success()
-            outcome.attempt = attempt
+            upstream.breaker.record_success()
             chunks = relay(
                 request,
-                outcome,
+                attempt,
+                upstream,
                 first,
                 rest,
                 deadline=deadline,
                 started=started,
-                recorder=self.recorder,
                 metrics=self.metrics,
+                finish=lambda run, status, error, text: self._close_stream(
+                    request, ticket, plan, tried, run, status, error, text
+                ),
+                request_id=ticket.request_id,
             )
-            return outcome, chunks
-        raise self._exhausted(request, outcome)
+            return answer_headers(ticket, plan, upstream.name, 1), chunks
+        raise self._exhausted(request, plan, tried, ticket)
+
+    def _close_stream(
+        self,
+        request: ChatCompletionRequest,
+        ticket: Ticket,
+        plan: Plan,
+        tried: _Attempts,
+        run: Run,
+        status: int,
+        error: str | None,
+        text: str,
+    ) -> RequestRecord:
+        tried.add(run)
+        return self._close(request, ticket, plan, tried, status, error=error, response=text)
+
+
+def _choice(completion: Completion, k: int, index: int) -> dict[str, Any]:
+    choice = completion.choices[k]
+    return choice | {"index": index, "finish_reason": choice.get("finish_reason") or "stop"}

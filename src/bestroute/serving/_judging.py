@@ -1,0 +1,88 @@
+"""Best-of-n selection in the gateway: the configured selector behind the executor's Judge, with
+the request's deadline; an in-process selector (majority, consensus, a reward model) judges in the
+worker pool, never on the event loop."""
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Protocol
+
+import aiohttp
+import numpy as np
+
+from .._exceptions import RouterError
+from ..backends import Deadline, EndpointSelector, JudgeSelector, RewardClient, Upstream, UpstreamError
+from ..selection import Judgment, Sample, Selector, SelectorSpec, judgment
+
+
+class OnlineSelector(Protocol):
+    name: str
+
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
+        """The index of the response kept, and the selector's confidence in it as offline
+        escalation measures it (None for a selector that gives none)."""
+        ...
+
+
+class InProcessSelector:
+    """Majority vote, consensus or a trained reward model: the same judgment, pick and confidence
+    as offline (``selection.judgment``), computed in ``pool`` so a long answer or a reward model's
+    scoring never holds up other requests."""
+
+    def __init__(self, selector: Selector, pool: Executor) -> None:
+        self.selector, self.pool, self.name = selector, pool, str(selector.spec.kind)
+
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
+        judged = await asyncio.get_running_loop().run_in_executor(self.pool, self._judge, prompt, responses)
+        return judged.picked, judged.confidence
+
+    def _judge(self, prompt: str, responses: list[str]) -> Judgment:
+        agreement, scores = self.selector.judge(prompt, list(responses), np.zeros(len(responses)))
+        return judgment(self.selector, agreement, scores)
+
+
+def online_selector(
+    spec: SelectorSpec,
+    *,
+    in_process: Selector | None,
+    pool: Executor,
+    session: aiohttp.ClientSession,
+    upstreams: dict[str, Upstream],
+) -> OnlineSelector:
+    """The gateway's selector for ``spec``: a service kind calls its endpoint or backend; an
+    in-process kind runs ``in_process``, loaded before start-up (a missing or stale reward model
+    is then a configuration error, not a failed start-up)."""
+    if spec.kind == "reward":
+        return EndpointSelector(RewardClient(spec.url or "", session, spec.timeout_s))
+    if spec.kind == "judge":
+        return JudgeSelector(upstreams[spec.backend or ""])
+    if in_process is None:
+        raise RouterError(f"selector {spec} runs in process: pass it loaded")
+    return InProcessSelector(in_process, pool)
+
+
+class GatewayJudge:
+    """The executor's Judge for one request: the selector's pick and confidence within the
+    request's deadline; if the selector fails or runs out of time, the first sample and no
+    confidence (so an escalating stage asks the reference), with a note saying why."""
+
+    def __init__(self, selector: OnlineSelector, prompt: str, deadline: Deadline) -> None:
+        self.selector, self.prompt, self.deadline = selector, prompt, deadline
+
+    async def judge(self, samples: Sequence[Sample]) -> Judgment:
+        texts = [sample.text or "" for sample in samples]
+        try:
+            async with asyncio.timeout(max(self.deadline.remaining(), 0.0)):
+                picked, confidence = await self.selector.select(self.prompt, texts)
+        except UpstreamError as error:
+            return Judgment(0, None, f"selector: {error}; kept the first sample")
+        except TimeoutError:
+            return Judgment(0, None, "selector: the request's deadline passed; kept the first sample")
+        return Judgment(picked, confidence)
+
+
+class FirstSample:
+    """The Judge of a request that names a backend: no selection, all samples are returned."""
+
+    async def judge(self, samples: Sequence[Sample]) -> Judgment:
+        return Judgment(0, None)

@@ -1,0 +1,240 @@
+"""The decision log's schema: its tables, the typed rows the gateway writes to them, the one
+sanitiser every row passes before a database sees it, and opening (and migrating) the database."""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..._exceptions import ConfigError
+from ..._text import without_lone_surrogates
+
+metadata = MetaData()
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("prompt_hash", String(64), nullable=False, index=True),
+    Column("prompt", Text),  # only when decision_log.store_prompts is on
+    Column("requested_model", String(200), nullable=False),
+    Column("option", Text),  # the label of the option that answered
+    Column("model", String(200)),  # the backend whose answer the client got
+    Column("n", Integer),  # samples the answering option drew, the reference's included
+    Column("threshold", Float),
+    Column("scores", JSON),
+    Column("fallbacks", JSON),  # options tried before the one that answered, and other notes
+    Column("latency_ms", Float, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False, default=0),  # over every call (see calls)
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("status", Integer, nullable=False),  # HTTP status returned to the client
+    Column("error", Text),
+    Column("response", Text),  # only when store_prompts is on
+    Column("client_key_id", String(16)),  # a fingerprint of the client's key: feedback must come with it
+    Column("escalated", Integer),  # 1: the answering option asked the reference
+    Column("confidence", Float),  # the answering option's last judged confidence
+    Column("escalation", JSON),  # a mixture or escalating option: its stages
+)
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("decision_id", String(64), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),  # 0 for the first option tried
+    Column("stage", Integer, nullable=False),
+    Column("stage_label", Text, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("first_sample", Integer, nullable=False),
+    Column("samples", Integer, nullable=False),
+    Column("requests", Integer, nullable=False),  # HTTP requests (one per sample where n is not supported)
+    Column("input_tokens", Integer, nullable=False),  # over all its requests
+    Column("output_tokens", Integer, nullable=False),
+    Column("sample_tokens", JSON),  # each response's output tokens
+    Column("cost_usd", Float, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("error", Text),
+    Column("kept", Integer),  # the index (in this call) of the response the client got
+    Column("responses", JSON),  # only when store_prompts is on
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("decision_id", String(64), nullable=False, index=True),
+    Column("quality", Float, nullable=False),
+    Column("comment", Text),
+    Column("created_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecisionRow:
+    """One request's row of ``decisions``."""
+
+    id: str
+    created_at: float
+    prompt_hash: str
+    prompt: str | None
+    requested_model: str
+    option: str | None
+    model: str | None
+    n: int | None
+    threshold: float | None
+    scores: dict[str, float]
+    fallbacks: list[str]
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    status: int
+    error: str | None
+    response: str | None
+    client_key_id: str | None
+    escalated: bool | None
+    confidence: float | None
+    escalation: dict[str, Any] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallRow:
+    """One call's row of ``calls``."""
+
+    decision_id: str
+    attempt: int
+    stage: int
+    stage_label: str
+    model: str
+    first_sample: int
+    samples: int
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    sample_tokens: list[int]
+    cost_usd: float
+    latency_ms: float
+    error: str | None
+    kept: int | None
+    responses: list[str | None] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackRow:
+    decision_id: str
+    quality: float
+    comment: str | None
+    created_at: float
+
+
+Row = DecisionRow | CallRow | FeedbackRow
+TABLE_OF: dict[type, Table] = {DecisionRow: decisions, CallRow: calls, FeedbackRow: feedback}
+TABLES = {table.name: table for table in (decisions, calls, feedback)}
+_INT4 = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER
+TRUNCATED = "…[truncated]"
+
+
+def _sqlite_wal(connection: Any, _: Any) -> None:
+    # WAL with synchronous=NORMAL: a commit does not fsync, readers never block the writer,
+    # and a crash loses at most the last transactions, never the file.
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _clean_text(value: str, limit: int | None = None) -> str:
+    """Text every database takes: lone surrogates replaced, NUL removed, cut to ``limit``."""
+    value = without_lone_surrogates(value).replace("\x00", "")
+    if limit is not None and len(value) > limit:
+        value = value[: limit - len(TRUNCATED)] + TRUNCATED
+    return value
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # PostgreSQL's JSON has no NaN or Infinity
+    if isinstance(value, dict):
+        return {_clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def as_mapping(row: Row) -> dict[str, Any]:
+    return {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
+
+
+def sanitize(row: dict[str, Any], table: Table) -> tuple[dict[str, Any], bool]:
+    """The row as ``table`` takes it, and whether anything had to change. A key that is not a
+    column of the table is an error (ValueError), never dropped in silence."""
+    unknown = set(row) - set(table.columns.keys())
+    if unknown:
+        raise ValueError(f"not a column of {table.name}: {', '.join(sorted(unknown))}")
+    clean: dict[str, Any] = {}
+    for name, value in row.items():
+        column = table.columns[name]
+        if isinstance(value, str):
+            value = _clean_text(value, getattr(column.type, "length", None))
+        elif isinstance(column.type, JSON):
+            value = _clean_json(value)
+        elif isinstance(column.type, Integer) and isinstance(value, int):
+            value = min(max(int(value), _INT4[0]), _INT4[1])
+        elif isinstance(column.type, Float) and isinstance(value, float) and not math.isfinite(value):
+            value = None if column.nullable else 0.0
+        clean[name] = value
+    return clean, clean != row
+
+
+def open_database(url: str) -> Engine:
+    """The log's database, its tables created and columns added since older versions added."""
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_wal)
+    metadata.create_all(engine)
+    present = {c["name"] for c in inspect(engine).get_columns(decisions.name)}
+    with engine.begin() as connection:
+        for column in decisions.columns:
+            if column.name not in present:  # nullable columns only, so adding them is safe
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.execute(text(f"ALTER TABLE {decisions.name} ADD COLUMN {column.name} {kind}"))
+    return engine
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+
+
+def check_database(url: str) -> None:
+    """Open the decision log's database once, so a wrong URL, a missing driver or an unreachable
+    server is a one-line error at start-up (ConfigError), not a traceback from the server's
+    start-up hook."""
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        open_database(url).dispose()
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"decision_log.url: cannot open {shown} ({first_line(exc)})") from None
+    except ModuleNotFoundError as exc:  # the dialect's driver is not installed
+        raise ConfigError(
+            f"decision_log.url: {shown} needs the {exc.name!r} package (for PostgreSQL: pip install 'bestroute[postgres]')"
+        ) from None
