@@ -365,3 +365,81 @@ def test_the_gateway_serves_stages_as_evaluated_offline(data, tmp_path):
         rows = [json.loads(r[0]) for r in db.execute("SELECT escalation FROM decisions ORDER BY created_at")]
     assert [len(r["stages"]) for r in rows] == [1, 3, 2]
     assert [r["escalated"] for r in rows] == [False, True, False]
+
+
+def test_a_failed_escalation_fails_over_and_an_open_circuit_is_never_called(data, tmp_path):
+    """The reference fails: the escalating attempt fails (its samples still paid for and logged)
+    and the request fails over; once the reference's circuit is open, an escalation does not
+    call it at all."""
+    from servers import Script, gateway, upstream
+
+    label = "small x3 >=0.60 else reference"
+    artifact = served_router(data, tmp_path, {label})
+    small, big = Script(answers=["1", "2", "3"]), Script(always=503)
+    with (
+        upstream(small) as s,
+        upstream(big) as b,
+        gateway(
+            tmp_path,
+            artifact,
+            {"small": s.url, "big": b.url},
+            circuit_breaker={"failures": 1, "reset_s": 60.0},
+            retries={"attempts": 1},
+        ) as (server, _),
+    ):
+        first = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "bestroute:0.99", "messages": [{"role": "user", "content": "What is six times seven?"}]},
+        )
+        assert first.status_code == 502 and "HTTP 503" in first.json()["error"]["message"], first.text
+        calls_to_big = len(big.bodies)
+        assert calls_to_big == 1
+        second = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "bestroute:0.99", "messages": [{"role": "user", "content": "What is six times seven?"}]},
+        )
+        assert second.status_code == 502 and "circuit open" in second.json()["error"]["message"]
+        assert len(big.bodies) == calls_to_big  # the open circuit was consulted before the escalation
+        metrics = httpx.get(server.url + "/metrics").text
+        assert f'bestroute_escalations_total{{option="{label}",outcome="failed"}} 2.0' in metrics
+        assert 'outcome="accepted"' not in metrics
+        assert 'bestroute_tokens_total{kind="completion",model="small"} 30.0' in metrics  # both requests' samples
+    with sqlite3.connect(tmp_path / "decisions.db") as db:
+        calls = db.execute("SELECT model, samples, requests, error FROM calls ORDER BY id").fetchall()
+        statuses = [r[0] for r in db.execute("SELECT status FROM decisions")]
+    assert statuses == [502, 502]
+    assert calls[:2] == [("small", 3, 3, None), ("big", 1, 1, "backend 'big': HTTP 503")]  # no n: 3 requests
+    assert calls[2:] == [("small", 3, 3, None), ("big", 1, 0, "backend 'big': circuit open")]
+
+
+def test_export_writes_each_drawn_sample_with_its_own_tokens(data, tmp_path):
+    """Best of three from a backend without n (three requests): each sample is its own response
+    row, with one call's input (not three) and its own output; a sample whose final answer is not
+    the one the client got has no known quality and is left out (and counted)."""
+    from servers import Script, gateway, upstream
+
+    from bestroute import load_dataset
+
+    artifact = served_router(data, tmp_path, {"small x3"})
+    with (
+        upstream(Script(answers=["42", "42", "7"])) as s,
+        upstream(Script(answers=["big"])) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, _),
+    ):
+        answer = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "bestroute:0", "messages": [{"role": "user", "content": "What is six times seven?"}]},
+        ).json()
+        assert answer["bestroute"]["option"] == "small x3" and answer["choices"][0]["message"]["content"] == "42"
+        assert answer["usage"] == {"prompt_tokens": 30, "completion_tokens": 15, "total_tokens": 45}
+        assert [c["requests"] for c in answer["bestroute"]["calls"]] == [3]
+        assert httpx.post(server.url + "/v1/feedback", json={"id": answer["id"], "quality": 1.0}).status_code == 200
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(cli, ["log", "export", "--config", str(tmp_path / "gateway.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1 prompts, 2 responses" in result.output and "1 sample" in result.output
+    exported = load_dataset(out)
+    j = exported.model_index("small")
+    np.testing.assert_array_equal(exported.quality[0, j, :2], [1.0, 1.0])
+    assert exported.input_tokens[0, j] == 10 and list(exported.output_tokens[0, j, :2]) == [5, 5]
+    assert list(exported.responses[0, j, :2]) == ["42", "42"]

@@ -259,8 +259,11 @@ def export(
     """Write logged requests with feedback as routing data in the exchange format."""
     from .serving import export_log, load_config
 
-    count = export_log(load_config(config), out)
-    typer.echo(f"wrote {count} prompts with feedback to {out}")
+    prompts, responses, left_out = export_log(load_config(config), out)
+    typer.echo(
+        f"wrote {prompts} prompts, {responses} responses with feedback to {out}; "
+        f"left out {left_out} sample(s) whose final answer was not the one judged"
+    )
 
 
 @log_app.command("replay-dead-letters")

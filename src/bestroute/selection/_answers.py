@@ -26,7 +26,8 @@ def extract_answer(response: str | None) -> str:
     numbers = _NUMBER.findall(text)
     if numbers:
         return _normalise_answer(numbers[-1])
-    return _normalise_answer(text.splitlines()[-1])
+    lines = text.splitlines()
+    return _normalise_answer(lines[-1]) if lines else ""  # whitespace only: no answer
 
 
 def _normalise_answer(answer: str) -> str:

@@ -9,6 +9,7 @@ model or the oracle: no agreement, their scores.
 """
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol, get_args
 
@@ -112,11 +113,12 @@ class MajorityVote:
         return agreement, np.zeros(len(answers))
 
 
-def _token_f1(a: list[str], b: list[str]) -> float:
-    if not a or not b:
-        return float(a == b)
-    common = sum(min(a.count(t), b.count(t)) for t in set(a))
-    return 2 * common / (len(a) + len(b))
+def _token_f1(a: Counter[str], b: Counter[str]) -> float:
+    """Token-F1 overlap of two bags of tokens, linear in their sizes (long answers stay cheap)."""
+    size_a, size_b = a.total(), b.total()
+    if not size_a or not size_b:
+        return float(size_a == size_b)
+    return 2 * (a & b).total() / (size_a + size_b)
 
 
 class Consensus:
@@ -127,7 +129,7 @@ class Consensus:
     confidence: ClassVar[str] = "agreement"
 
     def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        tokens = [re.findall(r"\w+", extract_answer(r)) for r in responses]
+        tokens = [Counter(re.findall(r"\w+", extract_answer(r))) for r in responses]
         agreement = np.array([[_token_f1(a, b) for b in tokens] for a in tokens])
         return agreement, np.zeros(len(tokens))
 
