@@ -5,7 +5,9 @@ BestRouteError
 ├── FeatureError     a feature extractor cannot be built or run
 ├── ArtifactError    a router artifact cannot be saved or loaded
 ├── RouterError      a router is used wrongly (not fitted, unknown option, bad target)
-└── ConfigError      the gateway configuration is invalid
+├── ConfigError      the gateway configuration is invalid
+├── UpstreamError    a backend did not answer usefully (bestroute.backends; its kinds live there)
+└── GatewayError     an error the gateway answers a client with (bestroute.serving; its HTTP status)
 """
 
 

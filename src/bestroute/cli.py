@@ -309,7 +309,7 @@ def demo(
 ) -> None:
     """The whole loop offline: train and evaluate BEST-Route on the embedded data, serve the local
     models behind the gateway, and ask it questions with the openai client."""
-    from .local import LoopSettings, ask, start, train_and_evaluate
+    from .demo import LoopSettings, ask, start, train_and_evaluate
 
     settings = LoopSettings(out=out, port=port, threads=threads)
     settings.check()

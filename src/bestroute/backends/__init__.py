@@ -2,8 +2,10 @@
 circuit breaker, and the reward-model and judge services. Used by the gateway and by
 `bestroute collect`."""
 
+from .._section import Section
 from ._clients import EndpointSelector, JudgeSelector, RewardClient, ask_judge
-from ._config import BackendConfig, CircuitConfig, RetryConfig, Section
+from ._config import BackendConfig, CircuitConfig, RetryConfig, UpstreamSettings
+from ._local_models import PACKAGED_MODELS, PackagedModel, model_path
 from ._upstream import (
     NO_DEADLINE,
     STREAM_ERRORS,
@@ -22,6 +24,7 @@ from ._upstream import (
 
 __all__ = [
     "NO_DEADLINE",
+    "PACKAGED_MODELS",
     "STREAM_ERRORS",
     "BackendConfig",
     "CircuitBreaker",
@@ -31,15 +34,18 @@ __all__ = [
     "DeadlinePassed",
     "EndpointSelector",
     "JudgeSelector",
+    "PackagedModel",
     "RetryConfig",
     "RewardClient",
     "Section",
     "Upstream",
     "UpstreamError",
     "UpstreamRejected",
+    "UpstreamSettings",
     "answer_text",
     "ask_judge",
     "estimate_tokens",
+    "model_path",
     "split_tokens",
     "usage_tokens",
 ]

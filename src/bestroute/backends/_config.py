@@ -2,18 +2,14 @@
 the gateway's and `bestroute collect`'s configuration, documented in docs/gateway.md)."""
 
 import os
+from typing import Protocol
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from .._exceptions import ConfigError
+from .._section import Section
 from ..data import ModelPrice
-
-
-class Section(BaseModel):
-    """A configuration section: unknown keys are errors, values are frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class BackendConfig(Section):
@@ -81,3 +77,19 @@ class CircuitConfig(Section):
         description="first ejection's length; each ejection soon after another lasts one reset_s longer",
     )
     max_ejection_s: float = Field(default=300.0, gt=0, description="longest ejection")
+
+
+class UpstreamSettings(Protocol):
+    """What a caller of backends needs from its configuration (the gateway's satisfies it):
+    the backends, their retries and circuit breaker, and a backend by name."""
+
+    @property
+    def backends(self) -> list[BackendConfig]: ...
+
+    @property
+    def retries(self) -> RetryConfig: ...
+
+    @property
+    def circuit_breaker(self) -> CircuitConfig: ...
+
+    def backend(self, name: str) -> BackendConfig | None: ...

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from .._exceptions import BestRouteError
 from .._text import without_lone_surrogates
 from ._config import BackendConfig, CircuitConfig, RetryConfig
 
@@ -25,7 +26,7 @@ _BACKEND_FAULT_STATUS = {401, 403, 404, 407}
 _ERROR_BODY_BYTES = 65_536
 
 
-class UpstreamError(Exception):
+class UpstreamError(BestRouteError):
     """A backend did not answer usefully. The message names the backend, never its key.
     ``counts``: whether this is evidence against the backend's health (see CircuitBreaker)."""
 

@@ -17,9 +17,8 @@ from typing import Any
 import aiohttp
 
 from .._exceptions import ConfigError, DataError
-from ..backends import CircuitBreaker, RewardClient, Upstream, UpstreamError
+from ..backends import CircuitBreaker, RewardClient, Upstream, UpstreamError, UpstreamSettings
 from ..data import ResponseAppender, iter_rows, write_catalog, write_prompts
-from ..serving import GatewayConfig
 from ._scorers import (
     CHECKS,
     SCORERS,
@@ -51,7 +50,7 @@ class CollectSettings:
     stop: tuple[str, ...] = ()  # stop sequences sent with every request (a few-shot prompt's "\nQ:")
     reference: str | None = None  # the reference model, named in models.json
 
-    def check_against(self, config: GatewayConfig) -> list[str]:
+    def check_against(self, config: UpstreamSettings) -> list[str]:
         """Raise ConfigError for settings that cannot work; return the backends to sample."""
         if self.samples < 1 or self.concurrency < 1 or self.max_tokens < 1:
             raise ConfigError("samples, concurrency and max_tokens must be at least 1")
@@ -62,7 +61,7 @@ class CollectSettings:
         if self.scorer == "reward" and not self.reward_url:
             raise ConfigError("the reward scorer needs --reward-url")
         if self.scorer == "likelihood":
-            from ..local import model_path
+            from ..backends import model_path
 
             model_path(self.likelihood_model)  # an unknown model or missing file fails here, not mid-run
         if self.scorer == "judge" and config.backend(self.judge or "") is None:
@@ -169,7 +168,7 @@ def _scorer(settings: CollectSettings, session: aiohttp.ClientSession, upstreams
 
 
 async def collect(
-    config: GatewayConfig,
+    config: UpstreamSettings,
     prompts_path: Path,
     out: Path,
     settings: CollectSettings,

@@ -147,7 +147,7 @@ class LikelihoodScorer:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError as exc:
             raise ConfigError("the likelihood scorer needs the local extra (see scripts/install.sh)") from exc
-        from ..local import model_path
+        from ..backends import model_path
 
         self.context = context
         # logits_all: llama.cpp keeps every position's logits, not only the last one's.

@@ -3,15 +3,15 @@
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """All routers' curves, the single models as points, the oracle dashed."""
-    fig, ax = plt.subplots(figsize=(9, 6))
+    # Imported here: `import bestroute` must not pull in matplotlib (nor switch its backend for
+    # the caller's process) for anything but drawing a figure.
+    import matplotlib.figure
+
+    fig = matplotlib.figure.Figure(figsize=(9, 6))
+    ax = fig.subplots()
     for name, result in results["routers"].items():
         curve = sorted(result["curve"])
         if not curve:
@@ -52,5 +52,4 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.savefig(path, dpi=120)  # a Figure made without pyplot is freed with it: nothing to close

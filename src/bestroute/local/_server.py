@@ -1,7 +1,7 @@
 """Serve a local GGUF model behind an OpenAI-compatible endpoint with llama.cpp's server."""
 
 from .._exceptions import ConfigError
-from ._models import PACKAGED_MODELS, model_path
+from ..backends import PACKAGED_MODELS, model_path
 
 
 def serve_local(

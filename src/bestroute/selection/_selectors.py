@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from .._exceptions import RouterError
-from ..backends import Section
+from .._section import Section
 from ..data import RoutingDataset
 from ._answers import extract_answer
 from ._executor import Judgment

@@ -4,10 +4,11 @@ import math
 
 from fastapi.responses import JSONResponse
 
+from .._exceptions import BestRouteError
 from .protocol import ErrorBody, ErrorResponse
 
 
-class GatewayError(Exception):
+class GatewayError(BestRouteError):
     status = 500
     type = "server_error"
     headers: dict[str, str] = {}  # noqa: RUF012 -- read-only; subclasses replace it

@@ -14,12 +14,12 @@ import httpx
 import numpy as np
 import yaml
 
-from .._exceptions import ConfigError
-from ..data import RoutingDataset, split_prompts
-from ..evaluation import evaluate, markdown_table, write_results
-from ..reward import choose_selector
-from ..routers import BestRouteRouter
-from ..selection import SelectorSpec
+from ._exceptions import ConfigError
+from .data import RoutingDataset, split_prompts
+from .evaluation import evaluate, markdown_table, write_results
+from .reward import choose_selector
+from .routers import BestRouteRouter
+from .selection import SelectorSpec
 
 # Questions of the embedded data's kinds, none of them in it.
 DEMO_QUESTIONS = (

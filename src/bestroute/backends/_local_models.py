@@ -1,4 +1,5 @@
-"""GGUF models that ship inside PyPI packages, found offline."""
+"""GGUF models that ship inside PyPI packages, found offline: the local backends `bestroute
+local serve` starts and the likelihood scorer of `bestroute collect` loads."""
 
 import importlib
 import importlib.util
