@@ -245,11 +245,20 @@ class Upstream:
         payload = body | {"model": self.config.upstream_model, "stream": stream}
         try:
             # Timeouts are the caller's (per try, stream idle): aiohttp's own are off.
+            # No redirects: a backend is its configured URL; following one would send the prompt
+            # to another origin.
             response = await self.session.post(
-                self._url, json=payload, headers=self._headers, timeout=aiohttp.ClientTimeout(total=None)
+                self._url,
+                json=payload,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None),
+                allow_redirects=False,
             )
         except aiohttp.ClientError as exc:
             raise _Retryable(f"connection failed ({type(exc).__name__})") from None
+        if 300 <= response.status < 400:
+            response.release()
+            raise UpstreamError(self.name, f"HTTP {response.status} redirect, not followed; check base_url")
         if response.status < 400:
             return response
         async with response:
@@ -280,6 +289,8 @@ class Upstream:
             document = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise UpstreamError(self.name, "response is not JSON") from exc
+        if b"\\ud" in raw or b"\\uD" in raw:  # maybe a lone surrogate, which no client could be sent
+            document = _encodable(document)
         try:
             choices = document["choices"]
             if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
@@ -313,6 +324,17 @@ class Upstream:
             await events.aclose()
             raise UpstreamError(self.name, f"stream broke before its first chunk ({type(exc).__name__})") from exc
         return first, events
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every string's lone surrogates replaced, so it can be encoded as UTF-8."""
+    if isinstance(value, str):
+        return without_lone_surrogates(value)
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    return value
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -7,6 +7,7 @@ connection has a request in progress, the new one gets a 503 with Retry-After at
 
 import asyncio
 import json
+import logging
 import resource
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +33,33 @@ _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
     b"connection: close\r\ncontent-length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY
 )
+_logger = logging.getLogger(__name__)
+_FILES_RESERVE = 64  # open files the gateway needs besides connections
 _REFUSED_LINGER_S = 1.0  # a refused client's request is read and dropped, so closing does not reset the 503
+
+
+def connection_cap(limits: LimitsConfig) -> int:
+    """``max_connections``, within what the open-files limit allows: half of it (less a reserve
+    for the log, the database and the listening socket), the other half left for upstream
+    connections. Past the limit, accept() fails and every request would, not just the newest."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return limits.max_connections
+    allowed = max(16, (soft - _FILES_RESERVE) // 2)
+    if allowed < limits.max_connections:
+        _logger.warning(
+            "limits.max_connections %d is above what the open-files limit (%d) allows; using %d",
+            limits.max_connections,
+            soft,
+            allowed,
+        )
+    return min(limits.max_connections, allowed)
 
 
 def limited_protocol(limits: LimitsConfig) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with the header timeout and the connection limit."""
     waiting: dict[Any, None] = {}  # connections waiting for a request, oldest first
+    max_connections = connection_cap(limits)
 
     class LimitedProtocol(HttpToolsProtocol):
         _timer: asyncio.TimerHandle | None = None
@@ -45,7 +67,7 @@ def limited_protocol(limits: LimitsConfig) -> type[asyncio.Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > limits.max_connections:
+            if len(self.connections) > max_connections:
                 oldest = next((c for c in waiting if c is not self), None)
                 if oldest is None:
                     self._refuse()

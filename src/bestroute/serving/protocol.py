@@ -24,8 +24,8 @@ class ChatCompletionRequest(BaseModel):
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    n: int = 1
+    stream: bool = Field(default=False, strict=True)  # "true" or 1 is not a boolean
+    n: int = Field(default=1, strict=True)  # "2", 2.0 or true is not a number of choices
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
 
