@@ -1,11 +1,12 @@
 """Gateway overhead: latency the gateway adds over calling a fast local upstream directly, at a
 fixed request rate, and best-of-5 wall time against one sample on an upstream that serves
 requests concurrently, and chat latency while clients post feedback on ids no replica answered
-(each looked up in the database for about a second). Prints the figures as one JSON object on
-its last line.
+(each looked up in the database for about a second), and /healthz latency while routed best-of-5
+requests with 50 KB answers (judged by consensus) and 1 MB prompts are in flight. Prints the
+figures as one JSON object on its last line.
 
     python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30] [--blocks 6] [--no-pin]
-                                          [--feedback-rate 50]
+                                          [--feedback-rate 50] [--heavy-seconds 20]
 
 Three processes on loopback: the upstream (a minimal OpenAI-compatible server), the gateway
 (`bestroute serve`, routing every request with a BEST-Route artifact) and this load generator.
@@ -35,8 +36,9 @@ except ImportError:  # uvicorn[standard] brings it; without it the standard loop
 BODY = {"messages": [{"role": "user", "content": "What is six times seven? Answer with a number."}]}
 
 
-def serve_upstream(port: int, delay_s: float) -> None:
-    """The upstream: answers every chat completion after ``delay_s``, concurrently."""
+def serve_upstream(port: int, delay_s: float, answer_bytes: int = 0) -> None:
+    """The upstream: answers every chat completion after ``delay_s``, concurrently; with
+    ``answer_bytes``, each choice is a different text of about that size."""
     import uvicorn
     from fastapi import FastAPI, Request
 
@@ -48,19 +50,26 @@ def serve_upstream(port: int, delay_s: float) -> None:
         if delay_s:
             await asyncio.sleep(delay_s)
         n = int(body.get("n", 1))
+        texts = [_long_answer(i, answer_bytes) if answer_bytes else "42" for i in range(n)]
         return {
             "id": "x",
             "object": "chat.completion",
             "created": 1,
             "model": body["model"],
             "choices": [
-                {"index": i, "message": {"role": "assistant", "content": "42"}, "finish_reason": "stop"}
-                for i in range(n)
+                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                for i, text in enumerate(texts)
             ],
             "usage": {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n},
         }
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
+
+
+def _long_answer(seed: int, size: int) -> str:
+    """About ``size`` bytes of words, different for each seed, ending in a final answer."""
+    words = [f"w{(seed * 7919 + k * 104729) % 5000}" for k in range(size // 6)]
+    return " ".join(words) + f" The answer is {seed % 2}."
 
 
 def _port() -> int:
@@ -98,19 +107,31 @@ def _pin(processes: list[subprocess.Popen]) -> None:
     os.sched_setaffinity(0, set(cores[:-1]))
 
 
-def _router(directory: Path) -> Path:
-    """A BEST-Route artifact over models 'small' and 'big' from a small synthetic dataset."""
+def _router(directory: Path, *, samples: int = 1) -> Path:
+    """A BEST-Route artifact over models 'small' and 'big' from a small synthetic dataset. With
+    ``samples`` > 1, small has that many samples a prompt and only its best-of-``samples``
+    option is served (so every routed request draws them and judges them)."""
+    import numpy as np_
+
     from bestroute import BestRouteRouter, load_dataset, split_prompts
 
-    data_dir = directory / "data"
+    data_dir = directory / f"data-{samples}"
     data_dir.mkdir()
     prompts, responses = [], []
     for i in range(200):
         prompts.append({"prompt_id": f"p{i}", "prompt": f"question {i} about {'math' if i % 2 else 'code'}"})
         for model, quality in (("small", float(i % 3 != 0)), ("big", 1.0)):
-            responses.append(
-                {"prompt_id": f"p{i}", "model": model, "quality": quality, "input_tokens": 12, "output_tokens": 1}
-            )
+            for sample in range(samples if model == "small" else 1):
+                responses.append(
+                    {
+                        "prompt_id": f"p{i}",
+                        "model": model,
+                        "sample": sample,
+                        "quality": quality,
+                        "input_tokens": 12,
+                        "output_tokens": 1,
+                    }
+                )
     (data_dir / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     with gzip.open(data_dir / "responses.jsonl.gz", "wt") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in responses)
@@ -126,9 +147,49 @@ def _router(directory: Path) -> Path:
     )
     data = load_dataset(data_dir)
     split = split_prompts(data.prompt_ids)
-    path = directory / "router.bestroute"
-    BestRouteRouter(features="auto").fit(data, split.train, split.val).save(path)
+    path = directory / f"router-{samples}.bestroute"
+    router = BestRouteRouter(features="auto", max_n=samples, prune_dominated=False).fit(data, split.train, split.val)
+    if samples > 1:
+        router.active_ = np_.array([o.n == samples or o == router.reference_ for o in router.options_])
+        router.option_cost_[[o.n == samples for o in router.options_]] = 0.0  # the cheapest: always chosen
+    router.save(path)
     return path
+
+
+async def _healthz_under_load(
+    health_url: str, chat_url: str, seconds: float, *, answers: int, prompts: int
+) -> tuple[list[float], int, int]:
+    """/healthz latencies (20 a second) while ``answers`` clients send routed requests that draw
+    best-of-5 50 KB answers and ``prompts`` clients send 990 KB prompts, back to back. Returns
+    the latencies, heavy requests completed and heavy requests that failed."""
+    done = failed = 0
+    stop = time.perf_counter() + seconds
+    huge = "Summarise this text. " + "lorem ipsum dolor sit amet " * 36_600
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def heavy(text: str) -> None:
+            nonlocal done, failed
+            body = {"model": "bestroute:0", "messages": [{"role": "user", "content": text}]}
+            while time.perf_counter() < stop:
+                async with session.post(chat_url, json=body) as response:
+                    await response.read()
+                    done, failed = done + 1, failed + (response.status != 200)
+
+        async def probe() -> list[float]:
+            latencies = []
+            while time.perf_counter() < stop:
+                tic = time.perf_counter()
+                async with session.get(health_url) as response:
+                    await response.read()
+                latencies.append((time.perf_counter() - tic) * 1000)
+                await asyncio.sleep(0.05)
+            return latencies
+
+        clients = [heavy(BODY["messages"][0]["content"]) for _ in range(answers)] + [
+            heavy(huge) for _ in range(prompts)
+        ]
+        latencies, *_ = await asyncio.gather(probe(), *clients)
+    return latencies, done, failed
 
 
 async def _load(url: str, model: str, rate: float, seconds: float) -> tuple[list[float], int]:
@@ -241,11 +302,18 @@ def main() -> None:
         default=50.0,
         help="feedback calls/s on unknown ids in a last phase through the gateway (0: none)",
     )
+    parser.add_argument(
+        "--heavy-seconds",
+        type=float,
+        default=20.0,
+        help="/healthz probed while best-of-5 50 KB answers and 1 MB prompts are in flight (0: skip)",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--answer-bytes", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
-        serve_upstream(args.serve_upstream, args.delay)
+        serve_upstream(args.serve_upstream, args.delay, args.answer_bytes)
         return
     processes: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -305,6 +373,9 @@ def main() -> None:
             max_rps = _max_rps(gateway_url, args.max_rps_seconds) if args.max_rps_seconds else None
             single = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow"}, 10))
             best_of_5 = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow", "n": 5}, 10))
+            heavy: dict[str, float | int] = {}
+            if args.heavy_seconds:
+                heavy = _heavy_phase(directory, processes, args.heavy_seconds)
         finally:
             for process in processes:
                 process.terminate()
@@ -341,8 +412,46 @@ def main() -> None:
                 if with_feedback
                 else {}
             )
+            | heavy
         )
     )
+
+
+def _heavy_phase(directory: Path, processes: list[subprocess.Popen], seconds: float) -> dict[str, float | int]:
+    """A second gateway whose every routed request draws best-of-5 50 KB answers (judged by
+    consensus in its worker pool), with 1 MB prompts allowed: /healthz latency meanwhile."""
+    upstream_port, gateway_port = _port(), _port()
+    processes.append(
+        subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port), "--answer-bytes", "50000"])
+    )
+    config = {
+        "router": str(_router(directory, samples=5)),
+        "backends": [
+            {"name": "small", "base_url": f"http://127.0.0.1:{upstream_port}/v1", "max_n": 5, "supports_n": True},
+            {"name": "big", "base_url": f"http://127.0.0.1:{upstream_port}/v1"},
+        ],
+        "selector": {"kind": "consensus"},
+        "limits": {"max_body_bytes": 2_000_000},
+        "decision_log": {"url": f"sqlite:///{directory}/heavy.db"},
+    }
+    (directory / "heavy.yaml").write_text(yaml.safe_dump(config))
+    processes.append(
+        subprocess.Popen(["bestroute", "serve", "--config", str(directory / "heavy.yaml"), "--port", str(gateway_port)])
+    )
+    for port, process in ((upstream_port, processes[-2]), (gateway_port, processes[-1])):
+        _wait(f"http://127.0.0.1:{port}/", process)
+    base = f"http://127.0.0.1:{gateway_port}"
+    latencies, done, failed = asyncio.run(
+        _healthz_under_load(base + "/healthz", base + "/v1/chat/completions", seconds, answers=4, prompts=4)
+    )
+    h50, h99 = np.percentile(latencies, [50, 99])
+    print(f"healthz under heavy load: p50 {h50:.2f} ms, p99 {h99:.2f} ms; {done} heavy requests", file=sys.stderr)
+    return {
+        "heavy_healthz_p50_ms": float(h50),
+        "heavy_healthz_p99_ms": float(h99),
+        "heavy_requests": done,
+        "heavy_errors": failed,
+    }
 
 
 if __name__ == "__main__":

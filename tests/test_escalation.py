@@ -387,17 +387,16 @@ def test_a_failed_escalation_fails_over_and_an_open_circuit_is_never_called(data
             retries={"attempts": 1},
         ) as (server, _),
     ):
-        first = httpx.post(
-            server.url + "/v1/chat/completions",
-            json={"model": "bestroute:0.99", "messages": [{"role": "user", "content": "What is six times seven?"}]},
-        )
+
+        def ask_routed() -> httpx.Response:
+            body = {"model": "bestroute:0.99", "messages": [{"role": "user", "content": "What is six times seven?"}]}
+            return httpx.post(server.url + "/v1/chat/completions", json=body)
+
+        first = ask_routed()
         assert first.status_code == 502 and "HTTP 503" in first.json()["error"]["message"], first.text
         calls_to_big = len(big.bodies)
         assert calls_to_big == 1
-        second = httpx.post(
-            server.url + "/v1/chat/completions",
-            json={"model": "bestroute:0.99", "messages": [{"role": "user", "content": "What is six times seven?"}]},
-        )
+        second = ask_routed()
         assert second.status_code == 502 and "circuit open" in second.json()["error"]["message"]
         assert len(big.bodies) == calls_to_big  # the open circuit was consulted before the escalation
         metrics = httpx.get(server.url + "/metrics").text
