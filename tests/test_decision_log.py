@@ -257,3 +257,18 @@ def test_sigterm_under_load_drains_every_answered_request(tmp_path, artifact):
     with sqlite3.connect(tmp_path / "decisions.db") as db:
         logged_ids = {r[0] for r in db.execute("SELECT id FROM decisions WHERE status = 200")}
     assert len(ids) >= 100 and ids <= logged_ids, f"{len(ids - logged_ids)} answered requests have no row"
+
+
+def test_a_field_that_is_not_a_column_is_an_error_not_dropped(tmp_path):
+    from bestroute.serving._log import sanitize
+    from bestroute.serving._log.schema import decisions
+
+    with pytest.raises(ValueError, match="not a column of decisions: call_input_tokens"):
+        sanitize({"id": "a", "call_input_tokens": 3}, decisions)
+    url, dead = f"sqlite:///{tmp_path}/log.db", tmp_path / "dead.jsonl"
+    unknown = {"reason": "test", "at": 0, "table": "decisions", "row": dict(row("x").__dict__, bogus=1)}
+    dead.write_text(json.dumps(unknown, default=str) + "\n")
+    from bestroute.serving import replay_dead_letters
+
+    assert replay_dead_letters(url, dead) == (0, 1)  # refused, and kept in the file as it was
+    assert json.loads(dead.read_text())["row"]["bogus"] == 1 and logged(url, ["x"]) == {}

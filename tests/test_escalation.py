@@ -239,6 +239,7 @@ def test_the_gateway_serves_escalation_as_evaluated_offline(data, tmp_path):
         assert [st["option"] for st in stages] == ["small x3 >=0.60 else reference", "reference"]
         assert float(headers["x-bestroute-cost-usd"]) == pytest.approx(sum(st["cost_usd"] for st in stages))
         assert answer.usage.completion_tokens == 20  # both stages are paid for
+        assert headers["x-bestroute-n"] == "4"  # three samples and the reference's answer, all paid for
         chunks = list(
             client.chat.completions.create(  # streamed: decided, then the answer is streamed
                 model="bestroute:0.99", messages=[{"role": "user", "content": prompt}], stream=True
@@ -248,6 +249,9 @@ def test_the_gateway_serves_escalation_as_evaluated_offline(data, tmp_path):
         metrics = httpx.get(server.url + "/metrics").text
         assert 'bestroute_escalations_total{option="small x3 >=0.60 else reference",outcome="accepted"} 1.0' in metrics
         assert 'bestroute_escalations_total{option="small x3 >=0.60 else reference",outcome="escalated"} 2.0' in metrics
+        # Tokens by the model called: three requests' samples from small, two answers from big.
+        assert 'bestroute_tokens_total{kind="completion",model="small"} 45.0' in metrics
+        assert 'bestroute_tokens_total{kind="completion",model="big"} 10.0' in metrics
     with sqlite3.connect(tmp_path / "decisions.db") as db:
         rows = [json.loads(r[0]) for r in db.execute("SELECT escalation FROM decisions ORDER BY created_at")]
     assert [r["escalated"] for r in rows] == [False, True, True]

@@ -135,3 +135,10 @@ def test_a_service_selector_only_selects_in_the_gateway():
             make_selector(SelectorSpec.parse(text))
     with pytest.raises(RouterError, match="needs its reward model loaded"):
         make_selector(SelectorSpec.parse("reward-model:r.bestroute"))
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\n", " \t\n "])
+def test_a_blank_response_has_no_final_answer(blank):
+    from bestroute.selection import extract_answer
+
+    assert extract_answer(blank) == ""

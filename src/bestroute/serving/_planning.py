@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._exceptions import RouterError
-from ..backends import Upstream
+from ..backends import Deadline, Upstream
 from ..routers import Router
 from ..selection import Option
-from ._errors import InvalidRequest, ModelNotFound
+from ._errors import DeadlineExceeded, InvalidRequest, ModelNotFound
 from ._metrics import GatewayMetrics
 from .protocol import ChatCompletionRequest
 
@@ -79,13 +79,18 @@ class Planner:
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._rule = router.rule
 
-    async def plan(self, request: ChatCompletionRequest) -> Plan:
+    async def plan(self, request: ChatCompletionRequest, deadline: Deadline) -> Plan:
         if request.model == ROUTED_MODEL or request.model.startswith(ROUTED_MODEL + ":"):
             if request.n != 1:
                 raise InvalidRequest(
                     "routed requests return one choice; the router decides how many samples to draw", param="n"
                 )
-            return await self._route(request, self._knob(request.model))
+            knob = self._knob(request.model)
+            try:
+                async with asyncio.timeout(max(deadline.remaining(), 0.0)):
+                    return await self._route(request, knob)
+            except TimeoutError:
+                raise DeadlineExceeded("the request's deadline passed while it was being routed") from None
         upstream = self.upstreams.get(request.model)
         if upstream is None:
             raise ModelNotFound(

@@ -24,8 +24,8 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the error code of OpenAI,
 
 
 class _Attempts:
-    """One request's attempts so far: the runs (failed ones too), the notes, the models that
-    failed (a backend gets one, retried, chance per request) and a context-window rejection
+    """One request's attempts so far: the runs (failed ones too), the notes, the models whose
+    calls failed (a backend gets one, retried, chance per request) and a context-window rejection
     kept in case no later option answers."""
 
     def __init__(self) -> None:
@@ -35,8 +35,9 @@ class _Attempts:
         self.rejection: UpstreamRejected | None = None
 
     def next_of(self, plan: Plan) -> list[Attempt]:
-        """The plan's attempts whose first models have not failed yet in this request."""
-        return [a for a in plan.attempts if not self.failed.intersection(a.option.models)]
+        """The plan's attempts not run yet whose models have not failed in this request."""
+        ran = {run.attempt for run in self.runs}
+        return [a for a in plan.attempts if a not in ran and not self.failed.intersection(a.option.stages[-1].models)]
 
     def add(self, run: Run) -> None:
         self.runs.append(run)
@@ -70,8 +71,8 @@ class ChatService:
             upstreams=upstreams, selector=selector, reference=router.reference_.model, metrics=self.metrics
         )
 
-    async def plan(self, request: ChatCompletionRequest) -> Plan:
-        return await self.planner.plan(request)
+    async def plan(self, request: ChatCompletionRequest, deadline: Deadline) -> Plan:
+        return await self.planner.plan(request, deadline)
 
     # ---------------------------------------------------------------- failover
     async def _run_in_order(
@@ -100,7 +101,6 @@ class ChatService:
         tried.add(run)
         if run.execution.answer is not None:
             return run
-        tried.failed.update(attempt.option.models)  # even if its first stage answered
         self._fail_over(request, plan, run.error, tried, ticket)
         return None
 
