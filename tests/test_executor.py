@@ -232,7 +232,8 @@ def test_run_now_refuses_a_coroutine_that_suspends():
 
 
 def test_the_gateway_judge_runs_off_the_event_loop_and_within_the_deadline():
-    """A selector that takes long holds up neither the event loop nor the request past its deadline."""
+    """A selector that takes long on long answers holds up neither the event loop nor the request
+    past its deadline."""
 
     class Slow:
         spec = Consensus.spec
@@ -256,7 +257,8 @@ def test_the_gateway_judge_runs_off_the_event_loop_and_within_the_deadline():
                 ticks += 1
 
         ticker = asyncio.create_task(tick())
-        verdict = await judge.judge([_sample("42"), _sample("42")])
+        long = "forty-two " * 200  # 2,000 characters each: judged in the pool, not inline
+        verdict = await judge.judge([_sample(long), _sample(long)])
         ticker.cancel()
         pool.shutdown()
         return verdict, ticks
@@ -280,3 +282,18 @@ def test_calls_per_stage_draw_only_what_they_add():
         (Call("small", 0, 1), Call("tiny", 0, 1)),
         (Call("small", 1, 1), Call("tiny", 1, 1)),
     ]
+
+
+def test_a_source_or_judge_that_breaks_its_promise_fails_the_run_not_the_process():
+    class Short:
+        async def draw(self, calls):
+            return [Drawn(call, texts=("only one",)) for call in calls]
+
+    class OutOfRange:
+        async def judge(self, samples):
+            return Judgment(len(samples) + 3, 0.9)
+
+    short = run_now(execute(Option("small", 3), source=Short(), judge=SelectorJudge(Consensus()), reference="big"))
+    assert short.answer is None and short.error == "small: returned 1 of 3 samples"
+    kept = run_now(execute(Option("small", 3), source=TextSource(["a", "b", "c"]), judge=OutOfRange(), reference="big"))
+    assert kept.answer is not None and kept.answer.number == 0 and kept.notes == ("the judge picked sample 6 of 3",)

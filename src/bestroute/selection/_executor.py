@@ -194,14 +194,16 @@ async def execute(option: Option, *, source: SampleSource, judge: Judge, referen
     notes: list[str] = []
     for stage, calls in zip(option.stages, stage_calls(option), strict=True):
         results = tuple(await source.draw(calls))
-        failed = next((r for r in results if not r.ok), None)
-        if failed is not None:
+        error = _failure(results)
+        if error is not None:
             stages.append(StageRecord(stage.label, stage.models, stage.n, results, None, None, "failed"))
-            return Execution(option, tuple(stages), None, tuple(notes), error=failed.error)
+            return Execution(option, tuple(stages), None, tuple(notes), error=error)
         for result in results:
             drawn |= {(result.call.model, result.call.first + k): text for k, text in enumerate(result.texts)}
         samples = [Sample(m, k, drawn[m, k]) for m, k in stage_keys(stage)]
         judgment = await judge.judge(samples) if len(samples) > 1 or stage.judged else Judgment(0, None)
+        if not 0 <= judgment.picked < len(samples):  # a judge's bug must not lose the samples paid for
+            judgment = Judgment(0, None, f"the judge picked sample {judgment.picked} of {len(samples)}")
         if judgment.note is not None:
             notes.append(judgment.note)
         verdict = stage_verdict(stage, judgment.confidence)
@@ -214,12 +216,24 @@ async def execute(option: Option, *, source: SampleSource, judge: Judge, referen
     if reference is None:  # only a stage whose judge failed asks the reference of an option that never does
         raise RouterError(f"option {option.label!r} has no confident pick and no reference to ask")
     (answer,) = await source.draw((Call(reference, 0, 1),))
-    if not answer.ok:
+    error = _failure((answer,))
+    if error is not None:
         stages.append(StageRecord(REFERENCE_STAGE, (reference,), 1, (answer,), None, None, "failed"))
-        return Execution(option, tuple(stages), None, tuple(notes), error=answer.error)
+        return Execution(option, tuple(stages), None, tuple(notes), error=error)
     kept = Sample(reference, 0, answer.texts[0])
     stages.append(StageRecord(REFERENCE_STAGE, (reference,), 1, (answer,), kept, None, "keep"))
     return Execution(option, tuple(stages), kept, tuple(notes))
+
+
+def _failure(results: Sequence[Drawn]) -> str | None:
+    """Why a stage's calls gave no usable samples: the first failed call's error, or a call that
+    returned fewer samples than it was asked for; None if all answered."""
+    for result in results:
+        if result.error is not None:
+            return result.error
+        if len(result.texts) < result.call.samples:
+            return f"{result.call.model}: returned {len(result.texts)} of {result.call.samples} samples"
+    return None
 
 
 def run_now(work: Coroutine[Any, Any, T]) -> T:

@@ -3,6 +3,7 @@ the request's deadline; an in-process selector (majority, consensus, a reward mo
 worker pool, never on the event loop."""
 
 import asyncio
+import math
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Protocol
@@ -13,6 +14,7 @@ import numpy as np
 from .._exceptions import RouterError
 from ..backends import Deadline, EndpointSelector, JudgeSelector, RewardClient, Upstream, UpstreamError
 from ..selection import Judgment, Sample, Selector, SelectorSpec, judgment
+from ._cpu import run_cpu
 
 
 class OnlineSelector(Protocol):
@@ -26,14 +28,17 @@ class OnlineSelector(Protocol):
 
 class InProcessSelector:
     """Majority vote, consensus or a trained reward model: the same judgment, pick and confidence
-    as offline (``selection.judgment``), computed in ``pool`` so a long answer or a reward model's
-    scoring never holds up other requests."""
+    as offline (``selection.judgment``), computed in ``pool`` (``run_cpu``) so long answers or a
+    reward model's scoring never hold up other requests."""
 
     def __init__(self, selector: Selector, pool: Executor) -> None:
         self.selector, self.pool, self.name = selector, pool, str(selector.spec.kind)
+        # A model's scoring costs more than its input's length says: always in the pool.
+        self._always_pooled = selector.confidence == "score"
 
     async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
-        judged = await asyncio.get_running_loop().run_in_executor(self.pool, self._judge, prompt, responses)
+        size = math.inf if self._always_pooled else sum(map(len, responses))
+        judged = await run_cpu(self.pool, size, lambda: self._judge(prompt, responses))
         return judged.picked, judged.confidence
 
     def _judge(self, prompt: str, responses: list[str]) -> Judgment:

@@ -14,6 +14,7 @@ from .._exceptions import RouterError
 from ..backends import Deadline, Upstream
 from ..routers import Router
 from ..selection import Option
+from ._cpu import run_cpu
 from ._errors import DeadlineExceeded, InvalidRequest, ModelNotFound
 from ._metrics import GatewayMetrics
 from .protocol import ChatCompletionRequest
@@ -54,7 +55,7 @@ class Planner:
     metrics : GatewayMetrics
         Where the time spent routing is observed.
     pool : Executor
-        Where the router scores a prompt (features and heads), off the event loop.
+        Where the router scores a long prompt (features and heads), off the event loop.
     """
 
     def __init__(
@@ -117,8 +118,8 @@ class Planner:
             raise InvalidRequest(str(error), param="model") from None
 
     async def _route(self, request: ChatCompletionRequest, knob: float) -> Plan:
-        loop = asyncio.get_running_loop()
-        scores = await loop.run_in_executor(self.pool, self._scores, request.prompt_text())
+        prompt = request.prompt_text()
+        scores = await run_cpu(self.pool, len(prompt), lambda: self._scores(prompt))
         order = self._rule.order(scores, knob, self._available)  # its first option is Router.decide's
         options, values = self.router.options_, scores.tolist()
         return Plan(
