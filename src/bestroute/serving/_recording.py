@@ -220,8 +220,10 @@ class Recorder:
             error=error,
             response=response,
         )
-        self.log.write(decision_row(record, request.prompt_text(), request.model, store=self.store_prompts))
-        self.log.write_all(call_rows(record, store=self.store_prompts))
+        prompt, requested, store, created_at = request.prompt_text(), request.model, self.store_prompts, time.time()
+        self.log.write_later(
+            lambda: [decision_row(record, prompt, requested, created_at, store=store), *call_rows(record, store=store)]
+        )
         if status == 200:
             self.answered.add(ticket.request_id, ticket.client)
         if record.cost_usd:
@@ -251,12 +253,14 @@ class Recorder:
                 self.metrics.escalations.labels(option=run.attempt.label, outcome=_ending(run)).inc()
 
 
-def decision_row(record: RequestRecord, prompt: str, requested_model: str, *, store: bool) -> DecisionRow:
+def decision_row(
+    record: RequestRecord, prompt: str, requested_model: str, created_at: float, *, store: bool
+) -> DecisionRow:
     answered = record.answered
     execution = answered.execution if answered is not None else None
     return DecisionRow(
         id=record.ticket.request_id,
-        created_at=time.time(),
+        created_at=created_at,
         # surrogatepass: a prompt with a lone surrogate is still hashed (the row is sanitised later)
         prompt_hash=hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest(),
         prompt=prompt if store else None,

@@ -68,6 +68,8 @@ class UpstreamSource:
         self.errors: dict[Call, UpstreamError] = {}
 
     async def draw(self, calls: Sequence[Call]) -> list[Drawn]:
+        if len(calls) == 1:  # most requests: awaited directly, without a task to schedule
+            return [await self._call(calls[0])]
         return list(await asyncio.gather(*(self._call(call) for call in calls)))
 
     async def _call(self, call: Call) -> Drawn:

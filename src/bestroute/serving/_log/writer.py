@@ -35,6 +35,9 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGE) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
+Deferred = Callable[[], Sequence[Row]]  # makes a request's rows, in the writer thread
+
+
 def _entry(row: Row) -> tuple[Table, dict[str, Any]]:
     """The table a row goes to, and its columns; ValueError for anything that is not a row."""
     table = TABLE_OF.get(type(row))
@@ -87,7 +90,7 @@ class DecisionLog:
         self.engine = open_database(url)
         self.dead_letters = DeadLetters(dead_letter_path)
         self.repaired = 0
-        self._pending: deque[Row] = deque()
+        self._pending: deque[Row | Deferred] = deque()
         self._writing = threading.Lock()  # one batch at a time, from the thread or from flush()
         self._queue = threading.Lock()  # taking a batch out or putting it back, as ``backlog`` sees it
         self._in_flight = 0
@@ -98,7 +101,8 @@ class DecisionLog:
 
     @property
     def backlog(self) -> int:
-        """Rows not written yet: queued, or in the batch being written."""
+        """Entries not written yet (a row, or a request's rows still to be made): queued, or in
+        the batch being written."""
         with self._queue:
             return len(self._pending) + self._in_flight
 
@@ -107,8 +111,10 @@ class DecisionLog:
         so a decision's calls and feedback follow it, and wait out an outage with it."""
         self._pending.append(row)  # atomic; never blocks the event loop
 
-    def write_all(self, rows: Sequence[Row]) -> None:
-        self._pending.extend(rows)
+    def write_later(self, rows: "Deferred") -> None:
+        """Queue a request's rows as a function that makes them: it is called by the writer
+        thread, so building the rows costs the event loop nothing."""
+        self._pending.append(rows)
 
     def flush(self) -> bool:
         """Write every row queued so far; False if the database is away (the rows keep waiting)."""
@@ -139,18 +145,34 @@ class DecisionLog:
 
     def _spill(self, count: int, reason: str) -> None:
         with self._queue:
-            rows = [self._pending.popleft() for _ in range(count)]
-        self.dead_letters.add(rows, reason)
+            entries = [self._pending.popleft() for _ in range(count)]
+        self.dead_letters.add(self._made(entries), reason)
+
+    def _made(self, entries: list[Row | Deferred]) -> list[Row]:
+        """The rows of queued entries, deferred ones made now; one whose making fails (a bug)
+        is logged and counted as a dead letter it could not become."""
+        rows: list[Row] = []
+        for entry in entries:
+            if not callable(entry):
+                rows.append(entry)
+                continue
+            try:
+                rows.extend(entry())
+            except Exception as exc:  # noqa: BLE001 -- one request's bad record must not stop the others
+                self.dead_letters.count += 1
+                _logger.warning("decision log: a request's rows could not be made (%s: %s)", type(exc).__name__, exc)
+        return rows
 
     def _drain(self) -> None:
         with self._writing:
             if len(self._pending) > self.max_backlog:
                 self._spill(len(self._pending) - self.max_backlog, "backlog full while the database was away")
             with self._queue:
-                rows = [self._pending.popleft() for _ in range(len(self._pending))]
-                self._in_flight = len(rows)
-            if not rows:
+                entries = [self._pending.popleft() for _ in range(len(self._pending))]
+                self._in_flight = len(entries)
+            if not entries:
                 return
+            rows = self._made(entries)
             waiting: list[Row] = []
             try:
                 waiting = self._write(rows)
