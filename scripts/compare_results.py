@@ -1,4 +1,6 @@
-"""Compare two bestroute eval results.json trees field by field, except measured latencies."""
+"""Compare two trees of `bestroute eval` results (one results.json per seed directory) field by field,
+except measured latencies: python scripts/compare_results.py BEFORE AFTER. Prints each difference,
+then a JSON summary."""
 
 import json
 import sys

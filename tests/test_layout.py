@@ -97,7 +97,7 @@ LAYERS = (
     ("bestroute.reward",),
     ("bestroute.policy",),
     ("bestroute.routers",),
-    ("bestroute.evaluation", "bestroute.collection", "bestroute.local", "bestroute.serving"),
+    ("bestroute.evaluation", "bestroute.collection", "bestroute.local", "bestroute.replay", "bestroute.serving"),
     ("bestroute.demo",),
     ("bestroute.cli", "bestroute"),
     ("bestroute.__main__",),

@@ -32,6 +32,8 @@ log_app = typer.Typer(help="The gateway's decision log.", no_args_is_help=True)
 local_app = typer.Typer(help="Local GGUF models shipped in PyPI packages.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
 app.add_typer(log_app, name="log")
+replay_app = typer.Typer(help="Replay backends: recorded answers behind an OpenAI endpoint.", no_args_is_help=True)
+app.add_typer(replay_app, name="replay")
 console = Console()
 
 DataPath = Annotated[Path, typer.Option("--data", help="Routing-data directory or RouterBench table.")]
@@ -295,6 +297,36 @@ def local_serve(
     from .local import serve_local
 
     serve_local(model, host=host, port=port, threads=threads)
+
+
+@replay_app.command("serve")
+@_one_line_errors
+def replay_serve(
+    data_path: DataPath,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8200,
+    latency: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--latency",
+            help="[MODEL=]BASE_MS[+PER_TOKEN_MS]: how long answers take (repeatable; no MODEL: every model).",
+        ),
+    ] = None,
+) -> None:
+    """Serve every model of a routing dataset by name, answering with its recorded responses."""
+    import uvicorn
+
+    from .replay import ReplayData, create_replay_app, parse_latency
+
+    default, by_model = parse_latency(latency or [])
+    replay = ReplayData(load_dataset(data_path))
+    typer.echo(
+        f"replaying {len(replay.models)} models on {len(replay.prompts)} prompts at http://{host}:{port}/v1",
+        err=True,
+    )
+    uvicorn.run(
+        create_replay_app(replay, latency=default, latencies=by_model), host=host, port=port, log_level="warning"
+    )
 
 
 @app.command()

@@ -7,6 +7,7 @@ from ._clients import EndpointSelector, JudgeSelector, RewardClient, ask_judge
 from ._config import BackendConfig, CircuitConfig, RetryConfig, UpstreamSettings
 from ._local_models import PACKAGED_MODELS, PackagedModel, model_path
 from ._upstream import (
+    FIRST_SAMPLE_HEADER,
     NO_DEADLINE,
     STREAM_ERRORS,
     CircuitBreaker,
@@ -23,6 +24,7 @@ from ._upstream import (
 )
 
 __all__ = [
+    "FIRST_SAMPLE_HEADER",
     "NO_DEADLINE",
     "PACKAGED_MODELS",
     "STREAM_ERRORS",

@@ -19,6 +19,9 @@ from ._config import BackendConfig, CircuitConfig, RetryConfig
 
 T = TypeVar("T")
 
+# Which recorded sample a replay backend (`bestroute replay serve`) starts from; sent only when
+# it is not 0, and ignored by every other server.
+FIRST_SAMPLE_HEADER = "x-bestroute-first-sample"
 # Statuses retried on the same backend (after a backoff, or the upstream's Retry-After).
 _RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 # 4xx that say the backend is misconfigured (its key, its model id), not that the request is bad.
@@ -169,15 +172,23 @@ class Upstream:
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self._price.cost(prompt_tokens, completion_tokens)
 
-    async def complete(self, body: dict[str, Any], n: int, deadline: Deadline = NO_DEADLINE) -> Completion:
-        """n samples: one request asking for n where the backend honours it, else n at once."""
+    async def complete(
+        self, body: dict[str, Any], n: int, deadline: Deadline = NO_DEADLINE, *, first_sample: int = 0
+    ) -> Completion:
+        """n samples: one request asking for n where the backend honours it, else n at once.
+        ``first_sample`` numbers them (sent as FIRST_SAMPLE_HEADER, which a replay backend serves
+        recorded samples from and any other server ignores)."""
         if n == 1 or self.config.supports_n:
-            result = await self._retried(deadline, lambda: self._post(body | ({"n": n} if n > 1 else {})))
+            result = await self._retried(deadline, lambda: self._post(body | ({"n": n} if n > 1 else {}), first_sample))
             if len(result.choices) < n:
                 raise UpstreamError(self.name, f"asked for {n} choices, got {len(result.choices)}")
             return result
         single = {k: v for k, v in body.items() if k != "n"}
-        parts = await asyncio.gather(*(self._retried(deadline, lambda: self._post(single)) for _ in range(n)))
+
+        def part(k: int) -> Callable[[], Awaitable[Completion]]:
+            return lambda: self._post(single, first_sample + k)
+
+        parts = await asyncio.gather(*(self._retried(deadline, part(k)) for k in range(n)))
         return Completion(
             choices=[c for p in parts for c in p.choices],
             document=parts[0].document,
@@ -240,7 +251,7 @@ class Upstream:
             self.in_flight -= 1
             self.retries_in_flight -= retrying
 
-    async def _request(self, body: dict[str, Any], *, stream: bool) -> aiohttp.ClientResponse:
+    async def _request(self, body: dict[str, Any], *, stream: bool, first_sample: int = 0) -> aiohttp.ClientResponse:
         """One POST; the response is returned unread when it succeeded."""
         payload = body | {"model": self.config.upstream_model, "stream": stream}
         try:
@@ -250,7 +261,7 @@ class Upstream:
             response = await self.session.post(
                 self._url,
                 json=payload,
-                headers=self._headers,
+                headers=self._headers | {FIRST_SAMPLE_HEADER: str(first_sample)} if first_sample else self._headers,
                 timeout=aiohttp.ClientTimeout(total=None),
                 allow_redirects=False,
             )
@@ -273,8 +284,8 @@ class Upstream:
             raise UpstreamError(self.name, f"HTTP {status}")
         raise UpstreamRejected(self.name, status, _error_fields(raw, status))
 
-    async def _post(self, body: dict[str, Any]) -> Completion:
-        response = await self._request(body, stream=False)
+    async def _post(self, body: dict[str, Any], first_sample: int = 0) -> Completion:
+        response = await self._request(body, stream=False, first_sample=first_sample)
         limit = self.config.max_response_bytes
         raw = bytearray()
         try:

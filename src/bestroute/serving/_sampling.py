@@ -79,7 +79,7 @@ class UpstreamSource:
         started = time.monotonic()
         body = self.request.upstream_body(upstream.config.upstream_model, n=call.samples, stream=False)
         try:
-            completion = await upstream.complete(body, call.samples, self.deadline)
+            completion = await upstream.complete(body, call.samples, self.deadline, first_sample=call.first)
         except UpstreamError as error:
             hold_against(upstream, error, started, self.metrics)
             return self._failed(call, error, requests=1, latency_s=time.monotonic() - started)
