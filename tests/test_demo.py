@@ -1,21 +1,78 @@
-"""`bestroute demo`: the README's main command, end to end on the real local models."""
+"""`bestroute demo`: the README's main command, end to end: real LLMs' recorded answers routed
+through the gateway by replay backends, and (`--local`) the loop on the real local models."""
 
 import json
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 from servers import free_port
 
+from bestroute import load_dataset, split_prompts
+from bestroute.data import zeroeval_slice_path
 from bestroute.routers import load_router
 
 
-def test_demo_trains_evaluates_and_answers_through_the_gateway(tmp_path):
+def test_the_demo_routes_held_out_prompts_as_offline_evaluation_does(tmp_path):
     out = tmp_path / "demo"
     run = subprocess.run(
         [sys.executable, "-m", "bestroute", "demo", "--once", "--out", str(out), "--port", str(free_port())],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    test = split_prompts(load_dataset(zeroeval_slice_path()).prompt_ids).test
+    assert summary["requests"] == len(test)
+    for key in ("accuracy", "cost_per_1k", "escalation_rate"):  # the gateway decided and paid as offline
+        assert summary["routed"][key] == pytest.approx(summary["offline"][key], rel=1e-9, abs=1e-12), key
+    assert summary["routed"]["cost_per_1k"] < summary["reference"]["cost_per_1k"]
+    assert summary["cheapest"]["cost_per_1k"] < summary["routed"]["cost_per_1k"]
+    assert "the same figures." in run.stdout and "| routed by bestroute |" in run.stdout
+    with sqlite3.connect(out / "decisions.db") as db:
+        statuses = [r[0] for r in db.execute("SELECT status FROM decisions")]
+        feedback = db.execute("SELECT COUNT(*), AVG(quality) FROM feedback").fetchone()
+    assert statuses == [200] * len(test)
+    assert feedback[0] == len(test) and feedback[1] == pytest.approx(summary["routed"]["accuracy"])
+
+
+def test_sigterm_stops_the_demo_and_its_servers(tmp_path):
+    out, port = tmp_path / "demo", free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "bestroute", "demo", "--out", str(out), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "summary.json").exists():  # the summary is written, then it keeps serving
+            assert demo.poll() is None and time.monotonic() < deadline, demo.stderr.read() if demo.stderr else ""
+            time.sleep(0.5)
+        replay_port = int(
+            yaml.safe_load((out / "gateway.yaml").read_text())["backends"][0]["base_url"].split(":")[2][:-3]
+        )
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=60) == 0
+    finally:
+        demo.kill()
+    for taken in (port, replay_port):  # nothing is left holding a port
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", taken)) != 0
+
+
+@pytest.mark.llama
+def test_the_local_demo_trains_evaluates_and_answers_through_the_gateway(tmp_path):
+    out = tmp_path / "demo"
+    run = subprocess.run(
+        [sys.executable, "-m", "bestroute", "demo", "--local", "--once", "--out", str(out), "--port", str(free_port())],
         check=False,
         capture_output=True,
         text=True,

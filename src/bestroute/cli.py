@@ -2,6 +2,7 @@
 
 import functools
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
@@ -332,34 +333,82 @@ def replay_serve(
 @app.command()
 @_one_line_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Directory for the router, evaluation, config and decision log.")] = Path(
+    out: Annotated[Path, typer.Option(help="Directory for the router, config, decision log and summary.")] = Path(
         "bestroute-demo"
     ),
     port: Annotated[int, typer.Option(help="Port of the gateway.")] = 8000,
-    once: Annotated[bool, typer.Option("--once", help="Stop after answering the demo questions.")] = False,
-    threads: Annotated[int, typer.Option(help="CPU threads per local model server.")] = 1,
+    once: Annotated[bool, typer.Option("--once", help="Stop after the summary (or the local questions).")] = False,
+    local: Annotated[
+        bool, typer.Option("--local", help="The loop on two local models (llama.cpp; install.sh --local).")
+    ] = False,
+    threads: Annotated[int, typer.Option(help="--local: CPU threads per local model server.")] = 1,
 ) -> None:
-    """The whole loop offline: train and evaluate BEST-Route on the embedded data, serve the local
-    models behind the gateway, and ask it questions with the openai client."""
+    """Route real LLMs' recorded answers through the gateway: train the escalating router on the
+    embedded slice of real routing data, serve the models with replay backends, send the held-out
+    prompts through the gateway and compare with always asking the reference. --local runs the
+    loop on local models instead."""
+    from .demo import stop_on_sigterm
+
+    with stop_on_sigterm():
+        if local:
+            _local_demo(out, port, once, threads)
+        else:
+            _real_demo(out, port, once)
+
+
+def _real_demo(out: Path, port: int, once: bool) -> None:
+    from rich.progress import Progress
+
+    from .data import zeroeval_slice_path
+    from .demo import DemoSettings, send, serve, summarize, table, train, write_summary
+
+    tic = time.perf_counter()
+    settings = DemoSettings(out=out, port=port)
+    settings.check()
+    data = load_dataset(zeroeval_slice_path())
+    trained = train(data, settings, typer.echo)
+    processes = serve(zeroeval_slice_path(), data, trained, settings, typer.echo)
+    try:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("held-out prompts through the gateway", total=len(trained.test))
+            answered = send(data, trained, settings, lambda done, total: bar.update(task, completed=done))
+        summary = summarize(data, trained, answered, time.perf_counter() - tic)
+        path = write_summary(summary, out)
+        typer.echo("\n" + table(summary))
+        typer.echo(
+            f"\nsummary: {path}; decision log: {out / 'decisions.db'} (with feedback); config: {out / 'gateway.yaml'}"
+        )
+        if not once:
+            typer.echo(
+                f'\nThe gateway keeps serving at http://127.0.0.1:{port}/v1 (model "bestroute"); Ctrl-C stops it.'
+            )
+            processes.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        processes.stop()
+
+
+def _local_demo(out: Path, port: int, once: bool, threads: int) -> None:
     from .demo import LoopSettings, ask, start, train_and_evaluate
 
     settings = LoopSettings(out=out, port=port, threads=threads)
     settings.check()
     data = load_dataset(demo_data_path())
     artifact, selector, threshold = train_and_evaluate(data, settings, typer.echo)
-    loop = start(data, settings, artifact, selector, threshold, typer.echo)
+    processes = start(data, settings, artifact, selector, threshold, typer.echo)
     try:
-        ask(loop, settings, typer.echo)
+        ask(settings, typer.echo)
         if not once:
             typer.echo(
-                f'\nThe gateway keeps serving at {loop.gateway_url} (model "bestroute"); '
+                f'\nThe gateway keeps serving at {settings.gateway_url} (model "bestroute"); '
                 "Ctrl-C stops it and the local models."
             )
-            loop.wait()
+            processes.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        loop.stop()
+        processes.stop()
 
 
 @local_app.command("list")

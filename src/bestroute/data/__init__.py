@@ -1,7 +1,7 @@
 """Routing data: schema, readers and the split."""
 
 from ._dataset import RoutingDataset
-from ._demo import demo_data_path
+from ._demo import demo_data_path, zeroeval_slice_path
 from ._readers import iter_rows, load_dataset, read_models, read_native, read_routerbench
 from ._schema import ModelPrice, PromptRecord, ResponseRecord
 from ._split import Split, split_prompts
@@ -25,4 +25,5 @@ __all__ = [
     "write_catalog",
     "write_prompts",
     "write_routing_data",
+    "zeroeval_slice_path",
 ]

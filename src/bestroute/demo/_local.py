@@ -1,25 +1,22 @@
 """The whole loop on this machine, with no network: train BEST-Route on the embedded data,
 evaluate it, serve the local models behind the gateway, and answer requests through it."""
 
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import yaml
 
-from ._exceptions import ConfigError
-from .data import RoutingDataset, split_prompts
-from .evaluation import evaluate, markdown_table, write_results
-from .reward import choose_selector
-from .routers import BestRouteRouter
-from .selection import SelectorSpec
+from .._exceptions import ConfigError
+from ..data import RoutingDataset, split_prompts
+from ..evaluation import evaluate, markdown_table, write_results
+from ..reward import choose_selector
+from ..routers import BestRouteRouter
+from ..selection import SelectorSpec
+from ._processes import Processes, check_port, free_port, wait_ready
 
 # Questions of the embedded data's kinds, none of them in it.
 DEMO_QUESTIONS = (
@@ -49,32 +46,11 @@ class LoopSettings:
     startup_timeout_s: float = 300.0  # Gemma's file is assembled from package chunks on first use
 
     def check(self) -> None:
-        """Fail before any work if the gateway's port is taken."""
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", self.port))
-            except OSError:
-                raise ConfigError(f"port {self.port} is in use; choose another with --port") from None
+        check_port(self.port)
 
-
-@dataclass
-class Loop:
-    """Running processes of the loop: the local model servers and the gateway."""
-
-    gateway_url: str
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def wait(self) -> None:
-        self.processes[-1].wait()
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
 
 
 def train_and_evaluate(
@@ -121,33 +97,17 @@ def start(
     selector: str,
     threshold: float,
     echo: Callable[[str], None],
-) -> Loop:
-    """Start one llama.cpp server per model of ``data`` (local models), then the gateway over them."""
-    loop = Loop(gateway_url=f"http://127.0.0.1:{settings.port}/v1")
+) -> Processes:
+    """Start one llama.cpp server per model of ``data`` (local models, at once), then the gateway
+    over them."""
+    processes = Processes()
     try:
         backends: list[dict[str, Any]] = []
+        launched = []
         for model in data.models:
-            port = _free_port()
-            with open(settings.out / f"{model}.log", "wb") as server_log:  # llama.cpp is chatty
-                loop.processes.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "bestroute",
-                            "local",
-                            "serve",
-                            "--model",
-                            model,
-                            "--port",
-                            str(port),
-                            "--threads",
-                            str(settings.threads),
-                        ],
-                        stdout=server_log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            port = free_port()
+            arguments = ["local", "serve", "--model", model, "--port", str(port), "--threads", str(settings.threads)]
+            launched.append(processes.launch(arguments, log=settings.out / f"{model}.log"))  # llama.cpp is chatty
             price = data.prices[model]
             backends.append(
                 {
@@ -160,8 +120,8 @@ def start(
                     "timeout_s": 300,
                 }
             )
-        for backend, process in zip(backends, loop.processes, strict=True):
-            _wait_ready(backend["base_url"] + "/models", process, settings.startup_timeout_s)
+        for backend, process in zip(backends, launched, strict=True):
+            wait_ready(backend["base_url"] + "/models", process, settings.startup_timeout_s)
             echo(f"local model {backend['name']} serving at {backend['base_url']}")
         spec = SelectorSpec.parse(selector)
         config = {
@@ -173,26 +133,24 @@ def start(
         }
         config_path = settings.out / "gateway.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        loop.processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "bestroute", "serve", "--config", str(config_path), "--port", str(settings.port)]
-            )
+        processes.start(
+            ["serve", "--config", str(config_path), "--port", str(settings.port)],
+            ready=f"http://127.0.0.1:{settings.port}/healthz",
         )
-        _wait_ready(f"http://127.0.0.1:{settings.port}/healthz", loop.processes[-1], 60)
-        echo(f"gateway serving at {loop.gateway_url} (config {config_path})")
+        echo(f"gateway serving at {settings.gateway_url} (config {config_path})")
     except BaseException:
-        loop.stop()
+        processes.stop()
         raise
-    return loop
+    return processes
 
 
-def ask(loop: Loop, settings: LoopSettings, echo: Callable[[str], None]) -> list[dict[str, Any]]:
+def ask(settings: LoopSettings, echo: Callable[[str], None]) -> list[dict[str, Any]]:
     """Send the demo questions through the gateway with the official openai client."""
     try:
         from openai import OpenAI
     except ImportError as exc:
         raise ConfigError("the demo's client needs the openai package: pip install openai") from exc
-    client = OpenAI(base_url=loop.gateway_url, api_key="not-needed", timeout=600)
+    client = OpenAI(base_url=settings.gateway_url, api_key="not-needed", timeout=600)
     answers = []
     for question in settings.questions:
         tic = time.perf_counter()
@@ -219,23 +177,3 @@ def ask(loop: Loop, settings: LoopSettings, echo: Callable[[str], None]) -> list
             f"{answer['seconds']}s"
         )
     return answers
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ConfigError(f"the process behind {url} exited with status {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise ConfigError(f"{url} did not answer within {timeout_s:.0f}s")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
