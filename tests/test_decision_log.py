@@ -253,6 +253,9 @@ def test_sigterm_under_load_drains_every_answered_request(tmp_path, artifact):
     # uvicorn shuts down gracefully, then re-raises the signal it caught: -SIGTERM is a clean stop.
     assert process.returncode in (0, -signal.SIGTERM), errors
     assert "Traceback" not in errors
+    # The start-up line says where it serves, with what router, backends and log.
+    assert f"bestroute gateway at http://127.0.0.1:{url.rsplit(':', 1)[1]}/v1: router " in errors
+    assert "backends small, big; decision log sqlite:///" in errors
     ids = set(answered)
     with sqlite3.connect(tmp_path / "decisions.db") as db:
         logged_ids = {r[0] for r in db.execute("SELECT id FROM decisions WHERE status = 200")}

@@ -156,3 +156,59 @@ def _served_as_offline(data, replay_url, tmp_path):
         later = db.execute("SELECT responses FROM calls WHERE stage = 1 AND model = 'small'").fetchall()
     odd = data.responses[1, data.model_index("small")]
     assert later and {tuple(json.loads(r[0])) for r in later} == {tuple(odd[2:4])}  # samples 2 and 3, not 0 and 1
+
+
+def test_the_example_gateway_config_serves_the_slice_as_written(tmp_path):
+    """examples/replay-gateway.yaml, as the README runs it (only the replay port is this test's)."""
+    from pathlib import Path
+
+    import yaml
+
+    from bestroute.data import zeroeval_slice_path
+    from bestroute.routers import BestRouteRouter
+    from bestroute.serving import create_app, load_config
+
+    slice_data = load_dataset(zeroeval_slice_path())
+    split = split_prompts(slice_data.prompt_ids)
+    BestRouteRouter(features="lexical").fit(slice_data, split.train, split.val).save(tmp_path / "router.bestroute")
+    example = Path(__file__).resolve().parents[1] / "examples" / "replay-gateway.yaml"
+    replay = ServerThread(create_replay_app(ReplayData(slice_data))).start()
+    try:
+        config = example.read_text().replace("http://127.0.0.1:8200/v1", replay.url + "/v1")
+        (tmp_path / "replay-gateway.yaml").write_text(config)
+        assert {b["name"] for b in yaml.safe_load(config)["backends"]} == set(slice_data.models)
+        server = ServerThread(create_app(load_config(tmp_path / "replay-gateway.yaml"))).start()
+        try:
+            for i in split.test[:5]:
+                answer = chat(server.url, "bestroute", slice_data.texts[i])
+                assert answer.status_code == 200, answer.text
+                j = slice_data.model_index(answer.json()["model"])
+                assert answer.json()["choices"][0]["message"]["content"] == slice_data.responses[i, j, 0]
+        finally:
+            server.stop()
+    finally:
+        replay.stop()
+    assert (tmp_path / "replay-decisions.db").exists()  # the log is where the example says, beside it
+
+
+def test_the_openai_client_gets_recorded_answers_concurrently_and_clear_404s(data, replay):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = openai.OpenAI(base_url=replay.url + "/v1", api_key="unused", max_retries=0)
+    small = data.model_index("small")
+
+    def ask(i: int) -> tuple[int, list[str], int]:
+        reply = client.chat.completions.create(
+            model="small", messages=[{"role": "user", "content": data.texts[i]}], n=2
+        )
+        return i, [c.message.content for c in reply.choices], reply.usage.completion_tokens
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(32)))
+    for i, texts, tokens in answers:  # each of 32 concurrent requests got its own prompt's samples 0 and 1
+        assert texts == list(data.responses[i, small, :2]) and tokens == 10
+    assert [m.id for m in client.models.list()] == data.models
+    with pytest.raises(openai.NotFoundError, match="not in the replayed data"):
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": data.texts[0]}])
+    with pytest.raises(openai.NotFoundError, match="no recorded answer"):
+        client.chat.completions.create(model="small", messages=[{"role": "user", "content": "never recorded"}])

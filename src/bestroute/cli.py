@@ -243,6 +243,7 @@ def serve(
     config: Annotated[Path, typer.Option(help="Gateway YAML configuration.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log a line per HTTP request.")] = False,
 ) -> None:
     """Run the OpenAI-compatible routing gateway."""
     from .serving import create_app, load_config, run_gateway
@@ -250,7 +251,8 @@ def serve(
     if not 0 < port < 65536:
         raise ConfigError(f"--port: {port} is not a port (1 to 65535)")
     gateway = create_app(load_config(config), config_path=config)
-    run_gateway(gateway, host=host, port=port)
+    typer.echo(gateway.describe(f"http://{host}:{port}/v1"), err=True)
+    run_gateway(gateway, host=host, port=port, access_log=access_log)
 
 
 @log_app.command("export")

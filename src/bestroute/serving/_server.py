@@ -118,13 +118,19 @@ def server_config(gateway: "Gateway", *, host: str, port: int, **options: Any) -
     )
 
 
-def run_gateway(gateway: "Gateway", *, host: str, port: int) -> None:
+def run_gateway(gateway: "Gateway", *, host: str, port: int, access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then finish the requests in progress (up to 30 s) and drain
-    the decision log. Access lines are off (the decision log records every request)."""
+    the decision log. Access lines are off unless asked for (the decision log records every
+    request)."""
     raise_open_files_limit()
     uvicorn.Server(
         server_config(
-            gateway, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30
+            gateway,
+            host=host,
+            port=port,
+            log_level="info" if access_log else "warning",
+            access_log=access_log,
+            timeout_graceful_shutdown=30,
         )
     ).run()
 

@@ -16,6 +16,7 @@ import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -51,6 +52,19 @@ class Gateway:
         self.app, self.config = app, config
         self._access: Access = app.state.access
         self._in_progress = 0
+
+    def describe(self, url: str) -> str:
+        """The start-up line: where it serves, the router and its reference, the backends and
+        the decision log (its password hidden)."""
+        loaded: Loaded = self.app.state.starting[0]
+        router = loaded.router
+        servable = int(router.active_.sum())
+        log = make_url(self.config.decision_log.url).render_as_string(hide_password=True)
+        return (
+            f"bestroute gateway at {url}: router {loaded.artifact.path} ({router.name}, {servable} options, "
+            f"reference {router.reference_.model}, selector {self.config.selector}); "
+            f"backends {', '.join(b.name for b in self.config.backends)}; decision log {log}"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == CHAT_PATH:
