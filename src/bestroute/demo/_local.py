@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from .._exceptions import ConfigError
 from ..data import RoutingDataset, split_prompts
 from ..evaluation import evaluate, markdown_table, write_results
 from ..reward import choose_selector
 from ..routers import BestRouteRouter
-from ..selection import SelectorSpec
-from ._processes import Processes, check_port, free_port, wait_ready
+from ._processes import Processes, check_port, free_port, start_gateway, wait_ready
 
 # Questions of the embedded data's kinds, none of them in it.
 DEMO_QUESTIONS = (
@@ -123,19 +121,14 @@ def start(
         for backend, process in zip(backends, launched, strict=True):
             wait_ready(backend["base_url"] + "/models", process, settings.startup_timeout_s)
             echo(f"local model {backend['name']} serving at {backend['base_url']}")
-        spec = SelectorSpec.parse(selector)
-        config = {
-            "router": str(artifact.resolve()),
-            "threshold": threshold,
-            "backends": backends,
-            "selector": {"kind": spec.kind} | spec.model_dump(mode="json", exclude_defaults=True),
-            "decision_log": {"url": f"sqlite:///{(settings.out / 'decisions.db').resolve()}", "store_prompts": True},
-        }
-        config_path = settings.out / "gateway.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        processes.start(
-            ["serve", "--config", str(config_path), "--port", str(settings.port)],
-            ready=f"http://127.0.0.1:{settings.port}/healthz",
+        config_path = start_gateway(
+            processes,
+            out=settings.out,
+            port=settings.port,
+            artifact=artifact,
+            threshold=threshold,
+            backends=backends,
+            selector=selector,
         )
         echo(f"gateway serving at {settings.gateway_url} (config {config_path})")
     except BaseException:

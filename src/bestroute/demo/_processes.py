@@ -11,10 +11,42 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
+import yaml
 
 from .._exceptions import ConfigError
+from ..selection import SelectorSpec
+
+
+def start_gateway(
+    processes: "Processes",
+    *,
+    out: Path,
+    port: int,
+    artifact: Path,
+    threshold: float,
+    backends: list[dict[str, Any]],
+    selector: str,
+    log: Path | None = None,
+) -> Path:
+    """Write the demo's gateway configuration (its decision log, with prompts, in ``out``) and
+    start `bestroute serve` on it; returns the configuration's path."""
+    spec = SelectorSpec.parse(selector)
+    config = {
+        "router": str(artifact.resolve()),
+        "threshold": threshold,
+        "backends": backends,
+        "selector": {"kind": spec.kind} | spec.model_dump(mode="json", exclude_defaults=True),
+        "decision_log": {"url": f"sqlite:///{(out / 'decisions.db').resolve()}", "store_prompts": True},
+    }
+    config_path = out / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    processes.start(
+        ["serve", "--config", str(config_path), "--port", str(port)], ready=f"http://127.0.0.1:{port}/healthz", log=log
+    )
+    return config_path
 
 
 def check_port(port: int) -> None:

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from .._exceptions import ConfigError
 from ..data import RoutingDataset, split_prompts
 from ..routers import EscalatingBestRouteRouter
-from ..selection import SelectorSpec
-from ._processes import Processes, check_port, free_port
+from ._processes import Processes, check_port, free_port, start_gateway
 
 MIN_RELATIVE_QUALITY = 0.995  # the serving knob: the threshold that kept 99.5% of the reference's quality on validation
 
@@ -73,28 +71,24 @@ def serve(
             log=settings.out / "replay.log",
         )
         echo(f"replay backends: {len(data.models)} models at {replay_url}")
-        spec = SelectorSpec.parse(trained.router.selector)
-        config = {
-            "router": str(trained.artifact.resolve()),
-            "threshold": trained.knob,
-            "backends": [
-                {
-                    "name": model,
-                    "base_url": replay_url,
-                    "input_usd_per_mtok": data.prices[model].input_usd_per_mtok,
-                    "output_usd_per_mtok": data.prices[model].output_usd_per_mtok,
-                    "supports_n": True,
-                }
-                for model in data.models
-            ],
-            "selector": {"kind": spec.kind} | spec.model_dump(mode="json", exclude_defaults=True),
-            "decision_log": {"url": f"sqlite:///{(settings.out / 'decisions.db').resolve()}", "store_prompts": True},
-        }
-        config_path = settings.out / "gateway.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        processes.start(
-            ["serve", "--config", str(config_path), "--port", str(settings.port)],
-            ready=f"http://127.0.0.1:{settings.port}/healthz",
+        backends = [
+            {
+                "name": model,
+                "base_url": replay_url,
+                "input_usd_per_mtok": data.prices[model].input_usd_per_mtok,
+                "output_usd_per_mtok": data.prices[model].output_usd_per_mtok,
+                "supports_n": True,
+            }
+            for model in data.models
+        ]
+        config_path = start_gateway(
+            processes,
+            out=settings.out,
+            port=settings.port,
+            artifact=trained.artifact,
+            threshold=trained.knob,
+            backends=backends,
+            selector=trained.router.selector,
             log=settings.out / "gateway.log",
         )
         echo(f"gateway: http://127.0.0.1:{settings.port}/v1 (config {config_path})")
