@@ -56,6 +56,12 @@ def test_bad_inputs_exit_non_zero_with_one_line(artifact, subset_dir, tmp_path):
         ("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")),
         ("route", str(tmp_path / "missing.bestroute"), "hi"),
         ("route", str(artifact), "hi", "--max-cost", "0.0000001"),
+        # Knobs and targets no decision can use, and nothing to route (they exited 0 before).
+        ("route", str(artifact), "hi", "--threshold", "nan"),
+        ("route", str(artifact), "hi", "--threshold", "-5"),
+        ("route", str(artifact), "hi", "--min-quality", "-0.2"),
+        ("route", str(artifact), "hi", "--max-cost", "-1"),
+        ("route", str(artifact), " "),
         ("eval", "--data", str(subset_dir), "--out", str(tmp_path / "e"), "--routers", "nope"),
     ]
     for args in cases:

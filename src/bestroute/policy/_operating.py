@@ -1,5 +1,6 @@
 """Operating points people can read: what each knob value led to on validation."""
 
+import math
 from dataclasses import asdict, dataclass
 
 from .._exceptions import RouterError
@@ -20,6 +21,12 @@ def choose_knob(
     ``max_cost_per_1k`` (both given: the cheapest point meeting both)."""
     if min_relative_quality is None and max_cost_per_1k is None:
         raise RouterError("give a target: minimum relative quality or maximum cost per 1k prompts")
+    if min_relative_quality is not None and not (math.isfinite(min_relative_quality) and min_relative_quality > 0):
+        raise RouterError(
+            f"the minimum relative quality must be a number above 0 (0.99: 99%), got {min_relative_quality}"
+        )
+    if max_cost_per_1k is not None and not (math.isfinite(max_cost_per_1k) and max_cost_per_1k >= 0):
+        raise RouterError(f"the maximum cost per 1k prompts must be a number of USD >= 0, got {max_cost_per_1k}")
     fits = [
         p
         for p in table

@@ -169,8 +169,11 @@ class Router:
         return self.rule.decide(scores, knob, available)
 
     def route(self, texts: list[str], *, knob: float | None = None) -> list[dict[str, Any]]:
-        """Decisions with what led to them: option, scores, expected cost."""
-        knob = self.default_knob() if knob is None else knob
+        """Decisions with what led to them: option, scores, expected cost. An empty prompt or a
+        knob the decision rule cannot use is a RouterError."""
+        knob = self.default_knob() if knob is None else self.rule.check(knob)
+        if any(not text.strip() for text in texts):
+            raise RouterError("a prompt to route is empty")
         scores = self.predict(texts)
         return [
             {
