@@ -2,7 +2,7 @@
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 class ChatMessage(BaseModel):
@@ -29,9 +29,15 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
 
+    # Routing, judging, accounting and the log all read the prompt: joined once (a long
+    # conversation is a megabyte to copy); the messages are not changed after validation.
+    _prompt: str | None = PrivateAttr(default=None)
+
     def prompt_text(self) -> str:
         """The text the router sees: the conversation's messages, one per line."""
-        return "\n".join(m.text() for m in self.messages)
+        if self._prompt is None:
+            self._prompt = "\n".join(m.text() for m in self.messages)
+        return self._prompt
 
     def upstream_body(self, model: str, *, n: int, stream: bool) -> dict[str, Any]:
         body = self.model_dump(exclude_none=True, exclude={"model", "n", "stream"})
