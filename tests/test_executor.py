@@ -159,7 +159,7 @@ class SelectorJudge:
     def __init__(self, selector) -> None:
         self.selector = selector
 
-    async def judge(self, samples):
+    async def judge(self, samples, *, signals=False):
         texts = [s.text for s in samples]
         agreement, scores = self.selector.judge("", texts, np.zeros(len(texts)))
         return judgment(self.selector, agreement, scores)
@@ -211,7 +211,7 @@ def test_a_failed_call_ends_the_run_with_its_error_and_its_cost():
 
 def test_a_judge_that_fails_keeps_nothing_and_asks_the_reference():
     class Failing:
-        async def judge(self, samples):
+        async def judge(self, samples, *, signals=False):
             return Judgment(0, None, "selector: backend 'judge': HTTP 500; kept the first sample")
 
     execution = run_now(
@@ -236,10 +236,10 @@ def test_the_gateway_judge_runs_off_the_event_loop_and_within_the_deadline():
     past its deadline."""
 
     class Slow:
-        spec = Consensus.spec
+        spec = Consensus().spec
         confidence = "agreement"
 
-        def judge(self, prompt, responses, quality):
+        def judge(self, prompt, responses, quality, answer=None):
             import time
 
             time.sleep(0.5)
@@ -290,7 +290,7 @@ def test_a_source_or_judge_that_breaks_its_promise_fails_the_run_not_the_process
             return [Drawn(call, texts=("only one",)) for call in calls]
 
     class OutOfRange:
-        async def judge(self, samples):
+        async def judge(self, samples, *, signals=False):
             return Judgment(len(samples) + 3, 0.9)
 
     short = run_now(execute(Option("small", 3), source=Short(), judge=SelectorJudge(Consensus()), reference="big"))

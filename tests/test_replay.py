@@ -109,20 +109,24 @@ def test_latency_specs_are_parsed_or_refused():
 def test_the_gateway_over_replay_backends_decides_and_pays_as_offline(staged_data, tmp_path):
     """Every test prompt, at four knobs: the option the gateway takes, the answer it returns and
     what it pays are the offline evaluation's. The staged option goes on to its second stage on
-    odd prompts, whose call asks the replay backend for samples 2 and 3, as offline."""
+    odd prompts, whose call asks the replay backend for samples 2 and 3, as offline; with
+    calibrated options, a calibrated one is served, also as offline."""
     data = staged_data
     server = ServerThread(create_replay_app(ReplayData(data))).start()
     try:
-        _served_as_offline(data, server.url, tmp_path)
+        _served_as_offline(data, server.url, tmp_path, calibrate=False)
+        _served_as_offline(data, server.url, tmp_path, calibrate=True)
     finally:
         server.stop()
 
 
-def _served_as_offline(data, replay_url, tmp_path):
+def _served_as_offline(data, replay_url, tmp_path, *, calibrate: bool):
     split = split_prompts(data.prompt_ids)
-    router = EscalatingBestRouteRouter(features="lexical", max_n=4, prune_dominated=False).fit(
+    router = EscalatingBestRouteRouter(features="lexical", max_n=4, prune_dominated=False, calibrate=calibrate).fit(
         data, split.train, split.val
     )
+    tmp_path = tmp_path / f"calibrate-{calibrate}"
+    tmp_path.mkdir()
     artifact = tmp_path / "router.bestroute"
     router.save(artifact)
     backends = {
@@ -150,6 +154,9 @@ def _served_as_offline(data, replay_url, tmp_path):
                 } == {offline_quality}
                 chosen.add(option.label)
                 stages.add(len((details["escalation"] or {"stages": [1]})["stages"]))
+    if calibrate:  # a calibrated pair takes the staged option's place, decided as offline
+        assert any(" p>=" in label for label in chosen), chosen
+        return
     assert len(chosen) == 4 and any(" else " in label for label in chosen), chosen  # a staged option served
     assert max(stages) >= 2, stages  # and it went on to its second stage
     with sqlite3.connect(tmp_path / "decisions.db") as db:

@@ -12,27 +12,10 @@ from bestroute.selection import (
     Option,
     SelectionCache,
     SelectorSpec,
-    extract_answer,
     make_selector,
     option_outcomes,
     soft_labels,
 )
-
-
-@pytest.mark.parametrize(
-    ("response", "answer"),
-    [
-        ('{"reasoning": "6*7", "answer": "42"}', "42"),
-        ('```json\n{"reasoning": "x", "answer": "[(1, 2)]"}\n```', "[(1, 2)]"),
-        ("so the total is $1,200.00.", "1200"),
-        ("#### 18", "18"),
-        ("The answer is Paris.", "paris"),
-        ("no digits here\nYes", "yes"),
-        ("", ""),
-    ],
-)
-def test_extract_answer(response, answer):
-    assert extract_answer(response) == answer
 
 
 def test_bootstrap_labels_match_hand_computed_values(multisample_dir):

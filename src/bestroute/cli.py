@@ -41,8 +41,9 @@ DataPath = Annotated[Path, typer.Option("--data", help="Routing-data directory o
 
 
 SELECTOR_HELP = (
-    "Best-of-n selector: auto (consensus, or a reward model fitted on the train split if it "
-    "picks better on validation), consensus, majority, reward-model:PATH."
+    "Best-of-n selector: auto (consensus, or a reward model fitted on the train split, or semantic "
+    "consensus where answers are free text, whichever picks better on validation), consensus, "
+    "majority, semantic:SIMILARITY, reward-model:PATH."
 )
 
 
@@ -198,6 +199,11 @@ def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from 
             quality = "—" if row["accepted_quality"] is None else f"{row['accepted_quality']:.4f}"
             accepted.add_row(row["option"], str(row["prompts"]), f"{row['accepted']:.1%}", quality)
         console.print(accepted)
+    if router.accept_model_ is not None:
+        weights = Table("signal", "weight", title="acceptance model of the calibrated options (p>=): logistic weights")
+        for name, weight in router.accept_model_.weights().items():
+            weights.add_row(name, f"{weight:+.3f}")
+        console.print(weights)
 
 
 @app.command("eval")

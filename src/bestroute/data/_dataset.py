@@ -32,6 +32,8 @@ class RoutingDataset:
     responses: np.ndarray  # (P, M, K) of str | None
     source: str = ""
     reference_model: str | None = None  # named by the data; routers default to it
+    # Per prompt, how its answers are read: (type, pattern), None where the data says nothing.
+    answer_rules: list[tuple[str | None, str | None]] | None = None
 
     @classmethod
     def from_records(
@@ -84,6 +86,9 @@ class RoutingDataset:
             responses=texts,
             source=source,
             reference_model=reference_model,
+            answer_rules=[(p.answer_type, p.answer_pattern) for p in prompts]
+            if any(p.answer_type or p.answer_pattern for p in prompts)
+            else None,
         )
 
     @property

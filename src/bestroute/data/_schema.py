@@ -10,12 +10,15 @@ class _Record(BaseModel):
 
 
 class PromptRecord(_Record):
-    """One prompt: the full text a model is sent, plus optional task and reference answer."""
+    """One prompt: the full text a model is sent, plus optional task, reference answer and how its
+    answers are read (a type and a regular expression; see ``bestroute.selection.AnswerSpec``)."""
 
     prompt_id: str = Field(min_length=1)
     prompt: str
     task: str | None = None
     reference: str | None = None
+    answer_type: str | None = None
+    answer_pattern: str | None = None
 
     @field_validator("reference", mode="before")
     @classmethod

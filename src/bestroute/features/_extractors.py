@@ -71,6 +71,8 @@ class _MiniLMOnnx:
         self.tokenizer_json = _minilm_tokenizer_path().read_text(encoding="utf-8")
         self.tokenizer = Tokenizer.from_str(self.tokenizer_json)
         self.tokenizer.enable_truncation(max_tokens)
+        # The packaged tokenizer pads every text to 128 tokens: the mean must see only its own.
+        self.tokenizer.no_padding()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(self.model_path), options)
@@ -104,7 +106,8 @@ class MiniLMEmbedder:
 
     def __init__(self, *, cache: EmbeddingCache | None = None) -> None:
         self._model = _MiniLMOnnx()
-        self._namespace = "minilm-int8-" + hashlib.sha256(self._model.model_path.read_bytes()).hexdigest()[:16]
+        # "v2": embeddings before it were averaged over padding too, and must not be reused.
+        self._namespace = "minilm-int8-v2-" + hashlib.sha256(self._model.model_path.read_bytes()).hexdigest()[:16]
         self._cache = cache or EmbeddingCache(cache_dir() / "embeddings.sqlite")
 
     def transform(self, texts: list[str]) -> np.ndarray:

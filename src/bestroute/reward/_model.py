@@ -10,7 +10,7 @@ from .._artifact import read_artifact, write_artifact
 from .._exceptions import ArtifactError, RouterError
 from ..data import RoutingDataset
 from ..features import FeatureExtractor, apply_heads, extractor_from_state, fit_soft_heads, make_extractor
-from ..selection import Selector, SelectorSpec, extract_answer, make_selector
+from ..selection import MajorityVote, Selector, SelectorSpec, make_selector
 
 ARTIFACT_KIND = "bestroute-reward-model"
 ARTIFACT_VERSION = 2  # 2: cross-fitted
@@ -201,9 +201,9 @@ def pairwise_accuracy(
         q = np.array(quality)
         if len(q) < 2 or q.min() == q.max():
             continue
-        answers = [extract_answer(t) for t in texts]
+        agreement, _ = MajorityVote().judge(data.texts[i], list(texts), q)
         scores = {
-            "majority_vote": np.array([answers.count(a) for a in answers], dtype=float) / len(answers),
+            "majority_vote": agreement.mean(axis=1),
             "random": rng.random(len(texts)),
         }
         if model is not None:

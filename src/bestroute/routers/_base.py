@@ -20,7 +20,7 @@ from ..policy import (
     table_to_json,
 )
 from ..reward import load_selector
-from ..selection import Option, OptionOutcomes, SelectionCache, SelectorSpec, option_outcomes
+from ..selection import AcceptanceModel, Option, OptionOutcomes, SelectionCache, SelectorSpec, option_outcomes
 
 ARTIFACT_VERSION = 1
 
@@ -105,7 +105,8 @@ class Router:
         chooser = val if val is not None and len(val) else train
         self.reference_ = Option(choose_reference(data, chooser, self.reference))
         self.options_ = self._make_options(data, train)
-        self.outcomes_ = option_outcomes(self._cache, self.options_, self.reference_)
+        self.accept_model_ = self._fit_acceptance(data, train)
+        self.outcomes_ = option_outcomes(self._cache, self.options_, self.reference_, self.accept_model_)
         self._fit_data = data
         self.reference_index_ = self.options_.index(self.reference_)
         cost = np.where(self.outcomes_.available[train], self.outcomes_.cost[train], np.nan)
@@ -141,6 +142,11 @@ class Router:
             top = min(self.max_n, data.max_samples(j)) if self.uses_samples else 1
             options += [Option(model, n) for n in range(1, max(top, 1) + 1)]
         return options
+
+    def _fit_acceptance(self, data: RoutingDataset, train: np.ndarray) -> AcceptanceModel | None:
+        """The acceptance model of the router's calibrated options, fitted on ``train`` (None:
+        it has none)."""
+        return None
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         raise NotImplementedError
@@ -231,7 +237,8 @@ class Router:
         # Outcomes of the fitting data are kept from fit; other data gets its own.
         if data is getattr(self, "_fit_data", None):
             return self.outcomes_
-        return option_outcomes(SelectionCache(data, load_selector(self.selector)), self.options_, self.reference_)
+        cache = SelectionCache(data, load_selector(self.selector))
+        return option_outcomes(cache, self.options_, self.reference_, self.accept_model_)
 
     def _operating_table(self, data: RoutingDataset, val: np.ndarray, x: np.ndarray) -> list[OperatingPoint]:
         # Relative quality needs the reference's answer; prompts it did not answer say nothing.
@@ -272,7 +279,10 @@ class Router:
             "features": feature_meta,
             "state": meta,
         }
-        write_artifact(path, document, {"features": feature_arrays, "state": arrays})
+        archives = {"features": feature_arrays, "state": arrays}
+        if self.accept_model_ is not None:
+            document["accept_model"], archives["accept_model"] = self.accept_model_.state()
+        write_artifact(path, document, archives)
 
     @classmethod
     def _load(cls, document: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> "Router":
@@ -284,6 +294,10 @@ class Router:
         router.active_ = np.array(document["active"], dtype=bool)
         router.table_ = table_from_json(document["table"])
         router.acceptance_ = document.get("acceptance", [])  # artifacts before escalation have none
+        accept_model = document.get("accept_model")  # only a router with calibrated options has one
+        router.accept_model_ = (
+            AcceptanceModel.from_state(accept_model, arrays.get("accept_model", {})) if accept_model else None
+        )
         router.extractor_ = extractor_from_state(document["features"], arrays.get("features", {}))
         router._load_state(document["state"], arrays.get("state", {}))
         return router
@@ -317,6 +331,8 @@ def _option_to_json(option: Option) -> list[Any] | dict[str, Any]:
     if not option.composite:
         return [option.model, option.n]  # the form every artifact version reads
     document = {"model": option.model, "n": option.n, "mix": list(option.mix), "accept": option.accept}
+    if option.calibrated:
+        document["calibrated"] = True
     if option.then is not None:
         document |= {"then": _option_to_json(option.then), "gate": option.gate}
     return document
@@ -333,6 +349,7 @@ def _option_from_json(document: list[Any] | dict[str, Any]) -> Option:
         document["accept"],
         then,
         document.get("gate", 0.0),
+        bool(document.get("calibrated", False)),
     )
 
 

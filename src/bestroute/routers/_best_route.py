@@ -9,7 +9,7 @@ import numpy as np
 from ..data import RoutingDataset
 from ..features import apply_heads, fit_soft_heads
 from ..policy import THRESHOLD_GRID
-from ..selection import Option, soft_labels
+from ..selection import AcceptanceModel, Option, acceptance_examples, soft_labels
 from ._base import Router
 
 
@@ -49,6 +49,7 @@ class BestRouteRouter(Router):
             self.reference_,
             max_subsets=self.max_subsets,
             seed=self.seed,
+            acceptance=self.accept_model_,
         )
         labels[:, self.reference_index_] = 1.0  # the reference is always as good as itself
         self.label_mean_ = np.nan_to_num(np.nanmean(labels, axis=0), nan=0.0)
@@ -85,7 +86,13 @@ class EscalatingBestRouteRouter(BestRouteRouter):
       reference (so a mixture of three costs no more than the reference);
     - a cheap model's n samples (n = 3, 5 up to ``max_n``) accepted when at least
       ``accept_shares`` of them agree with the pick;
-    - with a reward-model selector, one cheap sample accepted when its score is >= 0.3, 0.5, 0.7.
+    - with a reward-model selector, one cheap sample accepted when its score is >= 0.3, 0.5, 0.7;
+    - with ``calibrate``, *calibrated* options: pairs, triples and the whole set of the cheap
+      models, pairs that ask more models when the calibrated probability is too low, a cheap
+      model's 3 samples, and its 2 samples that draw up to ``max_n`` when unsure, kept when
+      the router's acceptance model (fitted on the training prompts' stages: see
+      :class:`bestroute.selection.AcceptanceModel`) gives the pick a probability >= each of
+      ``accept_probabilities`` of being as good as the reference's answer.
 
     Each head predicts how often the whole policy (its pick, or the reference's answer where it
     escalates) is as good as the reference, and each option's cost is its mean over the training
@@ -98,6 +105,13 @@ class EscalatingBestRouteRouter(BestRouteRouter):
         Cheap models (per task) that mixtures are drawn from.
     accept_shares : tuple of float
         Acceptance thresholds of a single model's n samples.
+    calibrate : bool
+        Add the calibrated options and fit their acceptance model (off by default: on the data
+        measured here they gained nothing and doubled the fitting time; docs/results.md).
+    accept_probabilities : tuple of float
+        Thresholds of the calibrated options on the acceptance model's probability.
+    accept_C : float
+        Inverse L2 strength of the acceptance model.
     Also every parameter of :class:`BestRouteRouter`.
     """
 
@@ -105,9 +119,27 @@ class EscalatingBestRouteRouter(BestRouteRouter):
 
     mix_models: int = 5
     accept_shares: tuple[float, ...] = (0.6, 1.0)
+    calibrate: bool = False
+    accept_probabilities: tuple[float, ...] = (0.9, 0.95, 0.98)
+    accept_C: float = 1.0
 
     def __post_init__(self) -> None:
         self.accept_shares = tuple(self.accept_shares)  # an artifact's JSON gives a list
+        self.accept_probabilities = tuple(self.accept_probabilities)
+
+    def _fit_acceptance(self, data: RoutingDataset, train: np.ndarray) -> AcceptanceModel | None:
+        stages = [stage for option in self.options_ if option.calibrated for stage in option.stages]
+        if not stages:
+            return None
+        # The same stages, prompts and C give the same model: fits that share a cache (one per
+        # hyperparameter candidate) share it, and so the outcomes of its options.
+        key = ("acceptance", tuple(stages), np.asarray(train).tobytes(), self.reference_, self.accept_C)
+        memo = self._cache.memo
+        if key not in memo:
+            signals, labels = acceptance_examples(self._cache, train, stages, self.reference_)
+            memo[key] = AcceptanceModel(C=self.accept_C).fit(signals, labels) if len(labels) else None
+        model: AcceptanceModel | None = memo[key]
+        return model
 
     def _make_options(self, data: RoutingDataset, train: np.ndarray) -> list[Option]:
         return super()._make_options(data, train) + escalating_options(
@@ -118,6 +150,7 @@ class EscalatingBestRouteRouter(BestRouteRouter):
             mix_models=self.mix_models,
             accept_shares=self.accept_shares,
             score_confidence=self._cache.selector.confidence == "score",
+            accept_probabilities=self.accept_probabilities if self.calibrate else (),
         )
 
     def knob_grid(self) -> np.ndarray:
@@ -145,6 +178,7 @@ def escalating_options(
     mix_models: int,
     accept_shares: tuple[float, ...],
     score_confidence: bool,
+    accept_probabilities: tuple[float, ...] = (),
 ) -> list[Option]:
     """The verify-and-escalate options of :class:`EscalatingBestRouteRouter` (see there)."""
     ref_j = data.model_index(reference.model)
@@ -179,6 +213,17 @@ def escalating_options(
                 if len(others) >= extra:
                     grown = Option.mixture(first + others[:extra], accept=1.0)
                     options[Option.mixture(first, gate=1.0, then=grown)] = None
+            for p in accept_probabilities:  # calibrated: the pair, else one or two more, else the reference
+                options[Option.mixture(first, accept=p, calibrated=True)] = None
+                for extra in (1, 2):
+                    if len(others) >= extra:
+                        grown = Option.mixture(first + others[:extra], accept=p, calibrated=True)
+                        options[Option.mixture(first, accept=p, then=grown, calibrated=True)] = None
+        for p in accept_probabilities:
+            for size in sorted({3, len(top)}) if len(top) >= 3 else ():  # pairs are above
+                for combo in combinations(top, size):
+                    models = tuple(data.models[j] for j in combo)
+                    options[Option.mixture(models, accept=p, calibrated=True)] = None
     for j, model in enumerate(data.models):
         if j == ref_j or np.nanmean(cost[:, j]) > ref_cost:
             continue
@@ -196,4 +241,10 @@ def escalating_options(
                 options[Option(model, 1, accept=accept)] = None
                 if most >= 3:
                     options[Option(model, 1, accept=accept, then=Option(model, 3))] = None
+        for p in accept_probabilities:  # calibrated: n samples, or two and more only when unsure
+            if most >= 2:
+                options[Option(model, min(3, most), accept=p, calibrated=True)] = None
+            if most >= 4:
+                grown = Option(model, most, accept=p, calibrated=True)
+                options[Option(model, 2, accept=p, then=grown, calibrated=True)] = None
     return list(options)

@@ -2,7 +2,8 @@
 one of n responses, the answers they compare, and the outcomes and soft labels they lead to. It
 does no I/O: whoever runs an option supplies its samples."""
 
-from ._answers import extract_answer
+from ._answers import ANSWER_TYPES, Answer, AnswerSpec, AnswerType, equivalent, extract_answer, read_answer
+from ._confidence import SIGNAL_NAMES, AcceptanceModel, Signals, stage_signals
 from ._executor import (
     REFERENCE_STAGE,
     Call,
@@ -24,6 +25,8 @@ from ._outcomes import (
     RecordedJudge,
     RecordedSource,
     SelectionCache,
+    acceptance_examples,
+    answer_specs,
     best_selector,
     option_outcomes,
     recorded,
@@ -41,6 +44,7 @@ from ._selectors import (
     Selector,
     SelectorKind,
     SelectorSpec,
+    SemanticConsensus,
     judgment,
     make_selector,
     pick,
@@ -49,8 +53,14 @@ from ._selectors import (
 )
 
 __all__ = [
+    "ANSWER_TYPES",
     "IN_PROCESS",
     "REFERENCE_STAGE",
+    "SIGNAL_NAMES",
+    "AcceptanceModel",
+    "Answer",
+    "AnswerSpec",
+    "AnswerType",
     "Call",
     "Consensus",
     "Drawn",
@@ -71,9 +81,14 @@ __all__ = [
     "Selector",
     "SelectorKind",
     "SelectorSpec",
+    "SemanticConsensus",
+    "Signals",
     "StageRecord",
     "Verdict",
+    "acceptance_examples",
+    "answer_specs",
     "best_selector",
+    "equivalent",
     "execute",
     "extract_answer",
     "judgment",
@@ -81,6 +96,7 @@ __all__ = [
     "option_outcomes",
     "pick",
     "pick_confidence",
+    "read_answer",
     "recorded",
     "require_confidence",
     "run_now",
@@ -89,5 +105,6 @@ __all__ = [
     "soft_labels",
     "stage_calls",
     "stage_keys",
+    "stage_signals",
     "stage_verdict",
 ]

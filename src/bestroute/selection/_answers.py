@@ -1,39 +1,381 @@
-"""The final answer of a response, as agreement-based selectors and reference checks compare it."""
+"""Answer equivalence: the final answer of a response, read by its type, and whether two answers
+say the same thing.
 
+:func:`read_answer` finds where a response states its final answer (a JSON ``answer`` field, the
+gateway's text of tool calls, ``\\boxed{}``, ``####``, "the answer is"/"final answer"/"Answer:"/
+"A:", else the last line, else the last number, date or fraction in the text) and parses it by
+type: a number (currency, thousands separators, percent, units, fractions), a date, a
+multiple-choice letter (with or without its text), a boolean, a Python or JSON literal, or free
+text. :func:`equivalent` compares two answers by type: numbers within a relative tolerance, dates
+and letters normalised, literals by equality, free text normalised; across types, only a quoted
+string and the same thing unquoted agree. An empty or unparsable answer agrees with nothing, so
+samples that say nothing never look confident.
+
+Every selector that votes on answers, every reference check and the decision log's export read
+answers here; nothing here raises on any text.
+"""
+
+import ast
+import calendar
+import datetime
 import json
+import math
 import re
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Literal, get_args
 
+from pydantic import Field, field_validator
+
+from .._section import Section
 from .._text import json_object
 
-_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+AnswerType = Literal["auto", "number", "date", "choice", "boolean", "literal", "text"]
+ANSWER_TYPES: tuple[str, ...] = get_args(AnswerType)
+AnswerKind = Literal["empty", "unparsed", "number", "date", "choice", "boolean", "literal", "text", "tool_calls"]
+
+# Parsing is bounded: a span longer than these is not a typed answer (a literal may be long).
+_MAX_SPAN = 2_000
+_MAX_LITERAL = 20_000
+_NOT_READ = object()  # what a reader returns for text that is not of its type (None is a literal)
 
 
-def extract_answer(response: str | None) -> str:
-    """The final answer of a response, normalised: a JSON ``answer`` field, the tool calls of a
-    tool-call answer (names and arguments, whole), a '####' or 'answer is' marker, else the last
-    number, else the last non-empty line."""
-    if not response:
+class AnswerSpec(Section):
+    """How the answers of a task (or a gateway route) are read: their ``type`` (``auto`` tries each
+    in turn) and, optionally, a regular expression whose last match is the answer (its first
+    group, if it has one)."""
+
+    type: AnswerType = "auto"
+    pattern: str | None = Field(default=None, description="regex: its last match (group 1 if any) is the answer")
+    rel_tol: float = Field(default=1e-6, ge=0, le=1, description="numbers within this relative tolerance agree")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"answer pattern {pattern!r} is not a regular expression: {exc}") from None
+        return pattern
+
+
+AUTO = AnswerSpec()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response's final answer: its ``kind``, its normalised ``value`` (a float for a number,
+    a ``datetime.date``, an upper-case letter, a bool, the Python object of a literal, the
+    normalised text, the canonical JSON of tool calls; None when empty or unparsed) and the
+    ``text`` it was read from."""
+
+    kind: AnswerKind
+    value: Any
+    text: str
+
+    @property
+    def key(self) -> str:
+        """The answer as one normalised string (the decision log's and reports' form)."""
+        if self.kind == "number":
+            value = float(self.value)
+            return repr(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+        if self.kind == "date":
+            return self.value.isoformat()
+        if self.kind in ("choice", "text", "tool_calls"):
+            return str(self.value)
+        if self.kind == "boolean":
+            return "true" if self.value else "false"
+        if self.kind == "literal":
+            return repr(self.value)
         return ""
+
+
+def read_answer(response: str | None, spec: AnswerSpec = AUTO) -> Answer:
+    """The final answer of ``response``, read as ``spec`` says; never raises."""
+    if not response or not response.strip():
+        return Answer("empty", None, "")
     text = response.strip()
+    if spec.pattern is not None:
+        matches = list(re.finditer(spec.pattern, text, flags=re.IGNORECASE | re.MULTILINE))
+        if not matches:
+            return Answer("empty", None, "")
+        last = matches[-1]
+        span = last.group(1) if last.re.groups else last.group(0)
+        return _parse(span or "", spec.type)
+    calls = _tool_calls(text)
+    if calls is not None:
+        return Answer("tool_calls", calls, calls)
+    span = _marked_span(text)
+    if span is not None:
+        return _parse(span, spec.type)
+    lines = [line for line in text.splitlines() if not _DECORATION.fullmatch(line)]
+    last_line = _parse(lines[-1], spec.type) if lines else Answer("empty", None, "")
+    if last_line.kind not in ("text", "unparsed", "empty") or spec.type == "text":
+        return last_line
+    said = _STATED.search(lines[-1][-_MAX_SPAN:]) if lines else None
+    if said is not None:  # "The result is [1, 2, 3]": what the last line says it is
+        stated = _parse(said.group(1), spec.type)
+        if stated.kind not in ("text", "unparsed", "empty"):
+            return stated
+    token = _last_token(text, spec.type)
+    if token is not None:
+        parsed = _parse(token, spec.type)
+        if parsed.kind not in ("unparsed", "empty"):
+            return parsed
+    return last_line
+
+
+def equivalent(a: Answer, b: Answer, *, rel_tol: float = AUTO.rel_tol) -> bool:
+    """Whether two answers say the same thing (see the module's docstring)."""
+    if a.kind in ("empty", "unparsed") or b.kind in ("empty", "unparsed"):
+        return False
+    quoted = [x for x in (a, b) if x.kind == "literal" and isinstance(x.value, str)]
+    if len(quoted) == 1:
+        # A quoted string and the same thing written unquoted agree ('816' and 816, 'abc' and
+        # abc, '6,8' and 6,8), as graders of literal answers (CRUXEval's) count them.
+        # The quoted string is exact ('yes ' keeps its space); the unquoted one is trimmed.
+        other = b if quoted[0] is a else a
+        return bool(quoted[0].value == _unwrap(other.text))
+    if a.kind != b.kind:
+        return False
+    if a.kind == "number":
+        return math.isclose(a.value, b.value, rel_tol=rel_tol, abs_tol=1e-12)
+    try:
+        return bool(a.value == b.value)
+    except Exception:  # noqa: BLE001 -- a literal's __eq__ is the builtins', but never trust it to be total
+        return False
+
+
+def extract_answer(response: str | None, spec: AnswerSpec = AUTO) -> str:
+    """The final answer of a response as one normalised string (:attr:`Answer.key`)."""
+    return read_answer(response, spec).key
+
+
+_TOOL_CALLS = '{"tool_calls":'
+# What a sentence says something is: the text after its last " is ", ":" or "=".
+_STATED = re.compile(r"(?:\bis\b|:|=)\s*([^:=]{1,2000}?)\s*$")
+# Lines that hold no answer: blank, code fences, rules.
+_DECORATION = re.compile(r"\s*(?:```\w*|[-=*_#~]{3,})?\s*")
+
+
+def _tool_calls(text: str) -> str | None:
+    """The canonical JSON of the gateway's text of a tool-call answer (its last line)."""
+    start = text.rfind(_TOOL_CALLS)
+    if start < 0:
+        return None
+    try:
+        parsed = json.loads(text[start:])
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict) or list(parsed) != ["tool_calls"]:
+        return None
+    return json.dumps(parsed["tool_calls"], sort_keys=True, ensure_ascii=False)
+
+
+_JSON_ANSWER = re.compile(r'"answer"\s*:\s*("(?:[^"\\\n]|\\.)*"|[^,}\n]+)')
+_MARKER = re.compile(
+    r"(?:####|\bfinal answer\b(?:\s*(?:is|:))?|\bthe answer is\b|\banswer is\b|\banswer\s*:|^\s*a\s*:)[ \t:]*",
+    flags=re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _marked_span(text: str) -> str | None:
+    """The answer a response marks as its answer, or None if it marks none."""
     parsed = json_object(text)
     if parsed is not None and "answer" in parsed:
-        return _normalise_answer(str(parsed["answer"]))
-    if parsed is not None and list(parsed) == ["tool_calls"]:  # the gateway's text of a tool-call answer
-        return json.dumps(parsed["tool_calls"], sort_keys=True)
-    marker = re.search(r'(?:####|answer is|"answer"\s*:)\s*"?([^"\n]+)', text, flags=re.IGNORECASE)
-    if marker:
-        return _normalise_answer(marker.group(1))
-    numbers = _NUMBER.findall(text)
-    if numbers:
-        return _normalise_answer(numbers[-1])
-    lines = text.splitlines()
-    return _normalise_answer(lines[-1]) if lines else ""  # whitespace only: no answer
+        value = parsed["answer"]
+        return value if isinstance(value, str) else json.dumps(value)
+    field = None
+    for field in _JSON_ANSWER.finditer(text):
+        pass
+    if field is not None:  # a JSON answer field in JSON that does not parse
+        raw = field.group(1).strip()
+        try:
+            return str(json.loads(raw)) if raw.startswith('"') else raw
+        except ValueError:
+            return raw.strip('"')
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed
+    marker = None
+    for marker in _MARKER.finditer(text):
+        pass
+    if marker is None:
+        return None
+    rest = text[marker.end() :].split("\n", 1)[0]
+    boxed = _last_boxed(rest)
+    return boxed if boxed is not None else re.split(r"(?<=[^\d\s])\.\s|\.\s+(?=[A-Z])", rest, maxsplit=1)[0]
 
 
-def _normalise_answer(answer: str) -> str:
-    answer = answer.strip().strip(".").strip().lower()
+def _last_boxed(text: str) -> str | None:
+    """The contents of the last ``\\boxed{...}`` (braces balanced), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for end in range(begin, min(len(text), begin + _MAX_SPAN)):
+        if text[end] == "{":
+            depth += 1
+        elif text[end] == "}":
+            if depth == 0:
+                return text[begin:end]
+            depth -= 1
+    return None
+
+
+_MONTHS = {name.lower(): number for number, name in enumerate(calendar.month_name) if name} | {
+    name.lower(): number for number, name in enumerate(calendar.month_abbr) if name
+}
+_MONTH = r"(?:" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DATE_TOKEN = (
+    r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}"
+    rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH},?\s+\d{{4}}|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"
+)
+_NUMBER_TOKEN = r"-?[$€£¥]?\s?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?%?"
+_TOKEN = re.compile(rf"(?<![\w.])(?:{_DATE_TOKEN}|-?\d+\s*/\s*\d+(?![\d/])|{_NUMBER_TOKEN})", flags=re.IGNORECASE)
+
+
+def _last_token(text: str, kind: AnswerType) -> str | None:
+    """The last choice (for ``kind`` choice), else number, date or fraction written in ``text``."""
+    last = None
+    for last in (_CHOICE_TOKEN if kind == "choice" else _TOKEN).finditer(text[-_MAX_LITERAL:]):
+        pass
+    return last.group(0) if last is not None else None
+
+
+def _parse(span: str, kind: AnswerType) -> Answer:
+    """``span`` read as an answer of type ``kind`` (``auto``: the first type it parses as)."""
+    text = _unwrap(span)
+    if not text:
+        return Answer("empty", None, span)
+    if len(text) > _MAX_LITERAL:
+        return Answer("text", _normal_text(text), span) if kind in ("auto", "text") else Answer("unparsed", None, span)
+    for answer_kind, reader in _READERS:
+        if kind not in ("auto", answer_kind) or (answer_kind != "literal" and len(text) > _MAX_SPAN):
+            continue
+        value = reader(text)
+        if value is not _NOT_READ:
+            if answer_kind == "literal" and isinstance(value, int | float) and not isinstance(value, bool):
+                try:
+                    return Answer("number", float(value), span)
+                except OverflowError:  # an integer beyond floats: compared exactly, as a literal
+                    pass
+            return Answer(answer_kind, value, span)
+    if kind in ("auto", "text"):  # punctuation alone ("!?") is compared as written
+        return Answer("text", _normal_text(text) or text, span)
+    return Answer("unparsed", None, span)
+
+
+def _unwrap(span: str) -> str:
+    """The answer without the markup around it: markdown emphasis and code, LaTeX math and
+    ``\\text{}``, a closing full stop."""
+    text = span.strip()
+    for _ in range(3):
+        before = text
+        text = text.strip("*` ")
+        text = re.sub(
+            r"^(\*\*|\*|__|`{1,3}|\$\$?|\\\(|\\\[)(.*?)(\*\*|\*|__|`{1,3}|\$\$?|\\\)|\\\])$",
+            r"\2",
+            text,
+            flags=re.DOTALL,
+        )
+        text = re.sub(r"^\\text(?:bf)?\{(.*)\}$", r"\1", text, flags=re.DOTALL).strip()
+        text = text.rstrip(".;,").strip() or text  # "." alone is an answer, not a closing stop
+        if text == before:
+            break
+    return text
+
+
+def _boolean(text: str) -> Any:
+    word = text.lower().rstrip("!").strip()
+    return {"yes": True, "true": True, "no": False, "false": False}.get(word, _NOT_READ)
+
+
+_CHOICE = re.compile(r"^(?:(?i:option|choice)\s+)?(?:\(([A-Ja-j])\)|([A-J])(?:[.:)]|$))(?:\s+.*)?$", flags=re.DOTALL)
+# A letter written as a choice inside a sentence: "(B)", "B)", "B." before a space.
+_CHOICE_TOKEN = re.compile(r"\(([A-Ja-j])\)|\b([A-J])(?:\)|\.(?=\s|$))")
+
+
+def _choice(text: str) -> Any:
+    found = _CHOICE.match(text)
+    if found is None:
+        return _NOT_READ
+    return (found.group(1) or found.group(2)).upper()
+
+
+def _date(text: str) -> Any:
+    text = re.sub(r"(\d)(st|nd|rd|th)\b", r"\1", text.strip(), flags=re.IGNORECASE)
     try:
-        value = float(answer.replace(",", "").replace("$", ""))
-    except ValueError:
-        return answer
-    return repr(int(value)) if value.is_integer() else repr(value)
+        if found := re.fullmatch(r"(\d{4})-(\d{1,2})-(\d{1,2})", text):
+            year, month, day = (int(g) for g in found.groups())
+        elif found := re.fullmatch(r"(\d{1,2})/(\d{1,2})/(\d{2}|\d{4})", text):
+            first, second, year = (int(g) for g in found.groups())
+            year += 2000 if year < 100 else 0
+            month, day = (first, second) if first <= 12 else (second, first)  # US order unless it cannot be
+        elif found := re.fullmatch(rf"(\d{{1,2}})\s+({_MONTH}),?\s+(\d{{4}})", text, flags=re.IGNORECASE):
+            day, month, year = int(found.group(1)), _MONTHS[found.group(2).lower().rstrip(".")], int(found.group(3))
+        elif found := re.fullmatch(rf"({_MONTH})\s+(\d{{1,2}}),?\s+(\d{{4}})", text, flags=re.IGNORECASE):
+            month, day, year = _MONTHS[found.group(1).lower().rstrip(".")], int(found.group(2)), int(found.group(3))
+        else:
+            return _NOT_READ
+        return datetime.date(year, month, day)
+    except ValueError:  # no such day
+        return _NOT_READ
+
+
+_NUMBER = re.compile(
+    r"^(?P<sign>[-+−]?)\s*(?P<currency>[$€£¥])?\s*(?P<sign2>[-+−]?)"
+    r"(?P<digits>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?P<exp>[eE][-+]?\d+)?"
+    # Units: words without digits, up to five ("km", "square feet"); written without a space,
+    # at most three letters ("5km"), so "234abcdef" is not the number 234.
+    r"\s*(?P<percent>%|percent\b)?(?P<unit>[^\W\d_]{1,3}|\s+[^\W\d_]+(?:[ /.'-]+[^\W\d_]+){0,4}|\s*[°²³][^\W\d_]*)?[.]?$"
+)
+_FRACTION = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$|^\\d?frac\{(-?\d+)\}\{(\d+)\}$")
+
+
+def _number(text: str) -> Any:
+    if found := _FRACTION.match(text):
+        numerator, denominator = (
+            (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+        )
+        return float(Fraction(int(numerator), int(denominator))) if int(denominator) else _NOT_READ
+    found = _NUMBER.match(text)
+    if found is None:
+        return _NOT_READ
+    try:
+        value = float(found["digits"].replace(",", "") + (found["exp"] or ""))
+    except (ValueError, OverflowError):
+        return _NOT_READ
+    if not math.isfinite(value):  # beyond floats: the literal reader compares the integer exactly
+        return _NOT_READ
+    negative = (found["sign"] + found["sign2"]).count("-") + (found["sign"] + found["sign2"]).count("−")
+    return -value if negative % 2 else value
+
+
+def _literal(text: str) -> Any:
+    """The Python (or JSON) literal ``text`` writes, or ``_NOT_READ``."""
+    for parse in (ast.literal_eval, json.loads):
+        try:
+            with warnings.catch_warnings():  # "invalid escape sequence" in a model's string is its own business
+                warnings.simplefilter("ignore")
+                return parse(text)
+        except Exception:  # noqa: BLE001, S112 -- SyntaxError, ValueError, MemoryError, RecursionError: not one
+            continue
+    return _NOT_READ
+
+
+_READERS: list[tuple[AnswerKind, Any]] = [
+    ("boolean", _boolean),
+    ("choice", _choice),
+    ("date", _date),
+    ("number", _number),
+    ("literal", _literal),
+]
+
+
+def _normal_text(text: str) -> str:
+    """Free text compared as written, give or take case, quotes and punctuation around it (the
+    spacing inside counts: outputs of code differ by it)."""
+    return text.lower().strip().strip(".!?;:,\"'`").strip()

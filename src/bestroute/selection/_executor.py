@@ -12,11 +12,12 @@ The executor is a coroutine so that a source may await its calls; a source that 
 (recorded samples) runs it to its end at once, without an event loop (:func:`run_now`).
 """
 
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from .._exceptions import RouterError
+from ._confidence import Signals
 from ._options import Option, Verdict, stage_verdict
 
 REFERENCE_STAGE = "reference"
@@ -64,11 +65,13 @@ class Sample:
 @dataclass(frozen=True)
 class Judgment:
     """A judge's pick among a stage's samples (an index into them) and its confidence in it
-    (None: it gives none, or it failed; ``note`` says which)."""
+    (None: it gives none, or it failed; ``note`` says which); ``signals`` when they were asked
+    for and the judge can give them."""
 
     picked: int
     confidence: float | None
     note: str | None = None
+    signals: Signals | None = None
 
 
 @dataclass(frozen=True)
@@ -155,9 +158,10 @@ class SampleSource(Protocol):
 class Judge(Protocol):
     """Picks one of a stage's samples, and says how sure it is."""
 
-    async def judge(self, samples: Sequence[Sample]) -> Judgment:
+    async def judge(self, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
         """Never raises for what the samples hold: a judge that fails returns a Judgment with
-        no confidence and a note."""
+        no confidence and a note. With ``signals``, the Judgment carries the stage's signals
+        (for a calibrated stage), or none if the judge cannot give them."""
         ...
 
 
@@ -183,12 +187,23 @@ def stage_keys(stage: Option) -> list[tuple[str, int]]:
     return [(model, k) for model in stage.models for k in range(stage.n)]
 
 
-async def execute(option: Option, *, source: SampleSource, judge: Judge, reference: str | None) -> Execution:
+async def execute(
+    option: Option,
+    *,
+    source: SampleSource,
+    judge: Judge,
+    reference: str | None,
+    acceptance: Callable[[Signals], float] | None = None,
+) -> Execution:
     """Run ``option``: stage by stage, draw what the stage adds, judge all it has drawn, and keep
     the pick, go on, or ask ``reference`` (the reference model's name; None for an option that
-    never escalates). The first call that fails ends the run with that call's error."""
+    never escalates). A calibrated option's confidence is ``acceptance`` (the router's
+    acceptance model) of the stage's signals. The first call that fails ends the run with that
+    call's error."""
     if option.escalates and reference is None:
         raise RouterError(f"option {option.label!r} escalates, but no reference was given")
+    if option.calibrated and acceptance is None:
+        raise RouterError(f"option {option.label!r} is calibrated, but no acceptance model was given")
     drawn: dict[tuple[str, int], str | None] = {}
     stages: list[StageRecord] = []
     notes: list[str] = []
@@ -201,11 +216,15 @@ async def execute(option: Option, *, source: SampleSource, judge: Judge, referen
         for result in results:
             drawn |= {(result.call.model, result.call.first + k): text for k, text in enumerate(result.texts)}
         samples = [Sample(m, k, drawn[m, k]) for m, k in stage_keys(stage)]
-        judgment = await judge.judge(samples) if len(samples) > 1 or stage.judged else Judgment(0, None)
+        judged = len(samples) > 1 or stage.judged
+        judgment = await judge.judge(samples, signals=stage.calibrated) if judged else Judgment(0, None)
         if not 0 <= judgment.picked < len(samples):  # a judge's bug must not lose the samples paid for
             judgment = Judgment(0, None, f"the judge picked sample {judgment.picked} of {len(samples)}")
         if judgment.note is not None:
             notes.append(judgment.note)
+        if stage.calibrated and acceptance is not None:  # no signals (a judge that failed): no confidence
+            calibrated = acceptance(judgment.signals) if judgment.signals is not None else None
+            judgment = Judgment(judgment.picked, calibrated, judgment.note, judgment.signals)
         verdict = stage_verdict(stage, judgment.confidence)
         picked = samples[judgment.picked]
         stages.append(StageRecord(stage.label, stage.models, stage.n, results, picked, judgment.confidence, verdict))

@@ -22,7 +22,11 @@ class Option:
     A stage with a ``then`` goes on to it only when its confidence is >= ``gate`` (below that,
     straight to the reference); with ``accept`` None it never keeps its own pick, so the
     samples so far only decide whether more are worth drawing (verify before accepting). A last
-    stage without ``accept`` keeps its pick: the reference is never asked."""
+    stage without ``accept`` keeps its pick: the reference is never asked.
+
+    A *calibrated* option's thresholds compare the router's acceptance model's probability that
+    the pick is as good as the reference's answer (see ``AcceptanceModel``), not the selector's
+    own confidence; all its stages are calibrated."""
 
     model: str
     n: int = 1
@@ -30,8 +34,11 @@ class Option:
     accept: float | None = None
     then: "Option | None" = None
     gate: float = 0.0
+    calibrated: bool = False
 
     def __post_init__(self) -> None:
+        if not self.model or len(self.mix) == 1:
+            raise RouterError(f"an option names one model, or a mixture of two or more, got {self.model!r}")
         if self.accept is not None and not 0.0 <= self.accept <= 1.0:
             raise RouterError(f"acceptance threshold must be in [0, 1], got {self.accept}")
         if self.mix and self.model != "+".join(self.mix):
@@ -44,6 +51,8 @@ class Option:
             if self.accept is None and not self.gate:
                 raise RouterError(f"a stage that always goes on to {self.then.label!r} is that stage alone")
             later = self.then
+            if later.calibrated != self.calibrated:
+                raise RouterError("the stages of an option are all calibrated or none is")
             if later.models[: len(self.models)] != self.models or later.n < self.n or later.samples <= self.samples:
                 raise RouterError(
                     f"next stage {later.label!r} must draw more samples than {self.label!r}, its models first"
@@ -58,8 +67,9 @@ class Option:
         accept: float | None = None,
         then: "Option | None" = None,
         gate: float = 0.0,
+        calibrated: bool = False,
     ) -> "Option":
-        return cls("+".join(models), n, tuple(models), accept, then, gate)
+        return cls("+".join(models), n, tuple(models), accept, then, gate, calibrated)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -99,10 +109,11 @@ class Option:
     @property
     def label(self) -> str:
         base = self.model if self.n == 1 else f"{self.model} x{self.n}"
+        at = "p>=" if self.calibrated else ">="
         if self.then is None:
-            return base if self.accept is None else f"{base} >={self.accept:.2f} else reference"
-        kept = "" if self.accept is None else f" >={self.accept:.2f} else"
-        gated = f" if >={self.gate:.2f}:" if self.gate else ""
+            return base if self.accept is None else f"{base} {at}{self.accept:.2f} else reference"
+        kept = "" if self.accept is None else f" {at}{self.accept:.2f} else"
+        gated = f" if {at}{self.gate:.2f}:" if self.gate else ""
         return f"{base}{kept}{gated} {self.then.label}"
 
 

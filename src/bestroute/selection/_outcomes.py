@@ -9,9 +9,12 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
-from .._exceptions import RouterError
+from .._exceptions import DataError, RouterError
 from ..data import RoutingDataset
+from ._answers import Answer, AnswerSpec, read_answer
+from ._confidence import AcceptanceModel, Signals
 from ._executor import Call, Drawn, Execution, Judgment, Sample, execute, run_now, stage_keys
 from ._options import Option
 from ._selectors import ScoreSelector, Selector, judgment, no_agreement, pick, require_confidence
@@ -47,6 +50,7 @@ class SelectionCache:
 
     def __init__(self, data: RoutingDataset, selector: Selector) -> None:
         self.data, self.selector = data, selector
+        self.answers = answer_specs(data)
         self.memo: dict[Any, Any] = {}
         # A pointwise scorer that is faster in bulk scores whole prompts at once, when asked.
         self._bulk_scorer = selector if isinstance(selector, ScoreSelector) else None
@@ -64,6 +68,15 @@ class SelectionCache:
                 self._bulk[todo] = self._bulk_scorer.judge_rows(self.data, todo)
                 self._bulk_done[todo] = True
 
+    def answer(self, i: int, model: str, k: int) -> Answer:
+        """Sample k of ``model``'s answer to prompt i, read once as the prompt's answers are."""
+        key = ("answer", i, model, k)
+        if key not in self.memo:
+            spec = self.answers[i] or self.selector.spec.answer
+            self.memo[key] = read_answer(self.data.responses[i, self.data.model_index(model), k], spec)
+        answer: Answer = self.memo[key]
+        return answer
+
     def judgment(self, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         """The selector's judgment of all samples of prompt i from model j, made once: every
         subset's judgment is a slice of it."""
@@ -74,9 +87,27 @@ class SelectionCache:
                 self.memo[i, j] = (no_agreement(k), self._bulk[i, j, :k])
             else:
                 self.memo[i, j] = self.selector.judge(
-                    data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k]
+                    data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k], self.answers[i]
                 )
         return self.memo[i, j]
+
+
+def answer_specs(data: RoutingDataset) -> list[AnswerSpec | None]:
+    """Per prompt, how the data says its answers are read (None where it says nothing);
+    DataError naming the prompt for a type that does not exist or a pattern that is not a regex."""
+    if data.answer_rules is None:
+        return [None] * data.n_prompts
+    specs: dict[tuple[str | None, str | None], AnswerSpec | None] = {(None, None): None}
+    for i, (kind, pattern) in enumerate(data.answer_rules):
+        if (kind, pattern) not in specs:
+            try:
+                specs[kind, pattern] = AnswerSpec.model_validate({"type": kind or "auto", "pattern": pattern})
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                field = "answer_" + str(error["loc"][0]) if error["loc"] else "answer"
+                message = error["msg"].removeprefix("Value error, ")
+                raise DataError(f"prompt {data.prompt_ids[i]!r}: {field}: {message}", path=data.source) from None
+    return [specs[rule] for rule in data.answer_rules]
 
 
 def selected_quality(cache: SelectionCache, rows: np.ndarray) -> float:
@@ -100,10 +131,11 @@ def best_selector(
 ) -> tuple[Selector, dict[str, float]]:
     """The candidate whose kept samples are better on the prompts ``rows`` (by
     :func:`selected_quality`; the first of equals), and each candidate's mean quality there, by
-    kind."""
+    kind (semantic consensus: by its one-line form, which names its similarity)."""
     quality = [selected_quality(SelectionCache(data, candidate), rows) for candidate in candidates]
     best = max(range(len(candidates)), key=quality.__getitem__)
-    return candidates[best], {c.spec.kind: round(q, 6) for c, q in zip(candidates, quality, strict=True)}
+    names = [str(c.spec) if c.spec.kind == "semantic" else c.spec.kind for c in candidates]
+    return candidates[best], {name: round(q, 6) for name, q in zip(names, quality, strict=True)}
 
 
 def soft_labels(
@@ -114,14 +146,17 @@ def soft_labels(
     *,
     max_subsets: int = 64,
     seed: int = 0,
+    acceptance: AcceptanceModel | None = None,
 ) -> np.ndarray:
     """BEST-Route labels: for each prompt and option, the probability over subsets of n of the
     model's samples (exact when they are few, bootstrap otherwise) and over the reference's
     samples that the selected response's quality is >= the reference response's quality.
-    NaN where the model lacks the samples."""
-    key = ("labels", tuple(options), reference, np.asarray(rows).tobytes(), max_subsets, seed)
+    NaN where the model lacks the samples. Calibrated options need the ``acceptance`` model."""
+    key = ("labels", tuple(options), reference, np.asarray(rows).tobytes(), max_subsets, seed, acceptance)
     if key not in cache.memo:
-        cache.memo[key] = _soft_labels(cache, rows, options, reference, max_subsets=max_subsets, seed=seed)
+        cache.memo[key] = _soft_labels(
+            cache, rows, options, reference, max_subsets=max_subsets, seed=seed, acceptance=acceptance
+        )
     return cache.memo[key].copy()
 
 
@@ -133,6 +168,7 @@ def _soft_labels(
     *,
     max_subsets: int,
     seed: int,
+    acceptance: AcceptanceModel | None,
 ) -> np.ndarray:
     data = cache.data
     rng = np.random.default_rng(seed)
@@ -144,7 +180,7 @@ def _soft_labels(
         if option.composite:
             # Its outcome is already the whole policy's (its pick, or the reference's answer):
             # the label is how often that is as good as the reference.
-            outcome = _outcome(cache, option, reference)[0]
+            outcome = _outcome(cache, option, reference, acceptance)[0]
             for r, i in enumerate(rows):
                 ref_q = _scored(data.quality[i, ref_j])
                 if not np.isnan(outcome[i]) and ref_q.size:
@@ -185,10 +221,16 @@ class OptionOutcomes:
     accepted: np.ndarray  # (P, O) 1 where the option kept its own pick, 0 where it escalated; NaN if unavailable
 
 
-def option_outcomes(cache: SelectionCache, options: list[Option], reference: Option | None = None) -> OptionOutcomes:
+def option_outcomes(
+    cache: SelectionCache,
+    options: list[Option],
+    reference: Option | None = None,
+    acceptance: AcceptanceModel | None = None,
+) -> OptionOutcomes:
     """Outcomes of ``options`` on every prompt of the cache's data, each run by the executor on
-    the recorded samples; escalating options need the ``reference``."""
-    columns = [_outcome(cache, option, reference) for option in options]
+    the recorded samples; escalating options need the ``reference``, calibrated ones the
+    ``acceptance`` model."""
+    columns = [_outcome(cache, option, reference, acceptance) for option in options]
     quality, cost, accepted = (np.stack([c[part] for c in columns], axis=1) for part in range(3))
     return OptionOutcomes(quality=quality, cost=cost, available=~np.isnan(quality), accepted=accepted)
 
@@ -204,33 +246,38 @@ def recorded(data: RoutingDataset, option: Option, reference: Option | None) -> 
     return ok
 
 
-def run_recorded(cache: SelectionCache, i: int, option: Option, reference: Option | None) -> Execution:
+def run_recorded(
+    cache: SelectionCache, i: int, option: Option, reference: Option | None, acceptance: AcceptanceModel | None = None
+) -> Execution:
     """The executor's record of ``option`` on prompt ``i``, fed the recorded samples."""
     work = execute(
         option,
         source=RecordedSource(cache.data, i),
         judge=RecordedJudge(cache, i, option),
         reference=reference.model if reference is not None else None,
+        acceptance=acceptance,
     )
     return run_now(work)
 
 
-def _outcome(cache: SelectionCache, option: Option, reference: Option | None) -> tuple[np.ndarray, ...]:
+def _outcome(
+    cache: SelectionCache, option: Option, reference: Option | None, acceptance: AcceptanceModel | None = None
+) -> tuple[np.ndarray, ...]:
     """(quality, cost, accepted) of one option on every prompt, made once per option."""
-    key = ("outcome", option, reference)
+    key = ("outcome", option, reference, acceptance if option.calibrated else None)
     if key in cache.memo:
         return cache.memo[key]
     data = cache.data
     if option.escalates and reference is None:
         raise RouterError(f"option {option.label!r} escalates, but no reference was given")
-    if option.judged:
+    if option.judged and not option.calibrated:
         require_confidence(cache.selector)
     quality, cost, accepted = (np.full(data.n_prompts, np.nan) for _ in range(3))
     ok = recorded(data, option, reference)
     if option.samples > 1 or option.judged:
         cache.judge_in_bulk(np.flatnonzero(ok))
     for i in np.flatnonzero(ok):
-        execution = run_recorded(cache, int(i), option, reference)
+        execution = run_recorded(cache, int(i), option, reference, acceptance)
         answer = execution.answer
         assert answer is not None  # recorded samples never fail
         quality[i] = data.quality[i, data.model_index(answer.model), answer.number]
@@ -238,6 +285,32 @@ def _outcome(cache: SelectionCache, option: Option, reference: Option | None) ->
         accepted[i] = float(execution.accepted)
     cache.memo[key] = (quality, cost, accepted)
     return quality, cost, accepted
+
+
+def acceptance_examples(
+    cache: SelectionCache, rows: np.ndarray, stages: Sequence[Option], reference: Option
+) -> tuple[list[Signals], np.ndarray]:
+    """What an acceptance model is fitted on: for each stage (its models and n) and each prompt
+    of ``rows`` where its samples and the reference's answer are recorded, the stage's signals
+    and whether its pick is as good as the reference's answer (1) or not (0)."""
+    data = cache.data
+    ref_j = data.model_index(reference.model)
+    found: list[Signals] = []
+    labels: list[float] = []
+    structures = {(stage.models, stage.n) for stage in stages}
+    for models, n in sorted(structures):
+        stage = Option.mixture(models, n=n) if len(models) > 1 else Option(models[0], n)
+        keys = stage_keys(stage)
+        ok = recorded(data, stage, None) & ~np.isnan(data.quality[:, ref_j, 0])
+        for i in np.asarray(rows)[ok[rows]]:
+            cells = [(m, k, data.model_index(m)) for m, k in keys]
+            samples = [Sample(m, k, data.responses[i, j, k]) for m, k, j in cells]
+            judged = run_now(RecordedJudge(cache, int(i), stage).judge(samples, signals=True))
+            assert judged.signals is not None  # a recorded judge always gives them
+            _, k, j = cells[judged.picked]
+            found.append(judged.signals)
+            labels.append(float(data.quality[i, j, k] >= data.quality[i, ref_j, 0]))
+    return found, np.array(labels)
 
 
 class RecordedSource:
@@ -270,9 +343,8 @@ class RecordedJudge:
 
     def __init__(self, cache: SelectionCache, i: int, option: Option) -> None:
         self.cache, self.i, self.option = cache, i, option
-        self._joint: tuple[dict[tuple[str, int], int], np.ndarray, np.ndarray] | None = None
 
-    async def judge(self, samples: Sequence[Sample]) -> Judgment:
+    async def judge(self, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
         cache, data = self.cache, self.cache.data
         models = {s.model for s in samples}
         if len(models) == 1 or cache.selector.confidence == "score":
@@ -287,17 +359,31 @@ class RecordedJudge:
             index, agreement, scores = self._judged_together()
             where = [index[s.model, s.number] for s in samples]
             agreement, scores = agreement[np.ix_(where, where)], scores[where]
-        return judgment(cache.selector, agreement, scores)
+        if not signals:
+            return judgment(cache.selector, agreement, scores)
+        return judgment(
+            cache.selector,
+            agreement,
+            scores,
+            samples=samples,
+            prompt=data.texts[self.i],
+            answer=cache.answers[self.i],
+            reader=lambda sample: cache.answer(self.i, sample.model, sample.number),
+        )
 
     def _judged_together(self) -> tuple[dict[tuple[str, int], int], np.ndarray, np.ndarray]:
-        if self._joint is None:
+        # Options whose last stage draws the same samples share one joint judgment per prompt.
+        keys = tuple(stage_keys(self.option.stages[-1]))
+        memo_key = ("joint", self.i, keys)
+        if memo_key not in self.cache.memo:
             data, i = self.cache.data, self.i
-            keys = stage_keys(self.option.stages[-1])
             cells = [(data.model_index(m), k) for m, k in keys]
             agreement, scores = self.cache.selector.judge(
                 data.texts[i],
                 [data.responses[i, j, k] for j, k in cells],
                 np.array([data.quality[i, j, k] for j, k in cells]),
+                self.cache.answers[i],
             )
-            self._joint = ({key: p for p, key in enumerate(keys)}, agreement, scores)
-        return self._joint
+            self.cache.memo[memo_key] = ({key: p for p, key in enumerate(keys)}, agreement, scores)
+        joint: tuple[dict[tuple[str, int], int], np.ndarray, np.ndarray] = self.cache.memo[memo_key]
+        return joint

@@ -3,13 +3,16 @@
 A selector sees only the responses (and, for the oracle bound, their ground-truth quality).
 Each selector gives the samples an *agreement* matrix and a *score* each; within a subset the
 pick is the sample that agrees most with the subset, then the highest score, then the earliest.
-Majority vote: agreement 1 between equal final answers. Consensus (minimum Bayes risk): the
-token-F1 overlap of final answers, so free-text answers that say the same thing agree. A reward
-model or the oracle: no agreement, their scores.
+Both voting selectors read final answers by type (:mod:`._answers`, as the selector's ``answer``
+section or the prompt's data says). Majority vote: agreement 1 between equivalent answers.
+Consensus (minimum Bayes risk): the same for typed answers (numbers, dates, letters, literals),
+and the token-F1 overlap of free-text answers, so answers that say the same thing in other words
+agree in part. A reward model or the oracle: no agreement, their scores.
 """
 
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol, get_args
 
@@ -19,14 +22,16 @@ from pydantic import Field, ValidationError, model_validator
 from .._exceptions import RouterError
 from .._section import Section
 from ..data import RoutingDataset
-from ._answers import extract_answer
-from ._executor import Judgment
+from ..features import MiniLMEmbedder
+from ._answers import AUTO, Answer, AnswerSpec, equivalent, read_answer
+from ._confidence import Signals, stage_signals
+from ._executor import Judgment, Sample
 
-SelectorKind = Literal["majority", "consensus", "oracle", "reward-model", "reward", "judge"]
+SelectorKind = Literal["majority", "consensus", "semantic", "oracle", "reward-model", "reward", "judge"]
 # The part after "kind:" in a selector's one-line form names this field.
-_TARGET = {"reward-model": "path", "reward": "url", "judge": "backend"}
+_TARGET = {"reward-model": "path", "reward": "url", "judge": "backend", "semantic": "similarity"}
 # Kinds judged in process, offline and online alike; the others call a service.
-IN_PROCESS = ("majority", "consensus", "oracle", "reward-model")
+IN_PROCESS = ("majority", "consensus", "semantic", "oracle", "reward-model")
 
 
 class SelectorSpec(Section):
@@ -34,7 +39,9 @@ class SelectorSpec(Section):
     form (``consensus``, ``reward-model:PATH``; :meth:`parse`, ``str()``), the gateway's
     ``selector`` section in its YAML form.
 
-    ``majority`` and ``consensus`` vote on final answers; ``reward-model`` scores with a trained
+    ``majority`` and ``consensus`` vote on final answers; ``semantic`` too, with free-text
+    answers in one cluster where their MiniLM embeddings' cosine is >= ``similarity`` (the
+    ``embed`` extra; ``bestroute train --selector auto`` fits it on validation); ``reward-model`` scores with a trained
     proxy reward model (``bestroute train-reward``); ``oracle`` picks by ground-truth quality
     (an upper bound, offline only); ``reward`` (a scoring endpoint) and ``judge`` (an LLM
     backend) call a service, so they select online only."""
@@ -44,6 +51,8 @@ class SelectorSpec(Section):
     url: str | None = Field(default=None, description="reward: POST {prompt, responses} -> {scores}")
     backend: str | None = Field(default=None, description="judge: the backend that judges")
     timeout_s: float = Field(default=30.0, gt=0, description="reward: seconds per scoring call")
+    answer: AnswerSpec = Field(default=AUTO, description="majority, consensus, semantic: how answers are read")
+    similarity: float = Field(default=0.85, gt=0, le=1, description="semantic: cosine that puts two answers together")
 
     @model_validator(mode="after")
     def _needs_target(self) -> "SelectorSpec":
@@ -84,8 +93,11 @@ class Selector(Protocol):
     @property
     def confidence(self) -> str: ...
 
-    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(agreement (k, k), scores (k,)) of the k samples. Two samples' agreement and one
+    def judge(
+        self, prompt: str, responses: list[str | None], quality: np.ndarray, answer: AnswerSpec | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(agreement (k, k), scores (k,)) of the k samples; ``answer`` says how the prompt's
+        answers are read (None: as the selector's spec says). Two samples' agreement and one
         sample's score must not depend on the other samples: every subset's judgment is then a
         slice of the judgment of all samples, which is made once (see ``SelectionCache``)."""
         ...
@@ -101,37 +113,102 @@ def no_agreement(k: int) -> np.ndarray:
     return np.zeros((k, k))
 
 
-class MajorityVote:
-    """Pick the most common extracted final answer (ties: the earliest sample)."""
+class _Vote:
+    """A selector that votes on the samples' final answers, read as the prompt's answer spec (or
+    its own) says; subclasses say how much two answers agree."""
 
-    spec: ClassVar[SelectorSpec] = SelectorSpec(kind="majority")
     confidence: ClassVar[str] = "agreement"
+    kind: ClassVar[SelectorKind]
 
-    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        answers = [extract_answer(r) for r in responses]
-        agreement = np.array([[float(a == b) for b in answers] for a in answers])
-        return agreement, np.zeros(len(answers))
+    def __init__(self, spec: SelectorSpec | None = None) -> None:
+        self.spec = spec or SelectorSpec(kind=self.kind)
+
+    def judge(
+        self, prompt: str, responses: list[str | None], quality: np.ndarray, answer: AnswerSpec | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rule = answer or self.spec.answer
+        return self.agreement([read_answer(r, rule) for r in responses], rule), np.zeros(len(responses))
+
+    def agreement(self, answers: list[Answer], rule: AnswerSpec) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _matrix(k: int, agree: Callable[[int, int], float]) -> np.ndarray:
+    """The symmetric (k, k) agreement matrix of k samples, each pair compared once."""
+    agreement = np.zeros((k, k))
+    for a in range(k):
+        for b in range(a, k):
+            agreement[a, b] = agreement[b, a] = agree(a, b)
+    return agreement
+
+
+class MajorityVote(_Vote):
+    """Pick the most common final answer, equivalent answers counted together (ties: the
+    earliest sample)."""
+
+    kind: ClassVar[SelectorKind] = "majority"
+
+    def agreement(self, answers: list[Answer], rule: AnswerSpec) -> np.ndarray:
+        return _matrix(len(answers), lambda a, b: float(equivalent(answers[a], answers[b], rel_tol=rule.rel_tol)))
 
 
 def _token_f1(a: Counter[str], b: Counter[str]) -> float:
     """Token-F1 overlap of two bags of tokens, linear in their sizes (long answers stay cheap)."""
     size_a, size_b = a.total(), b.total()
     if not size_a or not size_b:
-        return float(size_a == size_b)
+        return 0.0
     return 2 * (a & b).total() / (size_a + size_b)
 
 
-class Consensus:
-    """Minimum-Bayes-risk pick: the answer with the most token-F1 overlap with the others.
-    Equal to majority vote on exact answers; also works when answers are free text."""
+class Consensus(_Vote):
+    """Minimum-Bayes-risk pick: the answer that agrees most with the others, typed answers by
+    equivalence, free-text answers by token-F1 overlap. Equal to majority vote on typed answers;
+    also works when answers are free text."""
 
-    spec: ClassVar[SelectorSpec] = SelectorSpec(kind="consensus")
-    confidence: ClassVar[str] = "agreement"
+    kind: ClassVar[SelectorKind] = "consensus"
 
-    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        tokens = [Counter(re.findall(r"\w+", extract_answer(r))) for r in responses]
-        agreement = np.array([[_token_f1(a, b) for b in tokens] for a in tokens])
-        return agreement, np.zeros(len(tokens))
+    def agreement(self, answers: list[Answer], rule: AnswerSpec) -> np.ndarray:
+        return consensus_agreement(answers, rule)
+
+
+def consensus_agreement(answers: list[Answer], rule: AnswerSpec) -> np.ndarray:
+    """Consensus's agreement of answers: equivalence for typed answers, token-F1 for free text."""
+    tokens = [Counter(re.findall(r"\w+", a.value)) if a.kind == "text" else Counter() for a in answers]
+
+    def agree(a: int, b: int) -> float:
+        if answers[a].kind == answers[b].kind == "text":
+            return _token_f1(tokens[a], tokens[b])
+        return float(equivalent(answers[a], answers[b], rel_tol=rule.rel_tol))
+
+    return _matrix(len(answers), agree)
+
+
+class SemanticConsensus(_Vote):
+    """Consensus whose free-text answers agree when they mean the same: two answers are in one
+    cluster where their MiniLM sentence embeddings' cosine is >= the spec's ``similarity``; typed
+    answers still agree by equivalence. Answers are embedded once each (and cached on disk)."""
+
+    kind: ClassVar[SelectorKind] = "semantic"
+
+    def __init__(self, spec: SelectorSpec | None = None) -> None:
+        super().__init__(spec)
+        self._embedder: MiniLMEmbedder | None = None
+
+    def agreement(self, answers: list[Answer], rule: AnswerSpec) -> np.ndarray:
+        texts = [p for p, a in enumerate(answers) if a.kind == "text"]
+        vectors: dict[int, np.ndarray] = {}
+        if len(texts) > 1:
+            if self._embedder is None:
+                self._embedder = MiniLMEmbedder()
+            embedded = self._embedder.transform([answers[p].value for p in texts])
+            vectors = dict(zip(texts, embedded, strict=True))
+
+        def agree(a: int, b: int) -> float:
+            if a in vectors and b in vectors:
+                return float(a == b or float(vectors[a] @ vectors[b]) >= self.spec.similarity - 1e-9)
+            return float(equivalent(answers[a], answers[b], rel_tol=rule.rel_tol))
+
+        return _matrix(len(answers), agree)
 
 
 class OracleSelector:
@@ -140,7 +217,9 @@ class OracleSelector:
     spec: ClassVar[SelectorSpec] = SelectorSpec(kind="oracle")
     confidence: ClassVar[str] = "none"  # its scores are the truth: accepting on them would cheat
 
-    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def judge(
+        self, prompt: str, responses: list[str | None], quality: np.ndarray, answer: AnswerSpec | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         return no_agreement(len(quality)), np.asarray(quality, dtype=float)
 
 
@@ -153,7 +232,9 @@ class ScoreSelector:
     def __init__(self, scorer: ResponseScorer, spec: SelectorSpec) -> None:
         self.scorer, self.spec = scorer, spec
 
-    def judge(self, prompt: str, responses: list[str | None], quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def judge(
+        self, prompt: str, responses: list[str | None], quality: np.ndarray, answer: AnswerSpec | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         texts = [r or "" for r in responses]
         return no_agreement(len(texts)), self.scorer.score([prompt] * len(texts), texts)
 
@@ -178,12 +259,11 @@ def make_selector(spec: SelectorSpec, *, scorer: ResponseScorer | None = None) -
         return ScoreSelector(scorer, spec)
     if spec.kind not in IN_PROCESS:
         raise RouterError(f"selector {spec} calls a service, so it selects in the gateway only")
-    by_kind: dict[str, type[MajorityVote | Consensus | OracleSelector]] = {
-        "majority": MajorityVote,
-        "consensus": Consensus,
-        "oracle": OracleSelector,
-    }
-    return by_kind[spec.kind]()
+    if spec.kind == "oracle":
+        return OracleSelector()
+    if spec.kind == "semantic":
+        return SemanticConsensus(spec)
+    return MajorityVote(spec) if spec.kind == "majority" else Consensus(spec)
 
 
 def pick(agreement: np.ndarray, scores: np.ndarray, subset: np.ndarray) -> int:
@@ -212,8 +292,53 @@ def require_confidence(selector: Selector) -> None:
         )
 
 
-def judgment(selector: Selector, agreement: np.ndarray, scores: np.ndarray) -> Judgment:
+def judgment(
+    selector: Selector,
+    agreement: np.ndarray,
+    scores: np.ndarray,
+    *,
+    samples: Sequence[Sample] | None = None,
+    prompt: str = "",
+    answer: AnswerSpec | None = None,
+    reader: Callable[[Sample], Answer] | None = None,
+) -> Judgment:
     """The selector's pick among all the judged samples and its confidence in it: the one rule,
-    offline and in the gateway."""
+    offline and in the gateway. Given the ``samples`` (and the ``prompt``, and how its answers
+    are read), the Judgment also carries the stage's signals; ``reader`` reads a sample's answer
+    as ``answer`` says (offline: from answers read once)."""
     picked = pick(agreement, scores, np.arange(len(scores)))
-    return Judgment(picked, pick_confidence(selector, agreement, scores, picked))
+    confidence = pick_confidence(selector, agreement, scores, picked)
+    if samples is None:
+        return Judgment(picked, confidence)
+    rule = answer or selector.spec.answer
+    read = reader or (lambda sample: read_answer(sample.text, rule))
+    found = judged_signals(selector, agreement, scores, picked, samples, prompt, rule, read)
+    return Judgment(picked, confidence, signals=found)
+
+
+def judged_signals(
+    selector: Selector,
+    agreement: np.ndarray,
+    scores: np.ndarray,
+    picked: int,
+    samples: Sequence[Sample],
+    prompt: str,
+    rule: AnswerSpec,
+    read: Callable[[Sample], Answer],
+) -> Signals:
+    """The signals of a stage whose samples the selector judged: agreement is the selector's if
+    it votes, else consensus's over the answers (read by ``read``, as ``rule`` says); scores
+    count only for a selector that scores."""
+    if selector.confidence == "agreement":
+        answers = {picked: read(samples[picked])}
+    else:
+        every = [read(s) for s in samples]
+        agreement, answers = consensus_agreement(every, rule), dict(enumerate(every))
+    return stage_signals(
+        agreement,
+        scores if selector.confidence == "score" else None,
+        picked,
+        [s.model for s in samples],
+        answers[picked],
+        len(prompt),
+    )

@@ -37,13 +37,18 @@ class InProcessSelector:
         self._always_pooled = selector.confidence == "score"
 
     async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
-        size = math.inf if self._always_pooled else sum(map(len, responses))
-        judged = await run_cpu(self.pool, size, lambda: self._judge(prompt, responses))
+        judged = await self.judge_samples(prompt, [Sample("", k, text) for k, text in enumerate(responses)])
         return judged.picked, judged.confidence
 
-    def _judge(self, prompt: str, responses: list[str]) -> Judgment:
-        agreement, scores = self.selector.judge(prompt, list(responses), np.zeros(len(responses)))
-        return judgment(self.selector, agreement, scores)
+    async def judge_samples(self, prompt: str, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
+        """The Judgment of ``samples``, with the stage's signals if asked (a calibrated stage)."""
+        size = math.inf if self._always_pooled else sum(len(s.text or "") for s in samples)
+        return await run_cpu(self.pool, size, lambda: self._judge(prompt, samples, signals))
+
+    def _judge(self, prompt: str, samples: Sequence[Sample], signals: bool) -> Judgment:
+        responses: list[str | None] = [s.text or "" for s in samples]
+        agreement, scores = self.selector.judge(prompt, responses, np.zeros(len(responses)))
+        return judgment(self.selector, agreement, scores, samples=samples if signals else None, prompt=prompt)
 
 
 def online_selector(
@@ -74,10 +79,12 @@ class GatewayJudge:
     def __init__(self, selector: OnlineSelector, prompt: str, deadline: Deadline) -> None:
         self.selector, self.prompt, self.deadline = selector, prompt, deadline
 
-    async def judge(self, samples: Sequence[Sample]) -> Judgment:
+    async def judge(self, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
         texts = [sample.text or "" for sample in samples]
         try:
             async with asyncio.timeout(max(self.deadline.remaining(), 0.0)):
+                if isinstance(self.selector, InProcessSelector):  # the one kind that gives signals
+                    return await self.selector.judge_samples(self.prompt, samples, signals=signals)
                 picked, confidence = await self.selector.select(self.prompt, texts)
         except UpstreamError as error:
             return Judgment(0, None, f"selector: {error}; kept the first sample")
@@ -89,5 +96,5 @@ class GatewayJudge:
 class FirstSample:
     """The Judge of a request that names a backend: no selection, all samples are returned."""
 
-    async def judge(self, samples: Sequence[Sample]) -> Judgment:
+    async def judge(self, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
         return Judgment(0, None)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..backends import Completion, Deadline, Upstream, UpstreamError
-from ..selection import Call, Drawn, Execution, Judge, execute
+from ..selection import AcceptanceModel, Call, Drawn, Execution, Judge, execute
 from ._judging import FirstSample, GatewayJudge, OnlineSelector
 from ._metrics import GatewayMetrics
 from ._planning import Attempt
@@ -115,18 +115,29 @@ class Sampler:
         The backend an escalating option asks when its samples do not convince it.
     metrics : GatewayMetrics
         Upstream failures are counted here.
+    acceptance : AcceptanceModel or None
+        The router's acceptance model, which decides its calibrated options' stages.
     """
 
     def __init__(
-        self, *, upstreams: dict[str, Upstream], selector: OnlineSelector, reference: str, metrics: GatewayMetrics
+        self,
+        *,
+        upstreams: dict[str, Upstream],
+        selector: OnlineSelector,
+        reference: str,
+        metrics: GatewayMetrics,
+        acceptance: AcceptanceModel | None = None,
     ) -> None:
         self.upstreams, self.selector, self.reference, self.metrics = upstreams, selector, reference, metrics
+        self.acceptance = acceptance
 
     async def run(self, request: ChatCompletionRequest, attempt: Attempt, *, routed: bool, deadline: Deadline) -> Run:
         """Run the attempt's option; a routed request's samples are judged by the selector, a
         direct one's are all returned."""
         source = UpstreamSource(request, self.upstreams, deadline, self.metrics)
         judge: Judge = GatewayJudge(self.selector, request.prompt_text(), deadline) if routed else FirstSample()
-        execution = await execute(attempt.option, source=source, judge=judge, reference=self.reference)
+        execution = await execute(
+            attempt.option, source=source, judge=judge, reference=self.reference, acceptance=self.acceptance
+        )
         failed = next((drawn.call for drawn in execution.calls if not drawn.ok), None)
         return Run(attempt, execution, source.completions, source.errors[failed] if failed is not None else None)

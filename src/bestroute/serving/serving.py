@@ -68,7 +68,11 @@ class ChatService:
         knob = config.threshold if config.threshold is not None else router.default_knob()
         self.planner = Planner(router=router, upstreams=upstreams, default_knob=knob, metrics=self.metrics, pool=pool)
         self.sampler = Sampler(
-            upstreams=upstreams, selector=selector, reference=router.reference_.model, metrics=self.metrics
+            upstreams=upstreams,
+            selector=selector,
+            reference=router.reference_.model,
+            metrics=self.metrics,
+            acceptance=router.accept_model_,
         )
 
     async def plan(self, request: ChatCompletionRequest, deadline: Deadline) -> Plan:

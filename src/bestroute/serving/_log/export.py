@@ -10,7 +10,7 @@ from sqlalchemy import Engine, RowMapping, exists, select
 
 from ..._exceptions import BestRouteError
 from ...data import RoutingDataWriter, write_catalog
-from ...selection import extract_answer
+from ...selection import equivalent, read_answer
 from .._config import GatewayConfig
 from .schema import calls, decisions, feedback, open_database
 
@@ -109,12 +109,12 @@ def _responses(
     prompt_id: str, samples: list[tuple[str, str | None, int, int, bool]], quality: float
 ) -> tuple[list[dict[str, Any]], int]:
     """The response rows of one prompt, numbered per model from 0, and how many samples were left out."""
-    answer = next(extract_answer(text) for _, text, _, _, kept in samples if kept)
+    answer = next(read_answer(text) for _, text, _, _, kept in samples if kept)
     rows: list[dict[str, Any]] = []
     numbers: dict[str, int] = {}
     left_out = 0
     for model, text, input_tokens, output_tokens, kept in samples:
-        if not kept and extract_answer(text) != answer:
+        if not kept and not equivalent(read_answer(text), answer):
             left_out += 1
             continue
         rows.append(
