@@ -11,7 +11,7 @@ import numpy as np
 from .._exceptions import ConfigError
 from .._text import json_object
 from ..backends import RewardClient, Upstream, UpstreamError, ask_judge
-from ..selection import AnswerSpec, equivalent, read_answer
+from ..selection import equivalent, read_answer
 
 CHECKS = ("numeric", "exact", "literal", "regex", "contains", "yesno")
 SCORERS = ("reference", "reward", "judge", "likelihood")
@@ -25,14 +25,19 @@ class Scorer(Protocol):
 
 def check_reference(response: str, reference: str, check: str) -> bool:
     """Whether ``response`` answers ``reference`` under ``check``:
-    numeric (the final answer, read as a number, equals it), exact (the final answer is
-    equivalent to it, read by type: see ``bestroute.selection.read_answer``),
+    numeric (the first number written equals it: a hedge such as "13 or maybe 12" is wrong),
+    exact (the final answer is equivalent to it, read by type: ``bestroute.selection.read_answer``),
     literal (equal Python literals), regex (the pattern occurs, case-insensitive), contains (the
     reference occurs as a whole word), yesno (the first yes/no word is the reference)."""
     text = response.strip()
-    if check in ("numeric", "exact"):
-        rule = _NUMERIC if check == "numeric" else AnswerSpec()
-        return equivalent(read_answer(text, rule), read_answer(reference, rule), rel_tol=rule.rel_tol)
+    if check == "numeric":
+        numbers = re.findall(r"-?\d[\d,]*\.?\d*", text)
+        try:
+            return bool(numbers) and float(numbers[0].replace(",", "")) == float(reference.replace(",", ""))
+        except ValueError:
+            return False
+    if check == "exact":
+        return equivalent(read_answer(text), read_answer(reference))
     if check == "literal":
         expected = _literal(reference)
         return expected is not _NOT_A_LITERAL and any(_literal(c) == expected for c in _literal_candidates(text))
@@ -46,7 +51,6 @@ def check_reference(response: str, reference: str, check: str) -> bool:
     raise ConfigError(f"unknown check {check!r}; choose one of {', '.join(CHECKS)}")
 
 
-_NUMERIC = AnswerSpec(type="number")
 _NOT_A_LITERAL = object()
 
 

@@ -17,7 +17,7 @@ from ._answers import Answer, AnswerSpec, read_answer
 from ._confidence import AcceptanceModel, Signals
 from ._executor import Call, Drawn, Execution, Judgment, Sample, execute, run_now, stage_keys
 from ._options import Option
-from ._selectors import ScoreSelector, Selector, judgment, no_agreement, pick, require_confidence
+from ._selectors import ScoreSelector, Selector, VotingSelector, judgment, no_agreement, pick, require_confidence
 
 
 def _subsets(k: int, n: int, *, max_subsets: int, rng: np.random.Generator) -> np.ndarray:
@@ -81,15 +81,28 @@ class SelectionCache:
         """The selector's judgment of all samples of prompt i from model j, made once: every
         subset's judgment is a slice of it."""
         if (i, j) not in self.memo:
-            data, k = self.data, _sample_count(self.data, i, j)
+            k = _sample_count(self.data, i, j)
             if self._bulk is not None:
                 self.judge_in_bulk(np.array([i]))
                 self.memo[i, j] = (no_agreement(k), self._bulk[i, j, :k])
             else:
-                self.memo[i, j] = self.selector.judge(
-                    data.texts[i], list(data.responses[i, j, :k]), data.quality[i, j, :k], self.answers[i]
-                )
+                self.memo[i, j] = self.judge_cells(i, [(j, s) for s in range(k)])
         return self.memo[i, j]
+
+    def judge_cells(self, i: int, cells: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The selector's judgment of prompt i's samples ``cells`` ((model index, sample) pairs); a
+        voting selector judges the answers read once per sample (see :meth:`answer`)."""
+        data = self.data
+        if isinstance(self.selector, VotingSelector):
+            answers = [self.answer(i, data.models[j], k) for j, k in cells]
+            rule = self.answers[i] or self.selector.spec.answer
+            return self.selector.agreement(answers, rule), np.zeros(len(cells))
+        return self.selector.judge(
+            data.texts[i],
+            [data.responses[i, j, k] for j, k in cells],
+            np.array([data.quality[i, j, k] for j, k in cells]),
+            self.answers[i],
+        )
 
 
 def answer_specs(data: RoutingDataset) -> list[AnswerSpec | None]:
@@ -376,14 +389,8 @@ class RecordedJudge:
         keys = tuple(stage_keys(self.option.stages[-1]))
         memo_key = ("joint", self.i, keys)
         if memo_key not in self.cache.memo:
-            data, i = self.cache.data, self.i
-            cells = [(data.model_index(m), k) for m, k in keys]
-            agreement, scores = self.cache.selector.judge(
-                data.texts[i],
-                [data.responses[i, j, k] for j, k in cells],
-                np.array([data.quality[i, j, k] for j, k in cells]),
-                self.cache.answers[i],
-            )
+            data = self.cache.data
+            agreement, scores = self.cache.judge_cells(self.i, [(data.model_index(m), k) for m, k in keys])
             self.cache.memo[memo_key] = ({key: p for p, key in enumerate(keys)}, agreement, scores)
         joint: tuple[dict[tuple[str, int], int], np.ndarray, np.ndarray] = self.cache.memo[memo_key]
         return joint

@@ -113,7 +113,7 @@ def no_agreement(k: int) -> np.ndarray:
     return np.zeros((k, k))
 
 
-class _Vote:
+class VotingSelector:
     """A selector that votes on the samples' final answers, read as the prompt's answer spec (or
     its own) says; subclasses say how much two answers agree."""
 
@@ -130,6 +130,7 @@ class _Vote:
         return self.agreement([read_answer(r, rule) for r in responses], rule), np.zeros(len(responses))
 
     def agreement(self, answers: list[Answer], rule: AnswerSpec) -> np.ndarray:
+        """(k, k) agreement of the answers (offline, judged from answers read once per sample)."""
         raise NotImplementedError
 
 
@@ -142,7 +143,7 @@ def _matrix(k: int, agree: Callable[[int, int], float]) -> np.ndarray:
     return agreement
 
 
-class MajorityVote(_Vote):
+class MajorityVote(VotingSelector):
     """Pick the most common final answer, equivalent answers counted together (ties: the
     earliest sample)."""
 
@@ -160,7 +161,7 @@ def _token_f1(a: Counter[str], b: Counter[str]) -> float:
     return 2 * (a & b).total() / (size_a + size_b)
 
 
-class Consensus(_Vote):
+class Consensus(VotingSelector):
     """Minimum-Bayes-risk pick: the answer that agrees most with the others, typed answers by
     equivalence, free-text answers by token-F1 overlap. Equal to majority vote on typed answers;
     also works when answers are free text."""
@@ -183,7 +184,7 @@ def consensus_agreement(answers: list[Answer], rule: AnswerSpec) -> np.ndarray:
     return _matrix(len(answers), agree)
 
 
-class SemanticConsensus(_Vote):
+class SemanticConsensus(VotingSelector):
     """Consensus whose free-text answers agree when they mean the same: two answers are in one
     cluster where their MiniLM sentence embeddings' cosine is >= the spec's ``similarity``; typed
     answers still agree by equivalence. Answers are embedded once each (and cached on disk)."""
