@@ -6,13 +6,14 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import openai
@@ -77,6 +78,7 @@ class Script:
     usage: Any = None  # replaces the usage object of answers (a hostile upstream's counts)
     raw: bytes | None = None  # sent as the whole body (or stream) instead of an answer
     retry_after: str | None = None  # a Retry-After header on injected failures
+    error_body: bytes | None = None  # the body of injected failures (default: an OpenAI-style error)
     context_chars: int | None = None  # a longer conversation is refused as over the context window
     times: list[float] = field(default_factory=list)  # when each request arrived (time.monotonic())
     _next: int = 0
@@ -123,6 +125,8 @@ def fake_upstream(script: Script) -> FastAPI:
         failure = script.always if script.always is not None else (script.failures.pop(0) if script.failures else None)
         if isinstance(failure, int):
             headers = {"retry-after": script.retry_after} if script.retry_after else None
+            if script.error_body is not None:
+                return Response(script.error_body, status_code=failure, headers=headers)
             return JSONResponse(
                 {"error": {"message": "injected", "type": "server_error"}}, status_code=failure, headers=headers
             )
@@ -255,29 +259,14 @@ def smollm2_gguf() -> str:
 
 
 class LlamaServer:
-    """llama.cpp's OpenAI-compatible server (llama-cpp-python) with a real GGUF model."""
+    """llama.cpp's OpenAI-compatible server with a real GGUF model, started as users start it
+    (`bestroute local serve`); ``output()`` is what it wrote to stderr."""
 
     def __init__(self, model_path: str) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                model_path,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--n_ctx",
-                "1024",
-                "--n_threads",
-                "2",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.stderr = Path(tempfile.mkdtemp()) / "stderr"
+        with self.stderr.open("w") as stderr:  # the child keeps its own copy of the descriptor
+            self.process = self._start(model_path, stderr)
         deadline = time.monotonic() + 120
         while True:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -288,6 +277,27 @@ class LlamaServer:
             except httpx.HTTPError:
                 time.sleep(0.2)
 
+    def _start(self, model_path: str, stderr: IO[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bestroute",
+                "local",
+                "serve",
+                "--model",
+                model_path,
+                "--port",
+                str(self.port),
+                "--context",
+                "1024",
+                "--threads",
+                "2",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -295,6 +305,9 @@ class LlamaServer:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait(timeout=30)
+
+    def output(self) -> str:
+        return self.stderr.read_text()
 
 
 @contextmanager

@@ -182,3 +182,125 @@ def test_eval_survives_degenerate_data(degenerate, subset_dir, tmp_path):
         assert results["routers"]["best-route"]["cost_reduction_at_1pct_drop"] == pytest.approx(
             1 - ref["cheapest_cost_per_1k"] / ref["cost_per_1k"], abs=1e-3
         )
+
+
+def test_help_shows_no_value_after_flags_and_says_the_defaults():
+    """A flag's help must not read as if it took a value (`--once <bool>`); route's help says how
+    it routes without a knob and that pruned options are not listed."""
+    for command in (("demo",), ("route",), ("serve",), ("log", "stats"), ("data", "describe")):
+        done = bestroute(*command, "--help")
+        assert done.returncode == 0, done.stderr
+        assert "<bool>" not in done.stdout and "BOOLEAN" not in done.stdout, (command, done.stdout)
+    route = " ".join(bestroute("route", "--help").stdout.split())
+    assert "--min-quality 0.99" in route and "pruned" in route and "per 1k" in route
+
+
+def test_describe_shows_model_names_whole_at_any_width(zeroeval_dir):
+    names = json.loads(bestroute("data", "describe", str(zeroeval_dir), "--json").stdout)["models"]
+    longest = max((row["model"] for row in names), key=len)
+    assert len(longest) > 25
+    narrow = subprocess.run(
+        [sys.executable, "-m", "bestroute", "data", "describe", str(zeroeval_dir)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COLUMNS": "60"},
+        check=True,
+    )
+    assert all(row["model"] in narrow.stdout for row in names)
+
+
+def test_route_prints_costs_per_1k_prompts_like_explain(artifact):
+    done = bestroute("route", str(artifact), "What is 2+2?", "--threshold", "1")
+    decision = json.loads(bestroute("route", str(artifact), "What is 2+2?", "--threshold", "1", "--json").stdout)
+    assert f"expected cost per 1k prompts: ${1000 * decision['expected_cost_usd']:.4f}" in done.stdout
+    assert "expected cost per 1k ($)" in done.stdout
+
+
+def test_a_reward_model_passed_as_a_router_is_named_as_such(subset_dir, tmp_path):
+    reward = tmp_path / "reward.bestroute"
+    assert (
+        bestroute("train-reward", "--data", str(subset_dir), "--features", "lexical", "--out", str(reward)).returncode
+        == 0
+    )
+    done = bestroute("route", str(reward), "hi")
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: {reward}: not a router artifact (it is a bestroute-reward-model artifact); "
+        "a reward model is a selector: --selector reward-model:PATH\n"
+    )
+
+
+def test_eval_reports_progress_over_every_fit(subset_dir):
+    from bestroute import evaluate, load_dataset
+
+    seen: list[tuple[str, int, int]] = []
+    evaluate(
+        load_dataset(subset_dir),
+        routers=["best-route", "knn"],
+        features="lexical",
+        progress=lambda what, done, total: seen.append((what, done, total)),
+    )
+    totals = {total for _, _, total in seen}
+    assert len(totals) == 1
+    (total,) = totals
+    assert [done for _, done, _ in seen] == sorted(done for _, done, _ in seen)  # never goes back
+    assert seen[0][:2] == ("features", 0) and seen[-1] == ("done", total, total)
+    assert {what for what, _, _ in seen} >= {"best-route: fitting", "knn: fitting", "knn: test sweep"}
+
+
+def _on_a_terminal(*args: str) -> tuple[int, str]:
+    """Run `bestroute ARGS` with a pseudo-terminal as stdout and stderr: (exit status, output)."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bestroute", *args],
+        stdout=secondary,
+        stderr=secondary,
+        env=os.environ | {"COLUMNS": "160", "TERM": "xterm"},
+    )
+    os.close(secondary)
+    output = bytearray()
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(primary)
+    return process.wait(timeout=600), output.decode(errors="replace")
+
+
+def test_train_and_eval_show_progress_on_a_terminal_and_none_in_a_pipe(subset_dir, tmp_path):
+    status, shown = _on_a_terminal(
+        "train",
+        "--data",
+        str(subset_dir),
+        "--features",
+        "lexical",
+        "--selector",
+        "consensus",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert status == 0, shown
+    assert "train best-route" in shown and "fitting on" in shown and "saved best-route router" in shown
+    status, shown = _on_a_terminal(
+        "eval", "--data", str(subset_dir), "--features", "lexical", "--routers", "knn", "--out", str(tmp_path / "e")
+    )
+    assert status == 0, shown
+    assert "knn: fitting" in shown and "/" in shown
+    piped = bestroute(
+        "train",
+        "--data",
+        str(subset_dir),
+        "--features",
+        "lexical",
+        "--selector",
+        "consensus",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert piped.returncode == 0 and piped.stderr == ""

@@ -275,3 +275,73 @@ def test_a_field_that_is_not_a_column_is_an_error_not_dropped(tmp_path):
 
     assert replay_dead_letters(url, dead) == (0, 1)  # refused, and kept in the file as it was
     assert json.loads(dead.read_text())["row"]["bogus"] == 1 and logged(url, ["x"]) == {}
+
+
+def _empty_database(url: str) -> str:
+    """``url``, or on a PostgreSQL server shared by the session's tests a new database of its own."""
+    if not url.startswith("postgresql"):
+        return url
+    name = f"stats_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def test_log_stats_give_the_logs_figures_and_the_saving_against_the_reference(log_url, tmp_path, artifact):
+    """`bestroute log stats` on SQLite and PostgreSQL: per-option figures equal the rows', and the
+    counterfactual is each routed request at the reference's prices (the fake upstreams report 10
+    input tokens and 5 output tokens per sample, so always-the-reference is known exactly)."""
+    log_url = _empty_database(log_url)
+    log = {"url": log_url, "store_prompts": False, "dead_letter_path": str(tmp_path / "dead.jsonl")}
+    prices = {"small": (0.1, 0.2), "big": (5.0, 15.0)}
+    with (
+        upstream(Script(answers=["42"])) as small,
+        upstream(Script(answers=["It is 42."])) as big,
+        upstream(Script(always=500)) as broken,
+    ):
+        backends: dict[str, Any] = {
+            name: {"base_url": url, "input_usd_per_mtok": p[0], "output_usd_per_mtok": p[1]}
+            for name, url, p in (("small", small.url, prices["small"]), ("big", big.url, prices["big"]))
+        } | {"broken": broken.url}
+        with (
+            gateway(tmp_path, artifact, backends, decision_log=log) as (server, _),
+            httpx.Client(base_url=server.url, timeout=30) as client,
+        ):
+            ids = []
+            for model, count in (("bestroute:0", 3), ("bestroute:1", 2), ("big", 1), ("broken", 1)):
+                for i in range(count):
+                    response = client.post("/v1/chat/completions", json=_chat(model, f"What is {i} plus {i}?"))
+                    ids.append(response.json().get("id"))
+            assert client.post("/v1/feedback", json={"id": ids[0], "quality": 1.0}).status_code == 200
+            assert client.post("/v1/feedback", json={"id": ids[1], "quality": 0.0}).status_code == 200
+    config = str(tmp_path / "gateway.yaml")
+    result = CliRunner().invoke(cli, ["log", "stats", "--config", config, "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    engine = sqlalchemy.create_engine(log_url)
+    with engine.connect() as connection:
+        rows = [dict(r._mapping) for r in connection.execute(sqlalchemy.text("SELECT * FROM decisions"))]
+    engine.dispose()
+    assert figures["requests"] == len(rows) == 7 and figures["errors"] == 1
+    assert figures["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
+    by_option = {o["option"]: o for o in figures["options"]}
+    for option, entry in by_option.items():
+        mine = [r for r in rows if r["option"] == option]
+        assert entry["requests"] == len(mine) and entry["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in mine))
+    routed = [r for r in rows if r["threshold"] is not None and r["status"] == 200]
+    assert figures["routed"] == len(routed) == 5 and figures["reference"] == "big"
+    assert figures["reference_cost_usd"] == pytest.approx(len(routed) * (10 * 5.0 + 5 * 15.0) / 1e6)
+    assert figures["routed_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in routed))
+    assert figures["savings"] == pytest.approx(1 - figures["routed_cost_usd"] / figures["reference_cost_usd"])
+    assert 0 < figures["savings"] < 1
+    (cheapest,) = {r["option"] for r in rows if r["id"] in ids[:3]}  # threshold 0: one option for all three
+    assert by_option[cheapest]["feedback"] == 2 and by_option[cheapest]["quality"] == pytest.approx(0.5)
+    assert by_option[None]["requests"] == 1  # the failed request
+    shown = CliRunner().invoke(cli, ["log", "stats", "--config", config, "--since", "1h"])
+    assert shown.exit_code == 0 and "7 requests (1 failed)" in shown.output and "saved" in shown.output
+    empty = CliRunner().invoke(cli, ["log", "stats", "--config", config, "--since", "0.000001s"])
+    assert empty.exit_code == 0 and "no requests" in empty.output
+    bad = CliRunner().invoke(cli, ["log", "stats", "--config", config, "--since", "yesterday"])
+    assert bad.exit_code == 2 and "--since: 'yesterday' is not a duration" in bad.output

@@ -411,7 +411,7 @@ def test_a_failed_escalation_fails_over_and_an_open_circuit_is_never_called(data
         calls = db.execute("SELECT model, samples, requests, error FROM calls ORDER BY id").fetchall()
         statuses = [r[0] for r in db.execute("SELECT status FROM decisions")]
     assert statuses == [502, 502]
-    assert calls[:2] == [("small", 3, 3, None), ("big", 1, 1, "backend 'big': HTTP 503")]  # no n: 3 requests
+    assert calls[:2] == [("small", 3, 3, None), ("big", 1, 1, "backend 'big': HTTP 503 (injected)")]  # no n: 3 requests
     assert calls[2:] == [("small", 3, 3, None), ("big", 1, 0, "backend 'big': circuit open")]
 
 

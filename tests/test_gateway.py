@@ -241,6 +241,44 @@ def test_all_backends_failing_is_a_502_not_a_500(tmp_path, artifact):
             ask(client, "bestroute:0")
         assert info.value.status_code == 502
         assert info.value.body["type"] == "upstream_error"
+        assert "HTTP 503 (injected)" in info.value.body["message"]  # what the upstream said, not only its status
+
+
+def test_a_502_says_what_the_upstream_said_on_one_line_without_the_key(tmp_path, artifact, monkeypatch):
+    monkeypatch.setenv("BIG_KEY", "sk-secret-123")
+    text_body = b"model crashed:\n  out of memory\n" + b"x" * 5000
+    echo = json.dumps({"error": {"message": "bad key sk-secret-123 for this org"}}).encode()
+    with upstream(Script(always=500, error_body=text_body)) as s, upstream(Script(always=401, error_body=echo)) as b:
+        backends = {"small": s.url, "big": {"base_url": b.url, "api_key_env": "BIG_KEY"}}
+        with gateway(tmp_path, artifact, backends) as (_, client), pytest.raises(openai.APIStatusError) as info:
+            ask(client, "bestroute:0")
+    message = info.value.body["message"]
+    assert info.value.status_code == 502
+    assert "backend 'small': HTTP 500 (model crashed: out of memory xxx" in message
+    assert "backend 'big': HTTP 401 (bad key [key] for this org)" in message
+    assert "sk-secret" not in message and "\n" not in message and len(message) < 1000
+
+
+def test_estimated_usage_is_flagged_in_headers_body_and_log(tmp_path, artifact):
+    with (
+        upstream(Script(usage={})) as s,  # reports no token counts
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (_, client),
+    ):
+        estimated, estimated_headers = ask(client, "small", text="What is six times seven, exactly?")
+        reported, reported_headers = ask(client, "big")
+        chunks = list(
+            client.chat.completions.create(model="big", messages=[{"role": "user", "content": "q"}], stream=True)
+        )
+    details = estimated.model_extra["bestroute"]
+    assert estimated_headers["x-bestroute-usage-estimated"] == "true"
+    assert details["usage_estimated"] is True and details["calls"][0]["tokens_estimated"] is True
+    # characters / 4 of the prompt and of the answer "42"
+    assert estimated.usage.prompt_tokens == 9 and estimated.usage.completion_tokens == 1
+    assert "x-bestroute-usage-estimated" not in reported_headers
+    assert reported.model_extra["bestroute"]["usage_estimated"] is False
+    assert chunks[-1].model_extra["bestroute"]["usage_estimated"] is True  # the fake stream sends no usage
+    assert [r["usage_estimated"] for r in rows(tmp_path)] == [1, 0, 1]
 
 
 def test_client_disconnect_cancels_the_upstream_request(tmp_path, artifact):
@@ -413,7 +451,12 @@ def llama() -> Iterator[LlamaServer]:
 
 def test_real_local_model_routing_best_of_n_streaming_and_failover(tmp_path, artifact, llama):
     """SmolLM2-135M under llama.cpp's server is the cheap backend; it returns one choice even
-    when asked for n, so best-of-n sends n requests."""
+    when asked for n, so best-of-n sends n requests. It runs under `bestroute local serve`, which
+    says where it listens before the model loads."""
+    assert llama.output().startswith(
+        f"local model {smollm2_gguf()} ({smollm2_gguf()}, 2 threads, context 1024 tokens) "
+        f"at http://127.0.0.1:{llama.port}/v1 once it has loaded\n"
+    )
     big = Script(answers=["Paris"])
     with (
         upstream(big) as b,

@@ -1,9 +1,10 @@
 """The `bestroute` command line."""
 
+import contextlib
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 
@@ -59,6 +60,22 @@ def _resolve_selector(
     return str(spec), quality
 
 
+@contextlib.contextmanager
+def _steps(title: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on stderr for a long command, gone when it ends, and nothing where stderr
+    is not a terminal (a log or a pipe): the callback takes (what is running, steps done, steps
+    in all)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    stderr = Console(stderr=True)
+    with Progress(
+        *columns, TextColumn("{task.description}"), console=stderr, transient=True, disable=not stderr.is_terminal
+    ) as bar:
+        task = bar.add_task("", total=None)
+        yield lambda what, done, total: bar.update(task, description=what, completed=done, total=total)
+
+
 def _one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
     """A command whose BestRouteError is one plain line on stderr and exit status 2."""
 
@@ -72,6 +89,11 @@ def _one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
+def _check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port: {port} is not a port (1 to 65535)")
+
+
 def _fail(exc: Exception) -> NoReturn:
     # One plain line (no wrapping) so scripts and people can read it.
     typer.echo(f"error: {exc}", err=True)
@@ -80,13 +102,22 @@ def _fail(exc: Exception) -> NoReturn:
 
 @data_app.command("describe")
 @_one_line_errors
-def describe(path: Annotated[Path, typer.Argument(help="Routing-data directory or RouterBench table.")]) -> None:
-    """Models, quality and cost per 1k prompts, and the per-prompt oracle."""
+def describe(
+    path: Annotated[Path, typer.Argument(help="Routing-data directory or RouterBench table.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Models, quality and cost per 1k prompts, and the per-prompt oracle. Model names are shown
+    whole: they are copied into gateway configurations exactly."""
     data = load_dataset(path)
     summary = data.describe()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
     table = Table(title=f"{path}: {summary['prompts']} prompts, {len(data.models)} models")
-    for column in ("model", "prompts", "samples", "quality", "cost per 1k ($)"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    widest = max(len(m) for m in [*data.models, "per-prompt oracle"])
+    table.add_column("model", no_wrap=True, min_width=widest)  # never cut: a truncated name cannot be copied
+    for column in ("prompts", "samples", "quality", "cost per 1k ($)"):
+        table.add_column(column, justify="right")
     for row in sorted(summary["models"], key=lambda r: -r["quality"]):
         table.add_row(
             row["model"], str(row["prompts"]), str(row["samples"]), f"{row['quality']:.4f}", f"{row['cost_per_1k']:.4f}"
@@ -117,12 +148,17 @@ def train(
     """Fit a router on the train split and save it as one artifact file."""
     if router not in ROUTERS:
         raise BestRouteError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
-    data = load_dataset(data_path or demo_data_path())
-    split = split_prompts(data.prompt_ids, seed=seed)
-    selector, _ = _resolve_selector(selector, data, split, out.with_suffix(".reward.bestroute"), features)
-    fitted = ROUTERS[router](features=features, reference=reference, max_n=max_n, seed=seed, selector=selector)
-    fitted.fit(data, split.train, split.val)
-    fitted.save(out)
+    with _steps(f"train {router}") as progress:
+        progress("reading the data", 0, 4)
+        data = load_dataset(data_path or demo_data_path())
+        split = split_prompts(data.prompt_ids, seed=seed)
+        progress("choosing the best-of-n selector on validation" if selector == "auto" else "selector", 1, 4)
+        selector, _ = _resolve_selector(selector, data, split, out.with_suffix(".reward.bestroute"), features)
+        progress(f"fitting on {len(split.train)} prompts, calibrating on {len(split.val)}", 2, 4)
+        fitted = ROUTERS[router](features=features, reference=reference, max_n=max_n, seed=seed, selector=selector)
+        fitted.fit(data, split.train, split.val)
+        progress("saving", 3, 4)
+        fitted.save(out)
     console.print(
         f"saved {router} router ({len(fitted.options_)} options, reference "
         f"{fitted.reference_.model}, features {fitted.extractor_.name}) to {out}"
@@ -144,7 +180,10 @@ def route(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Print the routing decision for one prompt: option, predicted scores, expected cost."""
+    """Print the routing decision for one prompt: option, predicted scores, expected cost per 1k
+    prompts. Without --threshold, --min-quality or --max-cost it routes at --min-quality 0.99 (the
+    cheapest validation point within 1% of the reference's quality). The table lists the servable
+    options; options pruned in training (dominated on validation) are left out."""
     router = load_router(artifact)
     knob = threshold
     if min_quality is not None or max_cost is not None:
@@ -155,12 +194,14 @@ def route(
         return
     console.print(
         f"option: [bold]{decision['option']}[/bold]   {router.knob}: {decision[router.knob]:.4g}   "
-        f"expected cost: ${decision['expected_cost_usd']:.6f}"
+        f"expected cost per 1k prompts: ${1000 * decision['expected_cost_usd']:.4f}"
     )
-    table = Table("option", "score", "expected cost ($)")
+    table = Table("option", "score", "expected cost per 1k ($)")
     for o, option in enumerate(router.options_):
         if router.active_[o]:
-            table.add_row(option.label, f"{decision['scores'][option.label]:.4f}", f"{router.option_cost_[o]:.6f}")
+            table.add_row(
+                option.label, f"{decision['scores'][option.label]:.4f}", f"{1000 * router.option_cost_[o]:.4f}"
+            )
     console.print(table)
 
 
@@ -225,17 +266,21 @@ def eval_command(
     names = [n.strip() for item in (routers or DEFAULT_ROUTERS) for n in item.split(",") if n.strip()]
     data = load_dataset(data_path or demo_data_path())
     split = split_prompts(data.prompt_ids, seed=seed)
-    selector, choice = _resolve_selector(selector, data, split, out / "reward.bestroute", features)
-    results = evaluate(
-        data,
-        routers=names,
-        seed=seed,
-        features=features,
-        max_n=max_n,
-        reference=reference,
-        selector=selector,
-        log=lambda m: typer.echo(m, err=True),
-    )
+    with _steps("eval") as progress:
+        if selector == "auto":
+            progress("choosing the best-of-n selector on validation", 0, 1)
+        selector, choice = _resolve_selector(selector, data, split, out / "reward.bestroute", features)
+        results = evaluate(
+            data,
+            routers=names,
+            seed=seed,
+            features=features,
+            max_n=max_n,
+            reference=reference,
+            selector=selector,
+            log=lambda m: typer.echo(m, err=True),
+            progress=progress,
+        )
     if choice:
         results["selector_validation_quality"] = choice
     write_results(results, out)
@@ -254,8 +299,7 @@ def serve(
     """Run the OpenAI-compatible routing gateway."""
     from .serving import create_app, load_config, run_gateway
 
-    if not 0 < port < 65536:
-        raise ConfigError(f"--port: {port} is not a port (1 to 65535)")
+    _check_port(port)
     gateway = create_app(load_config(config), config_path=config)
     typer.echo(gateway.describe(f"http://{host}:{port}/v1"), err=True)
     run_gateway(gateway, host=host, port=port, access_log=access_log)
@@ -275,6 +319,77 @@ def export(
         f"wrote {prompts} prompts, {responses} responses with feedback to {out}; "
         f"left out {left_out} sample(s) whose final answer was not the one judged"
     )
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(text: str) -> float:
+    """``30m``, ``24h``, ``7d`` as seconds; anything else is a one-line error."""
+    number, unit = text[:-1], text[-1:]
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except (ValueError, KeyError):
+        raise ConfigError(f"--since: {text!r} is not a duration such as 30m, 24h or 7d") from None
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"--since: {text!r} is not a positive duration")
+    return seconds
+
+
+@log_app.command("stats")
+@_one_line_errors
+def stats(
+    config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its decision_log.url and router).")],
+    since: Annotated[str | None, typer.Option(help="Only the last 30m, 24h, 7d...; default: the whole log.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Requests, cost and escalations per option, feedback quality, and the saving against
+    always asking the router's reference."""
+    import dataclasses
+
+    from .serving import load_config, log_stats
+
+    start = time.time() - _duration_s(since) if since is not None else 0.0
+    figures = log_stats(load_config(config), since=start)
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(figures) | {"savings": figures.savings}, indent=2))
+        return
+    if not figures.requests:
+        typer.echo("the decision log has no requests" + (f" in the last {since}" if since else ""))
+        return
+    table = Table(
+        "option",
+        "requests",
+        "share",
+        "cost ($)",
+        "cost per 1k ($)",
+        "escalated",
+        "feedback",
+        "quality",
+        title=f"{figures.requests} requests ({figures.errors} failed)"
+        + (f" in the last {since}" if since else "")
+        + f", ${figures.cost_usd:.4f}",
+    )
+    for row in figures.options:
+        table.add_row(
+            row.option or "(failed)",
+            str(row.requests),
+            f"{row.requests / figures.requests:.1%}",
+            f"{row.cost_usd:.4f}",
+            f"{1000 * row.cost_usd / row.requests:.4f}",
+            f"{row.escalated / row.requests:.1%}" if row.option else "—",
+            str(row.feedback),
+            "—" if row.quality is None else f"{row.quality:.3f}",
+        )
+    console.print(table)
+    if figures.routed:
+        saved = "—" if figures.savings is None else f"{figures.savings:.1%}"
+        typer.echo(
+            f"routed requests: {figures.routed}, ${figures.routed_cost_usd:.4f}; always the reference "
+            f"({figures.reference}): ${figures.reference_cost_usd:.4f} (estimated); saved {saved}"
+        )
+    if figures.usage_estimated:
+        typer.echo(f"{figures.usage_estimated} request(s) with estimated usage: their upstream reported no tokens")
 
 
 @log_app.command("replay-dead-letters")
@@ -301,11 +416,22 @@ def local_serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8101,
     threads: Annotated[int, typer.Option(help="CPU threads for generation.")] = 2,
+    context: Annotated[int, typer.Option(help="Context window in tokens (prompt and answer).")] = 2048,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log a line per HTTP request.")] = False,
 ) -> None:
     """Serve a local model behind an OpenAI-compatible endpoint (llama.cpp)."""
     from .local import serve_local
 
-    serve_local(model, host=host, port=port, threads=threads)
+    _check_port(port)
+    serve_local(
+        model,
+        host=host,
+        port=port,
+        threads=threads,
+        context=context,
+        access_log=access_log,
+        announce=lambda m: typer.echo(m, err=True),
+    )
 
 
 @replay_app.command("serve")
@@ -327,6 +453,7 @@ def replay_serve(
 
     from .replay import ReplayData, create_replay_app, parse_latency
 
+    _check_port(port)
     default, by_model = parse_latency(latency or [])
     replay = ReplayData(load_dataset(data_path))
     typer.echo(

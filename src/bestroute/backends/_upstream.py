@@ -91,6 +91,7 @@ class Completion:
     completion_tokens: int
     sample_tokens: tuple[int, ...] = ()
     requests: int = 1
+    tokens_estimated: bool = False  # the upstream reported no usage: the counts are characters / 4
 
     @property
     def texts(self) -> list[str]:
@@ -196,6 +197,7 @@ class Upstream:
             completion_tokens=sum(p.completion_tokens for p in parts),
             sample_tokens=tuple(t for p in parts for t in p.sample_tokens),
             requests=n,
+            tokens_estimated=any(p.tokens_estimated for p in parts),
         )
 
     async def stream(
@@ -278,10 +280,11 @@ class Upstream:
             except aiohttp.ClientError:
                 raw = b""
         status = response.status
+        said = _error_text(raw, self.api_key)
         if status in _RETRYABLE_STATUS:
-            raise _Retryable(f"HTTP {status}", _retry_after(response.headers.get("retry-after")))
+            raise _Retryable(f"HTTP {status}{said}", _retry_after(response.headers.get("retry-after")))
         if status >= 500 or status in _BACKEND_FAULT_STATUS:
-            raise UpstreamError(self.name, f"HTTP {status}")
+            raise UpstreamError(self.name, f"HTTP {status}{said}")
         raise UpstreamRejected(self.name, status, _error_fields(raw, status))
 
     async def _post(self, body: dict[str, Any], first_sample: int = 0) -> Completion:
@@ -309,7 +312,7 @@ class Upstream:
             texts = [answer_text(c["message"]) for c in choices]
             if not all(isinstance(c.get("finish_reason") or "", str) for c in choices):
                 raise ValueError("finish_reason is not a string")
-            prompt_tokens, completion_tokens = usage_tokens(
+            prompt_tokens, completion_tokens, estimated = usage_tokens(
                 document.get("usage"),
                 prompt=lambda: estimate_tokens(_body_text(body)),
                 completion=lambda: sum(estimate_tokens(t) for t in texts),
@@ -322,6 +325,7 @@ class Upstream:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             sample_tokens=split_tokens(completion_tokens, texts),
+            tokens_estimated=estimated,
         )
 
     async def _open_stream(self, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncGenerator[dict[str, Any], None]]:
@@ -360,6 +364,22 @@ def _retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError, IndexError):
             return None
     return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _error_text(raw: bytes, secret: str | None) -> str:
+    """What a failing upstream said, for the client's 502 and the log: its OpenAI-style error
+    message or the start of its body, on one line, at most 300 characters, without our key."""
+    try:
+        error = json.loads(raw).get("error")
+        said = error.get("message") if isinstance(error, dict) else error
+    except (ValueError, AttributeError, RecursionError):
+        said = None
+    if not isinstance(said, str):
+        said = raw.decode("utf-8", "replace")
+    said = " ".join(without_lone_surrogates(said).split())
+    if secret:
+        said = said.replace(secret, "[key]")
+    return f" ({said[:300]})" if said else ""
 
 
 def _error_fields(raw: bytes, status: int) -> dict[str, str | None]:
@@ -437,23 +457,23 @@ def answer_text(message: Any) -> str:
     return f"{content}\n{calls_text}" if content else calls_text
 
 
-def usage_tokens(usage: Any, *, prompt: Callable[[], int], completion: Callable[[], int]) -> tuple[int, int]:
-    """(prompt, completion) tokens of an upstream's ``usage``; a count it leaves out is estimated.
-    A count that is not a whole number from 0 to 10^9, or a ``usage`` that is not an object,
-    raises ValueError: costs and budgets must not take an upstream's garbage."""
+def usage_tokens(usage: Any, *, prompt: Callable[[], int], completion: Callable[[], int]) -> tuple[int, int, bool]:
+    """(prompt, completion) tokens of an upstream's ``usage``, and whether either was estimated
+    (a count it leaves out is). A count that is not a whole number from 0 to 10^9, or a ``usage``
+    that is not an object, raises ValueError: costs and budgets must not take an upstream's garbage."""
     if usage is None:
         usage = {}
     if not isinstance(usage, dict):
         raise ValueError("usage is not an object")  # noqa: TRY004 -- one error for malformed usage
-    counts = []
+    counts, estimated = [], False
     for key, estimate in (("prompt_tokens", prompt), ("completion_tokens", completion)):
         value = usage.get(key)
         if value is None:
-            value = estimate()
+            value, estimated = estimate(), True
         elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS_REPORTED:
             raise ValueError(f"usage.{key} is not a token count: {str(value)[:40]!r}")
         counts.append(value)
-    return counts[0], counts[1]
+    return counts[0], counts[1], estimated
 
 
 def _body_text(body: dict[str, Any]) -> str:

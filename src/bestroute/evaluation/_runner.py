@@ -41,8 +41,11 @@ def evaluate(
     selector: str = "consensus",
     reference: str | None = None,
     log: Callable[[str], None] = lambda _: None,
+    progress: Callable[[str, int, int], None] = lambda *_: None,
 ) -> dict[str, Any]:
-    """Evaluate routers on ``data``; returns the document written to ``results.json``."""
+    """Evaluate routers on ``data``; returns the document written to ``results.json``.
+    ``log`` gets a line per step; ``progress`` gets (what is running, steps done, steps in all):
+    the features, each router's fits over its grid, and its test sweep."""
     names = routers or DEFAULT_ROUTERS
     unknown = [n for n in names if n not in ROUTERS]
     if unknown:
@@ -54,9 +57,12 @@ def evaluate(
     split, unanswered = _answered_by(data, split, reference)
     if unanswered:
         log(f"{unanswered} validation and test prompts left out: the reference {reference} did not answer them")
+    steps, done = 1 + sum(len(_grid(name)) + 1 for name in names), 0
+    progress("features", done, steps)
     started = time.perf_counter()
     extractor = make_extractor(features)
     x = extractor.transform(data.texts)
+    done += 1
     log(
         f"features: {extractor.name} {x.shape[1]}-d for {data.n_prompts} prompts "
         f"in {time.perf_counter() - started:.1f}s"
@@ -84,6 +90,8 @@ def evaluate(
         tic = time.perf_counter()
         best: tuple[float, Router, dict[str, Any]] | None = None
         for params in _grid(name):
+            progress(f"{name}: fitting", done, steps)
+            done += 1
             router = ROUTERS[name](**common, **params).fit(
                 data, split.train, split.val, features=x, extractor=extractor, cache=cache
             )
@@ -91,6 +99,8 @@ def evaluate(
             val_auc = _auc(router, val_points, split.val)
             if best is None or val_auc > best[0]:
                 best = (val_auc, router, params)
+        progress(f"{name}: test sweep", done, steps)
+        done += 1
         assert best is not None  # every router has at least one grid point
         val_auc, router, params = best
         if reference_info is None:
@@ -116,6 +126,7 @@ def evaluate(
             f"{name}: auc={entry['auc']:.4f} cost_reduction@1%={entry['cost_reduction_at_1pct_drop']:.3f} "
             f"({time.perf_counter() - tic:.1f}s)"
         )
+    progress("done", steps, steps)
     return results
 
 

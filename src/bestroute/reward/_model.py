@@ -125,7 +125,8 @@ class RewardModel:
     def load(cls, path: str | Path) -> "RewardModel":
         document, arrays = read_artifact(path, "reward-model")
         if document.get("kind") != ARTIFACT_KIND:
-            raise ArtifactError(f"{path}: not a reward-model artifact")
+            what = "a router artifact" if "router" in document else "another kind of artifact"
+            raise ArtifactError(f"{path}: not a reward-model artifact (it is {what})")
         if document.get("version") != ARTIFACT_VERSION:
             raise ArtifactError(
                 f"{path}: reward model of an older bestroute (version {document.get('version')}); "

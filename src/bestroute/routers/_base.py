@@ -1,5 +1,6 @@
 """The router interface shared by BEST-Route and the baselines."""
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -100,13 +101,16 @@ class Router:
         if cache is not None and (cache.data is not data or cache.selector.spec != spec):
             raise RouterError(f"the cache given holds another dataset's or selector's results than {self.selector!r}")
         self._cache = cache if cache is not None else SelectionCache(data, load_selector(spec))
-        self.extractor_ = extractor or make_extractor(self.features)
-        x = features if features is not None else self.extractor_.transform(data.texts)
-        chooser = val if val is not None and len(val) else train
-        self.reference_ = Option(choose_reference(data, chooser, self.reference))
-        self.options_ = self._make_options(data, train)
-        self.accept_model_ = self._fit_acceptance(data, train)
-        self.outcomes_ = option_outcomes(self._cache, self.options_, self.reference_, self.accept_model_)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # The features (an ONNX model, which releases the GIL) are made on the other core
+            # while the options' outcomes are run on the recorded samples; neither reads the other.
+            made = pool.submit(self._features, data, features, extractor)
+            chooser = val if val is not None and len(val) else train
+            self.reference_ = Option(choose_reference(data, chooser, self.reference))
+            self.options_ = self._make_options(data, train)
+            self.accept_model_ = self._fit_acceptance(data, train)
+            self.outcomes_ = option_outcomes(self._cache, self.options_, self.reference_, self.accept_model_)
+            self.extractor_, x = made.result()
         self._fit_data = data
         self.reference_index_ = self.options_.index(self.reference_)
         cost = np.where(self.outcomes_.available[train], self.outcomes_.cost[train], np.nan)
@@ -116,6 +120,12 @@ class Router:
         self.table_ = self._operating_table(data, val, x[val]) if val is not None and len(val) else []
         self.acceptance_ = self._acceptance(chooser)
         return self
+
+    def _features(
+        self, data: RoutingDataset, features: np.ndarray | None, extractor: FeatureExtractor | None
+    ) -> tuple[FeatureExtractor, np.ndarray]:
+        made = extractor or make_extractor(self.features)
+        return made, features if features is not None else made.transform(data.texts)
 
     def _acceptance(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """Per escalating option, on ``rows`` (validation): how often it kept its own pick, and

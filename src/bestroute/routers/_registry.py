@@ -36,6 +36,12 @@ ROUTERS: dict[str, type[Router]] = {
 def load_router(path: str | Path) -> Router:
     """Load any router saved with :meth:`Router.save`."""
     document, arrays = read_artifact(path, "bestroute router")
+    if "router" not in document:
+        # another kind of bestroute artifact (a reward model has "kind"): say what it is, not
+        # a version mismatch that suggests an upgrade
+        kind = str(document.get("kind", "unknown"))
+        hint = "; a reward model is a selector: --selector reward-model:PATH" if "reward-model" in kind else ""
+        raise ArtifactError(f"{path}: not a router artifact (it is a {kind} artifact){hint}")
     if document.get("version") != ARTIFACT_VERSION:
         raise ArtifactError(
             f"{path}: artifact version {document.get('version')} is not supported "

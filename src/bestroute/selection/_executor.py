@@ -47,6 +47,7 @@ class Drawn:
     latency_s: float = 0.0
     requests: int = 1  # HTTP requests: 1, or one per sample where the backend ignores n; 0 if not sent
     error: str | None = None
+    tokens_estimated: bool = False  # the source reported no token counts; they are estimates
 
     @property
     def ok(self) -> bool:

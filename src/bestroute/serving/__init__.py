@@ -1,7 +1,7 @@
 """The OpenAI-compatible routing gateway."""
 
 from ._config import GatewayConfig, load_config
-from ._log import DecisionLog, export_log, replay_dead_letters
+from ._log import DecisionLog, TrafficStats, export_log, log_stats, replay_dead_letters
 from ._server import run_gateway, server_config
 from .app import Gateway, create_app
 
@@ -9,9 +9,11 @@ __all__ = [
     "DecisionLog",
     "Gateway",
     "GatewayConfig",
+    "TrafficStats",
     "create_app",
     "export_log",
     "load_config",
+    "log_stats",
     "replay_dead_letters",
     "run_gateway",
     "server_config",

@@ -58,6 +58,11 @@ class RequestRecord:
         return sum(run.execution.cost_usd for run in self.runs)
 
     @property
+    def usage_estimated(self) -> bool:
+        """Whether some call's tokens (and so the cost) are estimates: its upstream reported none."""
+        return any(call.tokens_estimated for call in self.calls)
+
+    @property
     def prompt_tokens(self) -> int:
         return sum(run.execution.input_tokens for run in self.runs)
 
@@ -83,6 +88,8 @@ class RequestRecord:
         assert answered is not None
         headers = answer_headers(self.ticket, self.plan, self.model or "", answered.execution.samples)
         headers["x-bestroute-cost-usd"] = f"{self.cost_usd:.8f}"
+        if self.usage_estimated:
+            headers["x-bestroute-usage-estimated"] = "true"
         if answered.attempt.option.composite:
             headers["x-bestroute-escalated"] = "true" if answered.execution.escalated else "false"
             confidence = answered.execution.confidence
@@ -107,6 +114,7 @@ class RequestRecord:
             "selector": self.selector if self.plan.routed and execution.samples > 1 else None,
             "selected_sample": answer.number,
             "cost_usd": self.cost_usd,
+            "usage_estimated": self.usage_estimated,
             "escalation": escalation(answered) if answered.attempt.option.composite else None,
             "calls": [call_details(call) for call in self.calls],
         }
@@ -160,6 +168,7 @@ def call_details(call: Drawn) -> dict[str, Any]:
         "input_tokens": call.input_tokens,
         "output_tokens": sum(call.output_tokens),
         "cost_usd": call.cost_usd,
+        "tokens_estimated": call.tokens_estimated,
         "latency_ms": round(call.latency_s * 1000, 3),
         "error": call.error,
     }
@@ -275,6 +284,7 @@ def decision_row(
         prompt_tokens=record.prompt_tokens,
         completion_tokens=record.completion_tokens,
         cost_usd=record.cost_usd,
+        usage_estimated=record.usage_estimated,
         status=record.status,
         error=record.error,
         response=record.response if store else None,

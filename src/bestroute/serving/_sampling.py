@@ -95,6 +95,7 @@ class UpstreamSource:
             cost_usd=upstream.cost(completion.prompt_tokens, completion.completion_tokens),
             latency_s=time.monotonic() - started,
             requests=completion.requests,
+            tokens_estimated=completion.tokens_estimated,
         )
 
     def _failed(self, call: Call, error: UpstreamError, *, requests: int, latency_s: float) -> Drawn:

@@ -37,6 +37,7 @@ def streamed_run(
     cost_usd: float = 0.0,
     latency_s: float = 0.0,
     error: UpstreamError | None = None,
+    tokens_estimated: bool = False,
 ) -> Run:
     """The run of a one-sample option whose answer was relayed as a stream (or whose stream
     failed to open), recorded by the executor like any other."""
@@ -50,6 +51,7 @@ def streamed_run(
         latency_s=latency_s,
         requests=0 if isinstance(error, CircuitOpen) else 1,
         error=str(error) if error is not None else None,
+        tokens_estimated=tokens_estimated,
     )
     execution = run_now(execute(attempt.option, source=_Streamed(drawn), judge=FirstSample(), reference=None))
     return Run(attempt, execution, {}, error)
@@ -111,10 +113,10 @@ async def relay(
         }
         notes: tuple[str, ...] = ()
         try:
-            prompt_tokens, completion_tokens = usage_tokens(usage, **estimates)
+            prompt_tokens, completion_tokens, estimated = usage_tokens(usage, **estimates)
         except ValueError as exc:  # the answer has been relayed; only its accounting is estimated
             notes = (f"usage estimated: {exc}",)
-            prompt_tokens, completion_tokens = usage_tokens(None, **estimates)
+            prompt_tokens, completion_tokens, estimated = usage_tokens(None, **estimates)
         run = streamed_run(
             attempt,
             texts=(answer,),
@@ -122,6 +124,7 @@ async def relay(
             output_tokens=completion_tokens,
             cost_usd=upstream.cost(prompt_tokens, completion_tokens),
             latency_s=time.monotonic() - started,
+            tokens_estimated=estimated,
         )
         if notes:
             run = replace(run, execution=replace(run.execution, notes=notes))

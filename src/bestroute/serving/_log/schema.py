@@ -54,6 +54,7 @@ decisions = Table(
     Column("escalated", Integer),  # 1: the answering option asked the reference
     Column("confidence", Float),  # the answering option's last judged confidence
     Column("escalation", JSON),  # a mixture or escalating option: its stages
+    Column("usage_estimated", Integer),  # 1: some upstream reported no usage; tokens and cost are estimates
 )
 
 calls = Table(
@@ -115,6 +116,7 @@ class DecisionRow:
     escalated: bool | None
     confidence: float | None
     escalation: dict[str, Any] | None
+    usage_estimated: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
