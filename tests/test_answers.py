@@ -279,3 +279,11 @@ def test_auto_tries_semantic_consensus_where_answers_are_free_text(tmp_path):
     # Token overlap favours the two wordy wrong answers; meaning groups each pair, and the tie
     # goes to the earliest sample.
     assert quality["consensus"] == 0.0 and quality["semantic:0.75"] == 1.0 and spec.kind == "semantic"
+
+
+def test_json_nan_and_infinity_are_text_that_agrees_with_itself():
+    """Found by the property test above: json reads "NaN" as a float no number equals."""
+    for text in ("NaN", "Infinity", "-Infinity"):
+        first, second = read_answer(text), read_answer(text)
+        assert first.kind == "text" and equivalent(first, second)
+    assert not equivalent(read_answer("NaN"), read_answer("Infinity"))

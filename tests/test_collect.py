@@ -152,7 +152,7 @@ def test_stop_sequences_are_sent_and_the_reference_is_named(tmp_path):
         done = _collect(*args, "--out", str(tmp_path / "out"), "--samples", "1", "--stop", "\nQ:", "--reference", "b")
     finally:
         server.stop()
-    assert refused.returncode == 2 and "the reference 'c' is not one of the models sampled (a, b)" in refused.stderr
+    assert refused.returncode == 2 and "the reference 'c' is not one of the arms sampled (a, b)" in refused.stderr
     assert not (tmp_path / "no" / "responses.jsonl").exists()
     assert done.returncode == 0, done.stderr
     assert [body["stop"] for body in script.bodies] == [["\nQ:"]] * 4

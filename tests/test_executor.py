@@ -31,6 +31,7 @@ from bestroute.selection import (
     run_now,
     run_recorded,
 )
+from bestroute.serving._arms import Arms
 from bestroute.serving._judging import GatewayJudge, InProcessSelector
 from bestroute.serving._metrics import GatewayMetrics
 from bestroute.serving._planning import Attempt
@@ -109,7 +110,7 @@ def test_the_gateway_and_offline_evaluation_make_the_same_record(data):
                 for m, url in servers.items()
             }
             sampler = Sampler(
-                upstreams=upstreams,
+                arms=Arms(upstreams, {}),
                 selector=InProcessSelector(cache.selector, pool),
                 reference="big",
                 metrics=GatewayMetrics(),

@@ -94,7 +94,7 @@ LAYERS = (
     ("bestroute.backends",),
     ("bestroute.features",),
     ("bestroute.selection",),
-    ("bestroute.reward",),
+    ("bestroute.strategies", "bestroute.reward"),
     ("bestroute.policy",),
     ("bestroute.routers",),
     ("bestroute.evaluation", "bestroute.collection", "bestroute.local", "bestroute.replay", "bestroute.serving"),

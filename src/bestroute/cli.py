@@ -447,17 +447,29 @@ def replay_serve(
             help="[MODEL=]BASE_MS[+PER_TOKEN_MS]: how long answers take (repeatable; no MODEL: every model).",
         ),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Gateway YAML whose strategies shaped the data's model@strategy responses."),
+    ] = None,
 ) -> None:
-    """Serve every model of a routing dataset by name, answering with its recorded responses."""
+    """Serve every model of a routing dataset by name, answering with its recorded responses (a
+    request shaped by a strategy of --config gets that strategy's)."""
     import uvicorn
 
     from .replay import ReplayData, create_replay_app, parse_latency
 
     _check_port(port)
     default, by_model = parse_latency(latency or [])
-    replay = ReplayData(load_dataset(data_path))
+    strategies = []
+    if config is not None:
+        from .serving import load_config
+
+        strategies = load_config(config).strategies
+    data = load_dataset(data_path)
+    replay = ReplayData(data, strategies)
     typer.echo(
-        f"replaying {len(replay.models)} models on {len(replay.prompts)} prompts at http://{host}:{port}/v1",
+        f"replaying {len(replay.backends)} models ({len(data.models)} arms) on {data.n_prompts} prompts "
+        f"at http://{host}:{port}/v1",
         err=True,
     )
     uvicorn.run(
@@ -588,9 +600,18 @@ def collect(
     stop: Annotated[
         list[str] | None, typer.Option(help="Stop sequence sent with every request (repeat for more).")
     ] = None,
-    reference: Annotated[str | None, typer.Option(help="The reference model, named in models.json.")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="The reference model (or backend@strategy), named in models.json.")
+    ] = None,
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A strategy of the configuration's `strategies` to sample every model under (repeat for more); "
+            "default: the prompts as they are."
+        ),
+    ] = None,
 ) -> None:
-    """Sample k responses per prompt and model, score them and write routing data."""
+    """Sample k responses per prompt and model (and strategy), score them and write routing data."""
     import asyncio
 
     from rich.progress import (
@@ -605,6 +626,14 @@ def collect(
     from .collection import collect as run_collect
     from .serving import load_config
 
+    gateway_config = load_config(config)
+    defined = {s.name: s for s in gateway_config.strategies}
+    unknown = [name for name in strategy or [] if name not in defined]
+    if unknown:
+        raise ConfigError(
+            f"--strategy: unknown strategy {unknown[0]!r}; the configuration defines "
+            + (", ".join(defined) or "none (key: strategies)")
+        )
     settings = CollectSettings(
         samples=samples,
         temperature=temperature,
@@ -621,8 +650,8 @@ def collect(
         likelihood_model=likelihood_model,
         stop=tuple(stop or ()),
         reference=reference,
+        strategies=tuple(defined[name] for name in dict.fromkeys(strategy or [])),
     )
-    gateway_config = load_config(config)
     settings.check_against(gateway_config)
     columns = (
         TextColumn("collect"),

@@ -18,7 +18,8 @@ import aiohttp
 
 from .._exceptions import ConfigError, DataError
 from ..backends import CircuitBreaker, RewardClient, Upstream, UpstreamError, UpstreamSettings
-from ..data import ResponseAppender, iter_rows, write_catalog, write_prompts
+from ..data import ResponseAppender, arm_name, iter_rows, write_catalog, write_prompts
+from ..strategies import Strategy
 from ._scorers import (
     CHECKS,
     SCORERS,
@@ -49,6 +50,9 @@ class CollectSettings:
     likelihood_model: str = "smollm2-135m"  # scorer likelihood: a packaged local model or a .gguf path
     stop: tuple[str, ...] = ()  # stop sequences sent with every request (a few-shot prompt's "\nQ:")
     reference: str | None = None  # the reference model, named in models.json
+    # Each backend is sampled under each strategy (its responses are the arm backend@strategy);
+    # none: the prompts as they are.
+    strategies: tuple[Strategy, ...] = ()
 
     def check_against(self, config: UpstreamSettings) -> list[str]:
         """Raise ConfigError for settings that cannot work; return the backends to sample."""
@@ -70,8 +74,9 @@ class CollectSettings:
         unknown = [n for n in names if config.backend(n) is None]
         if unknown:
             raise ConfigError(f"models not in the configuration: {', '.join(unknown)}")
-        if self.reference is not None and self.reference not in names:
-            raise ConfigError(f"the reference {self.reference!r} is not one of the models sampled ({', '.join(names)})")
+        arms = [arm_name(n, s.name) for n in names for s in self.strategies] or names
+        if self.reference is not None and self.reference not in arms:
+            raise ConfigError(f"the reference {self.reference!r} is not one of the arms sampled ({', '.join(arms)})")
         return names
 
 
@@ -118,7 +123,8 @@ def read_prompts(path: Path, *, needs_reference: bool) -> tuple[list[dict[str, A
 
 
 def _load_done(path: Path) -> set[tuple[str, str, int]]:
-    """Keys already on disk; a last line cut short by a kill is cut off so it is redone."""
+    """Keys (prompt, arm, sample) already on disk; a last line cut short by a kill is cut off so
+    it is redone."""
     if not path.exists():
         return set()
     done: set[tuple[str, str, int]] = set()
@@ -127,12 +133,12 @@ def _load_done(path: Path) -> set[tuple[str, str, int]]:
         for raw in handle:
             try:
                 row = json.loads(raw)
-                done.add((row["prompt_id"], row["model"], int(row["sample"])))
+                key = (row["prompt_id"], arm_name(row["model"], row.get("strategy")), int(row["sample"]))
             except (ValueError, KeyError, TypeError):
                 break  # only the last line can be partial: everything before it was flushed whole
             if not raw.endswith(b"\n"):
-                done.discard((row["prompt_id"], row["model"], int(row["sample"])))
                 break
+            done.add(key)
             good_bytes += len(raw)
     if good_bytes != path.stat().st_size:
         os.truncate(path, good_bytes)
@@ -187,10 +193,16 @@ async def collect(
     write_catalog(out, {n: configured[n].price for n in names}, reference=settings.reference)
     responses_path = out / "responses.jsonl"
     done = _load_done(responses_path)
+    ways: list[Strategy | None] = list(settings.strategies) or [None]
     todo = [
-        (p, n, s) for p in prompts for n in names for s in range(settings.samples) if (p["prompt_id"], n, s) not in done
+        (p, n, w, s)
+        for p in prompts
+        for n in names
+        for w in ways
+        for s in range(settings.samples)
+        if (p["prompt_id"], arm_name(n, w.name if w else None), s) not in done
     ]
-    report.already_done = len(prompts) * len(names) * settings.samples - len(todo)
+    report.already_done = len(prompts) * len(names) * len(ways) * settings.samples - len(todo)
     report.planned = len(todo)
     progress(report, len(todo))
     stop = asyncio.Event()
@@ -205,20 +217,27 @@ async def collect(
         limits = {n: _RateLimit(settings.rate_per_s) for n in names}
         with ResponseAppender(out) as sink:
 
-            async def one(prompt: dict[str, Any], name: str, sample: int) -> None:
+            async def one(prompt: dict[str, Any], name: str, strategy: Strategy | None, sample: int) -> None:
                 async with gates[name]:
                     if stop.is_set():
                         return
                     await limits[name].wait()
                     upstream = upstreams[name]
-                    body = {
+                    body: dict[str, Any] = {
                         "messages": [{"role": "user", "content": prompt["prompt"]}],
                         "temperature": settings.temperature,
                         "max_tokens": settings.max_tokens,
                     } | ({"stop": list(settings.stop)} if settings.stop else {})
                     try:
-                        result = await upstream.complete(body, 1)
-                        quality = await scorer.score(prompt, result.texts[0])
+                        # A strategy's own sampling fields win over the run's, as in the gateway.
+                        result = await upstream.complete(strategy.shape(body) if strategy else body, 1)
+                        text = scored = result.texts[0]
+                        if strategy is not None and strategy.program:
+                            # The answer is what the program printed: scored alone, so a check
+                            # such as "contains" cannot be met by the program's own text.
+                            ran = await strategy.run(text)
+                            text, scored = strategy.finished(text, ran), ran.output
+                        quality = await scorer.score(prompt, scored)
                     except UpstreamError:
                         report.failed += 1  # not written: the next run tries it again
                         progress(report, len(todo))
@@ -230,8 +249,8 @@ async def collect(
                         "quality": quality,
                         "input_tokens": result.prompt_tokens,
                         "output_tokens": result.completion_tokens,
-                        "response": result.texts[0],
-                    }
+                        "response": text,
+                    } | ({"strategy": strategy.name} if strategy else {})
                     sink.write(row)
                     report.written += 1
                     report.tokens += result.prompt_tokens + result.completion_tokens
@@ -243,5 +262,5 @@ async def collect(
                         report.stopped_by_budget = True
                         stop.set()
 
-            await asyncio.gather(*(one(p, n, s) for p, n, s in todo))
+            await asyncio.gather(*(one(p, n, w, s) for p, n, w, s in todo))
     return report

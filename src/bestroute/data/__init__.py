@@ -3,11 +3,13 @@
 from ._dataset import RoutingDataset
 from ._demo import demo_data_path, zeroeval_slice_path
 from ._readers import iter_rows, load_dataset, read_models, read_native, read_routerbench
-from ._schema import ModelPrice, PromptRecord, ResponseRecord
+from ._schema import ARM_SEPARATOR, STRATEGY_NAME, ModelPrice, PromptRecord, ResponseRecord, arm_name, arm_parts
 from ._split import Split, split_prompts
 from ._writer import ResponseAppender, RoutingDataWriter, write_catalog, write_prompts, write_routing_data
 
 __all__ = [
+    "ARM_SEPARATOR",
+    "STRATEGY_NAME",
     "ModelPrice",
     "PromptRecord",
     "ResponseAppender",
@@ -15,6 +17,8 @@ __all__ = [
     "RoutingDataWriter",
     "RoutingDataset",
     "Split",
+    "arm_name",
+    "arm_parts",
     "demo_data_path",
     "iter_rows",
     "load_dataset",

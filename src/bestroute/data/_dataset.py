@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import DataError
-from ._schema import ModelPrice, PromptRecord, ResponseRecord
+from ._schema import ModelPrice, PromptRecord, ResponseRecord, arm_parts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +50,7 @@ class RoutingDataset:
         if not responses:
             raise DataError("no responses", path=source)
         prompt_index = {p.prompt_id: i for i, p in enumerate(prompts)}
-        models = sorted({r.model for r in responses})
+        models = sorted({r.arm for r in responses})
         model_index = {m: j for j, m in enumerate(models)}
         shape = (len(prompts), len(models), max(r.sample for r in responses) + 1)
         quality = np.full(shape, np.nan)
@@ -60,7 +60,7 @@ class RoutingDataset:
         input_tokens = np.full(shape[:2], np.nan)
         texts = np.full(shape, None, dtype=object)
         for r in responses:
-            i, j = prompt_index[r.prompt_id], model_index[r.model]
+            i, j = prompt_index[r.prompt_id], model_index[r.arm]
             quality[i, j, r.sample] = r.quality
             output_tokens[i, j, r.sample] = r.output_tokens
             input_tokens[i, j] = r.input_tokens
@@ -77,7 +77,7 @@ class RoutingDataset:
             tasks=[p.task for p in prompts],
             references=[p.reference for p in prompts],
             models=models,
-            prices={m: prices[m] for m in models if m in prices},
+            prices={arm: prices[model] for arm in models if (model := arm_parts(arm)[0]) in prices},
             quality=quality,
             input_cost=input_cost,
             output_cost=output_cost,

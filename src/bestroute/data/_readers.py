@@ -135,7 +135,7 @@ def read_native(directory: Path) -> RoutingDataset:
             raise DataError(
                 f"unknown model {response.model!r} (not in models.json)", path=str(responses_path), line=line
             )
-        key = (response.prompt_id, response.model, response.sample)
+        key = (response.prompt_id, response.arm, response.sample)
         if key in keys:
             raise DataError(f"duplicate response {key}", path=str(responses_path), line=line)
         keys.add(key)

@@ -4,6 +4,22 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# A strategy's responses are a column of their own, an "arm": "model@strategy" (a model name has
+# no "@"; see docs/data-format.md). Routers learn over arms as over models.
+ARM_SEPARATOR = "@"
+STRATEGY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def arm_name(model: str, strategy: str | None) -> str:
+    """The column of ``model``'s responses under ``strategy`` (None: the request as sent)."""
+    return model if strategy is None else f"{model}{ARM_SEPARATOR}{strategy}"
+
+
+def arm_parts(arm: str) -> tuple[str, str | None]:
+    """(model, strategy or None) of an arm name."""
+    model, separator, strategy = arm.partition(ARM_SEPARATOR)
+    return model, strategy if separator else None
+
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -31,6 +47,8 @@ class ResponseRecord(_Record):
 
     prompt_id: str = Field(min_length=1)
     model: str = Field(min_length=1)
+    # The prompt strategy the response was sampled under (absent: the prompt as sent).
+    strategy: str | None = Field(default=None, pattern=STRATEGY_NAME, max_length=64)
     sample: int = Field(default=0, ge=0)
     quality: float
     input_tokens: int = Field(ge=0)
@@ -38,6 +56,17 @@ class ResponseRecord(_Record):
     response: str | None = None
     # Data that knows the billed cost (RouterBench) gives it instead of relying on prices.
     cost_usd: float | None = Field(default=None, ge=0)
+
+    @field_validator("model")
+    @classmethod
+    def _no_separator(cls, value: str) -> str:
+        if ARM_SEPARATOR in value:
+            raise ValueError(f"a model name has no {ARM_SEPARATOR!r} (a strategy goes in the strategy field)")
+        return value
+
+    @property
+    def arm(self) -> str:
+        return arm_name(self.model, self.strategy)
 
     @field_validator("quality")
     @classmethod

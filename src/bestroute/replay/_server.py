@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .._exceptions import ConfigError
 from ..backends import FIRST_SAMPLE_HEADER
-from ..data import RoutingDataset
+from ..data import RoutingDataset, arm_name, arm_parts
+from ..strategies import Strategy
 
 
 @dataclass(frozen=True)
@@ -53,23 +54,37 @@ def parse_latency(specs: list[str]) -> tuple[Latency, dict[str, Latency]]:
 
 
 class ReplayData:
-    """A routing dataset indexed for replay: prompts by text, models by name."""
+    """A routing dataset indexed for replay: prompts by text, models by name. With
+    ``strategies`` (the gateway's), a request shaped by one of them is answered from that arm
+    (``model@strategy``): each prompt is indexed as each strategy sends it."""
 
-    def __init__(self, data: RoutingDataset) -> None:
+    def __init__(self, data: RoutingDataset, strategies: Sequence[Strategy] = ()) -> None:
         if not any(r is not None for r in data.responses.flat):
             raise ConfigError(f"{data.source}: the data has no response texts to replay")
         self.data = data
-        self.prompts = {text: i for i, text in enumerate(data.texts)}
         self.models = {model: j for j, model in enumerate(data.models)}
+        self.backends = sorted({arm_parts(m)[0] for m in data.models})
+        self.prompts: dict[str, list[tuple[int, str | None]]] = {}
+        for i, text in enumerate(data.texts):
+            self.prompts.setdefault(text, []).append((i, None))
+            for strategy in strategies:
+                body = strategy.shape({"messages": [{"role": "user", "content": text}]})
+                self.prompts.setdefault(_prompt(body["messages"]) or "", []).append((i, strategy.name))
 
-    def samples(self, model: str, prompt: str, first: int, n: int) -> list[tuple[str, int]] | str:
-        """(text, output tokens) of the ``n`` recorded samples of ``model`` for ``prompt`` from
-        sample ``first``; or why there are none."""
-        j, i = self.models.get(model), self.prompts.get(prompt)
-        if j is None:
+    def find(self, model: str, prompt: str) -> tuple[int, int] | str:
+        """(prompt row, arm column) of a request to ``model`` with ``prompt``; or why there is none."""
+        if model not in self.backends:
             return f"model {model!r} is not in the replayed data"
-        if i is None:
-            return f"model {model!r} has no recorded answer to this prompt"
+        for i, strategy in self.prompts.get(prompt, []):
+            j = self.models.get(arm_name(model, strategy))
+            if j is not None:
+                return i, j
+        return f"model {model!r} has no recorded answer to this prompt"
+
+    def samples(self, i: int, j: int, first: int, n: int) -> list[tuple[str, int]] | str:
+        """(text, output tokens) of the ``n`` recorded samples of prompt ``i`` by arm ``j`` from
+        sample ``first``; or why there are none."""
+        model = self.data.models[j]
         found = []
         for k in range(first, first + n):
             text = self.data.responses[i, j, k] if k < self.data.responses.shape[2] else None
@@ -106,7 +121,7 @@ def create_replay_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "replay"} for m in replay.models]}
+        return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "replay"} for m in replay.backends]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -123,11 +138,14 @@ def create_replay_app(
             return _error(400, "model and messages are required", "invalid_request", "messages")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1 or not first.isdigit():
             return _error(400, f"n must be a whole number >= 1 and {FIRST_SAMPLE_HEADER} one >= 0", "invalid_n", "n")
-        found = replay.samples(model, prompt, int(first), n)
+        where = replay.find(model, prompt)
+        if isinstance(where, str):
+            code = "model_not_found" if "not in the replayed data" in where else "not_recorded"
+            return _error(404, where, code, "model" if code == "model_not_found" else "messages")
+        i, j = where
+        found = replay.samples(i, j, int(first), n)
         if isinstance(found, str):
-            code = "model_not_found" if "not in the replayed data" in found else "not_recorded"
-            return _error(404, found, code, "model" if code == "model_not_found" else "messages")
-        i, j = replay.prompts[prompt], replay.models[model]
+            return _error(404, found, "not_recorded", "messages")
         input_tokens = int(replay.data.input_tokens[i, j])
         output_tokens = sum(tokens for _, tokens in found)
         await asyncio.sleep(by_model.get(model, latency).seconds(output_tokens))

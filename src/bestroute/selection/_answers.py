@@ -257,6 +257,8 @@ def _parse(span: str, kind: AnswerType) -> Answer:
             continue
         value = reader(text)
         if value is not _NOT_READ:
+            if answer_kind == "literal" and isinstance(value, float) and not math.isfinite(value):
+                continue  # JSON's NaN and Infinity: no number equals NaN, so it is read as text
             if answer_kind == "literal" and isinstance(value, int | float) and not isinstance(value, bool):
                 try:
                     return Answer("number", float(value), span)

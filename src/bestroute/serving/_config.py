@@ -11,7 +11,9 @@ from sqlalchemy.exc import ArgumentError
 
 from .._exceptions import ConfigError
 from ..backends import BackendConfig, CircuitConfig, RetryConfig, Section
+from ..data import ARM_SEPARATOR
 from ..selection import SelectorSpec
+from ..strategies import Strategy
 
 
 class TimeoutConfig(Section):
@@ -105,6 +107,9 @@ class GatewayConfig(Section):
     timeouts: TimeoutConfig = TimeoutConfig()
     admin: AdminConfig = AdminConfig()
     budgets: BudgetConfig = BudgetConfig()
+    strategies: list[Strategy] = Field(
+        default_factory=list, description="prompt strategies; a router's backend@strategy options use them"
+    )
     reload_poll_s: float = Field(
         default=2.0,
         ge=0,
@@ -126,6 +131,13 @@ class GatewayConfig(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate backend names: {', '.join(duplicates)}")
+        with_separator = [n for n in names if ARM_SEPARATOR in n]
+        if with_separator:
+            raise ValueError(f"backend name {with_separator[0]!r} has {ARM_SEPARATOR!r}, which names a strategy")
+        strategies = [s.name for s in self.strategies]
+        duplicates = sorted({n for n in strategies if strategies.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate strategy names: {', '.join(duplicates)}")
         if self.selector.kind == "oracle":
             raise ValueError("selector kind 'oracle' picks by ground-truth quality: it is an offline bound only")
         if self.selector.kind == "judge" and self.selector.backend not in names:

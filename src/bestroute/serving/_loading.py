@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._exceptions import ConfigError
+from ..data import arm_parts
 from ..reward import load_selector
 from ..routers import Router, load_router
 from ..selection import IN_PROCESS, Selector, SelectorSpec
@@ -50,13 +51,18 @@ def load_serving(config: GatewayConfig) -> Loaded:
     if not router.servable:
         raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
     backends = {b.name for b in config.backends}
-    if router.reference_.model not in backends:
-        raise ConfigError(f"the router's reference model {router.reference_.model!r} has no backend")
+    strategies = {s.name for s in config.strategies}
+    reference_problem = _arm_problem(router.reference_.model, backends, strategies)
+    if reference_problem:
+        raise ConfigError(f"the router's reference model {router.reference_.model!r} {reference_problem}")
     active = [o for o, on in zip(router.options_, router.active_, strict=True) if on]
     for option in active:
-        missing = [m for m in option.stages[-1].mix if m not in backends]
-        if missing:
-            raise ConfigError(f"the router's option {option.label!r} mixes {missing[0]!r}, which has no backend")
+        for model in option.stages[-1].models:
+            problem = _arm_problem(model, backends, strategies)
+            if problem and option.stages[-1].mix:
+                raise ConfigError(f"the router's option {option.label!r} mixes {model!r}, which {problem}")
+            if problem and arm_parts(model)[0] in backends:  # a strategy is missing, not the backend
+                raise ConfigError(f"the router's option {option.label!r} uses {model!r}, which {problem}")
     if config.threshold is not None and router.knob == "threshold" and config.threshold > 1:
         raise ConfigError(
             f"threshold: {config.threshold:g} is not between 0 and 1 (router {router.name!r} "
@@ -75,6 +81,16 @@ def load_serving(config: GatewayConfig) -> Loaded:
     in_process = load_selector(config.selector) if config.selector.kind in IN_PROCESS else None
     backend_keys = {b.name: b.api_key() for b in config.backends}  # a missing variable fails here
     return Loaded(config, router, in_process, backend_keys, ArtifactInfo.of(artifact))
+
+
+def _arm_problem(arm: str, backends: set[str], strategies: set[str]) -> str | None:
+    """Why ``arm`` (a backend, or backend@strategy) cannot be served, or None."""
+    backend, strategy = arm_parts(arm)
+    if backend not in backends:
+        return "has no backend"
+    if strategy is not None and strategy not in strategies:
+        return f"needs strategy {strategy!r}, which the configuration does not define (key: strategies)"
+    return None
 
 
 def _selector_of(router: Router) -> SelectorSpec:

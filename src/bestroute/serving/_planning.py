@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._exceptions import RouterError
-from ..backends import Deadline, Upstream
+from ..backends import Deadline
 from ..routers import Router
 from ..selection import Option
+from ._arms import Arms
 from ._cpu import run_cpu
 from ._errors import DeadlineExceeded, InvalidRequest, ModelNotFound
 from ._metrics import GatewayMetrics
@@ -62,20 +63,17 @@ class Planner:
         self,
         *,
         router: Router,
-        upstreams: dict[str, Upstream],
+        arms: Arms,
         default_knob: float,
         metrics: GatewayMetrics,
         pool: Executor,
     ) -> None:
-        self.router, self.upstreams, self.default_knob, self.metrics = router, upstreams, default_knob, metrics
+        self.router, self.arms, self.default_knob, self.metrics = router, arms, default_knob, metrics
         self.pool = pool
-        # Options the gateway can serve: active in the router, each of its models has a backend
-        # that allows that many samples.
+        # Options the gateway can serve: active in the router, each of its models (backends or
+        # backend@strategy arms) is configured and its backend allows that many samples.
         self._available = router.active_ & np.array(
-            [
-                all(m in upstreams and o.stages[-1].n <= upstreams[m].config.max_n for m in o.stages[-1].models)
-                for o in router.options_
-            ]
+            [all(arms.serves(m, o.stages[-1].n) for m in o.stages[-1].models) for o in router.options_]
         )
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._rule = router.rule
@@ -92,17 +90,18 @@ class Planner:
                     return await self._route(request, knob)
             except TimeoutError:
                 raise DeadlineExceeded("the request's deadline passed while it was being routed") from None
-        upstream = self.upstreams.get(request.model)
-        if upstream is None:
+        resolved = self.arms.resolve(request.model)
+        if resolved is None:
             raise ModelNotFound(
                 f"model {request.model!r} does not exist; use 'bestroute', "
-                "'bestroute:<threshold>' or a configured backend",
+                "'bestroute:<threshold>', a configured backend or backend@strategy",
                 param="model",
                 code="model_not_found",
             )
-        if not 1 <= request.n <= upstream.config.max_n:
-            raise InvalidRequest(f"n must be between 1 and {upstream.config.max_n} for {upstream.name}", param="n")
-        return Plan(attempts=(Attempt(Option(upstream.name, request.n), upstream.name),), routed=False)
+        max_n = resolved[0].config.max_n
+        if not 1 <= request.n <= max_n:
+            raise InvalidRequest(f"n must be between 1 and {max_n} for {request.model}", param="n")
+        return Plan(attempts=(Attempt(Option(request.model, request.n), request.model),), routed=False)
 
     def _knob(self, model: str) -> float:
         if model == ROUTED_MODEL:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..backends import Completion, Deadline, Upstream, UpstreamError
 from ..selection import AcceptanceModel, Call, Drawn, Execution, Judge, execute
+from ._arms import Arms, finished, shaped
 from ._judging import FirstSample, GatewayJudge, OnlineSelector
 from ._metrics import GatewayMetrics
 from ._planning import Attempt
@@ -56,14 +57,8 @@ class UpstreamSource:
     a call that fails is recorded against its backend and returned as a failed ``Drawn`` (its
     error kept in ``errors`` by call); one that answers closes its backend's failure streak."""
 
-    def __init__(
-        self,
-        request: ChatCompletionRequest,
-        upstreams: Mapping[str, Upstream],
-        deadline: Deadline,
-        metrics: GatewayMetrics,
-    ) -> None:
-        self.request, self.upstreams, self.deadline, self.metrics = request, upstreams, deadline, metrics
+    def __init__(self, request: ChatCompletionRequest, arms: Arms, deadline: Deadline, metrics: GatewayMetrics) -> None:
+        self.request, self.arms, self.deadline, self.metrics = request, arms, deadline, metrics
         self.completions: dict[tuple[str, int], tuple[Completion, int]] = {}
         self.errors: dict[Call, UpstreamError] = {}
 
@@ -73,17 +68,20 @@ class UpstreamSource:
         return list(await asyncio.gather(*(self._call(call) for call in calls)))
 
     async def _call(self, call: Call) -> Drawn:
-        upstream = self.upstreams[call.model]
+        upstream, strategy = self.arms.get(call.model)
         if not upstream.breaker.allow():
             return self._failed(call, CircuitOpen(upstream.name), requests=0, latency_s=0.0)
         started = time.monotonic()
-        body = self.request.upstream_body(upstream.config.upstream_model, n=call.samples, stream=False)
+        body = shaped(
+            self.request.upstream_body(upstream.config.upstream_model, n=call.samples, stream=False), strategy
+        )
         try:
             completion = await upstream.complete(body, call.samples, self.deadline, first_sample=call.first)
         except UpstreamError as error:
             hold_against(upstream, error, started, self.metrics)
             return self._failed(call, error, requests=1, latency_s=time.monotonic() - started)
         upstream.breaker.record_success()
+        completion = await finished(completion, strategy)
         kept = range(call.samples)  # an upstream may return more choices than asked: they are not drawn
         self.completions |= {(call.model, call.first + k): (completion, k) for k in kept}
         texts = completion.texts
@@ -108,8 +106,8 @@ class Sampler:
 
     Parameters
     ----------
-    upstreams : dict
-        The backends by name.
+    arms : Arms
+        The backends and strategies an option's models name.
     selector : OnlineSelector
         Keeps one of a routed request's samples.
     reference : str
@@ -123,19 +121,19 @@ class Sampler:
     def __init__(
         self,
         *,
-        upstreams: dict[str, Upstream],
+        arms: Arms,
         selector: OnlineSelector,
         reference: str,
         metrics: GatewayMetrics,
         acceptance: AcceptanceModel | None = None,
     ) -> None:
-        self.upstreams, self.selector, self.reference, self.metrics = upstreams, selector, reference, metrics
+        self.arms, self.selector, self.reference, self.metrics = arms, selector, reference, metrics
         self.acceptance = acceptance
 
     async def run(self, request: ChatCompletionRequest, attempt: Attempt, *, routed: bool, deadline: Deadline) -> Run:
         """Run the attempt's option; a routed request's samples are judged by the selector, a
         direct one's are all returned."""
-        source = UpstreamSource(request, self.upstreams, deadline, self.metrics)
+        source = UpstreamSource(request, self.arms, deadline, self.metrics)
         judge: Judge = GatewayJudge(self.selector, request.prompt_text(), deadline) if routed else FirstSample()
         execution = await execute(
             attempt.option, source=source, judge=judge, reference=self.reference, acceptance=self.acceptance

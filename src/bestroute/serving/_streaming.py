@@ -83,7 +83,7 @@ async def relay(
         while chunk is not None:
             usage = chunk.get("usage") or usage
             text.append(delta_text(chunk))
-            chunk |= {"id": request_id, "model": upstream.name}
+            chunk |= {"id": request_id, "model": attempt.option.model}
             yield sse(chunk)
             idle = min(upstream.config.stream_idle_s, deadline.remaining())
             try:
@@ -135,7 +135,7 @@ async def relay(
                 "id": request_id,
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
-                "model": upstream.name,
+                "model": attempt.option.model,
                 "choices": [],
                 "usage": record.usage(),
                 "bestroute": record.details(),

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..backends import Completion, Deadline, DeadlinePassed, Upstream, UpstreamError, UpstreamRejected
 from ..routers import Router
+from ._arms import Arms, relays, shaped
 from ._config import GatewayConfig
 from ._errors import DeadlineExceeded, GatewayError, InvalidRequest, UpstreamFailed, UpstreamRejectedRequest
 from ._judging import OnlineSelector
@@ -66,9 +67,10 @@ class ChatService:
         self.config, self.router, self.upstreams, self.artifact = config, router, upstreams, artifact
         self.selector, self.recorder, self.metrics = selector, recorder, recorder.metrics
         knob = config.threshold if config.threshold is not None else router.default_knob()
-        self.planner = Planner(router=router, upstreams=upstreams, default_knob=knob, metrics=self.metrics, pool=pool)
+        self.arms = Arms(upstreams, {s.name: s for s in config.strategies})
+        self.planner = Planner(router=router, arms=self.arms, default_knob=knob, metrics=self.metrics, pool=pool)
         self.sampler = Sampler(
-            upstreams=upstreams,
+            arms=self.arms,
             selector=selector,
             reference=router.reference_.model,
             metrics=self.metrics,
@@ -216,18 +218,18 @@ class ChatService:
         ticket, tried = self.recorder.open(client), _Attempts()
         while attempts := tried.next_of(plan):
             attempt = attempts[0]
-            if not attempt.option.single:  # drawn and judged, then streamed
+            upstream, strategy = self.arms.get(attempt.option.stages[-1].models[0])
+            if not attempt.option.single or not relays(strategy):  # drawn and judged, then streamed
                 run = await self._try(request, plan, attempt, deadline, tried, ticket)
                 if run is None:
                     continue
                 body, record = self._answer(request, ticket, plan, tried, run)
                 return record.headers(), replay(body)
-            upstream = self.upstreams[attempt.option.model]
             started = time.monotonic()
             try:
                 if not upstream.breaker.allow():
                     raise CircuitOpen(upstream.name)
-                body = request.upstream_body(upstream.config.upstream_model, n=1, stream=True)
+                body = shaped(request.upstream_body(upstream.config.upstream_model, n=1, stream=True), strategy)
                 first, rest = await upstream.stream(body, deadline)
             except UpstreamError as error:
                 hold_against(upstream, error, started, self.metrics)
@@ -249,7 +251,7 @@ class ChatService:
                 ),
                 request_id=ticket.request_id,
             )
-            return answer_headers(ticket, plan, upstream.name, 1), chunks
+            return answer_headers(ticket, plan, attempt.option.model, 1), chunks
         raise self._exhausted(request, plan, tried, ticket)
 
     def _close_stream(
