@@ -274,17 +274,8 @@ def _on_a_terminal(*args: str) -> tuple[int, str]:
 
 
 def test_train_and_eval_show_progress_on_a_terminal_and_none_in_a_pipe(subset_dir, tmp_path):
-    status, shown = _on_a_terminal(
-        "train",
-        "--data",
-        str(subset_dir),
-        "--features",
-        "lexical",
-        "--selector",
-        "consensus",
-        "--out",
-        str(tmp_path / "r"),
-    )
+    train = ["train", "--data", str(subset_dir), "--features", "lexical", "--selector", "consensus"]
+    status, shown = _on_a_terminal(*train, "--out", str(tmp_path / "r"))
     assert status == 0, shown
     assert "train best-route" in shown and "fitting on" in shown and "saved best-route router" in shown
     status, shown = _on_a_terminal(
@@ -292,15 +283,5 @@ def test_train_and_eval_show_progress_on_a_terminal_and_none_in_a_pipe(subset_di
     )
     assert status == 0, shown
     assert "knn: fitting" in shown and "/" in shown
-    piped = bestroute(
-        "train",
-        "--data",
-        str(subset_dir),
-        "--features",
-        "lexical",
-        "--selector",
-        "consensus",
-        "--out",
-        str(tmp_path / "r"),
-    )
+    piped = bestroute(*train, "--out", str(tmp_path / "r"))
     assert piped.returncode == 0 and piped.stderr == ""

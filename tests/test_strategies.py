@@ -425,3 +425,48 @@ def test_collect_samples_every_model_under_every_strategy_and_resumes(tmp_path):
     assert all(str(t).endswith("Answer: 14") for t in data.responses[:, pot, :].ravel())
     # the program printed 14: right for "What is 2 x 7?" only, judged on the finished text
     assert [data.quality[i, pot, 0] for i in range(3)] == [1.0 if data.references[i] == "14" else 0.0 for i in range(3)]
+
+
+def test_a_large_model_writes_a_blueprint_once_and_it_guides_every_prompt(tmp_path):
+    from typer.testing import CliRunner
+
+    from bestroute.cli import app as cli
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": f"What is {i} x 7?", "task": "times" if i < 8 else "other"}) + "\n" for i in range(10)
+        )
+    )
+    guide = "1. Multiply the two numbers.\n2. Give the product alone after 'Answer:'."
+    big = Script(answers=[guide])
+    with upstream(big) as b:
+        path = tmp_path / "c.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "backends": [
+                        {"name": "big", "base_url": b.url + "/v1", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}
+                    ]
+                }
+            )
+        )
+        base = ["blueprint", "--config", str(path), "--prompts", str(prompts), "--name", "times-guide"]
+        done = CliRunner().invoke(cli, [*base, "--backend", "big", "--task", "times", "--examples", "3"])
+        assert done.exit_code == 0, done.output
+        assert len(big.bodies) == 1 and big.bodies[0]["temperature"] == 0.0
+        asked = big.bodies[0]["messages"][0]["content"]
+        assert "Example 3:\nWhat is 2 x 7?" in asked and "Example 4" not in asked
+        (entry,) = yaml.safe_load(done.output)
+        strategy = Strategy.model_validate(entry)
+        assert strategy.name == "times-guide" and strategy.blueprint == guide
+        shaped = strategy.shape({"messages": [{"role": "user", "content": "What is 9 x 7?"}]})
+        assert shaped["messages"][-1]["content"] == f"{guide}\n\nWhat is 9 x 7?"
+        for args, message in (
+            (["--backend", "huge"], "--backend: 'huge' is not a configured backend"),
+            (["--backend", "big", "--template", "no guide {prompt}"], "--template: "),
+            (["--backend", "big", "--task", "none"], "no example prompts"),
+        ):
+            bad = CliRunner().invoke(cli, [*base, *args])
+            assert bad.exit_code == 2 and bad.output.startswith("error: ") and message in bad.output, bad.output
+            assert bad.output.count("\n") == 1

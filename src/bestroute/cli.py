@@ -681,6 +681,44 @@ def collect(
     )
 
 
+@app.command()
+@_one_line_errors
+def blueprint(
+    config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its backends).")],
+    backend: Annotated[str, typer.Option(help="The large model that writes the guide.")],
+    prompts: Annotated[Path, typer.Option(help="JSONL or CSV of the task's prompts (prompt, optional task).")],
+    name: Annotated[str, typer.Option(help="Name of the blueprint strategy.")],
+    task: Annotated[str | None, typer.Option(help="Only the prompts of this task.")] = None,
+    examples: Annotated[int, typer.Option(help="How many prompts the large model sees.")] = 5,
+    template: Annotated[
+        str, typer.Option(help="The strategy's user template: {blueprint} and {prompt} are filled in.")
+    ] = "{blueprint}\n\n{prompt}",
+) -> None:
+    """Have a large model write a reasoning guide for a task from a few of its prompts, once, and
+    print the blueprint strategy to add under the configuration's `strategies`."""
+    import asyncio
+
+    import yaml
+    from pydantic import ValidationError
+
+    from .collection import read_prompts, write_blueprint
+    from .serving import load_config
+    from .strategies import Strategy
+
+    if examples < 1:
+        raise ConfigError("--examples must be at least 1")
+    try:  # the name and template are checked before the large model is asked
+        Strategy(name=name, template=template, blueprint="the guide")
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = "name" if error["loc"] == ("name",) else "template"  # the placement check has no field
+        raise ConfigError(f"--{option}: {error['msg'].removeprefix('Value error, ')}") from None
+    rows, _ = read_prompts(prompts, needs_reference=False)
+    chosen = [r["prompt"] for r in rows if task is None or r.get("task") == task][:examples]
+    strategy = asyncio.run(write_blueprint(load_config(config), backend, chosen, name=name, template=template))
+    typer.echo(yaml.safe_dump([strategy.model_dump(exclude_defaults=True)], sort_keys=False, allow_unicode=True))
+
+
 @app.command("train-reward")
 @_one_line_errors
 def train_reward(

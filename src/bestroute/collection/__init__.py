@@ -1,5 +1,6 @@
 """Collecting routing data: sample, score and write responses in the exchange format."""
 
+from ._blueprint import write_blueprint
 from ._collect import CollectReport, CollectSettings, collect, read_prompts
 from ._scorers import CHECKS, JudgeScorer, ReferenceScorer, RewardScorer, check_reference
 
@@ -13,4 +14,5 @@ __all__ = [
     "check_reference",
     "collect",
     "read_prompts",
+    "write_blueprint",
 ]

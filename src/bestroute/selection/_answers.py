@@ -233,7 +233,9 @@ _DATE_TOKEN = (
     r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}"
     rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTH},?\s+\d{{4}}|{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}"
 )
-_NUMBER_TOKEN = r"-?[$€£¥]?\s?-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?%?"
+# Digits with or without thousands separators: one pattern for finding numbers and for reading them.
+_DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)"
+_NUMBER_TOKEN = rf"-?[$€£¥]?\s?-?{_DIGITS}(?:\.\d+)?(?:[eE][-+]?\d+)?%?"
 _TOKEN = re.compile(rf"(?<![\w.])(?:{_DATE_TOKEN}|-?\d+\s*/\s*\d+(?![\d/])|{_NUMBER_TOKEN})", flags=re.IGNORECASE)
 
 
@@ -329,7 +331,7 @@ def _date(text: str) -> Any:
 
 _NUMBER = re.compile(
     r"^(?P<sign>[-+−]?)\s*(?P<currency>[$€£¥])?\s*(?P<sign2>[-+−]?)"
-    r"(?P<digits>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?P<exp>[eE][-+]?\d+)?"
+    rf"(?P<digits>{_DIGITS}(?:\.\d*)?|\.\d+)(?P<exp>[eE][-+]?\d+)?"
     # Units: words without digits, up to five ("km", "square feet"); written without a space,
     # at most three letters ("5km"), so "234abcdef" is not the number 234.
     r"\s*(?P<percent>%|percent\b)?(?P<unit>[^\W\d_]{1,3}|\s+[^\W\d_]+(?:[ /.'-]+[^\W\d_]+){0,4}|\s*[°²³][^\W\d_]*)?[.]?$"
