@@ -20,10 +20,29 @@ from ._cpu import run_cpu
 class OnlineSelector(Protocol):
     name: str
 
-    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
-        """The index of the response kept, and the selector's confidence in it as offline
-        escalation measures it (None for a selector that gives none)."""
+    async def judge(self, prompt: str, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
+        """The sample kept and the selector's confidence in it as offline escalation measures
+        it (None for a selector that gives none), with the stage's signals if asked and known."""
         ...
+
+
+class _Service(Protocol):
+    """A selector service of the backends layer (a reward endpoint, an LLM judge)."""
+
+    name: str
+
+    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]: ...
+
+
+class ServiceSelector:
+    """A selector service as an OnlineSelector: its pick and confidence; it gives no signals."""
+
+    def __init__(self, service: _Service) -> None:
+        self.service, self.name = service, service.name
+
+    async def judge(self, prompt: str, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
+        picked, confidence = await self.service.select(prompt, [sample.text or "" for sample in samples])
+        return Judgment(picked, confidence)
 
 
 class InProcessSelector:
@@ -36,11 +55,7 @@ class InProcessSelector:
         # A model's scoring costs more than its input's length says: always in the pool.
         self._always_pooled = selector.confidence == "score"
 
-    async def select(self, prompt: str, responses: list[str]) -> tuple[int, float | None]:
-        judged = await self.judge_samples(prompt, [Sample("", k, text) for k, text in enumerate(responses)])
-        return judged.picked, judged.confidence
-
-    async def judge_samples(self, prompt: str, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
+    async def judge(self, prompt: str, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
         """The Judgment of ``samples``, with the stage's signals if asked (a calibrated stage)."""
         size = math.inf if self._always_pooled else sum(len(s.text or "") for s in samples)
         return await run_cpu(self.pool, size, lambda: self._judge(prompt, samples, signals))
@@ -63,9 +78,9 @@ def online_selector(
     in-process kind runs ``in_process``, loaded before start-up (a missing or stale reward model
     is then a configuration error, not a failed start-up)."""
     if spec.kind == "reward":
-        return EndpointSelector(RewardClient(spec.url or "", session, spec.timeout_s))
+        return ServiceSelector(EndpointSelector(RewardClient(spec.url or "", session, spec.timeout_s)))
     if spec.kind == "judge":
-        return JudgeSelector(upstreams[spec.backend or ""])
+        return ServiceSelector(JudgeSelector(upstreams[spec.backend or ""]))
     if in_process is None:
         raise RouterError(f"selector {spec} runs in process: pass it loaded")
     return InProcessSelector(in_process, pool)
@@ -80,17 +95,13 @@ class GatewayJudge:
         self.selector, self.prompt, self.deadline = selector, prompt, deadline
 
     async def judge(self, samples: Sequence[Sample], *, signals: bool = False) -> Judgment:
-        texts = [sample.text or "" for sample in samples]
         try:
             async with asyncio.timeout(max(self.deadline.remaining(), 0.0)):
-                if isinstance(self.selector, InProcessSelector):  # the one kind that gives signals
-                    return await self.selector.judge_samples(self.prompt, samples, signals=signals)
-                picked, confidence = await self.selector.select(self.prompt, texts)
+                return await self.selector.judge(self.prompt, samples, signals=signals)
         except UpstreamError as error:
             return Judgment(0, None, f"selector: {error}; kept the first sample")
         except TimeoutError:
             return Judgment(0, None, "selector: the request's deadline passed; kept the first sample")
-        return Judgment(picked, confidence)
 
 
 class FirstSample:
