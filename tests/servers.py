@@ -332,12 +332,16 @@ def gateway(
 
 
 @contextmanager
-def serve_subprocess(config: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`bestroute serve --config config` in a process of its own, once /healthz answers: the
-    process (stderr piped) and its URL. Terminated on exit unless the test ended it."""
+def serve_subprocess(
+    config: Path, *options: str, stdout: int | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`bestroute serve --config config [options]` in a process of its own, once /healthz
+    answers: the process (stderr piped, stdout as given) and its URL. Terminated on exit unless
+    the test ended it."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bestroute", "serve", "--config", str(config), "--port", str(port)],
+        [sys.executable, "-m", "bestroute", "serve", "--config", str(config), "--port", str(port), *options],
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )

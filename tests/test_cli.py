@@ -285,3 +285,20 @@ def test_train_and_eval_show_progress_on_a_terminal_and_none_in_a_pipe(subset_di
     assert "knn: fitting" in shown and "/" in shown
     piped = bestroute(*train, "--out", str(tmp_path / "r"))
     assert piped.returncode == 0 and piped.stderr == ""
+
+
+def test_the_installer_says_what_it_does_and_the_demo_directory_is_not_tracked():
+    """The install printed nothing for minutes (pip --quiet): each step is announced and pip's
+    own progress is shown. CI runs the installer itself (.ci/run); here its text and usage."""
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "install.sh").read_text()
+    assert "--quiet" not in script and "-q " not in script and "--progress-bar on" in script
+    assert script.count('echo "==> ') >= 3
+    usage = subprocess.run(
+        ["bash", str(root / "scripts" / "install.sh"), "--bogus"], check=False, capture_output=True, text=True
+    )
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: bash scripts/install.sh")
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "bestroute-demo/summary.json"], cwd=root, capture_output=True, check=False
+    )
+    assert ignored.returncode == 0  # a run of the demo leaves nothing for git to pick up

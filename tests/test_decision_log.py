@@ -5,6 +5,7 @@ import json
 import logging
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 import uuid
@@ -345,3 +346,14 @@ def test_log_stats_give_the_logs_figures_and_the_saving_against_the_reference(lo
     assert empty.exit_code == 0 and "no requests" in empty.output
     bad = CliRunner().invoke(cli, ["log", "stats", "--config", config, "--since", "yesterday"])
     assert bad.exit_code == 2 and "--since: 'yesterday' is not a duration" in bad.output
+
+
+def test_serve_with_access_log_writes_a_line_per_request_subprocess(tmp_path, artifact):
+    with upstream(Script(answers=["42"])) as small, upstream(Script(answers=["big"])) as big:
+        config = write_gateway_config(tmp_path, artifact, {"small": small.url, "big": big.url})
+        with serve_subprocess(config, "--access-log", stdout=subprocess.PIPE) as (process, url):
+            assert httpx.post(url + "/v1/chat/completions", json=_chat("bestroute:0", "hi")).status_code == 200
+            process.terminate()
+            access, _ = process.communicate(timeout=60)
+    # uvicorn's access log, on stdout
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' in access and '"GET /healthz HTTP/1.1" 200' in access

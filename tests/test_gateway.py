@@ -659,3 +659,18 @@ def test_a_missing_or_stale_reward_model_is_a_start_up_error(tmp_path, artifact,
             timeout=120,
         )
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and str(path) in done.stderr
+
+
+def test_a_relayed_stream_sends_no_cost_header_before_its_cost_is_known(tmp_path, artifact):
+    with (
+        upstream(Script(answers=["one two"])) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, _),
+    ):
+        body = {"model": "small", "messages": [{"role": "user", "content": "q"}], "stream": True}
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as response:
+            headers = dict(response.headers)
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert "x-bestroute-cost-usd" not in headers and headers["x-bestroute-model"] == "small"
+    last = json.loads(events[-2])  # the one before [DONE]
+    assert last["bestroute"]["cost_usd"] > 0 and last["usage"]["completion_tokens"] > 0
