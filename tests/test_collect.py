@@ -159,6 +159,20 @@ def test_stop_sequences_are_sent_and_the_reference_is_named(tmp_path):
     assert load_dataset(tmp_path / "out").reference_model == "b"
 
 
+def test_a_run_over_other_models_keeps_the_catalog_it_resumes(tmp_path):
+    server = ServerThread(fake_upstream(Script(answers=["1"]))).start()
+    try:
+        config = _config(tmp_path / "c.yaml", {"a": server.url, "b": server.url})
+        args = ["--prompts", str(_prompt_file(tmp_path / "p.jsonl", 2, bad_lines=False)), "--config", str(config)]
+        args += ["--out", str(tmp_path / "out"), "--samples", "1"]
+        assert _collect(*args, "--models", "a", "--reference", "a").returncode == 0
+        assert _collect(*args, "--models", "b").returncode == 0  # the second run samples b only
+    finally:
+        server.stop()
+    data = load_dataset(tmp_path / "out")  # a's responses still have their price
+    assert data.models == ["a", "b"] and data.reference_model == "a"
+
+
 def test_the_checkable_prompts_are_the_generators_and_their_checks_refuse_an_echo(tmp_path):
     """datasets/checkable/prompts.jsonl is what scripts/make_checkable_prompts.py writes; each
     prompt's own answer passes its check, and repeating the question does not."""

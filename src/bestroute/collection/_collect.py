@@ -18,7 +18,7 @@ import aiohttp
 
 from .._exceptions import ConfigError, DataError
 from ..backends import CircuitBreaker, RewardClient, Upstream, UpstreamError, UpstreamSettings
-from ..data import ResponseAppender, arm_name, iter_rows, write_catalog, write_prompts
+from ..data import ResponseAppender, arm_name, iter_rows, read_models, read_reference, write_catalog, write_prompts
 from ..strategies import Strategy
 from ._scorers import (
     CHECKS,
@@ -190,7 +190,11 @@ async def collect(
         raise DataError("no valid prompt to collect", path=str(prompts_path))
     write_prompts(out, prompts)
     configured = {b.name: b for b in config.backends}
-    write_catalog(out, {n: configured[n].price for n in names}, reference=settings.reference)
+    # A resumed run that samples other models keeps the prices and reference already written.
+    earlier = out / "models.json"
+    prices = read_models(earlier) if earlier.exists() else {}
+    reference = settings.reference or (read_reference(earlier) if earlier.exists() else None)
+    write_catalog(out, prices | {n: configured[n].price for n in names}, reference=reference)
     responses_path = out / "responses.jsonl"
     done = _load_done(responses_path)
     ways: list[Strategy | None] = list(settings.strategies) or [None]
