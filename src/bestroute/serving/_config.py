@@ -3,6 +3,7 @@
 import math
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -71,6 +72,22 @@ class BudgetLimits(Section):
     usd_per_day: float | None = Field(default=None, gt=0, description="from the cost the gateway computes")
 
 
+class ShadowConfig(Section):
+    """Shadow checks: a sampled share of the requests a cheaper option answered is also sent to
+    ``against`` after the client has its answer, and the two answers are compared."""
+
+    rate: float = Field(default=0.0, ge=0, le=1, description="share of cheaper-option answers checked")
+    against: str | None = Field(default=None, description="backend (or backend@strategy); default: the reference")
+    target: float = Field(default=0.99, gt=0, le=1, description="least agreement with it an option may show")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="of the interval around each option's agreement")
+    min_checks: int = Field(default=30, ge=1, description="checks of an option before its interval is judged")
+    on_breach: Literal["warn", "avoid"] = Field(
+        default="warn", description="avoid: no longer route to an option whose interval is below the target"
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="time a shadow call may take")
+    max_in_flight: int = Field(default=100, ge=1, description="shadow calls at once; more are skipped and counted")
+
+
 class BudgetConfig(BudgetLimits):
     """Limits per client key (for every key; ``per_key`` overrides by the key's fingerprint)."""
 
@@ -107,6 +124,7 @@ class GatewayConfig(Section):
     timeouts: TimeoutConfig = TimeoutConfig()
     admin: AdminConfig = AdminConfig()
     budgets: BudgetConfig = BudgetConfig()
+    shadow: ShadowConfig = ShadowConfig()
     strategies: list[Strategy] = Field(
         default_factory=list, description="prompt strategies; a router's backend@strategy options use them"
     )

@@ -68,6 +68,10 @@ def load_serving(config: GatewayConfig) -> Loaded:
             f"threshold: {config.threshold:g} is not between 0 and 1 (router {router.name!r} "
             "routes on a predicted-quality threshold)"
         )
+    shadow = config.shadow.against or router.reference_.model
+    shadow_problem = _arm_problem(shadow, backends, strategies) if config.shadow.rate else None
+    if shadow_problem:
+        raise ConfigError(f"shadow.against: {shadow!r} {shadow_problem}")
     trained_with = _selector_of(router)
     if "selector" not in config.model_fields_set:
         config = config.model_copy(update={"selector": trained_with})

@@ -57,6 +57,29 @@ class GatewayMetrics:
             ["backend"],
             registry=self.registry,
         )
+        self.shadow_checks = Counter(
+            "bestroute_shadow_checks_total",
+            "Shadow checks of the answering option against the reference (or shadow.against): "
+            "agreed, disagreed, failed (the shadow call failed) or skipped (max_in_flight were running)",
+            ["option", "outcome"],
+            registry=self.registry,
+        )
+        self.shadow_cost = Counter(
+            "bestroute_shadow_cost_usd_total", "Cost of the shadow calls in USD", registry=self.registry
+        )
+        self.shadow_agreement = Gauge(
+            "bestroute_shadow_agreement",
+            "Each option's agreement with the reference on its shadow checks: the estimate and its "
+            "interval's lower and upper bounds (shadow.confidence)",
+            ["option", "bound"],
+            registry=self.registry,
+        )
+        self.shadow_below_target = Gauge(
+            "bestroute_shadow_below_target",
+            "1 while an option's agreement interval lies below shadow.target",
+            ["option"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, int, int], tuple[Any, ...]] = {}
         self._models: dict[str, tuple[Any, ...]] = {}
         self.circuit_open = Gauge(

@@ -4,7 +4,7 @@ request naming a backend gets that backend alone."""
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -57,6 +57,8 @@ class Planner:
         Where the time spent routing is observed.
     pool : Executor
         Where the router scores a long prompt (features and heads), off the event loop.
+    avoided : callable
+        The labels of options not to route to now (shadow checks found them below target).
     """
 
     def __init__(
@@ -67,9 +69,10 @@ class Planner:
         default_knob: float,
         metrics: GatewayMetrics,
         pool: Executor,
+        avoided: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         self.router, self.arms, self.default_knob, self.metrics = router, arms, default_knob, metrics
-        self.pool = pool
+        self.pool, self.avoided = pool, avoided
         # Options the gateway can serve: active in the router, each of its models (backends or
         # backend@strategy arms) is configured and its backend allows that many samples.
         self._available = router.active_ & np.array(
@@ -119,7 +122,10 @@ class Planner:
     async def _route(self, request: ChatCompletionRequest, knob: float) -> Plan:
         prompt = request.prompt_text()
         scores = await run_cpu(self.pool, len(prompt), lambda: self._scores(prompt))
-        order = self._rule.order(scores, knob, self._available)  # its first option is Router.decide's
+        available, avoided = self._available, self.avoided()
+        if avoided:  # shadow checks found these below target: the next option in the order answers
+            available = available & np.array([o.label not in avoided for o in self.router.options_])
+        order = self._rule.order(scores, knob, available)  # its first option is Router.decide's
         options, values = self.router.options_, scores.tolist()
         return Plan(
             attempts=tuple(Attempt(options[o], options[o].label) for o in order),

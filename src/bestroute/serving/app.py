@@ -32,6 +32,7 @@ from ._metrics import GatewayMetrics
 from ._recording import Recorder
 from ._reload import Reloader
 from ._requests import Access, unprocessable
+from ._shadow import ShadowTallies
 from .routes import CHAT_PATH, chat_completions, router
 from .serving import ChatService
 
@@ -150,7 +151,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         # Routing and in-process selection are CPU-bound: they run here, never on the event loop.
         pool = ThreadPoolExecutor(max_workers=config.limits.cpu_workers, thread_name_prefix="bestroute-cpu")
-        build = functools.partial(build_service, session=session, recorder=recorder, pool=pool)
+        build = functools.partial(build_service, session=session, recorder=recorder, pool=pool, tallies=ShadowTallies())
         app.state.service = build(loaded, None)
         app.state.feedback = FeedbackService(log, answered)
         reloader = Reloader(app, config_path, loaded, build)
@@ -171,6 +172,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             for task in tasks:
                 task.cancel()
+            checks = app.state.service.shadow.running
+            if checks:  # shadow checks in flight get a few seconds to finish and be logged
+                await asyncio.wait(checks, timeout=5)
             pool.shutdown(wait=False, cancel_futures=True)
             log.close()  # drains every queued row before the process exits
 
@@ -182,6 +186,7 @@ def build_service(
     session: aiohttp.ClientSession,
     recorder: Recorder,
     pool: Executor,
+    tallies: ShadowTallies,
 ) -> ChatService:
     """A ChatService for ``new``; backends whose settings did not change keep their client state
     (circuit, requests in flight)."""
@@ -217,6 +222,7 @@ def build_service(
         artifact=new.artifact,
         selector=selector,
         pool=pool,
+        tallies=tallies,
     )
 
 

@@ -112,6 +112,7 @@ async def healthz(request: Request) -> dict[str, Any]:
         "artifact": service.artifact.describe(),
         "config_loaded_at": request.app.state.reloader.loaded_at,
         "backends": {n: u.breaker.state for n, u in service.upstreams.items()},
+        "shadow": service.shadow.tallies.report(service.config.shadow),
         "decision_log": {
             "backlog": log.backlog,
             "repaired": log.repaired,

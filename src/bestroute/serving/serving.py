@@ -18,6 +18,7 @@ from ._loading import ArtifactInfo
 from ._planning import Attempt, Plan, Planner
 from ._recording import Recorder, RequestRecord, Ticket, answer_headers
 from ._sampling import CircuitOpen, Run, Sampler, hold_against
+from ._shadow import ShadowChecks, ShadowTallies
 from ._streaming import relay, replay, streamed_run
 from .protocol import ChatCompletionRequest
 
@@ -63,12 +64,30 @@ class ChatService:
         recorder: Recorder,
         artifact: ArtifactInfo,
         pool: Executor,
+        tallies: ShadowTallies,
     ) -> None:
         self.config, self.router, self.upstreams, self.artifact = config, router, upstreams, artifact
         self.selector, self.recorder, self.metrics = selector, recorder, recorder.metrics
         knob = config.threshold if config.threshold is not None else router.default_knob()
         self.arms = Arms(upstreams, {s.name: s for s in config.strategies})
-        self.planner = Planner(router=router, arms=self.arms, default_knob=knob, metrics=self.metrics, pool=pool)
+        self.shadow = ShadowChecks(
+            config.shadow,
+            arms=self.arms,
+            against=config.shadow.against or router.reference_.model,
+            tallies=tallies,
+            log=recorder.log,
+            metrics=self.metrics,
+            answer=config.selector.answer,
+            store_prompts=config.decision_log.store_prompts,
+        )
+        self.planner = Planner(
+            router=router,
+            arms=self.arms,
+            default_knob=knob,
+            metrics=self.metrics,
+            pool=pool,
+            avoided=lambda: tallies.avoided(config.shadow),
+        )
         self.sampler = Sampler(
             arms=self.arms,
             selector=selector,
@@ -159,7 +178,8 @@ class ChatService:
         error: str | None = None,
         response: str | None = None,
     ) -> RequestRecord:
-        return self.recorder.close(
+        """Account the request once it ends, and start its shadow check if it gets one."""
+        record = self.recorder.close(
             request,
             ticket,
             plan,
@@ -170,6 +190,8 @@ class ChatService:
             error=error,
             response=response,
         )
+        self.shadow.start(request, record)  # a task of its own: neither the response nor its connection waits
+        return record
 
     # ------------------------------------------------------------- completing
     async def complete(

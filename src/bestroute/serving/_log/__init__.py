@@ -6,7 +6,7 @@ traffic's figures (`bestroute log stats`)."""
 
 from .export import export_log
 from .queries import decision_owner, usage_by_client
-from .schema import CallRow, DecisionRow, FeedbackRow, Row, check_database, sanitize
+from .schema import CallRow, DecisionRow, FeedbackRow, Row, ShadowRow, check_database, sanitize
 from .stats import OptionStats, TrafficStats, log_stats, traffic_stats
 from .writer import DeadLetters, DecisionLog, replay_dead_letters
 
@@ -18,6 +18,7 @@ __all__ = [
     "FeedbackRow",
     "OptionStats",
     "Row",
+    "ShadowRow",
     "TrafficStats",
     "check_database",
     "decision_owner",

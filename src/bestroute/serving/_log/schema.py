@@ -90,6 +90,22 @@ feedback = Table(
 )
 
 
+shadows = Table(
+    "shadows",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("decision_id", String(64), nullable=False, index=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("option", Text, nullable=False),  # the option that answered the client
+    Column("against", String(200), nullable=False),  # the backend it was compared with
+    Column("agreed", Integer),  # 1: the same answer; 0: another; NULL: the shadow call failed
+    Column("cost_usd", Float, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("error", Text),
+    Column("response", Text),  # the shadow's answer, only when store_prompts is on
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class DecisionRow:
     """One request's row of ``decisions``."""
@@ -149,9 +165,24 @@ class FeedbackRow:
     created_at: float
 
 
-Row = DecisionRow | CallRow | FeedbackRow
-TABLE_OF: dict[type, Table] = {DecisionRow: decisions, CallRow: calls, FeedbackRow: feedback}
-TABLES = {table.name: table for table in (decisions, calls, feedback)}
+@dataclass(frozen=True, kw_only=True)
+class ShadowRow:
+    """One shadow check's row of ``shadows``."""
+
+    decision_id: str
+    created_at: float
+    option: str
+    against: str
+    agreed: bool | None
+    cost_usd: float
+    latency_ms: float
+    error: str | None
+    response: str | None
+
+
+Row = DecisionRow | CallRow | FeedbackRow | ShadowRow
+TABLE_OF: dict[type, Table] = {DecisionRow: decisions, CallRow: calls, FeedbackRow: feedback, ShadowRow: shadows}
+TABLES = {table.name: table for table in (decisions, calls, feedback, shadows)}
 _INT4 = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER
 TRUNCATED = "…[truncated]"
 
