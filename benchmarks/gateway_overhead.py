@@ -6,7 +6,7 @@ requests with 50 KB answers (judged by consensus) and 1 MB prompts are in flight
 figures as one JSON object on its last line.
 
     python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30] [--blocks 6] [--no-pin]
-                                          [--feedback-rate 50] [--heavy-seconds 20]
+                                          [--feedback-rate 50] [--heavy-seconds 20] [--shadow-rate 0.1]
 
 Three processes on loopback: the upstream (a minimal OpenAI-compatible server), the gateway
 (`bestroute serve`, routing every request with a BEST-Route artifact) and this load generator.
@@ -308,6 +308,12 @@ def main() -> None:
         default=20.0,
         help="/healthz probed while best-of-5 50 KB answers and 1 MB prompts are in flight (0: skip)",
     )
+    parser.add_argument(
+        "--shadow-rate",
+        type=float,
+        default=0.0,
+        help="share of routed answers shadow-checked against the 0.2 s upstream (the gateway's shadow.rate)",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--answer-bytes", type=int, default=0, help=argparse.SUPPRESS)
@@ -332,6 +338,7 @@ def main() -> None:
                     {"name": "slow", "base_url": f"http://127.0.0.1:{slow_port}/v1", "max_n": 5},
                 ],
                 "decision_log": {"url": f"sqlite:///{directory}/decisions.db"},
+                "shadow": {"rate": args.shadow_rate, "against": "slow"},
             }
             (directory / "gateway.yaml").write_text(yaml.safe_dump(config))
             processes.append(
@@ -388,6 +395,7 @@ def main() -> None:
         json.dumps(
             {
                 "rate_per_s": args.rate,
+                "shadow_rate": args.shadow_rate,
                 "seconds": args.seconds,
                 "requests": len(routed) + routed_errors,
                 "direct_p50_ms": d50,

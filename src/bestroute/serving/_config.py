@@ -88,6 +88,17 @@ class ShadowConfig(Section):
     max_in_flight: int = Field(default=100, ge=1, description="shadow calls at once; more are skipped and counted")
 
 
+class ExploreConfig(Section):
+    """Exploration with logged propensities, for off-policy evaluation: with probability
+    ``rate`` a routed request takes an option drawn uniformly from the router's choice and the
+    ``width`` servable options on each side of it in cost (never one costlier than the
+    reference); every routed row logs the probability its option was taken with."""
+
+    rate: float = Field(default=0.0, ge=0, le=1, description="share of routed requests that explore")
+    width: int = Field(default=1, ge=1, le=10, description="options on each side of the choice, in cost order")
+    seed: int | None = Field(default=None, description="for a reproducible draw (tests, simulations)")
+
+
 class BudgetConfig(BudgetLimits):
     """Limits per client key (for every key; ``per_key`` overrides by the key's fingerprint)."""
 
@@ -125,6 +136,7 @@ class GatewayConfig(Section):
     admin: AdminConfig = AdminConfig()
     budgets: BudgetConfig = BudgetConfig()
     shadow: ShadowConfig = ShadowConfig()
+    explore: ExploreConfig = ExploreConfig()
     strategies: list[Strategy] = Field(
         default_factory=list, description="prompt strategies; a router's backend@strategy options use them"
     )

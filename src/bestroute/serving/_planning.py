@@ -3,6 +3,7 @@
 request naming a backend gets that backend alone."""
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -15,6 +16,7 @@ from ..backends import Deadline
 from ..routers import Router
 from ..selection import Option
 from ._arms import Arms
+from ._config import ExploreConfig
 from ._cpu import run_cpu
 from ._errors import DeadlineExceeded, InvalidRequest, ModelNotFound
 from ._metrics import GatewayMetrics
@@ -40,6 +42,10 @@ class Plan:
     threshold: float | None = None
     scores: Mapping[str, float] = field(default_factory=dict)
     routed: bool = True
+    # A routed plan: the router's own choice, and the probability the first attempt's option
+    # was planned with (1 without exploration).
+    choice: str | None = None
+    propensity: float | None = None
 
 
 class Planner:
@@ -70,9 +76,12 @@ class Planner:
         metrics: GatewayMetrics,
         pool: Executor,
         avoided: Callable[[], frozenset[str]] = frozenset,
+        explore: ExploreConfig | None = None,
     ) -> None:
         self.router, self.arms, self.default_knob, self.metrics = router, arms, default_knob, metrics
         self.pool, self.avoided = pool, avoided
+        self.explore = explore or ExploreConfig()
+        self._rng = random.Random(self.explore.seed)
         # Options the gateway can serve: active in the router, each of its models (backends or
         # backend@strategy arms) is configured and its backend allows that many samples.
         self._available = router.active_ & np.array(
@@ -127,11 +136,34 @@ class Planner:
             available = available & np.array([o.label not in avoided for o in self.router.options_])
         order = self._rule.order(scores, knob, available)  # its first option is Router.decide's
         options, values = self.router.options_, scores.tolist()
+        choice = order[0]
+        first, propensity = self._explored(choice, available)
+        order = [first, *(o for o in order if o != first)]  # a failed explored option falls back as usual
         return Plan(
             attempts=tuple(Attempt(options[o], options[o].label) for o in order),
             threshold=knob,
             scores={label: round(values[o], 6) for label, o in self._labels},
+            choice=options[choice].label,
+            propensity=propensity,
         )
+
+    def _explored(self, choice: int, available: np.ndarray) -> tuple[int, float]:
+        """The option to try first and the probability it had: the router's choice, or with
+        probability ``explore.rate`` one drawn uniformly from the choice and its ``width``
+        neighbours on each side in cost among the servable options no costlier than the reference."""
+        rate = self.explore.rate
+        if not rate:
+            return choice, 1.0
+        cost = self.router.option_cost_
+        limit = cost[self.router.reference_index_]
+        ranked = sorted((int(o) for o in np.flatnonzero(available) if cost[o] <= limit), key=lambda o: (cost[o], o))
+        if choice not in ranked:  # the choice itself is never excluded
+            ranked = sorted([*ranked, choice], key=lambda o: (cost[o], o))
+        at = ranked.index(choice)
+        candidates = ranked[max(0, at - self.explore.width) : at + self.explore.width + 1]
+        share = rate / len(candidates)
+        first = self._rng.choice(candidates) if self._rng.random() < rate else choice
+        return int(first), share + (1 - rate) * (first == choice)
 
     def _scores(self, prompt: str) -> np.ndarray:
         tic = time.perf_counter()

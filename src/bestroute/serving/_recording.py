@@ -115,6 +115,8 @@ class RequestRecord:
             "selected_sample": answer.number,
             "cost_usd": self.cost_usd,
             "usage_estimated": self.usage_estimated,
+            "router_choice": self.plan.choice,
+            "propensity": self.plan.propensity,
             "escalation": escalation(answered) if answered.attempt.option.composite else None,
             "calls": [call_details(call) for call in self.calls],
         }
@@ -285,6 +287,8 @@ def decision_row(
         completion_tokens=record.completion_tokens,
         cost_usd=record.cost_usd,
         usage_estimated=record.usage_estimated,
+        router_choice=record.plan.choice,
+        propensity=record.plan.propensity,
         status=record.status,
         error=record.error,
         response=record.response if store else None,

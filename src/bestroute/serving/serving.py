@@ -87,6 +87,7 @@ class ChatService:
             metrics=self.metrics,
             pool=pool,
             avoided=lambda: tallies.avoided(config.shadow),
+            explore=config.explore,
         )
         self.sampler = Sampler(
             arms=self.arms,

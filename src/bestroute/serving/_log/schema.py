@@ -55,6 +55,8 @@ decisions = Table(
     Column("confidence", Float),  # the answering option's last judged confidence
     Column("escalation", JSON),  # a mixture or escalating option: its stages
     Column("usage_estimated", Integer),  # 1: some upstream reported no usage; tokens and cost are estimates
+    Column("router_choice", Text),  # a routed request: the option the router chose
+    Column("propensity", Float),  # the probability the first option tried was planned with (explore)
 )
 
 calls = Table(
@@ -133,6 +135,8 @@ class DecisionRow:
     confidence: float | None
     escalation: dict[str, Any] | None
     usage_estimated: bool = False
+    router_choice: str | None = None
+    propensity: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
