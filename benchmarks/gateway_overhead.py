@@ -17,6 +17,7 @@ import asyncio
 import gzip
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -383,6 +384,9 @@ def main() -> None:
             heavy: dict[str, float | int] = {}
             if args.heavy_seconds:
                 heavy = _heavy_phase(directory, processes, args.heavy_seconds)
+            time.sleep(1.0)  # the last shadow checks and rows land
+            with sqlite3.connect(directory / "decisions.db") as db:
+                shadow_checks = db.execute("SELECT count(*) FROM shadows").fetchone()[0]
         finally:
             for process in processes:
                 process.terminate()
@@ -396,6 +400,7 @@ def main() -> None:
             {
                 "rate_per_s": args.rate,
                 "shadow_rate": args.shadow_rate,
+                "shadow_checks": shadow_checks,
                 "seconds": args.seconds,
                 "requests": len(routed) + routed_errors,
                 "direct_p50_ms": d50,
