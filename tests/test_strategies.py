@@ -377,6 +377,14 @@ def test_the_gateway_decides_over_arms_as_offline_evaluation_does(tmp_path):
 # ------------------------------------------------------------------ collection
 
 
+def _backend_config(path: Path, name: str, url: str, strategies: list[Strategy] | None = None) -> Path:
+    """A configuration of one backend (and strategies) for collect and blueprint."""
+    backend = {"name": name, "base_url": url + "/v1", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}
+    config = {"backends": [backend], "strategies": [json.loads(s.model_dump_json()) for s in strategies or []]}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def test_collect_samples_every_model_under_every_strategy_and_resumes(tmp_path):
     from typer.testing import CliRunner
 
@@ -388,17 +396,7 @@ def test_collect_samples_every_model_under_every_strategy_and_resumes(tmp_path):
     )
     a = Script(answers=["```python\nprint(7 * 2)\n```"])
     with upstream(a) as s:
-        path = tmp_path / "c.yaml"
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "backends": [
-                        {"name": "a", "base_url": s.url + "/v1", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}
-                    ],
-                    "strategies": [json.loads(COT.model_dump_json()), json.loads(POT.model_dump_json())],
-                }
-            )
-        )
+        path = _backend_config(tmp_path / "c.yaml", "a", s.url, [COT, POT])
         args = [
             "collect",
             "--prompts",
@@ -441,16 +439,7 @@ def test_a_large_model_writes_a_blueprint_once_and_it_guides_every_prompt(tmp_pa
     guide = "1. Multiply the two numbers.\n2. Give the product alone after 'Answer:'."
     big = Script(answers=[guide])
     with upstream(big) as b:
-        path = tmp_path / "c.yaml"
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "backends": [
-                        {"name": "big", "base_url": b.url + "/v1", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}
-                    ]
-                }
-            )
-        )
+        path = _backend_config(tmp_path / "c.yaml", "big", b.url)
         base = ["blueprint", "--config", str(path), "--prompts", str(prompts), "--name", "times-guide"]
         done = CliRunner().invoke(cli, [*base, "--backend", "big", "--task", "times", "--examples", "3"])
         assert done.exit_code == 0, done.output
