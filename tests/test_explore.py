@@ -73,6 +73,7 @@ def test_exploration_draws_neighbours_of_the_choice_with_the_logged_probability(
         assert abs(count / 300 - p) < 4 * (p * (1 - p) / 300) ** 0.5, (label, count)
     rows = _rows(tmp_path)
     assert {r["router_choice"] for r in rows} == {choice}
+    assert [r["planned_option"] for r in rows] == [a["bestroute"]["option"] for a in answers]  # none failed over
     assert sorted(r["propensity"] for r in rows) == sorted(a["bestroute"]["propensity"] for a in answers)
 
 

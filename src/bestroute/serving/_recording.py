@@ -288,6 +288,7 @@ def decision_row(
         cost_usd=record.cost_usd,
         usage_estimated=record.usage_estimated,
         router_choice=record.plan.choice,
+        planned_option=record.plan.attempts[0].label if record.plan.routed else None,
         propensity=record.plan.propensity,
         status=record.status,
         error=record.error,

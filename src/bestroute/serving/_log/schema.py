@@ -56,7 +56,8 @@ decisions = Table(
     Column("escalation", JSON),  # a mixture or escalating option: its stages
     Column("usage_estimated", Integer),  # 1: some upstream reported no usage; tokens and cost are estimates
     Column("router_choice", Text),  # a routed request: the option the router chose
-    Column("propensity", Float),  # the probability the first option tried was planned with (explore)
+    Column("planned_option", Text),  # the option tried first (another than the choice when exploring)
+    Column("propensity", Float),  # the probability planned_option was planned with (explore)
 )
 
 calls = Table(
@@ -136,6 +137,7 @@ class DecisionRow:
     escalation: dict[str, Any] | None
     usage_estimated: bool = False
     router_choice: str | None = None
+    planned_option: str | None = None
     propensity: float | None = None
 
 
