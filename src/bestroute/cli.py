@@ -392,6 +392,51 @@ def stats(
         typer.echo(f"{figures.usage_estimated} request(s) with estimated usage: their upstream reported no tokens")
 
 
+@log_app.command("evaluate")
+@_one_line_errors
+def log_evaluate(
+    candidate: Annotated[Path, typer.Argument(help="Router artifact to evaluate on the logged traffic.")],
+    config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its decision_log.url and backends).")],
+    min_quality: Annotated[
+        float | None, typer.Option(help="The candidate's operating point (default: its own, --min-quality 0.99).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Estimate a candidate router's quality and cost on the logged traffic from its propensities
+    (inverse propensity, self-normalised and doubly robust, with 95% bootstrap intervals)."""
+    import dataclasses
+
+    from .serving import evaluate_log, load_config
+
+    found = evaluate_log(load_config(config), str(candidate), min_quality=min_quality)
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(found), indent=2))
+        return
+    table = Table(
+        "estimator",
+        "quality (95% interval)",
+        "cost per 1k ($, 95% interval)",
+        title=f"{found.candidate} at {found.knob:.4g} on {found.rows} logged requests ({found.labelled} with "
+        f"feedback or a shadow check)",
+    )
+    for name in ("ips", "snips", "dr"):
+        quality, cost = getattr(found.quality, name), getattr(found.cost_per_1k, name)
+        if quality is None or cost is None:
+            continue
+        table.add_row(
+            name,
+            f"{quality.value:.4f} ({quality.lower:.4f}-{quality.upper:.4f})",
+            f"{cost.value:.4f} ({cost.lower:.4f}-{cost.upper:.4f})",
+        )
+    table.add_section()
+    table.add_row("logged traffic", f"{found.logged_quality:.4f}", f"{found.logged_cost_per_1k:.4f}")
+    console.print(table)
+    typer.echo(
+        f"{found.quality.matched} labelled requests took the candidate's option (effective sample size "
+        f"{found.quality.effective_size:.1f})"
+    )
+
+
 @log_app.command("replay-dead-letters")
 @_one_line_errors
 def replay(

@@ -1,7 +1,7 @@
 """The OpenAI-compatible routing gateway."""
 
 from ._config import GatewayConfig, load_config
-from ._log import DecisionLog, TrafficStats, export_log, log_stats, replay_dead_letters
+from ._log import DecisionLog, LogEvaluation, TrafficStats, evaluate_log, export_log, log_stats, replay_dead_letters
 from ._server import run_gateway, server_config
 from .app import Gateway, create_app
 
@@ -9,8 +9,10 @@ __all__ = [
     "DecisionLog",
     "Gateway",
     "GatewayConfig",
+    "LogEvaluation",
     "TrafficStats",
     "create_app",
+    "evaluate_log",
     "export_log",
     "load_config",
     "log_stats",
