@@ -147,3 +147,57 @@ def test_log_evaluate_refuses_what_cannot_be_estimated(tmp_path, two_routers, su
     split = split_prompts(data.prompt_ids)
     BestRouteRouter(features="lexical").fit(data, split.train, split.val).save(other)
     assert "has no backend in this gateway" in refused(str(other))
+
+
+def test_on_recorded_routing_data_three_routers_are_estimated_and_ranked():
+    """Simulation on the embedded zeroeval slice (real models' recorded answers): traffic is the
+    test prompts drawn again 100 times; the logging router (BEST-Route at 99% of the reference's
+    validation quality) takes its choice, or with probability 0.5 one of it and its four neighbours
+    on each side in cost (the gateway's exploration); three
+    candidates (the same router at 93%, 97% and 100%) are estimated from each log. The truth is
+    each candidate's mean recorded quality and cost over the test prompts."""
+    from bestroute.data import zeroeval_slice_path
+
+    data = load_dataset(zeroeval_slice_path())
+    split = split_prompts(data.prompt_ids)
+    router = BestRouteRouter(features="lexical", max_n=1).fit(data, split.train, split.val)
+    test = split.test
+    scores = router.predict([data.texts[i] for i in test])
+    quality, cost = router.outcomes_.quality[test], router.outcomes_.cost[test] * 1000
+    usable = ~np.isnan(quality).any(axis=1)  # prompts every model answered
+    scores, quality, cost = scores[usable], quality[usable], cost[usable]
+    options = len(router.options_)
+    logger = router.decide(scores, router.knob_for(min_relative_quality=0.99))
+    candidates = {
+        target: router.decide(scores, router.knob_for(min_relative_quality=target)) for target in (0.93, 0.97, 1.0)
+    }
+    rows = np.arange(len(logger))
+    truth = {t: (quality[rows, c].mean(), cost[rows, c].mean()) for t, c in candidates.items()}
+    assert len({round(q, 4) for q, _ in truth.values()}) == 3  # three different values to rank
+    # The gateway's exploration: the choice and its four neighbours on each side in cost.
+    by_cost = np.argsort(router.option_cost_, kind="stable")
+    rank = np.empty(options, dtype=int)
+    rank[by_cost] = np.arange(options)
+    width, rate = 4, 0.5
+    neighbours = [by_cost[max(0, rank[c] - width) : rank[c] + width + 1] for c in range(options)]
+    for chosen in candidates.values():  # every candidate choice can be explored into
+        assert all(c in neighbours[l] for c, l in zip(chosen, logger, strict=True))
+    rng = np.random.default_rng(5)
+    covered, ranked = dict.fromkeys([(t, m) for t in candidates for m in ("quality", "cost")], 0), 0
+    for run in range(100):
+        drawn = rng.integers(0, len(logger), 4000)
+        explore = rng.random(len(drawn)) < rate
+        around = [neighbours[c] for c in logger[drawn]]
+        taken = np.array([rng.choice(a) if e else c for a, e, c in zip(around, explore, logger[drawn], strict=True)])
+        propensity = np.array([rate / len(a) for a in around]) + (1 - rate) * (taken == logger[drawn])
+        points = {}
+        for target, chosen in candidates.items():
+            matched = chosen[drawn] == taken
+            for metric, table in (("quality", quality), ("cost", cost)):
+                found = off_policy_estimates(table[drawn, taken], propensity, matched, resamples=300, seed=run)
+                covered[target, metric] += found.snips.covers(truth[target][0 if metric == "quality" else 1])
+                if metric == "quality":
+                    points[target] = found.snips.value
+        ranked += sorted(points, key=points.get) == sorted(truth, key=lambda t: truth[t][0])
+    assert all(count >= 90 for count in covered.values()), covered
+    assert ranked >= 90, ranked
