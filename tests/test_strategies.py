@@ -459,3 +459,24 @@ def test_a_large_model_writes_a_blueprint_once_and_it_guides_every_prompt(tmp_pa
             bad = CliRunner().invoke(cli, [*base, *args])
             assert bad.exit_code == 2 and bad.output.startswith("error: ") and message in bad.output, bad.output
             assert bad.output.count("\n") == 1
+
+
+def test_logged_traffic_of_an_arm_exports_as_that_arm(tmp_path):
+    from bestroute.serving import export_log
+
+    data = load_dataset(_strategy_data(tmp_path / "data"))
+    split = split_prompts(data.prompt_ids)
+    artifact = tmp_path / "router.bestroute"
+    BestRouteRouter(features="lexical", max_n=1).fit(data, split.train, split.val).save(artifact)
+    with upstream(Script(answers=["Answer: 12"])) as s, upstream(Script()) as b:
+        path = _strategy_config(tmp_path, artifact, {"small": s.url, "big": b.url}, [COT])
+        server = ServerThread(create_app(load_config(path), config_path=path)).start()
+        try:
+            body = {"model": "small@cot", "messages": [{"role": "user", "content": "What is 6 plus 6?"}]}
+            answer = httpx.post(server.url + "/v1/chat/completions", json=body).json()
+            assert httpx.post(server.url + "/v1/feedback", json={"id": answer["id"], "quality": 1.0}).status_code == 200
+        finally:
+            server.stop()
+    export_log(load_config(path), tmp_path / "exported")
+    exported = load_dataset(tmp_path / "exported")
+    assert exported.models == ["small@cot"] and exported.quality[0, 0, 0] == 1.0

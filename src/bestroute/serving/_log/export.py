@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, RowMapping, exists, select
 
 from ..._exceptions import BestRouteError
-from ...data import RoutingDataWriter, write_catalog
+from ...data import RoutingDataWriter, arm_parts, write_catalog
 from ...selection import equivalent, read_answer
 from .._config import GatewayConfig
 from .schema import calls, decisions, feedback, open_database
@@ -117,16 +117,18 @@ def _responses(
         if not kept and not equivalent(read_answer(text), answer):
             left_out += 1
             continue
+        backend, strategy = arm_parts(model)  # a strategy's call is of the arm backend@strategy
         rows.append(
             {
                 "prompt_id": prompt_id,
-                "model": model,
+                "model": backend,
                 "sample": numbers.setdefault(model, 0),
                 "quality": quality,
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
                 "response": text,
             }
+            | ({"strategy": strategy} if strategy is not None else {})
         )
         numbers[model] += 1
     return rows, left_out
