@@ -52,13 +52,13 @@ def load_serving(config: GatewayConfig) -> Loaded:
         raise ConfigError(f"router {router.name!r} cannot serve requests; train best-route or another router")
     backends = {b.name for b in config.backends}
     strategies = {s.name for s in config.strategies}
-    reference_problem = _arm_problem(router.reference_.model, backends, strategies)
+    reference_problem = arm_problem(router.reference_.model, backends, strategies)
     if reference_problem:
         raise ConfigError(f"the router's reference model {router.reference_.model!r} {reference_problem}")
     active = [o for o, on in zip(router.options_, router.active_, strict=True) if on]
     for option in active:
         for model in option.stages[-1].models:
-            problem = _arm_problem(model, backends, strategies)
+            problem = arm_problem(model, backends, strategies)
             if problem and option.stages[-1].mix:
                 raise ConfigError(f"the router's option {option.label!r} mixes {model!r}, which {problem}")
             if problem and arm_parts(model)[0] in backends:  # a strategy is missing, not the backend
@@ -69,7 +69,7 @@ def load_serving(config: GatewayConfig) -> Loaded:
             "routes on a predicted-quality threshold)"
         )
     shadow = config.shadow.against or router.reference_.model
-    shadow_problem = _arm_problem(shadow, backends, strategies) if config.shadow.rate else None
+    shadow_problem = arm_problem(shadow, backends, strategies) if config.shadow.rate else None
     if shadow_problem:
         raise ConfigError(f"shadow.against: {shadow!r} {shadow_problem}")
     trained_with = _selector_of(router)
@@ -87,7 +87,7 @@ def load_serving(config: GatewayConfig) -> Loaded:
     return Loaded(config, router, in_process, backend_keys, ArtifactInfo.of(artifact))
 
 
-def _arm_problem(arm: str, backends: set[str], strategies: set[str]) -> str | None:
+def arm_problem(arm: str, backends: set[str], strategies: set[str]) -> str | None:
     """Why ``arm`` (a backend, or backend@strategy) cannot be served, or None."""
     backend, strategy = arm_parts(arm)
     if backend not in backends:

@@ -10,10 +10,10 @@ import numpy as np
 from sqlalchemy import Float, cast, func, select
 
 from ..._exceptions import BestRouteError, ConfigError
-from ...data import arm_parts
 from ...policy import OffPolicyEstimates, off_policy_estimates
 from ...routers import Router, load_router
 from .._config import GatewayConfig
+from .._loading import arm_problem
 from .schema import decisions, feedback, open_database, shadows
 
 # Fewer matched rows than this (or a smaller effective sample size) cannot carry an estimate.
@@ -110,8 +110,7 @@ def _servable(candidate: Router, config: GatewayConfig) -> np.ndarray:
     strategies = {s.name for s in config.strategies}
 
     def served(model: str) -> bool:
-        backend, strategy = arm_parts(model)
-        return backend in backends and (strategy is None or strategy in strategies)
+        return arm_problem(model, backends, strategies) is None
 
     reference = candidate.reference_.model
     if not served(reference):
