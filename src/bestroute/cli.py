@@ -73,7 +73,12 @@ def _steps(title: str) -> Iterator[Callable[[str, int, int], None]]:
         *columns, TextColumn("{task.description}"), console=stderr, transient=True, disable=not stderr.is_terminal
     ) as bar:
         task = bar.add_task("", total=None)
-        yield lambda what, done, total: bar.update(task, description=what, completed=done, total=total)
+
+        def show(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+            bar.refresh()  # every step is drawn, however fast it goes (steps are few)
+
+        yield show
 
 
 def _one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
