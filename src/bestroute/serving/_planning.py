@@ -82,6 +82,9 @@ class Planner:
         self.pool, self.avoided = pool, avoided
         self.explore = explore or ExploreConfig()
         self._rng = random.Random(self.explore.seed)
+        cost = router.option_cost_
+        # Exploration's cost order, made once: every option, cheapest first.
+        self._by_cost = sorted(range(len(router.options_)), key=lambda o: (cost[o], o))
         # Options the gateway can serve: active in the router, each of its models (backends or
         # backend@strategy arms) is configured and its backend allows that many samples.
         self._available = router.active_ & np.array(
@@ -156,9 +159,8 @@ class Planner:
             return choice, 1.0
         cost = self.router.option_cost_
         limit = cost[self.router.reference_index_]
-        ranked = sorted((int(o) for o in np.flatnonzero(available) if cost[o] <= limit), key=lambda o: (cost[o], o))
-        if choice not in ranked:  # the choice itself is never excluded
-            ranked = sorted([*ranked, choice], key=lambda o: (cost[o], o))
+        # the choice itself is never excluded
+        ranked = [o for o in self._by_cost if o == choice or (available[o] and cost[o] <= limit)]
         at = ranked.index(choice)
         candidates = ranked[max(0, at - self.explore.width) : at + self.explore.width + 1]
         share = rate / len(candidates)

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Connection, Engine, Float, and_, case, cast, func, select
 
 from ..._exceptions import ConfigError
-from ...data import ModelPrice
+from ...data import ModelPrice, arm_parts
 from ...routers import load_router
 from .._config import GatewayConfig
+from .._loading import arm_problem
 from .schema import calls, decisions, feedback, open_database
 
 
@@ -59,12 +60,14 @@ def log_stats(config: GatewayConfig, *, since: float = 0.0) -> TrafficStats:
     if config.router is None:
         raise ConfigError("the configuration names no router artifact (key: router): its reference is needed")
     reference = load_router(config.router).reference_.model
-    prices = {b.name: b.price for b in config.backends}
-    if reference not in prices:
-        raise ConfigError(f"the router's reference model {reference!r} has no backend")
+    problem = arm_problem(reference, {b.name for b in config.backends}, {s.name for s in config.strategies})
+    if problem:
+        raise ConfigError(f"the router's reference model {reference!r} {problem}")
+    backend = config.backend(arm_parts(reference)[0])
+    assert backend is not None  # checked above
     engine = open_database(config.decision_log.url)
     try:
-        return traffic_stats(engine, reference=reference, price=prices[reference], since=since)
+        return traffic_stats(engine, reference=reference, price=backend.price, since=since)
     finally:
         engine.dispose()
 
