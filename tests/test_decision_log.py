@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy
 import yaml
-from servers import Script, decision, gateway, serve_subprocess, upstream, write_gateway_config
+from servers import Script, decision, empty_database, gateway, serve_subprocess, upstream, write_gateway_config
 from typer.testing import CliRunner
 
 from bestroute.cli import app as cli
@@ -25,13 +25,6 @@ from bestroute.serving import DecisionLog
 from bestroute.serving._log.schema import TRUNCATED, metadata
 
 LONG_NAME = "backend-" + "x" * 242  # 250 characters; the column holds 200
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def log_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/log.db"
-    return request.getfixturevalue("postgres_url")
 
 
 def logged(url: str, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -278,23 +271,11 @@ def test_a_field_that_is_not_a_column_is_an_error_not_dropped(tmp_path):
     assert json.loads(dead.read_text())["row"]["bogus"] == 1 and logged(url, ["x"]) == {}
 
 
-def _empty_database(url: str) -> str:
-    """``url``, or on a PostgreSQL server shared by the session's tests a new database of its own."""
-    if not url.startswith("postgresql"):
-        return url
-    name = f"stats_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
 def test_log_stats_give_the_logs_figures_and_the_saving_against_the_reference(log_url, tmp_path, artifact):
     """`bestroute log stats` on SQLite and PostgreSQL: per-option figures equal the rows', and the
     counterfactual is each routed request at the reference's prices (the fake upstreams report 10
     input tokens and 5 output tokens per sample, so always-the-reference is known exactly)."""
-    log_url = _empty_database(log_url)
+    log_url = empty_database(log_url)
     log = {"url": log_url, "store_prompts": False, "dead_letter_path": str(tmp_path / "dead.jsonl")}
     prices = {"small": (0.1, 0.2), "big": (5.0, 15.0)}
     with (
@@ -342,8 +323,12 @@ def test_log_stats_give_the_logs_figures_and_the_saving_against_the_reference(lo
     assert by_option[None]["requests"] == 1  # the failed request
     shown = CliRunner().invoke(cli, ["log", "stats", "--config", config, "--since", "1h"])
     assert shown.exit_code == 0 and "7 requests (1 failed)" in shown.output and "saved" in shown.output
-    empty = CliRunner().invoke(cli, ["log", "stats", "--config", config, "--since", "0.000001s"])
-    assert empty.exit_code == 0 and "no requests" in empty.output
+    elsewhere = tmp_path / "empty.yaml"
+    settings = yaml.safe_load(Path(config).read_text())
+    settings["decision_log"]["url"] = f"sqlite:///{tmp_path}/empty.db"
+    elsewhere.write_text(yaml.safe_dump(settings))
+    empty = CliRunner().invoke(cli, ["log", "stats", "--config", str(elsewhere), "--since", "1h"])
+    assert empty.exit_code == 0 and "no requests in the last 1h" in empty.output
     bad = CliRunner().invoke(cli, ["log", "stats", "--config", config, "--since", "yesterday"])
     assert bad.exit_code == 2 and "--since: 'yesterday' is not a duration" in bad.output
 

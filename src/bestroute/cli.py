@@ -5,6 +5,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 
@@ -316,12 +317,13 @@ def export(
     config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its decision_log.url).")],
     out: Annotated[Path, typer.Option(help="Directory to write routing data to.")],
 ) -> None:
-    """Write logged requests with feedback as routing data in the exchange format."""
+    """Write logged requests with feedback or a shadow check as routing data in the exchange
+    format (their drawn samples and the shadow's answer)."""
     from .serving import export_log, load_config
 
     prompts, responses, left_out = export_log(load_config(config), out)
     typer.echo(
-        f"wrote {prompts} prompts, {responses} responses with feedback to {out}; "
+        f"wrote {prompts} prompts, {responses} responses to {out}; "
         f"left out {left_out} sample(s) whose final answer was not the one judged"
     )
 
@@ -421,8 +423,8 @@ def log_evaluate(
         "estimator",
         "quality (95% interval)",
         "cost per 1k ($, 95% interval)",
-        title=f"{found.candidate} at {found.knob:.4g} on {found.rows} logged requests ({found.labelled} with "
-        f"feedback or a shadow check)",
+        title=f"{found.candidate} at {found.knob:.4g} on {found.rows} logged requests ({found.labelled} with a "
+        "quality: feedback, a shadow check, or the reference's own answer)",
     )
     for name in ("ips", "snips", "dr"):
         quality, cost = getattr(found.quality, name), getattr(found.cost_per_1k, name)
@@ -440,6 +442,81 @@ def log_evaluate(
         f"{found.quality.matched} labelled requests took the candidate's option (effective sample size "
         f"{found.quality.effective_size:.1f})"
     )
+
+
+@app.command()
+@_one_line_errors
+def retrain(
+    config: Annotated[
+        Path, typer.Option(help="Gateway YAML configuration (its router, decision_log.url and backends).")
+    ],
+    holdout: Annotated[
+        float, typer.Option(help="Newest share of the routed traffic the two routers are compared on.")
+    ] = 0.3,
+    min_quality: Annotated[
+        float | None,
+        typer.Option(help="Compare both at this knob (default: the config's threshold, else each router's own)."),
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="Quality the new router may lose if it is cheaper (default: none).")
+    ] = 0.0,
+    with_data: Annotated[
+        Path | None, typer.Option(help="Also train on this routing data (exchange format), e.g. the original.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where a better router goes (default: over the serving one, kept as .previous).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Retrain the router from the decision log: train on the older traffic (drawn samples,
+    shadow answers, feedback), estimate both routers on the newer traffic from its propensities,
+    and write the new one only if it is better there. The gateway reloads it by itself."""
+    import dataclasses
+
+    from .serving import load_config
+    from .serving import retrain as retrain_router
+
+    with console.status("exporting the log, training and evaluating"):
+        report = retrain_router(
+            load_config(config),
+            holdout=holdout,
+            min_quality=min_quality,
+            tolerance=tolerance,
+            with_data=with_data,
+            out=out,
+        )
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(report), indent=2, default=str))
+        return
+    table = Table(
+        "router",
+        "quality (95% interval)",
+        "cost per 1k ($, 95% interval)",
+        "rows it took",
+        title=f"on the {report.serving.rows} routed requests logged since {_utc(report.cutoff)} UTC",
+    )
+    for name, found in (("serving", report.serving), ("retrained", report.candidate)):
+        quality = found.quality.dr or found.quality.snips
+        cost = found.cost_per_1k.dr or found.cost_per_1k.snips
+        table.add_row(
+            f"{name} ({found.candidate} at {found.knob:.4g})",
+            f"{quality.value:.4f} ({quality.lower:.4f}-{quality.upper:.4f})",
+            f"{cost.value:.4f} ({cost.lower:.4f}-{cost.upper:.4f})",
+            str(found.quality.matched),
+        )
+    console.print(table)
+    typer.echo(
+        f"trained on {report.prompts} logged prompts before it ({report.responses} responses, "
+        f"{report.left_out} samples of unknown quality left out)"
+    )
+    if report.written is not None:
+        typer.echo(f"the retrained router is better: written to {report.written}")
+    else:
+        typer.echo("the retrained router is not better: the serving router stays")
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @log_app.command("replay-dead-letters")

@@ -91,7 +91,10 @@ def serve(
             selector=trained.router.selector,
             log=settings.out / "gateway.log",
         )
-        echo(f"gateway: http://127.0.0.1:{settings.port}/v1 (config {config_path})")
+        echo(
+            f"gateway: http://127.0.0.1:{settings.port}/v1 (config {config_path}); "
+            f"dashboard: http://127.0.0.1:{settings.port}/dashboard"
+        )
     except BaseException:
         processes.stop()
         raise

@@ -2,6 +2,7 @@
 
 from ._config import GatewayConfig, load_config
 from ._log import DecisionLog, LogEvaluation, TrafficStats, evaluate_log, export_log, log_stats, replay_dead_letters
+from ._retrain import RetrainReport, retrain
 from ._server import run_gateway, server_config
 from .app import Gateway, create_app
 
@@ -10,6 +11,7 @@ __all__ = [
     "Gateway",
     "GatewayConfig",
     "LogEvaluation",
+    "RetrainReport",
     "TrafficStats",
     "create_app",
     "evaluate_log",
@@ -17,6 +19,7 @@ __all__ = [
     "load_config",
     "log_stats",
     "replay_dead_letters",
+    "retrain",
     "run_gateway",
     "server_config",
 ]

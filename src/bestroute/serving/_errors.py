@@ -30,6 +30,10 @@ class ModelNotFound(GatewayError):
     status, type = 404, "invalid_request_error"
 
 
+class NotFound(GatewayError):
+    status, type = 404, "invalid_request_error"
+
+
 class RequestTimeout(GatewayError):
     """The client did not send its request body in time."""
 

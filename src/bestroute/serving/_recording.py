@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..data import ModelPrice
 from ..selection import Drawn, StageRecord
 from ._budgets import Budgets
 from ._feedback import AnsweredRequests
@@ -17,6 +18,14 @@ from ._metrics import GatewayMetrics
 from ._planning import Plan
 from ._sampling import Run
 from .protocol import ChatCompletionRequest
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The router's reference and its backend's prices: what a routed request's cost is set against."""
+
+    model: str
+    price: ModelPrice
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,7 @@ class Recorder:
     ) -> None:
         self.log, self.metrics, self.answered, self.budgets = log, metrics, answered, budgets
         self.store_prompts = store_prompts
+        self._reference_output = [0, 0]  # the reference's output tokens and samples over its calls so far
 
     def open(self, client: str | None) -> Ticket:
         # The id starts with this replica's id, so shared budgets can tell its rows.
@@ -216,6 +226,7 @@ class Recorder:
         status: int,
         *,
         selector: str,
+        reference: Reference,
         error: str | None = None,
         response: str | None = None,
     ) -> RequestRecord:
@@ -232,8 +243,12 @@ class Recorder:
             response=response,
         )
         prompt, requested, store, created_at = request.prompt_text(), request.model, self.store_prompts, time.time()
+        counterfactual = self._reference_cost(record, reference)
         self.log.write_later(
-            lambda: [decision_row(record, prompt, requested, created_at, store=store), *call_rows(record, store=store)]
+            lambda: [
+                decision_row(record, prompt, requested, created_at, store=store, reference_cost=counterfactual),
+                *call_rows(record, store=store),
+            ]
         )
         if status == 200:
             self.answered.add(ticket.request_id, ticket.client)
@@ -241,6 +256,26 @@ class Recorder:
             self.budgets.charge(ticket.client, record.cost_usd)
         self._observe(record)
         return record
+
+    def _reference_cost(self, record: RequestRecord, reference: Reference) -> float | None:
+        """What a routed answered request would have cost sent to the reference alone: one HTTP
+        request's input tokens (every call sends the same prompt) at the reference's input price,
+        and at its output price the reference's own output tokens per sample where it was called,
+        else their mean per sample over its calls so far, else the request's output per sample."""
+        called = [d for d in record.calls if d.ok and d.requests > 0 and d.output_tokens]
+        mine = [d for d in called if d.call.model == reference.model]
+        tokens, samples = sum(sum(d.output_tokens) for d in mine), sum(len(d.output_tokens) for d in mine)
+        self._reference_output[0] += tokens
+        self._reference_output[1] += samples
+        if record.plan.threshold is None or record.status != 200 or not called:
+            return None
+        if samples:
+            output = tokens / samples
+        elif self._reference_output[1]:
+            output = self._reference_output[0] / self._reference_output[1]
+        else:
+            output = sum(sum(d.output_tokens) for d in called) / sum(len(d.output_tokens) for d in called)
+        return reference.price.cost(min(d.input_tokens / d.requests for d in called), output)
 
     def _observe(self, record: RequestRecord) -> None:
         """The request by the model that answered, its samples and status; tokens and cost by
@@ -265,7 +300,13 @@ class Recorder:
 
 
 def decision_row(
-    record: RequestRecord, prompt: str, requested_model: str, created_at: float, *, store: bool
+    record: RequestRecord,
+    prompt: str,
+    requested_model: str,
+    created_at: float,
+    *,
+    store: bool,
+    reference_cost: float | None,
 ) -> DecisionRow:
     answered = record.answered
     execution = answered.execution if answered is not None else None
@@ -290,6 +331,7 @@ def decision_row(
         router_choice=record.plan.choice,
         planned_option=record.plan.attempts[0].label if record.plan.routed else None,
         propensity=record.plan.propensity,
+        reference_cost_usd=reference_cost,
         status=record.status,
         error=record.error,
         response=record.response if store else None,

@@ -46,17 +46,26 @@ class Access:
         """Whether the request may see the admin endpoints."""
         return self.admin_keys is None or _matching_key(request, self.admin_keys) is not None
 
+    def admin_key(self, given: str) -> bytes | None:
+        """The admin key ``given`` is (None: it is none of them, or no key is needed)."""
+        return None if self.admin_keys is None else matching(given.encode(), self.admin_keys)
+
 
 def _matching_key(request: Request, keys: list[bytes]) -> bytes | None:
-    """The key of ``keys`` the request's bearer token is, if any. Every key is compared, always,
-    so timing says nothing about which key nearly matched."""
+    """The key of ``keys`` the request's bearer token is, if any."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    given = token.strip().encode()
-    matched = None
-    for key in keys:
-        if hmac.compare_digest(given, key):
-            matched = key
+    matched = matching(token.strip().encode(), keys)
     return matched if scheme.lower() == "bearer" else None
+
+
+def matching(given: bytes, secrets: list[bytes]) -> bytes | None:
+    """The one of ``secrets`` that ``given`` is, if any. Every one is compared, always, so timing
+    says nothing about which nearly matched."""
+    matched = None
+    for secret in secrets:
+        if hmac.compare_digest(given, secret):
+            matched = secret
+    return matched
 
 
 async def read_json(request: Request, limits: LimitsConfig) -> Any:

@@ -152,12 +152,13 @@ class ShadowChecks:
         body = shaped(request.upstream_body(upstream.config.upstream_model, n=1, stream=False), strategy)
         agreed: bool | None = None
         cost, error, text = 0.0, None, None
+        tokens: tuple[int | None, int | None] = (None, None)
         try:
             completion = await finished(
                 await upstream.complete(body, 1, Deadline.after(self.config.timeout_s)), strategy
             )
             cost = upstream.cost(completion.prompt_tokens, completion.completion_tokens)
-            text = completion.texts[0]
+            text, tokens = completion.texts[0], (completion.prompt_tokens, completion.completion_tokens)
             agreed = equivalent(read_answer(response, self.answer), read_answer(text, self.answer))
         except UpstreamError as exc:
             error = str(exc)
@@ -176,6 +177,8 @@ class ShadowChecks:
                 latency_ms=(time.monotonic() - started) * 1000,
                 error=error,
                 response=text if self.store_prompts else None,
+                input_tokens=tokens[0],
+                output_tokens=tokens[1],
             )
         )
         if agreed is not None:

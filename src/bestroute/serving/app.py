@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from ..backends import BackendConfig, CircuitBreaker, Upstream
 from ._budgets import Budgets
 from ._config import GatewayConfig
+from ._dashboard import install_dashboard
 from ._errors import GatewayError, Overloaded, Unauthorized, error_json, error_response
 from ._feedback import AnsweredRequests, FeedbackService
 from ._judging import online_selector
@@ -110,6 +111,7 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> Gat
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _as_response)
     app.include_router(router)
+    install_dashboard(app)
     return Gateway(app, config)
 
 

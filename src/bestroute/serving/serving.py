@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ..backends import Completion, Deadline, DeadlinePassed, Upstream, UpstreamError, UpstreamRejected
+from ..data import arm_parts
 from ..routers import Router
 from ._arms import Arms, relays, shaped
 from ._config import GatewayConfig
@@ -16,7 +17,7 @@ from ._errors import DeadlineExceeded, GatewayError, InvalidRequest, UpstreamFai
 from ._judging import OnlineSelector
 from ._loading import ArtifactInfo
 from ._planning import Attempt, Plan, Planner
-from ._recording import Recorder, RequestRecord, Ticket, answer_headers
+from ._recording import Recorder, Reference, RequestRecord, Ticket, answer_headers
 from ._sampling import CircuitOpen, Run, Sampler, hold_against
 from ._shadow import ShadowChecks, ShadowTallies
 from ._streaming import relay, replay, streamed_run
@@ -68,6 +69,8 @@ class ChatService:
     ) -> None:
         self.config, self.router, self.upstreams, self.artifact = config, router, upstreams, artifact
         self.selector, self.recorder, self.metrics = selector, recorder, recorder.metrics
+        reference = upstreams[arm_parts(router.reference_.model)[0]]  # the loader serves only a router it can call
+        self.reference = Reference(router.reference_.model, reference.config.price)
         knob = config.threshold if config.threshold is not None else router.default_knob()
         self.arms = Arms(upstreams, {s.name: s for s in config.strategies})
         self.shadow = ShadowChecks(
@@ -188,6 +191,7 @@ class ChatService:
             tried.notes,
             status,
             selector=self.selector.name,
+            reference=self.reference,
             error=error,
             response=response,
         )

@@ -1,41 +1,60 @@
-"""Logged traffic as routing data: every answered request with a stored prompt and feedback
-becomes a prompt, and each sample its answering option drew becomes a response, read from the
-database in batches so memory stays flat in the number of rows."""
+"""Logged traffic as routing data: every answered request with a stored prompt and a label
+(feedback, or a shadow check with its answer) becomes a prompt, and each sample its answering
+option drew, and the shadow's answer, becomes a response, read from the database in batches so
+memory stays flat in the number of rows."""
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, RowMapping, exists, select
+from sqlalchemy import Engine, RowMapping, exists, or_, select
 
 from ..._exceptions import BestRouteError
+from ...backends import estimate_tokens
 from ...data import RoutingDataWriter, arm_parts, write_catalog
-from ...selection import equivalent, read_answer
+from ...selection import AnswerSpec, equivalent, read_answer
 from .._config import GatewayConfig
-from .schema import calls, decisions, feedback, open_database
+from .database import open_database
+from .schema import calls, decisions, feedback, shadows
 
 BATCH = 1000
 
 
-def export_log(config: GatewayConfig, out: Path, *, batch: int = BATCH) -> tuple[int, int, int]:
-    """Write answered requests that have a stored prompt and feedback as routing data in the
-    exchange format. Each sample the answering option drew is a response row (its call's input
-    tokens, its own output tokens); its quality is the mean feedback when its final answer is
-    the answer the client got (the kept sample, and those that agree with it), and unknown
-    otherwise, so it is left out. Returns (prompts, responses written, samples left out)."""
+def export_log(
+    config: GatewayConfig, out: Path, *, batch: int = BATCH, until: float | None = None
+) -> tuple[int, int, int]:
+    """Write the answered requests (logged before ``until``; None: all) that have a stored prompt
+    and a label as routing data in the exchange format. A label is feedback, or a shadow check
+    whose answer is stored. Each sample the answering option drew is a response row (its call's
+    input tokens, its own output tokens), and so is the shadow's answer, as a response of the
+    backend it asked. Qualities:
+
+    - with feedback, the mean feedback for every sample whose final answer is the one the client
+      got (the kept sample, those that agree with it, and the shadow's if it agreed); another
+      answer's quality is unknown, so it is left out;
+    - without feedback, the shadow's backend is taken as right: its answer has quality 1, and
+      each sample 1 if its final answer is the shadow's, else 0. That is the label BEST-Route
+      learns, whether an option's answer is as good as the reference's.
+
+    Final answers are read as the gateway's selector reads them (``selector.answer``). Returns
+    (prompts, responses written, samples left out)."""
     engine = open_database(config.decision_log.url)
+    spec = config.selector.answer
     prompts = responses = left_out = 0
     try:
         with RoutingDataWriter(out) as writer:
-            for rows in _answered_batches(engine, batch):
+            for rows in _labelled_batches(engine, batch, until):
                 ids = [row["id"] for row in rows]
-                scores, drawn = _feedback_of(engine, ids), _calls_of(engine, ids)
+                scores, drawn, checks = _feedback_of(engine, ids), _calls_of(engine, ids), _shadows_of(engine, ids)
                 for row in rows:
                     samples = _samples(drawn.get(row["id"], []))
                     if not samples:
                         continue
-                    quality = sum(scores[row["id"]]) / len(scores[row["id"]])
-                    written, skipped = _responses(row["id"], samples, quality)
+                    given = scores.get(row["id"])
+                    quality = sum(given) / len(given) if given else None
+                    written, skipped = _responses(row["id"], samples, quality, checks.get(row["id"]), spec)
+                    if not written:
+                        continue
                     writer.add([{"prompt_id": row["id"], "prompt": row["prompt"]}], written)
                     prompts, responses, left_out = prompts + 1, responses + len(written), left_out + skipped
     finally:
@@ -44,21 +63,26 @@ def export_log(config: GatewayConfig, out: Path, *, batch: int = BATCH) -> tuple
         (out / "prompts.jsonl").unlink(missing_ok=True)
         (out / "responses.jsonl.gz").unlink(missing_ok=True)
         raise BestRouteError(
-            "no logged request has both a stored prompt and feedback; turn on "
-            "decision_log.store_prompts and post feedback to /v1/feedback"
+            "no logged request has both a stored prompt and a label; turn on decision_log.store_prompts, "
+            "and post feedback to /v1/feedback or turn on shadow checks (shadow.rate)"
         )
     write_catalog(out, {b.name: b.price for b in config.backends})
     return prompts, responses, left_out
 
 
-def _answered_batches(engine: Engine, batch: int) -> Iterator[Sequence[RowMapping]]:
-    """Answered decisions with a stored prompt and feedback, ``batch`` at a time, by id."""
+def _labelled_batches(engine: Engine, batch: int, until: float | None) -> Iterator[Sequence[RowMapping]]:
+    """Answered decisions with a stored prompt and feedback or a stored shadow answer, ``batch``
+    at a time, by id."""
+    checked = exists().where(
+        shadows.c.decision_id == decisions.c.id, shadows.c.agreed.is_not(None), shadows.c.response.is_not(None)
+    )
     query = (
         select(decisions.c.id, decisions.c.prompt)
         .where(
             decisions.c.status == 200,
             decisions.c.prompt.is_not(None),
-            exists().where(feedback.c.decision_id == decisions.c.id),
+            or_(exists().where(feedback.c.decision_id == decisions.c.id), checked),
+            *([decisions.c.created_at < until] if until is not None else []),
         )
         .order_by(decisions.c.id)
     )
@@ -70,6 +94,20 @@ def _answered_batches(engine: Engine, batch: int) -> Iterator[Sequence[RowMappin
             return
         yield rows
         after = rows[-1]["id"]
+
+
+def _shadows_of(engine: Engine, ids: list[str]) -> dict[str, RowMapping]:
+    """Each decision's first shadow check that came out, with its stored answer."""
+    found: dict[str, RowMapping] = {}
+    query = (
+        select(shadows)
+        .where(shadows.c.decision_id.in_(ids), shadows.c.agreed.is_not(None), shadows.c.response.is_not(None))
+        .order_by(shadows.c.id)
+    )
+    with engine.connect() as connection:
+        for row in connection.execute(query).mappings():
+            found.setdefault(row["decision_id"], row)
+    return found
 
 
 def _feedback_of(engine: Engine, ids: list[str]) -> dict[str, list[float]]:
@@ -106,15 +144,34 @@ def _samples(drawn: list[RowMapping]) -> list[tuple[str, str | None, int, int, b
 
 
 def _responses(
-    prompt_id: str, samples: list[tuple[str, str | None, int, int, bool]], quality: float
+    prompt_id: str,
+    samples: list[tuple[str, str | None, int, int, bool]],
+    quality: float | None,
+    shadow: RowMapping | None,
+    spec: AnswerSpec,
 ) -> tuple[list[dict[str, Any]], int]:
-    """The response rows of one prompt, numbered per model from 0, and how many samples were left out."""
-    answer = next(read_answer(text) for _, text, _, _, kept in samples if kept)
+    """The response rows of one prompt (its samples, then the shadow's answer), numbered per
+    model from 0, and how many were left out; ``quality`` is the mean feedback (None: none)."""
+    answer = next(read_answer(text, spec) for _, text, _, _, kept in samples if kept)
+    truth = read_answer(shadow["response"], spec) if shadow is not None and quality is None else None
+    drawn = [(model, text, i, o, kept, read_answer(text, spec)) for model, text, i, o, kept in samples]
+    if shadow is not None:
+        inputs = shadow["input_tokens"] if shadow["input_tokens"] is not None else samples[0][2]
+        outputs = (
+            shadow["output_tokens"] if shadow["output_tokens"] is not None else estimate_tokens(shadow["response"])
+        )
+        drawn.append(
+            (shadow["against"], shadow["response"], inputs, outputs, False, read_answer(shadow["response"], spec))
+        )
     rows: list[dict[str, Any]] = []
     numbers: dict[str, int] = {}
     left_out = 0
-    for model, text, input_tokens, output_tokens, kept in samples:
-        if not kept and not equivalent(read_answer(text), answer):
+    for model, text, input_tokens, output_tokens, kept, read in drawn:
+        if truth is not None:  # no feedback: the shadow's backend is right
+            score = 1.0 if equivalent(read, truth) else 0.0
+        elif quality is not None and (kept or equivalent(read, answer)):
+            score = quality
+        else:  # a different answer from the one the feedback rated: its quality is unknown
             left_out += 1
             continue
         backend, strategy = arm_parts(model)  # a strategy's call is of the arm backend@strategy
@@ -123,7 +180,7 @@ def _responses(
                 "prompt_id": prompt_id,
                 "model": backend,
                 "sample": numbers.setdefault(model, 0),
-                "quality": quality,
+                "quality": score,
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
                 "response": text,

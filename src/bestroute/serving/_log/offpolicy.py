@@ -2,8 +2,10 @@
 evaluate`): the candidate decides every logged routed prompt again, and its quality and cost are
 estimated from the rows whose planned option it would have taken, weighted by their logged
 propensities (``policy.off_policy_estimates``). Quality comes from feedback, else from the
-request's shadow check (agreement with the reference); cost is each row's."""
+request's shadow check (agreement with the reference), else is 1 where the reference answered;
+cost is each row's."""
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +16,8 @@ from ...policy import OffPolicyEstimates, off_policy_estimates
 from ...routers import Router, load_router
 from .._config import GatewayConfig
 from .._loading import arm_problem
-from .schema import decisions, feedback, open_database, shadows
+from .database import open_database
+from .schema import decisions, feedback, shadows
 
 # Fewer matched rows than this (or a smaller effective sample size) cannot carry an estimate.
 MIN_OVERLAP = 10
@@ -44,13 +47,26 @@ class _Logged:
     quality: np.ndarray  # NaN where the row has neither feedback nor a shadow check
 
 
-def evaluate_log(config: GatewayConfig, candidate_path: str, *, min_quality: float | None = None) -> LogEvaluation:
-    """Estimate the router at ``candidate_path`` (at ``min_quality``'s knob, else its default) on
-    ``config``'s decision log; a BestRouteError says why the log cannot support an estimate."""
+def evaluate_log(
+    config: GatewayConfig,
+    candidate_path: str,
+    *,
+    min_quality: float | None = None,
+    knob: float | None = None,
+    since: float = 0.0,
+) -> LogEvaluation:
+    """Estimate the router at ``candidate_path`` on ``config``'s decision log from ``since`` on,
+    at ``knob``, else ``min_quality``'s knob, else its default; a BestRouteError says why the log
+    cannot support an estimate."""
     candidate = load_router(candidate_path)
     servable = _servable(candidate, config)
-    logged = _read(config)
-    knob = candidate.knob_for(min_relative_quality=min_quality) if min_quality is not None else candidate.default_knob()
+    logged = _read(config, candidate.reference_.label, since)
+    if knob is None:
+        knob = (
+            candidate.knob_for(min_relative_quality=min_quality)
+            if min_quality is not None
+            else candidate.default_knob()
+        )
     scores = candidate.predict(logged.prompts)
     chosen = candidate.decide(scores, knob, np.broadcast_to(servable, scores.shape))  # as this gateway would serve it
     index = {option.label: o for o, option in enumerate(candidate.options_)}
@@ -132,7 +148,10 @@ def _check_overlap(matched: np.ndarray, propensity: np.ndarray, what: str) -> No
         )
 
 
-def _read(config: GatewayConfig) -> _Logged:
+def _read(config: GatewayConfig, reference: str, since: float) -> _Logged:
+    """The routed answered requests logged from ``since`` on. A request's quality is its mean
+    feedback, else its shadow check's agreement with the reference, else 1 where the reference
+    itself answered (its agreement with itself), else unknown."""
     d = decisions
     quality = select(feedback.c.decision_id, func.avg(feedback.c.quality).label("q")).group_by(feedback.c.decision_id)
     agreed = (
@@ -144,7 +163,7 @@ def _read(config: GatewayConfig) -> _Logged:
     query = (
         select(d.c.prompt, d.c.planned_option, d.c.option, d.c.propensity, d.c.cost_usd, fq.c.q, sa.c.a)
         .select_from(d.outerjoin(fq, fq.c.decision_id == d.c.id).outerjoin(sa, sa.c.decision_id == d.c.id))
-        .where(d.c.threshold.is_not(None), d.c.status == 200)
+        .where(d.c.threshold.is_not(None), d.c.status == 200, d.c.created_at >= since)
     )
     engine = open_database(config.decision_log.url)
     try:
@@ -171,5 +190,13 @@ def _read(config: GatewayConfig) -> _Logged:
         planned=[r.planned_option for r in usable],
         propensity=np.array([r.propensity for r in usable], dtype=float),
         cost=np.array([r.cost_usd for r in usable], dtype=float),
-        quality=np.array([r.q if r.q is not None else r.a if r.a is not None else np.nan for r in usable], dtype=float),
+        quality=np.array([_quality(r.q, r.a, r.option == reference) for r in usable], dtype=float),
     )
+
+
+def _quality(feedback: float | None, agreement: float | None, by_reference: bool) -> float:
+    if feedback is not None:
+        return float(feedback)
+    if agreement is not None:
+        return float(agreement)
+    return 1.0 if by_reference else math.nan

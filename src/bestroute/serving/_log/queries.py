@@ -1,7 +1,11 @@
-"""What the gateway reads back from the decision log: shared budget usage and who owns a decision."""
+"""What the gateway reads back from the decision log: shared budget usage, who owns a decision,
+and where the newest share of the routed traffic starts (retraining's held-out part)."""
+
+import math
 
 from sqlalchemy import Engine, case, func, select
 
+from ..._exceptions import BestRouteError
 from .schema import decisions
 
 
@@ -32,3 +36,18 @@ def decision_owner(engine: Engine, decision_id: str) -> tuple[bool, str | None]:
             select(decisions.c.client_key_id).where(decisions.c.id == decision_id, decisions.c.status == 200)
         ).first()
     return (True, found[0]) if found is not None else (False, None)
+
+
+def newest_share_start(engine: Engine, share: float) -> float:
+    """The time from which the newest ``share`` of the answered routed requests were logged."""
+    d = decisions
+    routed = (d.c.threshold.is_not(None), d.c.status == 200)
+    with engine.connect() as connection:
+        count = int(connection.execute(select(func.count()).where(*routed)).scalar_one())
+        if count < 2:
+            raise BestRouteError(f"the decision log has {count} answered routed request(s): too few to split in time")
+        older = min(count - 1, max(1, math.floor(count * (1 - share))))
+        at = connection.execute(
+            select(d.c.created_at).where(*routed).order_by(d.c.created_at).limit(1).offset(older)
+        ).scalar_one()
+    return float(at)

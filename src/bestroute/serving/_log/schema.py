@@ -1,5 +1,5 @@
-"""The decision log's schema: its tables, the typed rows the gateway writes to them, the one
-sanitiser every row passes before a database sees it, and opening (and migrating) the database."""
+"""The decision log's schema: its tables, the typed rows the gateway writes to them, and the one
+sanitiser every row passes before a database sees it."""
 
 import dataclasses
 import math
@@ -9,22 +9,15 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Column,
-    Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
-    create_engine,
-    event,
-    inspect,
-    text,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
-from ..._exceptions import ConfigError
 from ..._text import without_lone_surrogates
 
 metadata = MetaData()
@@ -58,6 +51,12 @@ decisions = Table(
     Column("router_choice", Text),  # a routed request: the option the router chose
     Column("planned_option", Text),  # the option tried first (another than the choice when exploring)
     Column("propensity", Float),  # the probability planned_option was planned with (explore)
+    Column("reference_cost_usd", Float),  # a routed answer: what the reference alone would have cost (estimated)
+    # the dashboard's decisions list: newest first within one value of a filter
+    Index("ix_decisions_status_created_at", "status", "created_at"),
+    Index("ix_decisions_model_created_at", "model", "created_at"),
+    Index("ix_decisions_option_created_at", "option", "created_at"),
+    Index("ix_decisions_client_key_id_created_at", "client_key_id", "created_at"),
 )
 
 calls = Table(
@@ -106,6 +105,8 @@ shadows = Table(
     Column("latency_ms", Float, nullable=False),
     Column("error", Text),
     Column("response", Text),  # the shadow's answer, only when store_prompts is on
+    Column("input_tokens", Integer),  # the shadow call's usage (NULL: it failed)
+    Column("output_tokens", Integer),
 )
 
 
@@ -139,6 +140,7 @@ class DecisionRow:
     router_choice: str | None = None
     planned_option: str | None = None
     propensity: float | None = None
+    reference_cost_usd: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,6 +186,8 @@ class ShadowRow:
     latency_ms: float
     error: str | None
     response: str | None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 Row = DecisionRow | CallRow | FeedbackRow | ShadowRow
@@ -191,13 +195,6 @@ TABLE_OF: dict[type, Table] = {DecisionRow: decisions, CallRow: calls, FeedbackR
 TABLES = {table.name: table for table in (decisions, calls, feedback, shadows)}
 _INT4 = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER
 TRUNCATED = "…[truncated]"
-
-
-def _sqlite_wal(connection: Any, _: Any) -> None:
-    # WAL with synchronous=NORMAL: a commit does not fsync, readers never block the writer,
-    # and a crash loses at most the last transactions, never the file.
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _clean_text(value: str, limit: int | None = None) -> str:
@@ -245,35 +242,5 @@ def sanitize(row: dict[str, Any], table: Table) -> tuple[dict[str, Any], bool]:
     return clean, clean != row
 
 
-def open_database(url: str) -> Engine:
-    """The log's database, its tables created and columns added since older versions added."""
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_wal)
-    metadata.create_all(engine)
-    present = {c["name"] for c in inspect(engine).get_columns(decisions.name)}
-    with engine.begin() as connection:
-        for column in decisions.columns:
-            if column.name not in present:  # nullable columns only, so adding them is safe
-                kind = column.type.compile(dialect=engine.dialect)
-                connection.execute(text(f"ALTER TABLE {decisions.name} ADD COLUMN {column.name} {kind}"))
-    return engine
-
-
 def first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-
-
-def check_database(url: str) -> None:
-    """Open the decision log's database once, so a wrong URL, a missing driver or an unreachable
-    server is a one-line error at start-up (ConfigError), not a traceback from the server's
-    start-up hook."""
-    shown = make_url(url).render_as_string(hide_password=True)
-    try:
-        open_database(url).dispose()
-    except SQLAlchemyError as exc:
-        raise ConfigError(f"decision_log.url: cannot open {shown} ({first_line(exc)})") from None
-    except ModuleNotFoundError as exc:  # the dialect's driver is not installed
-        raise ConfigError(
-            f"decision_log.url: {shown} needs the {exc.name!r} package (for PostgreSQL: pip install 'bestroute[postgres]')"
-        ) from None

@@ -1,44 +1,50 @@
 """What the decision log says about the traffic: requests, cost and escalations per option,
-feedback quality, and the cost of always asking the reference instead. Aggregated in SQL, so
-it reads a log of any size in a few queries."""
+feedback and shadow quality, and the cost of always asking the reference instead. Read from the
+rollups (``rollup``), so a month of a busy gateway's traffic costs one query over a few thousand
+rows."""
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Float, and_, case, cast, func, select
+from sqlalchemy import Engine, func, select
 
 from ..._exceptions import ConfigError
-from ...data import ModelPrice, arm_parts
 from ...routers import load_router
 from .._config import GatewayConfig
 from .._loading import arm_problem
-from .schema import calls, decisions, feedback, open_database
+from .database import open_database
+from .rollup import FAILED, option_rollup, read_window
 
 
 @dataclass(frozen=True)
 class OptionStats:
-    """One option's answered requests (``option`` None: the requests that failed)."""
+    """One option's requests (``option`` None: the requests no option answered)."""
 
     option: str | None
     requests: int
     cost_usd: float
     escalated: int
     latency_ms_mean: float
-    feedback: int  # requests with feedback
-    quality: float | None  # their mean feedback quality
+    feedback: int  # feedback posted on its requests
+    quality: float | None  # their mean quality
+    quality_sd: float | None  # their standard deviation
+    shadow_checks: int  # shadow checks whose comparison came out (the shadow call answered)
+    shadow_agreed: int  # of them, those whose answer agreed with the shadow's
 
 
 @dataclass(frozen=True)
 class TrafficStats:
-    """The log's traffic from ``since`` on (a ``time.time()``; 0: all of it).
+    """The log's traffic from ``since`` (a ``time.time()``, aligned down to the minute for a
+    window of a day or less, else to the hour; 0: all of it) to ``until`` (None: now).
 
-    ``reference_cost_usd`` estimates what the routed requests would have cost had each gone to
-    the reference alone: each request's input tokens at the reference's prices, and the
-    reference's own output tokens where it was called, else its mean output tokens per sample
-    over the log (where it was never called, each request's answered output, per sample)."""
+    ``routed`` are the answered routed requests whose row estimated what the reference alone
+    would have cost (``Recorder._reference_cost``: every row since that estimate exists), and
+    ``reference_cost_usd`` sums those estimates."""
 
     since: float
-    first_at: float | None
-    last_at: float | None
+    until: float | None
     requests: int
     errors: int
     cost_usd: float
@@ -63,113 +69,66 @@ def log_stats(config: GatewayConfig, *, since: float = 0.0) -> TrafficStats:
     problem = arm_problem(reference, {b.name for b in config.backends}, {s.name for s in config.strategies})
     if problem:
         raise ConfigError(f"the router's reference model {reference!r} {problem}")
-    backend = config.backend(arm_parts(reference)[0])
-    assert backend is not None  # checked above
     engine = open_database(config.decision_log.url)
     try:
-        return traffic_stats(engine, reference=reference, price=backend.price, since=since)
+        return traffic_stats(engine, reference=reference, since=since)
     finally:
         engine.dispose()
 
 
-def traffic_stats(engine: Engine, *, reference: str, price: ModelPrice, since: float = 0.0) -> TrafficStats:
-    d = decisions
-    window = d.c.created_at >= since
-    answered = and_(window, d.c.status == 200)
-    routed = and_(answered, d.c.threshold.is_not(None))
+def traffic_stats(engine: Engine, *, reference: str, since: float = 0.0, until: float | None = None) -> TrafficStats:
+    r = option_rollup
+    start, where = read_window(r, since, until)
+    sums = [
+        func.sum(r.c[name])
+        for name in (
+            "requests",
+            "errors",
+            "cost_usd",
+            "routed",
+            "routed_cost_usd",
+            "reference_cost_usd",
+            "escalated",
+            "usage_estimated",
+            "latency_ms",
+            "feedback",
+            "quality",
+            "quality_squared",
+            "shadow_checks",
+            "shadow_agreed",
+        )
+    ]
     with engine.connect() as connection:
-        totals = connection.execute(
-            select(
-                func.count(),
-                func.sum(case((d.c.status != 200, 1), else_=0)),
-                func.coalesce(func.sum(d.c.cost_usd), 0.0),
-                func.min(d.c.created_at),
-                func.max(d.c.created_at),
-                func.sum(case((routed, 1), else_=0)),
-                func.coalesce(func.sum(case((routed, d.c.cost_usd), else_=0.0)), 0.0),
-                func.sum(case((d.c.usage_estimated == 1, 1), else_=0)),
-            ).where(window)
-        ).one()
-        quality = (
-            select(feedback.c.decision_id, func.avg(feedback.c.quality).label("quality"))
-            .group_by(feedback.c.decision_id)
-            .subquery()
-        )
-        by_option = connection.execute(
-            select(
-                d.c.option,
-                func.count(),
-                func.coalesce(func.sum(d.c.cost_usd), 0.0),
-                func.coalesce(func.sum(d.c.escalated), 0),
-                func.avg(d.c.latency_ms),
-                func.count(quality.c.decision_id),
-                func.avg(quality.c.quality),
-            )
-            .select_from(d.outerjoin(quality, quality.c.decision_id == d.c.id))
-            .where(window)
-            .group_by(d.c.option)
-        ).all()
-        reference_cost = _reference_cost(connection, routed, reference, price)
-    options = tuple(
-        OptionStats(
-            option=row[0],
-            requests=int(row[1]),
-            cost_usd=float(row[2]),
-            escalated=int(row[3]),
-            latency_ms_mean=float(row[4] or 0.0),
-            feedback=int(row[5]),
-            quality=float(row[6]) if row[6] is not None else None,
-        )
-        for row in by_option
-    )
+        rows = connection.execute(select(r.c.option, *sums).where(where).group_by(r.c.option)).all()
+    options = tuple(_option(row) for row in rows if row[1])
     return TrafficStats(
-        since=since,
-        first_at=totals[3],
-        last_at=totals[4],
-        requests=int(totals[0]),
-        errors=int(totals[1] or 0),
-        cost_usd=float(totals[2]),
-        routed=int(totals[5] or 0),
-        routed_cost_usd=float(totals[6]),
+        since=start,
+        until=until,
+        requests=sum(int(row[1]) for row in rows),
+        errors=sum(int(row[2]) for row in rows),
+        cost_usd=sum(float(row[3]) for row in rows),
+        routed=sum(int(row[4]) for row in rows),
+        routed_cost_usd=sum(float(row[5]) for row in rows),
         reference=reference,
-        reference_cost_usd=reference_cost,
-        usage_estimated=int(totals[7] or 0),
+        reference_cost_usd=sum(float(row[6]) for row in rows),
+        usage_estimated=sum(int(row[8]) for row in rows),
         options=tuple(sorted(options, key=lambda o: (o.option is None, -o.requests))),
     )
 
 
-def _reference_cost(connection: Connection, routed: ColumnElement[bool], reference: str, price: ModelPrice) -> float:
-    """The estimate :class:`TrafficStats` describes, over the routed answered requests."""
-    d, c = decisions, calls
-    ok = and_(c.c.error.is_(None), c.c.requests > 0, c.c.samples > 0)
-    # per request: the input tokens of one HTTP request (every call sends the same prompt), the
-    # reference's output per sample where it was called, and the answered output per sample
-    per_request = (
-        select(
-            c.c.decision_id,
-            func.min(cast(c.c.input_tokens, Float) / c.c.requests).label("input"),
-            (
-                cast(func.sum(case((c.c.model == reference, c.c.output_tokens), else_=0)), Float)
-                / func.nullif(func.sum(case((c.c.model == reference, c.c.samples), else_=0)), 0)
-            ).label("reference_output"),
-            (cast(func.sum(c.c.output_tokens), Float) / func.sum(c.c.samples)).label("output"),
-        )
-        .where(ok)
-        .group_by(c.c.decision_id)
-        .subquery()
+def _option(row: Sequence[Any]) -> OptionStats:
+    option, requests, _, cost, _, _, _, escalated, _, latency, given, quality, squared, checks, agreed = row
+    count = int(given)
+    mean = float(quality) / count if count else None
+    return OptionStats(
+        option=None if option == FAILED else str(option),
+        requests=int(requests),
+        cost_usd=float(cost),
+        escalated=int(escalated),
+        latency_ms_mean=float(latency) / int(requests),
+        feedback=count,
+        quality=mean,
+        quality_sd=math.sqrt(max(0.0, float(squared) / count - mean * mean)) if mean is not None else None,
+        shadow_checks=int(checks),
+        shadow_agreed=int(agreed),
     )
-    mean_reference_output = connection.execute(
-        select(cast(func.sum(c.c.output_tokens), Float) / func.nullif(func.sum(c.c.samples), 0)).where(
-            ok, c.c.model == reference
-        )
-    ).scalar()
-    fallback = per_request.c.output if mean_reference_output is None else mean_reference_output
-    inputs, outputs = connection.execute(
-        select(
-            func.coalesce(func.sum(per_request.c.input), 0.0),
-            func.coalesce(func.sum(func.coalesce(per_request.c.reference_output, fallback)), 0.0),
-        )
-        .select_from(per_request.join(d, d.c.id == per_request.c.decision_id))
-        .where(routed)
-    ).one()
-    return price.cost(float(inputs), float(outputs))

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -23,7 +23,9 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..._exceptions import BestRouteError
-from .schema import TABLE_OF, TABLES, Row, as_mapping, decisions, first_line, open_database, sanitize
+from .database import open_database
+from .rollup import insert_rows
+from .schema import TABLE_OF, TABLES, Row, as_mapping, decisions, first_line, sanitize
 
 _logger = logging.getLogger(__name__)
 
@@ -204,10 +206,7 @@ class DecisionLog:
             return []
         try:
             with self.engine.begin() as connection:
-                for table in TABLES.values():  # decisions first: calls and feedback follow their decision
-                    batch = [clean for t, clean in cleaned if t is table]
-                    if batch:
-                        connection.execute(insert(table), batch)
+                insert_rows(connection, cleaned)
             return []
         except Exception as exc:  # noqa: BLE001 -- drivers raise their own types for refused content
             if _is_outage(exc):
@@ -216,7 +215,7 @@ class DecisionLog:
         for i, (row, (table, clean)) in enumerate(zip(kept, cleaned, strict=True)):
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(insert(table), [clean])
+                    insert_rows(connection, [(table, clean)])
             except Exception as exc:  # noqa: BLE001 -- as above: a refused row is dead-lettered
                 if _is_outage(exc):
                     return kept[i:]
@@ -250,7 +249,7 @@ def replay_dead_letters(url: str, path: Path) -> tuple[int, int]:
                 with engine.begin() as connection:
                     logged = select(decisions.c.id).where(decisions.c.id == clean.get("id"))
                     if table is not decisions or connection.execute(logged).first() is None:
-                        connection.execute(insert(table), [clean])
+                        insert_rows(connection, [(table, clean)])
                 replayed += 1
             except Exception as exc:  # noqa: BLE001 -- a line that cannot be replayed stays in the file
                 if _is_outage(exc):
