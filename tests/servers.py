@@ -322,6 +322,26 @@ def upstream(script: Script) -> Iterator[ServerThread]:
 
 
 @contextmanager
+def priced_upstreams() -> Iterator[dict[str, Any]]:
+    """Three upstreams as gateway backends: ``small`` answers "42" and ``big`` "It is 42." (each
+    reporting 10 input and 5 output tokens a sample, at a cheap model's and a reference's prices:
+    PRICES), and ``broken`` answers 500 to everything."""
+    with (
+        upstream(Script(answers=["42"])) as small,
+        upstream(Script(answers=["It is 42."])) as big,
+        upstream(Script(always=500)) as broken,
+    ):
+        yield {
+            name: {"base_url": url, "input_usd_per_mtok": PRICES[name][0], "output_usd_per_mtok": PRICES[name][1]}
+            for name, url in (("small", small.url), ("big", big.url))
+        } | {"broken": broken.url}
+
+
+PRICES = {"small": (0.1, 0.2), "big": (5.0, 15.0)}
+REFERENCE_COST = (10 * PRICES["big"][0] + 5 * PRICES["big"][1]) / 1e6  # one request to big, as priced_upstreams report
+
+
+@contextmanager
 def gateway(
     tmp_path: Path, artifact: Path, backends: dict[str, str | dict[str, Any]], **overrides: Any
 ) -> Iterator[tuple[ServerThread, openai.OpenAI]]:

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy
 from hypothesis import given
 from hypothesis import strategies as st
-from servers import Script, decision, empty_database, gateway, upstream
+from servers import REFERENCE_COST, Script, decision, empty_database, gateway, priced_upstreams, upstream
 
 from bestroute.serving import DecisionLog
 from bestroute.serving._dashboard._session import SESSION_S, session_token, token_valid
@@ -348,18 +348,9 @@ def test_the_dashboard_in_a_browser_shows_the_logs_figures(tmp_path, artifact, m
     """Sign in, open every page, check the figures against the log's rows (requests, cost,
     savings), filter the decisions, open one, and save screenshots of each page."""
     monkeypatch.setenv("BR_ADMIN_KEYS", ADMIN_KEY)
-    prices = {"small": (0.1, 0.2), "big": (5.0, 15.0)}
     shots = SCREENSHOTS or tmp_path / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    with (
-        upstream(Script(answers=["42"])) as small,
-        upstream(Script(answers=["It is 42."])) as big,
-        upstream(Script(always=500)) as broken,
-    ):
-        backends: dict[str, Any] = {
-            name: {"base_url": url, "input_usd_per_mtok": p[0], "output_usd_per_mtok": p[1]}
-            for name, url, p in (("small", small.url, prices["small"]), ("big", big.url, prices["big"]))
-        } | {"broken": broken.url}
+    with priced_upstreams() as backends:
         admin = {"authorization": f"Bearer {ADMIN_KEY}"}
         shadow = {"rate": 1.0, "min_checks": 1, "target": 0.99}  # every cheaper answer checked against big
         with (
@@ -380,7 +371,7 @@ def test_the_dashboard_in_a_browser_shows_the_logs_figures(tmp_path, artifact, m
             _backlog_drained(client, admin)
             rows = _logged(url)
             routed = [r for r in rows if r["threshold"] is not None and r["status"] == 200]
-            reference_cost = len(routed) * (10 * 5.0 + 5 * 15.0) / 1e6  # the fake upstreams' usage, at big's prices
+            reference_cost = len(routed) * REFERENCE_COST  # the fake upstreams' usage, at big's prices
             savings = 1 - sum(r["cost_usd"] for r in routed) / reference_cost
             manager, browser = _browser()
             try:

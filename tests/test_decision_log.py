@@ -17,7 +17,17 @@ import httpx
 import pytest
 import sqlalchemy
 import yaml
-from servers import Script, decision, empty_database, gateway, serve_subprocess, upstream, write_gateway_config
+from servers import (
+    REFERENCE_COST,
+    Script,
+    decision,
+    empty_database,
+    gateway,
+    priced_upstreams,
+    serve_subprocess,
+    upstream,
+    write_gateway_config,
+)
 from typer.testing import CliRunner
 
 from bestroute.cli import app as cli
@@ -277,27 +287,18 @@ def test_log_stats_give_the_logs_figures_and_the_saving_against_the_reference(lo
     input tokens and 5 output tokens per sample, so always-the-reference is known exactly)."""
     log_url = empty_database(log_url)
     log = {"url": log_url, "store_prompts": False, "dead_letter_path": str(tmp_path / "dead.jsonl")}
-    prices = {"small": (0.1, 0.2), "big": (5.0, 15.0)}
     with (
-        upstream(Script(answers=["42"])) as small,
-        upstream(Script(answers=["It is 42."])) as big,
-        upstream(Script(always=500)) as broken,
+        priced_upstreams() as backends,
+        gateway(tmp_path, artifact, backends, decision_log=log) as (server, _),
+        httpx.Client(base_url=server.url, timeout=30) as client,
     ):
-        backends: dict[str, Any] = {
-            name: {"base_url": url, "input_usd_per_mtok": p[0], "output_usd_per_mtok": p[1]}
-            for name, url, p in (("small", small.url, prices["small"]), ("big", big.url, prices["big"]))
-        } | {"broken": broken.url}
-        with (
-            gateway(tmp_path, artifact, backends, decision_log=log) as (server, _),
-            httpx.Client(base_url=server.url, timeout=30) as client,
-        ):
-            ids = []
-            for model, count in (("bestroute:0", 3), ("bestroute:1", 2), ("big", 1), ("broken", 1)):
-                for i in range(count):
-                    response = client.post("/v1/chat/completions", json=_chat(model, f"What is {i} plus {i}?"))
-                    ids.append(response.json().get("id"))
-            assert client.post("/v1/feedback", json={"id": ids[0], "quality": 1.0}).status_code == 200
-            assert client.post("/v1/feedback", json={"id": ids[1], "quality": 0.0}).status_code == 200
+        ids = []
+        for model, count in (("bestroute:0", 3), ("bestroute:1", 2), ("big", 1), ("broken", 1)):
+            for i in range(count):
+                response = client.post("/v1/chat/completions", json=_chat(model, f"What is {i} plus {i}?"))
+                ids.append(response.json().get("id"))
+        assert client.post("/v1/feedback", json={"id": ids[0], "quality": 1.0}).status_code == 200
+        assert client.post("/v1/feedback", json={"id": ids[1], "quality": 0.0}).status_code == 200
     config = str(tmp_path / "gateway.yaml")
     result = CliRunner().invoke(cli, ["log", "stats", "--config", config, "--json"])
     assert result.exit_code == 0, result.output
@@ -314,7 +315,7 @@ def test_log_stats_give_the_logs_figures_and_the_saving_against_the_reference(lo
         assert entry["requests"] == len(mine) and entry["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in mine))
     routed = [r for r in rows if r["threshold"] is not None and r["status"] == 200]
     assert figures["routed"] == len(routed) == 5 and figures["reference"] == "big"
-    assert figures["reference_cost_usd"] == pytest.approx(len(routed) * (10 * 5.0 + 5 * 15.0) / 1e6)
+    assert figures["reference_cost_usd"] == pytest.approx(len(routed) * REFERENCE_COST)
     assert figures["routed_cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in routed))
     assert figures["savings"] == pytest.approx(1 - figures["routed_cost_usd"] / figures["reference_cost_usd"])
     assert 0 < figures["savings"] < 1

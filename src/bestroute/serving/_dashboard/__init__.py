@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from ._pages import PREFIX, router
+from ._pages import PREFIX, SignInFirst, pages, router, to_sign_in
 
 __all__ = ["PREFIX", "install_dashboard"]
 
@@ -16,4 +16,6 @@ __all__ = ["PREFIX", "install_dashboard"]
 def install_dashboard(app: FastAPI) -> None:
     """Serve the dashboard's pages and its static files from ``app``."""
     app.include_router(router)
+    app.include_router(pages)
+    app.add_exception_handler(SignInFirst, to_sign_in)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=Path(__file__).parent / "static"), name="dashboard-static")

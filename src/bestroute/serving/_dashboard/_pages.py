@@ -12,7 +12,7 @@ from statistics import NormalDist
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
@@ -48,7 +48,7 @@ _SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 
-router = APIRouter(prefix=PREFIX, include_in_schema=False)
+router = APIRouter(prefix=PREFIX, include_in_schema=False)  # signing in and out; the pages are ``pages``
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
@@ -112,13 +112,28 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     return response
 
 
-def _sign_in_first(request: Request) -> Response | None:
-    """None if ``request`` is signed in, else the redirect to the sign-in form (no data)."""
+class SignInFirst(Exception):
+    """A page was asked for without a session: the answer is the sign-in form (no data)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target
+
+
+def _signed_in(request: Request) -> None:
+    """Every page's dependency: raises SignInFirst unless ``request`` is signed in."""
     access: Access = request.app.state.access
-    if signed_in(request, access):
-        return None
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"{PREFIX}/login?{urlencode({'next': target})}", status_code=303)
+    if not signed_in(request, access):
+        raise SignInFirst(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+
+
+async def to_sign_in(_: Request, exc: Exception) -> Response:
+    """The redirect a SignInFirst becomes, back to where the browser was sent from once signed in."""
+    assert isinstance(exc, SignInFirst)
+    return RedirectResponse(f"{PREFIX}/login?{urlencode({'next': exc.target})}", status_code=303)
+
+
+pages = APIRouter(prefix=PREFIX, include_in_schema=False, dependencies=[Depends(_signed_in)])
 
 
 def _next_page(value: str | None) -> str:
@@ -170,10 +185,8 @@ def _series_start(engine: Engine, span: Span) -> float:
     return first if first is not None else span.until - 3600
 
 
-@router.get("")
+@pages.get("")
 async def overview(request: Request) -> Response:
-    if (redirect := _sign_in_first(request)) is not None:
-        return redirect
     span = _span(request)
 
     def read() -> dict[str, Any]:
@@ -235,10 +248,8 @@ def _option_row(option: OptionStats, total: int, confidence: float) -> OptionRow
     )
 
 
-@router.get("/options")
+@pages.get("/options")
 async def options(request: Request) -> Response:
-    if (redirect := _sign_in_first(request)) is not None:
-        return redirect
     span = _span(request)
 
     def read() -> tuple[TrafficStats, Any]:
@@ -293,10 +304,8 @@ def _filter(request: Request, span: Span) -> DecisionFilter:
     )
 
 
-@router.get("/decisions")
+@pages.get("/decisions")
 async def decisions(request: Request) -> Response:
-    if (redirect := _sign_in_first(request)) is not None:
-        return redirect
     span = _span(request)
     chosen = _filter(request, span)
     rows = await asyncio.to_thread(decision_page, _engine(request), chosen)
@@ -322,10 +331,8 @@ async def decisions(request: Request) -> Response:
     )
 
 
-@router.get("/decisions/{decision_id}")
+@pages.get("/decisions/{decision_id}")
 async def decision(request: Request, decision_id: str) -> Response:
-    if (redirect := _sign_in_first(request)) is not None:
-        return redirect
     found = await asyncio.to_thread(decision_detail, _engine(request), decision_id)
     if found is None:
         raise NotFound(f"the decision log has no decision {decision_id!r}")
@@ -333,10 +340,8 @@ async def decision(request: Request, decision_id: str) -> Response:
     return _page(request, "decision.html", found=found, row=found.decision, scores=scores)
 
 
-@router.get("/backends")
+@pages.get("/backends")
 async def backends(request: Request) -> Response:
-    if (redirect := _sign_in_first(request)) is not None:
-        return redirect
     service = _service(request)
     now = time.monotonic()
     rows = []
