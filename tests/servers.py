@@ -193,6 +193,38 @@ def fake_upstream(script: Script) -> FastAPI:
             }
         )
 
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        """An embedding per input, its values from its length; usage a token per word."""
+        body = await request.json()
+        script.bodies.append(body)
+        if script.always is not None:
+            return JSONResponse({"error": {"message": "injected", "type": "server_error"}}, status_code=script.always)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if not all(isinstance(text, str) and text for text in inputs):
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "input must be non-empty text",
+                        "type": "invalid_request_error",
+                        "param": "input",
+                    }
+                },
+                status_code=400,
+            )
+        tokens = sum(len(text.split()) for text in inputs)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": [len(text) / 10, 1.0]}
+                    for i, text in enumerate(inputs)
+                ],
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
     return app
 
 

@@ -4,7 +4,16 @@ circuit breaker, and the reward-model and judge services. Used by the gateway an
 
 from .._section import Section
 from ._clients import EndpointSelector, JudgeSelector, RewardClient, ask_judge
-from ._config import BackendConfig, CircuitConfig, RetryConfig, UpstreamSettings
+from ._config import (
+    KIND_DEFAULTS,
+    BackendConfig,
+    Capabilities,
+    CircuitConfig,
+    Needs,
+    RetryConfig,
+    ServerKind,
+    UpstreamSettings,
+)
 from ._local_models import PACKAGED_MODELS, PackagedModel, model_path
 from ._upstream import (
     FIRST_SAMPLE_HEADER,
@@ -14,6 +23,7 @@ from ._upstream import (
     Completion,
     Deadline,
     DeadlinePassed,
+    Relayed,
     Upstream,
     UpstreamError,
     UpstreamRejected,
@@ -25,10 +35,12 @@ from ._upstream import (
 
 __all__ = [
     "FIRST_SAMPLE_HEADER",
+    "KIND_DEFAULTS",
     "NO_DEADLINE",
     "PACKAGED_MODELS",
     "STREAM_ERRORS",
     "BackendConfig",
+    "Capabilities",
     "CircuitBreaker",
     "CircuitConfig",
     "Completion",
@@ -36,10 +48,13 @@ __all__ = [
     "DeadlinePassed",
     "EndpointSelector",
     "JudgeSelector",
+    "Needs",
     "PackagedModel",
+    "Relayed",
     "RetryConfig",
     "RewardClient",
     "Section",
+    "ServerKind",
     "Upstream",
     "UpstreamError",
     "UpstreamRejected",

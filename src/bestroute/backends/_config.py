@@ -2,7 +2,8 @@
 the gateway's and `bestroute collect`'s configuration, documented in docs/gateway.md)."""
 
 import os
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -10,6 +11,48 @@ from pydantic import Field, field_validator
 from .._exceptions import ConfigError
 from .._section import Section
 from ..data import ModelPrice
+
+ServerKind = Literal["openai", "vllm", "llama-cpp", "ollama", "replay", "other"]
+
+# What each kind of server takes unless its backend says otherwise: OpenAI's chat models take
+# tools, images and JSON output; vLLM and Ollama take tools (a model with a tool template) and
+# JSON, but images only with a vision model; llama-cpp-python takes tools only with a
+# function-calling chat format; replay backends answer with recorded text. "other" excludes
+# nothing, as the gateway did before it knew capabilities.
+KIND_DEFAULTS: dict[ServerKind, dict[str, bool]] = {
+    "openai": {"tools": True, "images": True, "json_output": True, "streaming": True},
+    "vllm": {"tools": True, "images": False, "json_output": True, "streaming": True},
+    "llama-cpp": {"tools": False, "images": False, "json_output": True, "streaming": True},
+    "ollama": {"tools": True, "images": False, "json_output": True, "streaming": True},
+    "replay": {"tools": False, "images": False, "json_output": False, "streaming": True},
+    "other": {"tools": True, "images": True, "json_output": True, "streaming": True},
+}
+
+
+class Capabilities(Section):
+    """What a backend can take. A flag left out is its server kind's default (``KIND_DEFAULTS``);
+    a size left out is not checked."""
+
+    tools: bool | None = Field(default=None, description="tool (function) definitions and tool messages")
+    images: bool | None = Field(default=None, description="image parts in messages")
+    json_output: bool | None = Field(default=None, description="response_format json_object or json_schema")
+    streaming: bool | None = Field(default=None, description="stream: true")
+    context_tokens: int | None = Field(default=None, ge=1, description="context window: prompt and answer, in tokens")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="largest max_tokens it takes")
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one request needs of a backend (``ChatCompletionRequest.needs``). ``input_tokens``
+    is estimated before the call (characters / 4 and a few per message); ``output_tokens`` is the
+    max_tokens the client asked for, if any."""
+
+    tools: bool = False
+    images: bool = False
+    json_output: bool = False
+    streaming: bool = False
+    input_tokens: int = 0
+    output_tokens: int | None = None
 
 
 class BackendConfig(Section):
@@ -30,6 +73,8 @@ class BackendConfig(Section):
     )
     supports_n: bool = Field(default=False, description="the upstream returns n choices for one request")
     max_response_bytes: int = Field(default=16 * 2**20, ge=1024, description="a larger answer is a 502")
+    kind: ServerKind = Field(default="other", description="the server behind it: its capabilities' defaults")
+    capabilities: Capabilities = Capabilities()
 
     @field_validator("base_url")
     @classmethod
@@ -43,6 +88,29 @@ class BackendConfig(Section):
     @property
     def price(self) -> ModelPrice:
         return ModelPrice(input_usd_per_mtok=self.input_usd_per_mtok, output_usd_per_mtok=self.output_usd_per_mtok)
+
+    def refusal(self, needs: Needs) -> str | None:
+        """Why this backend cannot serve a request with ``needs`` (None: it can)."""
+        declared, defaults = self.capabilities, KIND_DEFAULTS[self.kind]
+        for flag, what in (
+            ("tools", "tools"),
+            ("images", "image input"),
+            ("json_output", "JSON output"),
+            ("streaming", "streaming"),
+        ):
+            own = getattr(declared, flag)
+            if getattr(needs, flag) and not (own if own is not None else defaults[flag]):
+                return f"no {what}"
+        most = declared.max_output_tokens
+        if most is not None and needs.output_tokens is not None and needs.output_tokens > most:
+            return f"max_tokens {needs.output_tokens} is above its largest output ({most})"
+        window = declared.context_tokens
+        if window is not None and needs.input_tokens + (needs.output_tokens or 0) > window:
+            return (
+                f"the prompt (about {needs.input_tokens} tokens) and max_tokens ({needs.output_tokens or 0}) "
+                f"exceed its context window ({window})"
+            )
+        return None
 
     @property
     def upstream_model(self) -> str:

@@ -149,6 +149,16 @@ class CircuitBreaker:
         self.consecutive_failures = 0
 
 
+@dataclass(frozen=True)
+class Relayed:
+    """A relayed endpoint's answer as the backend gave it, and its usage (estimated if it gave none)."""
+
+    document: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_estimated: bool
+
+
 @dataclass
 class Upstream:
     """One configured backend and its client state."""
@@ -161,10 +171,11 @@ class Upstream:
 
     def __post_init__(self) -> None:
         self._headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self._url = self.config.base_url.rstrip("/") + "/chat/completions"
+        self._base = self.config.base_url.rstrip("/")
         self._price = self.config.price  # built once: cost() runs on every answer
         self.in_flight = 0
         self.retries_in_flight = 0
+        self.latency_s: float | None = None  # moving average of its answered calls' time (None: none yet)
 
     @property
     def name(self) -> str:
@@ -179,6 +190,13 @@ class Upstream:
         """n samples: one request asking for n where the backend honours it, else n at once.
         ``first_sample`` numbers them (sent as FIRST_SAMPLE_HEADER, which a replay backend serves
         recorded samples from and any other server ignores)."""
+        started = time.monotonic()
+        completion = await self._complete(body, n, deadline, first_sample)
+        elapsed = time.monotonic() - started
+        self.latency_s = elapsed if self.latency_s is None else 0.8 * self.latency_s + 0.2 * elapsed
+        return completion
+
+    async def _complete(self, body: dict[str, Any], n: int, deadline: Deadline, first_sample: int) -> Completion:
         if n == 1 or self.config.supports_n:
             result = await self._retried(deadline, lambda: self._post(body | ({"n": n} if n > 1 else {}), first_sample))
             if len(result.choices) < n:
@@ -253,15 +271,37 @@ class Upstream:
             self.in_flight -= 1
             self.retries_in_flight -= retrying
 
-    async def _request(self, body: dict[str, Any], *, stream: bool, first_sample: int = 0) -> aiohttp.ClientResponse:
-        """One POST; the response is returned unread when it succeeded."""
-        payload = body | {"model": self.config.upstream_model, "stream": stream}
+    async def relay(self, path: str, body: dict[str, Any], deadline: Deadline = NO_DEADLINE) -> Relayed:
+        """POST ``body`` to another OpenAI endpoint of the backend (``/embeddings``,
+        ``/completions``) under its model id, with the same retries; its JSON answer and usage."""
+
+        async def once() -> Relayed:
+            document = await self._json(await self._request(body, stream=None, path=path))
+            prompt, completion, estimated = usage_tokens(
+                document.get("usage") if isinstance(document, dict) else None,
+                prompt=lambda: estimate_tokens(json.dumps(body.get("input", body.get("prompt", "")))),
+                completion=lambda: 0,
+            )
+            if not isinstance(document, dict):
+                raise UpstreamError(self.name, "answer is not a JSON object")
+            return Relayed(document, prompt, completion, estimated)
+
+        return await self._retried(deadline, once)
+
+    async def _request(
+        self, body: dict[str, Any], *, stream: bool | None, first_sample: int = 0, path: str = "/chat/completions"
+    ) -> aiohttp.ClientResponse:
+        """One POST; the response is returned unread when it succeeded. ``stream`` None: the
+        endpoint takes no stream field."""
+        payload = server_quirks(self.config.kind, body) | {"model": self.config.upstream_model}
+        if stream is not None:
+            payload["stream"] = stream
         try:
             # Timeouts are the caller's (per try, stream idle): aiohttp's own are off.
             # No redirects: a backend is its configured URL; following one would send the prompt
             # to another origin.
             response = await self.session.post(
-                self._url,
+                self._base + path,
                 json=payload,
                 headers=self._headers | {FIRST_SAMPLE_HEADER: str(first_sample)} if first_sample else self._headers,
                 timeout=aiohttp.ClientTimeout(total=None),
@@ -288,23 +328,7 @@ class Upstream:
         raise UpstreamRejected(self.name, status, _error_fields(raw, status))
 
     async def _post(self, body: dict[str, Any], first_sample: int = 0) -> Completion:
-        response = await self._request(body, stream=False, first_sample=first_sample)
-        limit = self.config.max_response_bytes
-        raw = bytearray()
-        try:
-            async with response:
-                async for piece in response.content.iter_chunked(65_536):
-                    raw += piece
-                    if len(raw) > limit:
-                        raise UpstreamError(self.name, f"response is over max_response_bytes ({limit})")
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(self.name, f"response broke ({type(exc).__name__})") from exc
-        try:
-            document = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise UpstreamError(self.name, "response is not JSON") from exc
-        if b"\\ud" in raw or b"\\uD" in raw:  # maybe a lone surrogate, which no client could be sent
-            document = _encodable(document)
+        document = await self._json(await self._request(body, stream=False, first_sample=first_sample))
         try:
             choices = document["choices"]
             if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
@@ -328,6 +352,26 @@ class Upstream:
             tokens_estimated=estimated,
         )
 
+    async def _json(self, response: aiohttp.ClientResponse) -> Any:
+        """A successful response's JSON document, read up to max_response_bytes."""
+        limit = self.config.max_response_bytes
+        raw = bytearray()
+        try:
+            async with response:
+                async for piece in response.content.iter_chunked(65_536):
+                    raw += piece
+                    if len(raw) > limit:
+                        raise UpstreamError(self.name, f"response is over max_response_bytes ({limit})")
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(self.name, f"response broke ({type(exc).__name__})") from exc
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise UpstreamError(self.name, "response is not JSON") from exc
+        if b"\\ud" in raw or b"\\uD" in raw:  # maybe a lone surrogate, which no client could be sent
+            document = _encodable(document)
+        return document
+
     async def _open_stream(self, body: dict[str, Any]) -> tuple[dict[str, Any], AsyncGenerator[dict[str, Any], None]]:
         response = await self._request(body, stream=True)
         events = _sse_events(response)
@@ -339,6 +383,20 @@ class Upstream:
             await events.aclose()
             raise UpstreamError(self.name, f"stream broke before its first chunk ({type(exc).__name__})") from exc
         return first, events
+
+
+def server_quirks(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as a server of ``kind`` takes it. llama-cpp-python answers HTTP 500 to an
+    assistant message that has tool calls and no ``content`` (OpenAI's own form): it gets ``""``."""
+    if kind != "llama-cpp" or not any(
+        m.get("content") is None for m in body.get("messages", []) if isinstance(m, dict)
+    ):
+        return body
+    messages = [
+        m | {"content": ""} if isinstance(m, dict) and m.get("role") == "assistant" and m.get("content") is None else m
+        for m in body["messages"]
+    ]
+    return body | {"messages": messages}
 
 
 def _encodable(value: Any) -> Any:

@@ -118,6 +118,14 @@ class AdminConfig(Section):
     open: bool = Field(default=False, description="no key needed (e.g. the port is only on a private network)")
 
 
+class PassthroughConfig(Section):
+    """The backends /v1/embeddings and /v1/completions go to when a request's ``model`` names no
+    backend (a request naming one goes to it); None: such a request is a 404."""
+
+    embeddings: str | None = Field(default=None, description="backend for /v1/embeddings")
+    completions: str | None = Field(default=None, description="backend for /v1/completions")
+
+
 class GatewayConfig(Section):
     router: Path | None = Field(
         default=None, description="router artifact from `bestroute train` (needed by serve, not by collect)"
@@ -137,6 +145,7 @@ class GatewayConfig(Section):
     budgets: BudgetConfig = BudgetConfig()
     shadow: ShadowConfig = ShadowConfig()
     explore: ExploreConfig = ExploreConfig()
+    passthrough: PassthroughConfig = PassthroughConfig()
     strategies: list[Strategy] = Field(
         default_factory=list, description="prompt strategies; a router's backend@strategy options use them"
     )
@@ -170,6 +179,9 @@ class GatewayConfig(Section):
             raise ValueError(f"duplicate strategy names: {', '.join(duplicates)}")
         if self.selector.kind == "oracle":
             raise ValueError("selector kind 'oracle' picks by ground-truth quality: it is an offline bound only")
+        for endpoint, backend in self.passthrough:
+            if backend is not None and backend not in names:
+                raise ValueError(f"passthrough.{endpoint}: {backend!r} is not a configured backend")
         if self.selector.kind == "judge" and self.selector.backend not in names:
             raise ValueError(f"selector backend {self.selector.backend!r} is not a configured backend")
         return self

@@ -5,6 +5,7 @@ import math
 from fastapi.responses import JSONResponse
 
 from .._exceptions import BestRouteError
+from ..backends import UpstreamRejected
 from .protocol import ErrorBody, ErrorResponse
 
 
@@ -66,6 +67,17 @@ class UpstreamRejectedRequest(GatewayError):
         super().__init__(message, param=param, code=code)
         self.status, self.type = status, type_ or self.type
         self.headers = {"x-bestroute-model": backend}
+
+    @classmethod
+    def of(cls, error: UpstreamRejected) -> "UpstreamRejectedRequest":
+        return cls(
+            error.status,
+            error.error["message"] or str(error),
+            type_=error.error["type"],
+            param=error.error["param"],
+            code=error.error["code"],
+            backend=error.backend,
+        )
 
 
 class DeadlineExceeded(GatewayError):

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._exceptions import RouterError
 from ..backends import Deadline
+from ..data import arm_parts
 from ..routers import Router
 from ..selection import Option
 from ._arms import Arms
@@ -20,9 +21,24 @@ from ._config import ExploreConfig
 from ._cpu import run_cpu
 from ._errors import DeadlineExceeded, InvalidRequest, ModelNotFound
 from ._metrics import GatewayMetrics
-from .protocol import ChatCompletionRequest
+from .protocol import ChatCompletionRequest, RequestConstraints
 
 ROUTED_MODEL = "bestroute"
+NO_CONSTRAINTS = RequestConstraints()
+
+
+def _outside(constraints: RequestConstraints, models: set[str]) -> str | None:
+    """Which of the client's model lists rules out an option calling ``models`` (None: neither).
+    A backend's name stands for its arms too."""
+
+    def named(model: str, names: set[str]) -> bool:
+        return model in names or arm_parts(model)[0] in names
+
+    if constraints.allowed_models is not None and not all(named(m, set(constraints.allowed_models)) for m in models):
+        return "allowed_models"
+    if constraints.excluded_models and any(named(m, set(constraints.excluded_models)) for m in models):
+        return "excluded_models"
+    return None
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,17 @@ class Plan:
     # was planned with (1 without exploration).
     choice: str | None = None
     propensity: float | None = None
+    # Options the router could have taken that this request's needs or constraints ruled out,
+    # and why; ``constraint``: the client's constraint that ruled out the router's own choice.
+    excluded: Mapping[str, str] = field(default_factory=dict)
+    constraint: str | None = None
+
+    def exclusion_notes(self) -> list[str]:
+        """The exclusions as the decision log's notes: one per reason, naming its options."""
+        by_reason: dict[str, list[str]] = {}
+        for label, reason in self.excluded.items():
+            by_reason.setdefault(reason, []).append(label)
+        return [f"excluded ({reason}): {', '.join(labels)}" for reason, labels in by_reason.items()]
 
 
 class Planner:
@@ -92,8 +119,24 @@ class Planner:
         )
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._rule = router.rule
+        # The backends each servable option calls, at any stage: all of them must take a request.
+        self._backends = {
+            int(o): sorted(
+                {arms.get(m)[0].config for stage in router.options_[o].stages for m in stage.models},
+                key=lambda b: b.name,
+            )
+            for o in np.flatnonzero(self._available)
+        }
+        self._sized = any(
+            b.capabilities.context_tokens is not None or b.capabilities.max_output_tokens is not None
+            for backends in self._backends.values()
+            for b in backends
+        )
 
-    async def plan(self, request: ChatCompletionRequest, deadline: Deadline) -> Plan:
+    async def plan(
+        self, request: ChatCompletionRequest, deadline: Deadline, constraints: RequestConstraints = NO_CONSTRAINTS
+    ) -> Plan:
+        self._check_names(constraints)
         if request.model == ROUTED_MODEL or request.model.startswith(ROUTED_MODEL + ":"):
             if request.n != 1:
                 raise InvalidRequest(
@@ -102,7 +145,7 @@ class Planner:
             knob = self._knob(request.model)
             try:
                 async with asyncio.timeout(max(deadline.remaining(), 0.0)):
-                    return await self._route(request, knob)
+                    return await self._route(request, knob, constraints)
             except TimeoutError:
                 raise DeadlineExceeded("the request's deadline passed while it was being routed") from None
         resolved = self.arms.resolve(request.model)
@@ -112,6 +155,18 @@ class Planner:
                 "'bestroute:<threshold>', a configured backend or backend@strategy",
                 param="model",
                 code="model_not_found",
+            )
+        ruled_out = _outside(constraints, {request.model})
+        if ruled_out is not None:
+            raise InvalidRequest(
+                f"model {request.model!r} is ruled out by the request's {ruled_out}",
+                param="model",
+                code="constraints_unmet",
+            )
+        refusal = resolved[0].config.refusal(request.needs())
+        if refusal is not None:
+            raise InvalidRequest(
+                f"backend {resolved[0].name!r} cannot serve this request: {refusal}", param="model", code="not_capable"
             )
         max_n = resolved[0].config.max_n
         if not 1 <= request.n <= max_n:
@@ -131,12 +186,31 @@ class Planner:
         except RouterError as error:
             raise InvalidRequest(str(error), param="model") from None
 
-    async def _route(self, request: ChatCompletionRequest, knob: float) -> Plan:
+    def _check_names(self, constraints: RequestConstraints) -> None:
+        for name in ("allowed_models", "excluded_models"):
+            for model in getattr(constraints, name) or ():
+                if self.arms.resolve(model) is None:
+                    raise InvalidRequest(
+                        f"{name}: {model!r} is not a configured backend or arm", param=f"bestroute.{name}"
+                    )
+
+    async def _route(self, request: ChatCompletionRequest, knob: float, constraints: RequestConstraints) -> Plan:
         prompt = request.prompt_text()
         scores = await run_cpu(self.pool, len(prompt), lambda: self._scores(prompt))
         available, avoided = self._available, self.avoided()
         if avoided:  # shadow checks found these below target: the next option in the order answers
             available = available & np.array([o.label not in avoided for o in self.router.options_])
+        excluded = self._excluded(request)
+        available = self._without(available, excluded, "no option can serve this request", "not_capable")
+        constrained = self._constrained(constraints, scores) if constraints.given() else {}
+        decided_by = None
+        if constrained:
+            unconstrained = self._rule.order(scores, knob, available)[0]
+            available = self._without(
+                available, constrained, "no option meets the request's constraints", "constraints_unmet"
+            )
+            decided_by = constrained.get(unconstrained, "").split(" ", 1)[0] or None
+            excluded |= constrained
         order = self._rule.order(scores, knob, available)  # its first option is Router.decide's
         options, values = self.router.options_, scores.tolist()
         choice = order[0]
@@ -148,7 +222,68 @@ class Planner:
             scores={label: round(values[o], 6) for label, o in self._labels},
             choice=options[choice].label,
             propensity=propensity,
+            excluded={options[o].label: why for o, why in excluded.items()},
+            constraint=decided_by,
         )
+
+    def _without(self, available: np.ndarray, excluded: dict[int, str], failure: str, code: str) -> np.ndarray:
+        """``available`` less the ``excluded`` options; a 400 (``failure``, ``code``) if none is left."""
+        if not excluded:
+            return available
+        left = available.copy()
+        left[list(excluded)] = False
+        if not left.any():
+            reasons = "; ".join(
+                f"{self.router.options_[o].label}: {why}" for o, why in excluded.items() if available[o]
+            )
+            raise InvalidRequest(f"{failure} ({reasons})", code=code)
+        return left
+
+    def _constrained(self, constraints: RequestConstraints, scores: np.ndarray) -> dict[int, str]:
+        """The servable options the client's constraints rule out, each with the constraint (and
+        the figure) that did."""
+        found = {}
+        cost = self.router.option_cost_
+        for o in self._backends:
+            option = self.router.options_[o]
+            models = {m for stage in option.stages for m in stage.models}
+            latency = self._latency_ms(o)
+            if (why := _outside(constraints, models)) is not None:
+                found[o] = why
+            elif constraints.max_cost_usd is not None and cost[o] > constraints.max_cost_usd:
+                found[o] = f"max_cost_usd (expected ${cost[o]:.6g} a request)"
+            elif (
+                constraints.max_latency_ms is not None and latency is not None and latency > constraints.max_latency_ms
+            ):
+                found[o] = f"max_latency_ms (expected {latency:.0f} ms)"
+            elif constraints.min_quality is not None and scores[o] < constraints.min_quality:
+                found[o] = f"min_quality (predicted {scores[o]:.3f})"
+        return found
+
+    def _latency_ms(self, o: int) -> float | None:
+        """An option's expected latency: its stages one after another, each as slow as its
+        slowest backend's recent calls; None while a backend has answered no call yet."""
+        total = 0.0
+        for stage in self.router.options_[o].stages:
+            seen = [self.arms.get(m)[0].latency_s for m in stage.models]
+            if any(s is None for s in seen):
+                return None
+            total += max(s for s in seen if s is not None)
+        return total * 1000
+
+    def _excluded(self, request: ChatCompletionRequest) -> dict[int, str]:
+        """The servable options this request cannot be sent to, with the first reason found."""
+        needs = request.needs()
+        if not (needs.tools or needs.images or needs.json_output or needs.streaming or self._sized):
+            return {}  # what every backend takes
+        excluded = {}
+        for o, backends in self._backends.items():
+            for backend in backends:
+                refusal = backend.refusal(needs)
+                if refusal is not None:
+                    excluded[o] = f"{backend.name}: {refusal}"
+                    break
+        return excluded
 
     def _explored(self, choice: int, available: np.ndarray) -> tuple[int, float]:
         """The option to try first and the probability it had: the router's choice, or with

@@ -120,6 +120,8 @@ class RequestRecord:
             "routed": self.plan.routed,
             "scores": dict(self.plan.scores),
             "fallbacks": list(self.notes),
+            "excluded": dict(self.plan.excluded),
+            "constraint": self.plan.constraint,
             "selector": self.selector if self.plan.routed and execution.samples > 1 else None,
             "selected_sample": answer.number,
             "cost_usd": self.cost_usd,
@@ -145,6 +147,8 @@ def answer_headers(ticket: Ticket, plan: Plan, model: str, samples: int) -> dict
     headers = {"x-bestroute-model": model, "x-bestroute-n": str(samples), "x-request-id": ticket.request_id}
     if plan.threshold is not None:
         headers["x-bestroute-threshold"] = f"{plan.threshold:g}"
+    if plan.constraint is not None:
+        headers["x-bestroute-constraint"] = plan.constraint
     return headers
 
 

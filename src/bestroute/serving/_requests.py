@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import ValidationError
 
 from ..backends import Deadline
 from ._config import GatewayConfig, LimitsConfig
 from ._errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, RequestTimeout, Unauthorized, Unprocessable
+from .protocol import CONSTRAINT_HEADERS, ChatCompletionRequest, RequestConstraints
 
 T = TypeVar("T")
 TIMEOUT_HEADER = "x-bestroute-timeout"
@@ -116,6 +118,24 @@ def unprocessable(errors: Sequence[Any]) -> Unprocessable:
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     return Unprocessable(f"{param or 'body'}: {first.get('msg')}", param=param)
+
+
+def constraints_of(request: Request, chat: ChatCompletionRequest) -> RequestConstraints:
+    """The client's routing constraints: the body's ``bestroute`` field, and for a field it leaves
+    out, the x-bestroute-* header (models comma-separated). A bad value is a 400 naming it."""
+    given = chat.bestroute.model_dump(exclude_none=True) if chat.bestroute is not None else {}
+    from_headers = {}
+    for header, name in CONSTRAINT_HEADERS.items():
+        raw = request.headers.get(header)
+        if raw is not None and name not in given:
+            from_headers[name] = header
+            given[name] = [m.strip() for m in raw.split(",") if m.strip()] if name.endswith("_models") else raw.strip()
+    try:
+        return RequestConstraints.model_validate(given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        raise InvalidRequest(f"{name}: {first['msg']}", param=from_headers.get(name, f"bestroute.{name}")) from None
 
 
 def deadline_of(request: Request, config: GatewayConfig) -> Deadline:

@@ -12,9 +12,10 @@ from pydantic import BaseModel, ValidationError
 from .._exceptions import BestRouteError
 from ._errors import InvalidRequest, PayloadTooLarge, error_response
 from ._feedback import FeedbackService
+from ._passthrough import pass_through
 from ._planning import ROUTED_MODEL
 from ._reload import Reloader
-from ._requests import Access, deadline_of, read_json, unless_disconnected, unprocessable
+from ._requests import Access, constraints_of, deadline_of, read_json, unless_disconnected, unprocessable
 from .protocol import ChatCompletionRequest, FeedbackRequest
 from .serving import ChatService
 
@@ -71,12 +72,34 @@ async def chat_completions(request: Request) -> Response:
         return error_response(unprocessable(exc.errors()))
     if len(chat.messages) > limits.max_messages:
         raise PayloadTooLarge(f"at most {limits.max_messages} messages per request", param="messages")
-    plan = await service.plan(chat, deadline)
+    plan = await service.plan(chat, deadline, constraints_of(request, chat))
     if chat.stream:
         headers, chunks = await unless_disconnected(request, service.stream(chat, plan, deadline, client))
         return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
     body, record = await unless_disconnected(request, service.complete(chat, plan, deadline, client))
     return JSONResponse(body, headers=record.headers())
+
+
+async def _pass_through(request: Request, endpoint: str) -> Response:
+    client = _access(request).client(request)
+    service = _service(request)
+    if service.recorder.budgets.active:
+        service.recorder.budgets.admit(client)
+    document = await read_json(request, service.config.limits)
+    body, headers = await unless_disconnected(
+        request, pass_through(service, endpoint, document, deadline_of(request, service.config), client)
+    )
+    return JSONResponse(body, headers=headers)
+
+
+@router.post("/v1/embeddings", summary="Embeddings, passed through to a backend")
+async def embeddings(request: Request) -> Response:
+    return await _pass_through(request, "embeddings")
+
+
+@router.post("/v1/completions", summary="Legacy completions, passed through to a backend")
+async def completions(request: Request) -> Response:
+    return await _pass_through(request, "completions")
 
 
 @router.get("/v1/models")

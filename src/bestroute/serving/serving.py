@@ -16,12 +16,12 @@ from ._config import GatewayConfig
 from ._errors import DeadlineExceeded, GatewayError, InvalidRequest, UpstreamFailed, UpstreamRejectedRequest
 from ._judging import OnlineSelector
 from ._loading import ArtifactInfo
-from ._planning import Attempt, Plan, Planner
+from ._planning import NO_CONSTRAINTS, Attempt, Plan, Planner
 from ._recording import Recorder, Reference, RequestRecord, Ticket, answer_headers
 from ._sampling import CircuitOpen, Run, Sampler, hold_against
 from ._shadow import ShadowChecks, ShadowTallies
 from ._streaming import relay, replay, streamed_run
-from .protocol import ChatCompletionRequest
+from .protocol import ChatCompletionRequest, RequestConstraints
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the error code of OpenAI, vLLM and llama.cpp
 
@@ -100,8 +100,10 @@ class ChatService:
             acceptance=router.accept_model_,
         )
 
-    async def plan(self, request: ChatCompletionRequest, deadline: Deadline) -> Plan:
-        return await self.planner.plan(request, deadline)
+    async def plan(
+        self, request: ChatCompletionRequest, deadline: Deadline, constraints: RequestConstraints = NO_CONSTRAINTS
+    ) -> Plan:
+        return await self.planner.plan(request, deadline, constraints)
 
     # ---------------------------------------------------------------- failover
     async def _run_in_order(
@@ -151,14 +153,7 @@ class ChatService:
         """The client's error when an attempt's failure ends the request."""
         answer: GatewayError
         if isinstance(error, UpstreamRejected):
-            answer = UpstreamRejectedRequest(
-                error.status,
-                error.error["message"] or str(error),
-                type_=error.error["type"],
-                param=error.error["param"],
-                code=error.error["code"],
-                backend=error.backend,
-            )
+            answer = UpstreamRejectedRequest.of(error)
         else:
             answer = DeadlineExceeded("the request's deadline passed; tried: " + "; ".join(tried.notes))
         self._close(request, ticket, plan, tried, answer.status, error=str(error))
@@ -188,7 +183,7 @@ class ChatService:
             ticket,
             plan,
             tried.runs,
-            tried.notes,
+            [*plan.exclusion_notes(), *tried.notes],
             status,
             selector=self.selector.name,
             reference=self.reference,

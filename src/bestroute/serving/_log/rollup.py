@@ -9,6 +9,7 @@ shadow check, a call) is counted in its decision's minute and hour, under its de
 Latencies are kept as counts per bin, eight bins per doubling: a percentile read from them is the
 middle of its bin, within 4.4% of the exact value."""
 
+import functools
 import math
 import time
 from collections import defaultdict
@@ -238,18 +239,26 @@ def _upsert(connection: Connection, table: Table, increments: Increments) -> Non
     if not increments:
         return
     keys = _KEYS[table]
-    values = [c.name for c in table.columns if c.name not in keys]
-    whole = {c.name for c in table.columns if isinstance(c.type, Integer)}
+    statement, values, whole = _upsert_statement(table, connection.dialect.name)
     rows = [
         dict(zip(keys, key, strict=True))
         | {name: int(entry.get(name, 0)) if name in whole else float(entry.get(name, 0.0)) for name in values}
         for key, entry in sorted(increments.items())
     ]
-    dialect = connection.dialect.name
+    connection.execute(statement, rows)
+
+
+@functools.cache
+def _upsert_statement(table: Table, dialect: str) -> tuple[Any, tuple[str, ...], frozenset[str]]:
+    """The upsert of ``table`` on ``dialect``, its value columns and those of them that are
+    integers: built once (the writer runs it on every batch)."""
     if dialect not in ("sqlite", "postgresql"):
         raise NotImplementedError(f"the decision log's rollups need SQLite or PostgreSQL, not {dialect}")
+    keys = _KEYS[table]
+    values = tuple(c.name for c in table.columns if c.name not in keys)
     statement = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=list(keys), set_={name: table.c[name] + statement.excluded[name] for name in values}
     )
-    connection.execute(statement, rows)
+    whole = frozenset(c.name for c in table.columns if isinstance(c.type, Integer))
+    return statement, values, whole
