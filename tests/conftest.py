@@ -2,11 +2,15 @@ import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from bestroute import BestRouteRouter, load_dataset, split_prompts
 from bestroute.data import ModelPrice, write_routing_data
+
+if TYPE_CHECKING:
+    from servers import LlamaServer
 
 ZEROEVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "zeroeval"
 SUBSET_MODELS = [
@@ -123,6 +127,18 @@ def postgres_url(tmp_path_factory) -> Iterator[str]:
     server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
     yield server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
     server.cleanup()
+
+
+@pytest.fixture
+def llama() -> Iterator["LlamaServer"]:
+    """SmolLM2-135M under llama.cpp's server, started as users start it (`bestroute local serve`)."""
+    from servers import LlamaServer, smollm2_gguf
+
+    server = LlamaServer(smollm2_gguf())
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

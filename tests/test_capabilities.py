@@ -7,7 +7,7 @@ import sqlite3
 
 import httpx
 import pytest
-from servers import LlamaServer, Script, gateway, smollm2_gguf, upstream
+from servers import Script, gateway, upstream
 
 from bestroute import ConfigError
 from bestroute.backends import BackendConfig, Capabilities, Needs
@@ -116,15 +116,6 @@ def test_capabilities_default_by_server_kind_and_declared_ones_win(tmp_path):
     bad.write_text("backends: [{name: a, base_url: 'http://x/v1', capabilities: {context_tokens: 0}}]\n")
     with pytest.raises(ConfigError, match="context_tokens"):
         load_config(bad)
-
-
-@pytest.fixture(scope="module")
-def llama():
-    server = LlamaServer(smollm2_gguf())
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_llama_cpp_gets_an_empty_content_for_an_assistant_tool_call(tmp_path, artifact, llama):

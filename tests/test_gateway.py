@@ -6,7 +6,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import openai
 import pytest
 import yaml
 from servers import (
-    LlamaServer,
     Script,
     ServerThread,
     ask,
@@ -438,15 +436,6 @@ def test_config_errors_are_clear(tmp_path, artifact):
     path.write_text("router: [unclosed")
     with pytest.raises(ConfigError, match="cannot read YAML"):
         load_config(path)
-
-
-@pytest.fixture
-def llama() -> Iterator[LlamaServer]:
-    server = LlamaServer(smollm2_gguf())
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_real_local_model_routing_best_of_n_streaming_and_failover(tmp_path, artifact, llama):
