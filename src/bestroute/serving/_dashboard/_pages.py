@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
+from ..._exceptions import BestRouteError
 from .._errors import InvalidRequest, NotFound
 from .._log import (
     PAGE_SIZE,
@@ -112,7 +113,7 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     return response
 
 
-class SignInFirst(Exception):
+class SignInFirst(BestRouteError):
     """A page was asked for without a session: the answer is the sign-in form (no data)."""
 
     def __init__(self, target: str) -> None:
