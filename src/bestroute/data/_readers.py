@@ -73,7 +73,8 @@ def _validate(model: type[RecordT], row: dict[str, Any], path: Path, line: int) 
         raise DataError(f"{field}: {first['msg']}", path=str(path), line=line) from exc
 
 
-def _find_table(directory: Path, stem: str) -> Path:
+def find_table(directory: Path, stem: str) -> Path:
+    """The ``stem`` table of routing data in ``directory``, in whichever format it is."""
     for suffix in _TABLE_SUFFIXES:
         candidate = directory / f"{stem}{suffix}"
         if candidate.exists():
@@ -115,7 +116,7 @@ def read_native(directory: Path) -> RoutingDataset:
     if not directory.is_dir():
         raise DataError("not a directory in the routing-data layout", path=str(directory))
     prices = read_models(directory / "models.json")
-    prompts_path = _find_table(directory, "prompts")
+    prompts_path = find_table(directory, "prompts")
     prompts: list[PromptRecord] = []
     seen: set[str] = set()
     for line, row in iter_rows(prompts_path):
@@ -124,7 +125,7 @@ def read_native(directory: Path) -> RoutingDataset:
             raise DataError(f"duplicate prompt_id {record.prompt_id!r}", path=str(prompts_path), line=line)
         seen.add(record.prompt_id)
         prompts.append(record)
-    responses_path = _find_table(directory, "responses")
+    responses_path = find_table(directory, "responses")
     responses: list[ResponseRecord] = []
     keys: set[tuple[str, str, int]] = set()
     for line, row in iter_rows(responses_path):

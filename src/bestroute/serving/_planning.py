@@ -31,12 +31,13 @@ def _outside(constraints: RequestConstraints, models: set[str]) -> str | None:
     """Which of the client's model lists rules out an option calling ``models`` (None: neither).
     A backend's name stands for its arms too."""
 
-    def named(model: str, names: set[str]) -> bool:
+    def named(model: str, names: list[str]) -> bool:
         return model in names or arm_parts(model)[0] in names
 
-    if constraints.allowed_models is not None and not all(named(m, set(constraints.allowed_models)) for m in models):
+    allowed, excluded = constraints.allowed_models, constraints.excluded_models
+    if allowed is not None and not all(named(m, allowed) for m in models):
         return "allowed_models"
-    if constraints.excluded_models and any(named(m, set(constraints.excluded_models)) for m in models):
+    if excluded and any(named(m, excluded) for m in models):
         return "excluded_models"
     return None
 
@@ -247,7 +248,7 @@ class Planner:
         for o in self._backends:
             option = self.router.options_[o]
             models = {m for stage in option.stages for m in stage.models}
-            latency = self._latency_ms(o)
+            latency = self._latency_ms(o) if constraints.max_latency_ms is not None else None
             if (why := _outside(constraints, models)) is not None:
                 found[o] = why
             elif constraints.max_cost_usd is not None and cost[o] > constraints.max_cost_usd:

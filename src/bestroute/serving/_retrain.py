@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._exceptions import ConfigError
-from ..data import RoutingDataWriter, iter_rows, load_dataset, split_prompts, write_catalog
+from ..data import RoutingDataWriter, find_table, iter_rows, load_dataset, split_prompts, write_catalog
 from ..policy import OffPolicyEstimates
 from ..routers import Router, load_router
 from ._config import GatewayConfig
@@ -110,18 +110,11 @@ def _with(traffic: Path, original: Path, config: GatewayConfig) -> Path:
     merged = traffic.with_name("merged")
     with RoutingDataWriter(merged) as writer:
         for directory in (original, traffic):
-            prompts = [row for _, row in iter_rows(_table(directory, "prompts"))]
-            responses = [row for _, row in iter_rows(_table(directory, "responses"))]
+            prompts = [row for _, row in iter_rows(find_table(directory, "prompts"))]
+            responses = [row for _, row in iter_rows(find_table(directory, "responses"))]
             writer.add(prompts, responses)
     write_catalog(merged, {b.name: b.price for b in config.backends})
     return merged
-
-
-def _table(directory: Path, stem: str) -> Path:
-    for suffix in (".jsonl", ".jsonl.gz"):
-        if (directory / f"{stem}{suffix}").is_file():
-            return directory / f"{stem}{suffix}"
-    raise ConfigError(f"--with-data: {directory} has no {stem}.jsonl(.gz) (routing data in the exchange format)")
 
 
 def _install(candidate: Path, target: Path) -> Path:

@@ -106,7 +106,9 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     response = templates.TemplateResponse(
         request,
         template,
-        {"prefix": PREFIX, "breaches": breaches, "target": service.config.shadow.target, **context},
+        {"prefix": PREFIX, "breaches": breaches, "target": service.config.shadow.target}
+        | ({"ranges": list(RANGES)} if "span" in context else {})
+        | context,
         status_code=status,
     )
     response.headers.update(_SECURITY_HEADERS)
@@ -213,7 +215,6 @@ async def overview(request: Request) -> Response:
         request,
         "overview.html",
         span=span,
-        ranges=list(RANGES),
         stats=stats,
         escalation_rate=escalated / answered if answered else None,
         p50=figures["p50"],
@@ -263,7 +264,6 @@ async def options(request: Request) -> Response:
         request,
         "options.html",
         span=span,
-        ranges=list(RANGES),
         stats=stats,
         rows=rows,
         models=models,
@@ -320,7 +320,6 @@ async def decisions(request: Request) -> Response:
         request,
         "decisions.html",
         span=span,
-        ranges=list(RANGES),
         rows=rows,
         chosen=chosen,
         query=kept,

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, and_, func, or_, select
 
-from .rollup import DAY, HOUR, MINUTE, bin_middle_ms, latency_rollup, model_rollup, option_rollup, read_window
+from .rollup import HOUR, bin_middle_ms, latency_rollup, model_rollup, option_rollup, read_window
 from .schema import calls, decisions, feedback, shadows
 
 PAGE_SIZE = 50
@@ -73,7 +73,7 @@ def latency_percentiles(
     """The answered requests' latency at each quantile, from the latency histogram: the middle
     of the bin holding the smallest latency at or above that share of them (None: no requests)."""
     r = latency_rollup
-    _, where = read_window(r, since, until)
+    _, _, where = read_window(r, since, until)
     with engine.connect() as connection:
         rows = connection.execute(select(r.c.bin, func.sum(r.c.requests)).where(where).group_by(r.c.bin)).all()
     bins = sorted((int(b), int(count)) for b, count in rows)
@@ -96,8 +96,7 @@ def traffic_series(engine: Engine, *, since: float, until: float, buckets: int) 
     """The window cut into at most ``buckets`` equal spans of whole rollup buckets, each with its
     traffic (empty spans included)."""
     r = option_rollup
-    start, where = read_window(r, since, until)
-    width = MINUTE if until - since <= DAY else HOUR
+    width, start, where = read_window(r, since, until)
     step = max(1, math.ceil((until - start) / width / buckets)) * width
     with engine.connect() as connection:
         rows = connection.execute(
@@ -127,7 +126,7 @@ def traffic_series(engine: Engine, *, since: float, until: float, buckets: int) 
 def model_stats(engine: Engine, *, since: float, until: float | None) -> tuple[ModelStats, ...]:
     """Per model, the calls the window's requests made, busiest first."""
     r = model_rollup
-    _, where = read_window(r, since, until)
+    _, _, where = read_window(r, since, until)
     names = ("calls", "samples", "failed", "cost_usd", "input_tokens", "output_tokens", "latency_ms")
     with engine.connect() as connection:
         rows = connection.execute(

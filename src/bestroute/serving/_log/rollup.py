@@ -107,14 +107,14 @@ def bucket_of(at: float, width: int) -> int:
     return math.floor(at / width) * width
 
 
-def read_window(table: Table, since: float, until: float | None) -> tuple[int, ColumnElement[bool]]:
+def read_window(table: Table, since: float, until: float | None) -> tuple[int, int, ColumnElement[bool]]:
     """Where ``table``'s rows for the window from ``since`` to ``until`` (None: now) are: its
-    minutes for a window of a day or less, else its hours; and the window's start, ``since``
-    aligned down to that bucket."""
+    minutes for a window of a day or less, else its hours. Returns that width, the window's
+    start (``since`` aligned down to it) and the condition."""
     width = MINUTE if (until if until is not None else time.time()) - since <= DAY else HOUR
     start = bucket_of(since, width)
     where = and_(table.c.width == width, table.c.bucket >= start)
-    return start, where if until is None else and_(where, table.c.bucket < until)
+    return width, start, where if until is None else and_(where, table.c.bucket < until)
 
 
 Increments = dict[tuple[Any, ...], dict[str, float]]

@@ -78,7 +78,7 @@ def log_stats(config: GatewayConfig, *, since: float = 0.0) -> TrafficStats:
 
 def traffic_stats(engine: Engine, *, reference: str, since: float = 0.0, until: float | None = None) -> TrafficStats:
     r = option_rollup
-    start, where = read_window(r, since, until)
+    _, start, where = read_window(r, since, until)
     sums = [
         func.sum(r.c[name])
         for name in (
