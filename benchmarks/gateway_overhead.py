@@ -315,6 +315,10 @@ def main() -> None:
         default=0.0,
         help="share of routed answers shadow-checked against the 0.2 s upstream (the gateway's shadow.rate)",
     )
+    parser.add_argument(
+        "--guard", choices=["reference", "flag", "off"], default="reference", help="the gateway's guard.out_of_domain"
+    )
+    parser.add_argument("--no-affinity", action="store_true", help="affinity.enabled false")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--answer-bytes", type=int, default=0, help=argparse.SUPPRESS)
@@ -340,6 +344,8 @@ def main() -> None:
                 ],
                 "decision_log": {"url": f"sqlite:///{directory}/decisions.db"},
                 "shadow": {"rate": args.shadow_rate, "against": "slow"},
+                "guard": {"out_of_domain": args.guard},
+                "affinity": {"enabled": not args.no_affinity},
             }
             (directory / "gateway.yaml").write_text(yaml.safe_dump(config))
             processes.append(
@@ -399,6 +405,8 @@ def main() -> None:
         json.dumps(
             {
                 "rate_per_s": args.rate,
+                "guard": args.guard,
+                "affinity": not args.no_affinity,
                 "shadow_rate": args.shadow_rate,
                 "shadow_checks": shadow_checks,
                 "seconds": args.seconds,

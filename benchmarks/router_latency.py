@@ -1,5 +1,5 @@
-"""Router decision latency: one prompt of ~100 tokens on one core (embedding included), and
-batched throughput. Prints the figures as one JSON object on the last line.
+"""Router decision latency: one prompt of ~100 tokens on one core (embedding and the domain
+guard included), and batched throughput. Prints the figures as one JSON object on the last line.
 
     python benchmarks/router_latency.py [--data ../shared/data/zeroeval]
 """
@@ -36,19 +36,24 @@ def main() -> None:
     lengths = np.array([len(tokenizer.encode(t, add_special_tokens=False).ids) for t in data.texts])
     # Prompts of about 100 tokens, as the target is stated.
     near_100 = [data.texts[i] for i in np.argsort(np.abs(lengths - 100))[:50]]
+
+    def decide(texts: list[str]) -> None:  # as the gateway does: scores and the domain guard from one extraction
+        assessed = router.assess(texts)
+        router.decide(assessed.scores, knob, out_of_domain=assessed.out_of_domain)
+
     for text in near_100[:20]:  # warm-up
-        router.decide(router.predict([text]), knob)
+        decide([text])
     single = []
     for r in range(args.repeats):
         text = near_100[r % len(near_100)]
         tic = time.perf_counter()
-        router.decide(router.predict([text]), knob)
+        decide([text])
         single.append((time.perf_counter() - tic) * 1000)
     batch = [data.texts[i] for i in split.test]
     tic = time.perf_counter()
     rounds = 5
     for _ in range(rounds):
-        router.decide(router.predict(batch), knob)
+        decide(batch)
     throughput = rounds * len(batch) / (time.perf_counter() - tic)
     print(
         json.dumps(

@@ -110,10 +110,14 @@ def multisample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def artifact(multisample_dir, tmp_path_factory) -> Path:
-    """A router over small (cheap; options n = 1..3), tiny (no backend) and big (the reference)."""
+    """A router over small (cheap; options n = 1..3), tiny (no backend) and big (the reference).
+    It has no domain guard: the tests send it prompts unlike its training ones (test_guard's
+    routers have one)."""
     data = load_dataset(multisample_dir)
     split = split_prompts(data.prompt_ids)
-    router = BestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(data, split.train, split.val)
+    router = BestRouteRouter(features="lexical", max_n=3, prune_dominated=False, domain_quantile=None).fit(
+        data, split.train, split.val
+    )
     path = tmp_path_factory.mktemp("router") / "router.bestroute"
     router.save(path)
     return path

@@ -83,6 +83,7 @@ class Script:
     error_body: bytes | None = None  # the body of injected failures (default: an OpenAI-style error)
     context_chars: int | None = None  # a longer conversation is refused as over the context window
     times: list[float] = field(default_factory=list)  # when each request arrived (time.monotonic())
+    flagged_words: dict[str, str] = field(default_factory=dict)  # /v1/moderations: word -> the category it flags
     _next: int = 0
 
     def answer(self) -> str:
@@ -192,6 +193,31 @@ def fake_upstream(script: Script) -> FastAPI:
                 else {"prompt_tokens": 10, "completion_tokens": 5 * n, "total_tokens": 10 + 5 * n},
             }
         )
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> Response:
+        """OpenAI's moderation answer: an input is flagged in the category of each of
+        ``flagged_words`` it contains."""
+        body = await request.json()
+        script.bodies.append(body)
+        if script.always is not None:
+            return JSONResponse({"error": {"message": "injected", "type": "server_error"}}, status_code=script.always)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        categories = sorted(set(script.flagged_words.values()))
+        results = []
+        for text in inputs:
+            hit = {
+                category: any(w in text for w, c in script.flagged_words.items() if c == category)
+                for category in categories
+            }
+            results.append(
+                {
+                    "flagged": any(hit.values()),
+                    "categories": hit,
+                    "category_scores": {c: float(on) for c, on in hit.items()},
+                }
+            )
+        return JSONResponse({"id": "modr-1", "model": body["model"], "results": results})
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import read_native, write_native
 
+from bestroute import load_dataset, split_prompts
+
 
 def bestroute(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -30,16 +32,25 @@ def artifact(subset_dir, tmp_path_factory):
     return path
 
 
-def test_route_prints_decision_scores_and_cost(artifact):
-    done = bestroute("route", str(artifact), "Natalia sold clips to 48 of her friends. How many?", "--json")
+def test_route_prints_decision_scores_and_cost(artifact, subset_dir):
+    data = load_dataset(subset_dir)
+    test = split_prompts(data.prompt_ids).test
+    prompt = data.texts[int(test[0])]  # a held-out prompt of the training data's kind (its template included)
+    done = bestroute("route", str(artifact), prompt, "--json")
     assert done.returncode == 0, done.stderr
     decision = json.loads(done.stdout)
     assert decision["option"] in decision["scores"]
     assert decision["expected_cost_usd"] > 0
-    cheap = json.loads(bestroute("route", str(artifact), "What is 2+2?", "--threshold", "0", "--json").stdout)
-    full = json.loads(bestroute("route", str(artifact), "What is 2+2?", "--threshold", "1", "--json").stdout)
+    assert decision["out_of_domain"] is False
+    cheap = json.loads(bestroute("route", str(artifact), prompt, "--threshold", "0", "--json").stdout)
+    full = json.loads(bestroute("route", str(artifact), prompt, "--threshold", "1", "--json").stdout)
     assert full["model"] == "gpt-4o-2024-08-06"
     assert cheap["expected_cost_usd"] < full["expected_cost_usd"]
+    # far from every training prompt: the domain guard sends it to the reference at any threshold
+    odd = json.loads(
+        bestroute("route", str(artifact), "Bonjour, ça va ? Écris un haïku.", "--threshold", "0", "--json").stdout
+    )
+    assert odd["out_of_domain"] is True and odd["model"] == "gpt-4o-2024-08-06"
     target = bestroute("route", str(artifact), "What is 2+2?", "--max-cost", "0.5")
     assert target.returncode == 0 and "option:" in target.stdout
 
@@ -105,9 +116,11 @@ def test_eval_writes_results_and_plot(subset_dir, tmp_path):
     assert "| best-route |" in done.stdout
 
 
-def _eval_results(data: Path, out: Path, routers: str) -> dict:
+def _eval_results(data: Path, out: Path, routers: str, *flags: str) -> dict:
     """Run `bestroute eval` on ``data`` and read its results.json, refusing NaN or Infinity."""
-    done = bestroute("eval", "--data", str(data), "--out", str(out), "--features", "lexical", "--routers", routers)
+    done = bestroute(
+        "eval", "--data", str(data), "--out", str(out), "--features", "lexical", "--routers", routers, *flags
+    )
     assert done.returncode == 0, done.stderr
 
     def refuse(constant: str) -> None:
@@ -174,8 +187,10 @@ def test_eval_survives_degenerate_data(degenerate, subset_dir, tmp_path):
     else:
         prompts = [p | {"prompt": "What is 2 + 2?"} for p in prompts]
     data = write_native(tmp_path / "data", prompts, responses, models)
-    results = _eval_results(data, tmp_path / "eval", "best-route,knn,mf,n-label,oracle")
+    # without the domain guard, whose flagged prompts would go to the reference
+    results = _eval_results(data, tmp_path / "eval", "best-route,knn,mf,n-label,oracle", "--no-guard")
     for name, entry in results["routers"].items():
+        assert entry["out_of_domain_share"] is None, name
         assert 0.0 <= entry["auc"] <= 1.0 and 0.0 <= entry["cost_reduction_at_1pct_drop"] <= 1.0, name
     if degenerate == "constant quality":  # the cheapest model is as good as the reference
         ref = results["reference"]

@@ -121,9 +121,9 @@ def test_a_calibrated_stage_keeps_its_pick_by_the_models_probability(data):
 
 def test_the_escalating_router_fits_its_acceptance_model_and_the_artifact_keeps_it(data, tmp_path):
     split = split_prompts(data.prompt_ids)
-    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False, calibrate=True).fit(
-        data, split.train, split.val
-    )
+    router = EscalatingBestRouteRouter(
+        features="lexical", max_n=3, prune_dominated=False, domain_quantile=None, calibrate=True
+    ).fit(data, split.train, split.val)
     calibrated = [o for o in router.options_ if o.calibrated]
     assert {"small+tiny p>=0.90 else reference", "small+tiny p>=0.98 else reference"} <= {o.label for o in calibrated}
     assert router.accept_model_ is not None and router.accept_model_.models_ == ["small", "tiny"]
@@ -157,9 +157,9 @@ def test_the_gateway_serves_a_calibrated_option_as_evaluated_offline(data, tmp_p
 
     label = "small+tiny p>=0.90 else reference"
     split = split_prompts(data.prompt_ids)
-    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False, calibrate=True).fit(
-        data, split.train, split.val
-    )
+    router = EscalatingBestRouteRouter(
+        features="lexical", max_n=3, prune_dominated=False, domain_quantile=None, calibrate=True
+    ).fit(data, split.train, split.val)
     # An acceptance model that trusts agreement only: both agree 0.95, a split pair 0.12.
     model = router.accept_model_
     model.coef_ = np.zeros_like(model.coef_)

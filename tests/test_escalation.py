@@ -132,7 +132,7 @@ def test_a_selector_without_confidence_cannot_escalate(data):
 
 def test_escalating_router_fits_saves_explains_and_the_gateway_checks_it(data, tmp_path):
     split = split_prompts(data.prompt_ids)
-    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(
+    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False, domain_quantile=None).fit(
         data, split.train, split.val
     )
     labels = {o.label for o in router.options_}
@@ -189,7 +189,7 @@ def served_router(data, tmp_path, keep: set[str], costs: dict[str, float] | None
     """An escalating router with only ``keep`` (and the reference) active, so the test decides
     which option requests take; ``costs`` replaces options' expected costs for the same end."""
     split = split_prompts(data.prompt_ids)
-    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(
+    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False, domain_quantile=None).fit(
         data, split.train, split.val
     )
     router.active_ = np.array([o.label in keep or o == router.reference_ for o in router.options_])
@@ -316,7 +316,7 @@ def test_the_gateway_serves_stages_as_evaluated_offline(data, tmp_path):
 
     label = "small x2 >=1.00 else small x4 >=0.60 else reference"
     split = split_prompts(data.prompt_ids)
-    router = EscalatingBestRouteRouter(features="lexical", max_n=4, prune_dominated=False).fit(
+    router = EscalatingBestRouteRouter(features="lexical", max_n=4, prune_dominated=False, domain_quantile=None).fit(
         data, split.train, split.val
     )
     router.active_ = np.array([o.label == label or o == router.reference_ for o in router.options_])

@@ -527,9 +527,9 @@ def test_without_a_selector_the_gateway_uses_the_routers_own(tmp_path, multisamp
     model_path = tmp_path / "reward.bestroute"
     RewardModel(features="lexical", C=10.0).fit(data, split.train).save(model_path)
     router_path = tmp_path / "router.bestroute"
-    BestRouteRouter(features="lexical", max_n=3, prune_dominated=False, selector=f"reward-model:{model_path}").fit(
-        data, split.train, split.val
-    ).save(router_path)
+    BestRouteRouter(
+        features="lexical", max_n=3, prune_dominated=False, domain_quantile=None, selector=f"reward-model:{model_path}"
+    ).fit(data, split.train, split.val).save(router_path)
     small = Script(answers=["I think 3", '{"reasoning": "...", "answer": "42"}', "I think 3"])
     with (
         upstream(small) as s,

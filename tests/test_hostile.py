@@ -35,7 +35,7 @@ def escalating(multisample_dir, tmp_path_factory):
     """A router whose only servable option besides the reference is small x3 >=0.60 else reference."""
     data = load_dataset(multisample_dir)
     split = split_prompts(data.prompt_ids)
-    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False).fit(
+    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False, domain_quantile=None).fit(
         data, split.train, split.val
     )
     router.active_ = np.array(

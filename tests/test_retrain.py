@@ -39,7 +39,9 @@ def _pessimist(tmp_path: Path) -> Path:
     directory = write_routing_data(tmp_path / "original", prompts, responses, PRICES)
     data = load_dataset(directory)
     split = split_prompts(data.prompt_ids)
-    router = BestRouteRouter(features="lexical", max_n=1, prune_dominated=False).fit(data, split.train, split.val)
+    router = BestRouteRouter(features="lexical", max_n=1, prune_dominated=False, domain_quantile=None).fit(
+        data, split.train, split.val
+    )
     path = tmp_path / "router.bestroute"
     router.save(path)
     return path

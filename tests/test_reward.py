@@ -196,6 +196,7 @@ def test_cli_eval_chooses_the_selector_and_reports_best_of_n_use(tmp_path):
             "best-route",
             "--max-n",
             "3",
+            "--no-guard",  # every test prompt to best of 3, none sent to the reference as out of domain
         ],
         check=False,
         capture_output=True,

@@ -359,7 +359,8 @@ def test_the_gateway_decides_over_arms_as_offline_evaluation_does(tmp_path):
         chosen = set()
         with gateway(tmp_path, artifact, backends, strategies=[json.loads(COT.model_dump_json())]) as (server, _):
             for knob in (0.0, 0.5, 0.9, 1.0):
-                decisions = router.decide(router.predict([data.texts[i] for i in split.test]), knob)
+                assessed = router.assess([data.texts[i] for i in split.test])  # the domain guard's flags too
+                decisions = router.decide(assessed.scores, knob, out_of_domain=assessed.out_of_domain)
                 for i, o in zip(split.test, decisions, strict=True):
                     option = router.options_[int(o)]
                     body = {"model": f"bestroute:{knob}", "messages": [{"role": "user", "content": data.texts[i]}]}

@@ -16,6 +16,7 @@ from rich.table import Table
 from ._exceptions import BestRouteError, ConfigError
 from .data import RoutingDataset, Split, demo_data_path, load_dataset, split_prompts
 from .evaluation import DEFAULT_ROUTERS, evaluate, markdown_table, write_results
+from .features import DOMAIN_QUANTILE
 from .routers import ROUTERS, load_router
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ replay_app = typer.Typer(help="Replay backends: recorded answers behind an OpenA
 app.add_typer(replay_app, name="replay")
 console = Console()
 
+GUARD_HELP = (
+    f"The out-of-domain guard: a prompt farther from the training prompts than {DOMAIN_QUANTILE:.1%} of the "
+    "validation prompts goes to the reference."
+)
 DataPath = Annotated[Path, typer.Option("--data", help="Routing-data directory or RouterBench table.")]
 
 
@@ -150,6 +155,7 @@ def train(
     max_n: Annotated[int, typer.Option("--max-n", help="Largest n of a best-of-n option.")] = 5,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     selector: Annotated[str, typer.Option(help=SELECTOR_HELP)] = "auto",
+    guard: Annotated[bool, typer.Option("--guard/--no-guard", help=GUARD_HELP)] = True,
 ) -> None:
     """Fit a router on the train split and save it as one artifact file."""
     if router not in ROUTERS:
@@ -161,7 +167,14 @@ def train(
         progress("choosing the best-of-n selector on validation" if selector == "auto" else "selector", 1, 4)
         selector, _ = _resolve_selector(selector, data, split, out.with_suffix(".reward.bestroute"), features)
         progress(f"fitting on {len(split.train)} prompts, calibrating on {len(split.val)}", 2, 4)
-        fitted = ROUTERS[router](features=features, reference=reference, max_n=max_n, seed=seed, selector=selector)
+        fitted = ROUTERS[router](
+            features=features,
+            reference=reference,
+            max_n=max_n,
+            seed=seed,
+            selector=selector,
+            domain_quantile=DOMAIN_QUANTILE if guard else None,
+        )
         fitted.fit(data, split.train, split.val)
         progress("saving", 3, 4)
         fitted.save(out)
@@ -202,6 +215,8 @@ def route(
         f"option: [bold]{decision['option']}[/bold]   {router.knob}: {decision[router.knob]:.4g}   "
         f"expected cost per 1k prompts: ${1000 * decision['expected_cost_usd']:.4f}"
     )
+    if decision["out_of_domain"]:
+        console.print("out of domain: far from the training prompts, so the reference answers it")
     table = Table("option", "score", "expected cost per 1k ($)")
     for o, option in enumerate(router.options_):
         if router.active_[o]:
@@ -267,6 +282,7 @@ def eval_command(
     max_n: Annotated[int, typer.Option("--max-n", help="Restrict options to n <= this.")] = 5,
     reference: Annotated[str | None, typer.Option(help="Reference model (default: best on validation).")] = None,
     selector: Annotated[str, typer.Option(help=SELECTOR_HELP + " Also: oracle (an upper bound).")] = "auto",
+    guard: Annotated[bool, typer.Option("--guard/--no-guard", help=GUARD_HELP)] = True,
 ) -> None:
     """Sweep each router's knob on the test split; write results.json and curves.png."""
     names = [n.strip() for item in (routers or DEFAULT_ROUTERS) for n in item.split(",") if n.strip()]
@@ -284,6 +300,7 @@ def eval_command(
             max_n=max_n,
             reference=reference,
             selector=selector,
+            domain_quantile=DOMAIN_QUANTILE if guard else None,
             log=lambda m: typer.echo(m, err=True),
             progress=progress,
         )

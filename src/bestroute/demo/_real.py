@@ -169,7 +169,8 @@ def summarize(data: RoutingDataset, trained: Trained, answered: list[Answered], 
         o for o, option in enumerate(router.options_) if option.single and router.outcomes_.available[test, o].all()
     ]
     cheapest = min(singles, key=lambda o: float(router.outcomes_.cost[test, o].mean()))
-    decisions = router.decide(router.predict([data.texts[i] for i in test]), trained.knob)
+    assessed = router.assess([data.texts[i] for i in test])
+    decisions = router.decide(assessed.scores, trained.knob, out_of_domain=assessed.out_of_domain)
     offline = {
         "accuracy": float(router.outcomes_.quality[test, decisions].mean()),
         "cost_per_1k": float(router.outcomes_.cost[test, decisions].mean() * 1000),

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._exceptions import RouterError
 from ..data import RoutingDataset, Split, split_prompts
-from ..features import make_extractor
+from ..features import DOMAIN_QUANTILE, make_extractor
 from ..reward import load_selector
 from ..routers import ROUTERS, Decisions, Router, choose_reference
 from ..selection import SelectionCache
@@ -40,12 +40,14 @@ def evaluate(
     max_n: int = 5,
     selector: str = "consensus",
     reference: str | None = None,
+    domain_quantile: float | None = DOMAIN_QUANTILE,
     log: Callable[[str], None] = lambda _: None,
     progress: Callable[[str, int, int], None] = lambda *_: None,
 ) -> dict[str, Any]:
     """Evaluate routers on ``data``; returns the document written to ``results.json``.
     ``log`` gets a line per step; ``progress`` gets (what is running, steps done, steps in all):
-    the features, each router's fits over its grid, and its test sweep."""
+    the features, each router's fits over its grid, and its test sweep. ``domain_quantile``: the
+    routers' out-of-domain guard (None: none)."""
     names = routers or DEFAULT_ROUTERS
     unknown = [n for n in names if n not in ROUTERS]
     if unknown:
@@ -73,6 +75,7 @@ def evaluate(
         "max_n": max_n,
         "selector": selector,
         "seed": seed,
+        "domain_quantile": domain_quantile,
     }
     results: dict[str, Any] = {
         "data": data.source,
@@ -119,6 +122,9 @@ def evaluate(
             "params": params,
             "val_auc": val_auc,
             "options": len(router.options_),
+            "out_of_domain_share": None
+            if router.domain_ is None
+            else round(float(router.domain_.out_of_domain(x[split.test]).mean()), 4),
             "decision_latency_ms_p50": _latency_ms(router, [data.texts[i] for i in split.test[:50]]),
         }
         results["routers"][name] = entry
@@ -224,7 +230,8 @@ def _latency_ms(router: Router, texts: list[str]) -> float | None:
     timings = []
     for text in texts:
         tic = time.perf_counter()
-        router.decide(router.predict([text]), knob)
+        assessed = router.assess([text])
+        router.decide(assessed.scores, knob, out_of_domain=assessed.out_of_domain)
         timings.append((time.perf_counter() - tic) * 1000)
     return float(np.median(timings))
 

@@ -1,7 +1,9 @@
 """Query features: text in, fixed-size L2-normalised vectors out; and the linear sigmoid heads
-fitted on them (BEST-Route's per-option heads, the reward model's scorer)."""
+fitted on them (BEST-Route's per-option heads, the reward model's scorer); and the domain the
+features of training prompts span (the out-of-domain guard)."""
 
 from ._cache import EmbeddingCache, cache_dir
+from ._domain import DOMAIN_QUANTILE, DomainGuard
 from ._extractors import (
     FeatureExtractor,
     LexicalFeatures,
@@ -14,6 +16,8 @@ from ._extractors import (
 from ._heads import apply_heads, fit_soft_heads
 
 __all__ = [
+    "DOMAIN_QUANTILE",
+    "DomainGuard",
     "EmbeddingCache",
     "FeatureExtractor",
     "LexicalFeatures",

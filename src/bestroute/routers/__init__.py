@@ -1,6 +1,6 @@
 """Routers: BEST-Route and the baselines, one interface (fit / predict / decide / save / load)."""
 
-from ._base import Decisions, Router, choose_reference
+from ._base import Assessment, Decisions, Router, choose_reference
 from ._baselines import (
     CascadeRouter,
     KNNRouter,
@@ -15,6 +15,7 @@ from ._registry import ROUTERS, load_router
 
 __all__ = [
     "ROUTERS",
+    "Assessment",
     "BestRouteRouter",
     "CascadeRouter",
     "Decisions",

@@ -10,7 +10,7 @@ import numpy as np
 from .._artifact import write_artifact
 from .._exceptions import RouterError
 from ..data import RoutingDataset
-from ..features import FeatureExtractor, extractor_from_state, make_extractor
+from ..features import DOMAIN_QUANTILE, DomainGuard, FeatureExtractor, extractor_from_state, make_extractor
 from ..policy import (
     PENALTY_GRID,
     THRESHOLD_GRID,
@@ -34,6 +34,16 @@ class Decisions:
     quality: np.ndarray
     cost: np.ndarray  # USD per prompt, escalation included
     escalated: np.ndarray  # bool per prompt: the chosen option escalated to the reference
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What a router makes of prompts before deciding: per-option scores, and each prompt's
+    distance from the training prompts and whether that puts it out of the router's domain."""
+
+    scores: np.ndarray  # (prompts, options)
+    distance: np.ndarray | None  # None: the router has no domain guard
+    out_of_domain: np.ndarray | None
 
 
 @dataclass(kw_only=True, eq=False)
@@ -62,6 +72,10 @@ class Router:
         ``reward-model:PATH``; ``oracle`` is an upper bound, never a serving selector.
     seed : int
         Seed for anything random.
+    domain_quantile : float or None
+        The out-of-domain guard: a prompt farther from the training prompts than this share of
+        the validation prompts (:class:`~bestroute.features.DomainGuard`) goes to the reference,
+        offline and in the gateway. None: no guard.
     """
 
     name: ClassVar[str]
@@ -80,6 +94,7 @@ class Router:
     max_n: int = 5
     selector: str = "consensus"
     seed: int = 0
+    domain_quantile: float | None = DOMAIN_QUANTILE
 
     # ----------------------------------------------------------------- fitting
     def fit(
@@ -111,6 +126,13 @@ class Router:
             self.accept_model_ = self._fit_acceptance(data, train)
             self.outcomes_ = option_outcomes(self._cache, self.options_, self.reference_, self.accept_model_)
             self.extractor_, x = made.result()
+        self.domain_ = (
+            DomainGuard(quantile=self.domain_quantile, seed=self.seed).fit(
+                x[train], x[val] if val is not None and len(val) else None
+            )
+            if self.domain_quantile is not None
+            else None
+        )
         self._fit_data = data
         self.reference_index_ = self.options_.index(self.reference_)
         cost = np.where(self.outcomes_.available[train], self.outcomes_.cost[train], np.nan)
@@ -174,15 +196,44 @@ class Router:
         self._check_fitted()
         return self._scores(self.extractor_.transform(list(texts)))
 
+    def assess(self, texts: list[str]) -> Assessment:
+        """Scores and the domain guard's reading of ``texts``, from one feature extraction."""
+        self._check_fitted()
+        x = self.extractor_.transform(list(texts))
+        if self.domain_ is None:
+            return Assessment(self._scores(x), None, None)
+        distance = self.domain_.distance(x)
+        return Assessment(self._scores(x), distance, distance > self.domain_.threshold_)
+
+    def _out_of_domain(self, x: np.ndarray) -> np.ndarray | None:
+        return None if self.domain_ is None else self.domain_.out_of_domain(x)
+
     @property
     def rule(self) -> DecisionRule:
         """The decision rule with this router's fitted costs, reference and active options."""
         self._check_fitted()
         return DecisionRule(self.knob, self.option_cost_, self.reference_index_, self.active_)
 
-    def decide(self, scores: np.ndarray, knob: float, available: np.ndarray | None = None) -> np.ndarray:
-        """One option index per row of ``scores`` for the knob value."""
-        return self.rule.decide(scores, knob, available)
+    def decide(
+        self,
+        scores: np.ndarray,
+        knob: float,
+        available: np.ndarray | None = None,
+        out_of_domain: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One option index per row of ``scores`` for the knob value; a row ``out_of_domain``
+        (the guard's flag, :meth:`assess`) gets the reference wherever it is available."""
+        return self.rule.decide(scores, knob, self.guarded(available, out_of_domain, len(scores)))
+
+    def guarded(self, available: np.ndarray | None, out_of_domain: np.ndarray | None, rows: int) -> np.ndarray | None:
+        """``available`` with the out-of-domain rows left only the reference (where it is available)."""
+        if out_of_domain is None or not out_of_domain.any():
+            return available
+        usable = np.ones((rows, len(self.options_)), dtype=bool) if available is None else available.copy()
+        flagged = out_of_domain & usable[:, self.reference_index_]
+        usable[flagged] = False
+        usable[flagged, self.reference_index_] = True
+        return usable
 
     def route(self, texts: list[str], *, knob: float | None = None) -> list[dict[str, Any]]:
         """Decisions with what led to them: option, scores, expected cost. An empty prompt or a
@@ -190,7 +241,8 @@ class Router:
         knob = self.default_knob() if knob is None else self.rule.check(knob)
         if any(not text.strip() for text in texts):
             raise RouterError("a prompt to route is empty")
-        scores = self.predict(texts)
+        assessed = self.assess(texts)
+        flags = assessed.out_of_domain
         return [
             {
                 "option": self.options_[c].label,
@@ -199,8 +251,11 @@ class Router:
                 self.knob: knob,
                 "expected_cost_usd": float(self.option_cost_[c]),
                 "scores": {o.label: float(s) for o, s in zip(self.options_, row)},
+                "out_of_domain": None if flags is None else bool(flags[i]),
             }
-            for c, row in zip(self.decide(scores, knob), scores)
+            for i, (c, row) in enumerate(
+                zip(self.decide(assessed.scores, knob, out_of_domain=flags), assessed.scores, strict=True)
+            )
         ]
 
     def knob_grid(self) -> np.ndarray:
@@ -228,7 +283,7 @@ class Router:
         knobs = self.knob_grid() if knobs is None else knobs
         outcomes = self._outcomes_on(data)
         scores = self._scores(x)
-        available = outcomes.available[rows]
+        available = self.guarded(outcomes.available[rows], self._out_of_domain(x), len(rows))
         index = np.arange(len(rows))
         out = []
         for knob in knobs:
@@ -292,6 +347,8 @@ class Router:
         archives = {"features": feature_arrays, "state": arrays}
         if self.accept_model_ is not None:
             document["accept_model"], archives["accept_model"] = self.accept_model_.state()
+        if self.domain_ is not None:
+            document["domain"], archives["domain"] = self.domain_.state()
         write_artifact(path, document, archives)
 
     @classmethod
@@ -308,6 +365,8 @@ class Router:
         router.accept_model_ = (
             AcceptanceModel.from_state(accept_model, arrays.get("accept_model", {})) if accept_model else None
         )
+        domain = document.get("domain")  # artifacts before the guard have none
+        router.domain_ = DomainGuard.from_state(domain, arrays["domain"]) if domain else None
         router.extractor_ = extractor_from_state(document["features"], arrays.get("features", {}))
         router._load_state(document["state"], arrays.get("state", {}))
         return router

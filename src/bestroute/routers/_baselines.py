@@ -270,9 +270,11 @@ class CascadeRouter(Router):
         confidence = apply_heads(
             self._pair_features(x, [data.responses[i, weak_j, 0] or "" for i in rows]), self.coef_, self.intercept_
         )[:, 0]
+        flagged = self._out_of_domain(x)
+        inside = ~flagged if flagged is not None else True  # the guard sends the others to the reference
         out = []
         for knob in knobs:
-            accept = (confidence >= knob) & outcomes.available[rows, weak]
+            accept = (confidence >= knob) & outcomes.available[rows, weak] & inside
             weak_cost = np.nan_to_num(outcomes.cost[rows, weak])
             out.append(
                 Decisions(

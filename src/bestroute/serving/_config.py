@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -126,6 +127,76 @@ class PassthroughConfig(Section):
     completions: str | None = Field(default=None, description="backend for /v1/completions")
 
 
+class AffinityConfig(Section):
+    """Conversation affinity: a routed turn of a conversation the gateway has answered before goes
+    to the model that answered it last (its first routed turn's, unless a turn moved it), while
+    that model can serve the turn and the router does not escalate past it. A conversation is
+    named by the ``header`` or, without it, found by its earlier messages (the previous turn's
+    messages and answer); replicas find each other's conversations in the decision log."""
+
+    enabled: bool = Field(default=True, description="keep conversations on one model")
+    header: str = Field(
+        default="x-bestroute-conversation", min_length=1, description="request header naming a conversation"
+    )
+    by_history: bool = Field(default=True, description="without the header, recognise a turn by its earlier messages")
+    ttl_s: float = Field(default=86_400.0, gt=0, description="a conversation idle longer starts afresh")
+    cache_size: int = Field(default=100_000, ge=1, description="conversations each replica remembers without the log")
+
+    @field_validator("header")
+    @classmethod
+    def _lowercase(cls, value: str) -> str:
+        return value.lower()
+
+
+class GuardConfig(Section):
+    """The router artifact's out-of-domain guard (prompts far from its training prompts)."""
+
+    out_of_domain: Literal["reference", "flag", "off"] = Field(
+        default="reference",
+        description="reference: send them to the reference and flag them (what the offline evaluation "
+        "assumes); flag: only flag them; off: do not look",
+    )
+
+
+class ScreenConfig(Section):
+    """A safety screen before routing. ``kind`` patterns: regular expressions (and, with
+    ``builtin_patterns``, common jailbreak and prompt-injection phrasings) matched against the
+    messages; moderation: the ``backend``'s /moderations endpoint (OpenAI's format); guard_model:
+    a chat ``backend`` (e.g. Llama Guard) whose answer matching ``unsafe`` flags the request."""
+
+    kind: Literal["patterns", "moderation", "guard_model"] | None = Field(default=None, description="None: no screen")
+    patterns: list[str] = Field(default_factory=list, description="regular expressions, case-insensitive")
+    builtin_patterns: bool = Field(default=True, description="patterns: also the built-in jailbreak phrasings")
+    backend: str | None = Field(default=None, description="moderation or guard_model: the backend to ask")
+    categories: list[str] | None = Field(
+        default=None, description="moderation: only these categories flag a request (None: its own verdict)"
+    )
+    unsafe: str = Field(default=r"^\s*unsafe\b", description="guard_model: an answer matching this flags the request")
+    on_flag: Literal["refuse", "redirect"] = Field(
+        default="refuse", description="refuse: a 400; redirect: to redirect_to"
+    )
+    redirect_to: str | None = Field(default=None, description="on_flag redirect: the backend flagged requests go to")
+    on_error: Literal["refuse", "allow"] = Field(
+        default="refuse", description="when the screen cannot answer: a 503, or let the request through"
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="time the screen may take")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "ScreenConfig":
+        if self.kind in ("moderation", "guard_model") and self.backend is None:
+            raise ValueError(f"screen kind {self.kind!r} needs a backend")
+        if self.kind == "patterns" and not (self.patterns or self.builtin_patterns):
+            raise ValueError("screen kind 'patterns' needs patterns or builtin_patterns")
+        if self.on_flag == "redirect" and self.redirect_to is None:
+            raise ValueError("screen on_flag 'redirect' needs redirect_to")
+        for pattern in [*self.patterns, self.unsafe]:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"screen pattern {pattern!r} is not a regular expression ({exc})") from None
+        return self
+
+
 class GatewayConfig(Section):
     router: Path | None = Field(
         default=None, description="router artifact from `bestroute train` (needed by serve, not by collect)"
@@ -146,6 +217,9 @@ class GatewayConfig(Section):
     shadow: ShadowConfig = ShadowConfig()
     explore: ExploreConfig = ExploreConfig()
     passthrough: PassthroughConfig = PassthroughConfig()
+    affinity: AffinityConfig = AffinityConfig()
+    guard: GuardConfig = GuardConfig()
+    screen: ScreenConfig = ScreenConfig()
     strategies: list[Strategy] = Field(
         default_factory=list, description="prompt strategies; a router's backend@strategy options use them"
     )
@@ -182,6 +256,12 @@ class GatewayConfig(Section):
         for endpoint, backend in self.passthrough:
             if backend is not None and backend not in names:
                 raise ValueError(f"passthrough.{endpoint}: {backend!r} is not a configured backend")
+        for setting, backend in (
+            ("screen.backend", self.screen.backend),
+            ("screen.redirect_to", self.screen.redirect_to),
+        ):
+            if backend is not None and backend not in names:
+                raise ValueError(f"{setting}: {backend!r} is not a configured backend")
         if self.selector.kind == "judge" and self.selector.backend not in names:
             raise ValueError(f"selector backend {self.selector.backend!r} is not a configured backend")
         return self

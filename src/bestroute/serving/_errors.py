@@ -109,6 +109,18 @@ class LogUnavailable(GatewayError):
     status, type = 503, "service_unavailable"
 
 
+class ContentFlagged(GatewayError):
+    """The safety screen flagged the request and ``screen.on_flag`` is refuse."""
+
+    status, type = 400, "invalid_request_error"
+
+
+class ScreenUnavailable(GatewayError):
+    """The safety screen could not judge the request and ``screen.on_error`` is refuse."""
+
+    status, type = 503, "service_unavailable"
+
+
 class ClientDisconnected(GatewayError):
     """The client went away; nothing can be sent (499, as nginx logs it)."""
 

@@ -80,6 +80,27 @@ class GatewayMetrics:
             ["option"],
             registry=self.registry,
         )
+        self.affinity = Counter(
+            "bestroute_affinity_total",
+            "Routed turns of known conversations: kept on their model, escalated past it by the router, "
+            "or moved (the model could not serve the turn)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.out_of_domain = Counter(
+            "bestroute_out_of_domain_total",
+            "Routed requests the router's domain guard found far from its training prompts, by what was done "
+            "(reference: sent there; flagged: only flagged)",
+            ["action"],
+            registry=self.registry,
+        )
+        self.screened = Counter(
+            "bestroute_screened_total",
+            "Chat requests the safety screen flagged (refused or redirected), passed, or could not judge "
+            "(error: refused or allowed, by screen.on_error)",
+            ["verdict", "action"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, int, int], tuple[Any, ...]] = {}
         self._models: dict[str, tuple[Any, ...]] = {}
         self.circuit_open = Gauge(

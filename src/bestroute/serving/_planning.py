@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -16,11 +17,13 @@ from ..backends import Deadline
 from ..data import arm_parts
 from ..routers import Router
 from ..selection import Option
+from ._affinity import Affinity, Pin, Turn
 from ._arms import Arms
-from ._config import ExploreConfig
+from ._config import ExploreConfig, GuardConfig
 from ._cpu import run_cpu
 from ._errors import DeadlineExceeded, InvalidRequest, ModelNotFound
 from ._metrics import GatewayMetrics
+from ._screen import Screened
 from .protocol import ChatCompletionRequest, RequestConstraints
 
 ROUTED_MODEL = "bestroute"
@@ -67,13 +70,28 @@ class Plan:
     # and why; ``constraint``: the client's constraint that ruled out the router's own choice.
     excluded: Mapping[str, str] = field(default_factory=dict)
     constraint: str | None = None
+    # The conversation this turn continues (None: affinity is off, or the plan is direct) and
+    # what affinity did; the domain guard's reading of the prompt (distance None: no guard).
+    turn: Turn | None = None
+    affinity: Affinity | None = None
+    domain_distance: float | None = None
+    out_of_domain: bool = False
+    screen: Screened | None = None  # what the safety screen did, when it flagged or could not judge
 
-    def exclusion_notes(self) -> list[str]:
-        """The exclusions as the decision log's notes: one per reason, naming its options."""
+    def notes(self) -> list[str]:
+        """What the plan says about itself in the decision log's notes: the exclusions (one per
+        reason, naming its options), the domain guard's flag, affinity and the screen."""
         by_reason: dict[str, list[str]] = {}
         for label, reason in self.excluded.items():
             by_reason.setdefault(reason, []).append(label)
-        return [f"excluded ({reason}): {', '.join(labels)}" for reason, labels in by_reason.items()]
+        notes = [f"excluded ({reason}): {', '.join(labels)}" for reason, labels in by_reason.items()]
+        if self.out_of_domain:
+            notes.append(f"out of domain (distance {self.domain_distance:.3f})")
+        if self.affinity is not None:
+            notes.append(self.affinity.note())
+        if self.screen is not None:
+            notes.append(f"screen {self.screen.note()}")
+        return notes
 
 
 class Planner:
@@ -105,10 +123,12 @@ class Planner:
         pool: Executor,
         avoided: Callable[[], frozenset[str]] = frozenset,
         explore: ExploreConfig | None = None,
+        guard: GuardConfig | None = None,
     ) -> None:
         self.router, self.arms, self.default_knob, self.metrics = router, arms, default_knob, metrics
         self.pool, self.avoided = pool, avoided
         self.explore = explore or ExploreConfig()
+        self.guard = guard or GuardConfig()
         self._rng = random.Random(self.explore.seed)
         cost = router.option_cost_
         # Exploration's cost order, made once: every option, cheapest first.
@@ -120,6 +140,7 @@ class Planner:
         )
         self._labels = [(router.options_[o].label, int(o)) for o in np.flatnonzero(self._available)]
         self._rule = router.rule
+        self._on: dict[str, np.ndarray] = {}  # by pinned model: the options that answer with it
         # The backends each servable option calls, at any stage: all of them must take a request.
         self._backends = {
             int(o): sorted(
@@ -135,7 +156,11 @@ class Planner:
         )
 
     async def plan(
-        self, request: ChatCompletionRequest, deadline: Deadline, constraints: RequestConstraints = NO_CONSTRAINTS
+        self,
+        request: ChatCompletionRequest,
+        deadline: Deadline,
+        constraints: RequestConstraints = NO_CONSTRAINTS,
+        turn: Turn | None = None,
     ) -> Plan:
         self._check_names(constraints)
         if request.model == ROUTED_MODEL or request.model.startswith(ROUTED_MODEL + ":"):
@@ -146,7 +171,7 @@ class Planner:
             knob = self._knob(request.model)
             try:
                 async with asyncio.timeout(max(deadline.remaining(), 0.0)):
-                    return await self._route(request, knob, constraints)
+                    return await self._route(request, knob, constraints, turn)
             except TimeoutError:
                 raise DeadlineExceeded("the request's deadline passed while it was being routed") from None
         resolved = self.arms.resolve(request.model)
@@ -195,9 +220,11 @@ class Planner:
                         f"{name}: {model!r} is not a configured backend or arm", param=f"bestroute.{name}"
                     )
 
-    async def _route(self, request: ChatCompletionRequest, knob: float, constraints: RequestConstraints) -> Plan:
+    async def _route(
+        self, request: ChatCompletionRequest, knob: float, constraints: RequestConstraints, turn: Turn | None
+    ) -> Plan:
         prompt = request.prompt_text()
-        scores = await run_cpu(self.pool, len(prompt), lambda: self._scores(prompt))
+        scores, distance, out_of_domain = await run_cpu(self.pool, len(prompt), lambda: self._assess(prompt))
         available, avoided = self._available, self.avoided()
         if avoided:  # shadow checks found these below target: the next option in the order answers
             available = available & np.array([o.label not in avoided for o in self.router.options_])
@@ -213,9 +240,21 @@ class Planner:
             decided_by = constrained.get(unconstrained, "").split(" ", 1)[0] or None
             excluded |= constrained
         order = self._rule.order(scores, knob, available)  # its first option is Router.decide's
+        affinity = None
+        reference = self.router.reference_index_
+        if out_of_domain and self.guard.out_of_domain == "reference" and available[reference]:
+            order = [reference, *(o for o in order if o != reference)]  # as Router.decide's guard does
+            self.metrics.out_of_domain.labels(action="reference").inc()
+        elif out_of_domain:
+            self.metrics.out_of_domain.labels(action="flagged").inc()
+        if turn is not None and turn.pin is not None and not (out_of_domain and order[0] == reference):
+            order, affinity = self._affine(turn.pin, order, available, excluded, scores, knob)
+            self.metrics.affinity.labels(outcome=affinity.outcome).inc()
         options, values = self.router.options_, scores.tolist()
         choice = order[0]
-        first, propensity = self._explored(choice, available)
+        # exploration is the router's own choice only: never off a pinned model or the guard's reference
+        steered = affinity is not None or (out_of_domain and choice == reference)
+        first, propensity = (choice, 1.0) if steered else self._explored(choice, available)
         order = [first, *(o for o in order if o != first)]  # a failed explored option falls back as usual
         return Plan(
             attempts=tuple(Attempt(options[o], options[o].label) for o in order),
@@ -225,7 +264,52 @@ class Planner:
             propensity=propensity,
             excluded={options[o].label: why for o, why in excluded.items()},
             constraint=decided_by,
+            turn=turn,
+            affinity=affinity,
+            domain_distance=distance,
+            out_of_domain=out_of_domain,
         )
+
+    def _affine(
+        self,
+        pin: Pin,
+        order: list[int],
+        available: np.ndarray,
+        excluded: dict[int, str],
+        scores: np.ndarray,
+        knob: float,
+    ) -> tuple[list[int], Affinity]:
+        """The order of a turn pinned to ``pin.model``: the decision rule among the options that
+        answer with that model unless they escalate, and the reference (so the router can still
+        escalate past it), then the rest as fallbacks; or the order as it was if none can serve it."""
+        on_model = self._on_model(pin.model)
+        servable = available & on_model
+        if not servable.any():
+            reasons = [excluded[int(o)] for o in np.flatnonzero(on_model) if int(o) in excluded]
+            if reasons:
+                reason = reasons[0]
+            elif on_model.any():
+                reason = "shadow checks avoid its options"
+            else:
+                reason = "no option of this router answers with it"
+            return order, Affinity(pin.conversation, pin.model, "moved", reason)
+        reference = np.zeros_like(available)
+        reference[self.router.reference_index_] = available[self.router.reference_index_]
+        pinned = self._rule.order(scores, knob, servable | reference)
+        outcome: Literal["kept", "escalated"] = "kept" if servable[pinned[0]] else "escalated"
+        return [*pinned, *(o for o in order if o not in pinned)], Affinity(pin.conversation, pin.model, outcome)
+
+    def _on_model(self, model: str) -> np.ndarray:
+        """The servable options that answer with ``model`` unless they escalate to the reference:
+        every stage calls only it."""
+        if model not in self._on:
+            self._on[model] = np.array(
+                [
+                    bool(self._available[o]) and all(set(stage.models) == {model} for stage in option.stages)
+                    for o, option in enumerate(self.router.options_)
+                ]
+            )
+        return self._on[model]
 
     def _without(self, available: np.ndarray, excluded: dict[int, str], failure: str, code: str) -> np.ndarray:
         """``available`` less the ``excluded`` options; a 400 (``failure``, ``code``) if none is left."""
@@ -303,8 +387,17 @@ class Planner:
         first = self._rng.choice(candidates) if self._rng.random() < rate else choice
         return int(first), share + (1 - rate) * (first == choice)
 
-    def _scores(self, prompt: str) -> np.ndarray:
+    def _assess(self, prompt: str) -> tuple[np.ndarray, float | None, bool]:
+        """The prompt's scores, its distance from the router's domain, and whether the guard
+        flags it (``guard.out_of_domain`` off: it is not read)."""
         tic = time.perf_counter()
-        scores = self.router.predict([prompt])[0]
+        if self.guard.out_of_domain == "off":
+            scores = self.router.predict([prompt])[0]
+            self.metrics.routing_seconds.observe(time.perf_counter() - tic)
+            return scores, None, False
+        assessed = self.router.assess([prompt])
         self.metrics.routing_seconds.observe(time.perf_counter() - tic)
-        return scores
+        if assessed.distance is None:
+            return assessed.scores[0], None, False
+        assert assessed.out_of_domain is not None
+        return assessed.scores[0], round(float(assessed.distance[0]), 6), bool(assessed.out_of_domain[0])

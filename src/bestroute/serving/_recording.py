@@ -3,6 +3,7 @@ and its accounting: the decision-log rows, the metrics, the client's budget and 
 requests feedback may name. Headers, the response's ``bestroute`` field, the log and the metrics
 all read the record, so they cannot disagree."""
 
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -122,6 +123,14 @@ class RequestRecord:
             "fallbacks": list(self.notes),
             "excluded": dict(self.plan.excluded),
             "constraint": self.plan.constraint,
+            "guard": {"out_of_domain": self.plan.out_of_domain, "distance": self.plan.domain_distance}
+            if self.plan.domain_distance is not None
+            else None,
+            "conversation": self.plan.turn.conversation or self.ticket.request_id if self.plan.turn else None,
+            "affinity": dataclasses.asdict(self.plan.affinity) if self.plan.affinity is not None else None,
+            "screen": {"action": self.plan.screen.action, "verdict": self.plan.screen.verdict.describe()}
+            if self.plan.screen is not None
+            else None,
             "selector": self.selector if self.plan.routed and execution.samples > 1 else None,
             "selected_sample": answer.number,
             "cost_usd": self.cost_usd,
@@ -149,6 +158,12 @@ def answer_headers(ticket: Ticket, plan: Plan, model: str, samples: int) -> dict
         headers["x-bestroute-threshold"] = f"{plan.threshold:g}"
     if plan.constraint is not None:
         headers["x-bestroute-constraint"] = plan.constraint
+    if plan.out_of_domain:
+        headers["x-bestroute-guard"] = "out_of_domain"
+    if plan.affinity is not None:
+        headers["x-bestroute-affinity"] = plan.affinity.outcome
+    if plan.screen is not None:
+        headers["x-bestroute-screen"] = plan.screen.action
     return headers
 
 
@@ -233,8 +248,10 @@ class Recorder:
         reference: Reference,
         error: str | None = None,
         response: str | None = None,
+        turn_key: str | None = None,
     ) -> RequestRecord:
-        """The request's record, accounted once: a row, its calls, the metrics and the budget."""
+        """The request's record, accounted once: a row, its calls, the metrics and the budget.
+        ``turn_key``: an answered turn's key for its conversation's next turn."""
         record = RequestRecord(
             ticket=ticket,
             plan=plan,
@@ -250,7 +267,15 @@ class Recorder:
         counterfactual = self._reference_cost(record, reference)
         self.log.write_later(
             lambda: [
-                decision_row(record, prompt, requested, created_at, store=store, reference_cost=counterfactual),
+                decision_row(
+                    record,
+                    prompt,
+                    requested,
+                    created_at,
+                    store=store,
+                    reference_cost=counterfactual,
+                    turn_key=turn_key,
+                ),
                 *call_rows(record, store=store),
             ]
         )
@@ -311,6 +336,7 @@ def decision_row(
     *,
     store: bool,
     reference_cost: float | None,
+    turn_key: str | None = None,
 ) -> DecisionRow:
     answered = record.answered
     execution = answered.execution if answered is not None else None
@@ -333,7 +359,7 @@ def decision_row(
         cost_usd=record.cost_usd,
         usage_estimated=record.usage_estimated,
         router_choice=record.plan.choice,
-        planned_option=record.plan.attempts[0].label if record.plan.routed else None,
+        planned_option=record.plan.attempts[0].label if record.plan.routed and record.plan.attempts else None,
         propensity=record.plan.propensity,
         reference_cost_usd=reference_cost,
         status=record.status,
@@ -343,6 +369,10 @@ def decision_row(
         escalated=execution.escalated if execution is not None else None,
         confidence=execution.confidence if execution is not None else None,
         escalation=escalation(answered) if answered is not None and answered.attempt.option.composite else None,
+        conversation_id=record.plan.turn.conversation if record.plan.turn is not None else None,
+        turn_key=turn_key,
+        domain_distance=record.plan.domain_distance,
+        screen=record.plan.screen.note() if record.plan.screen is not None else None,
     )
 
 

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from ..backends import BackendConfig, CircuitBreaker, Upstream
+from ._affinity import Conversations
 from ._budgets import Budgets
 from ._config import GatewayConfig
 from ._dashboard import install_dashboard
@@ -153,7 +154,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         # Routing and in-process selection are CPU-bound: they run here, never on the event loop.
         pool = ThreadPoolExecutor(max_workers=config.limits.cpu_workers, thread_name_prefix="bestroute-cpu")
-        build = functools.partial(build_service, session=session, recorder=recorder, pool=pool, tallies=ShadowTallies())
+        build = functools.partial(
+            build_service,
+            session=session,
+            recorder=recorder,
+            pool=pool,
+            tallies=ShadowTallies(),
+            conversations=Conversations(lambda: recorder.log.engine),
+        )
         app.state.service = build(loaded, None)
         app.state.feedback = FeedbackService(log, answered)
         reloader = Reloader(app, config_path, loaded, build)
@@ -189,6 +197,7 @@ def build_service(
     recorder: Recorder,
     pool: Executor,
     tallies: ShadowTallies,
+    conversations: Conversations,
 ) -> ChatService:
     """A ChatService for ``new``; backends whose settings did not change keep their client state
     (circuit, requests in flight)."""
@@ -225,6 +234,7 @@ def build_service(
         selector=selector,
         pool=pool,
         tallies=tallies,
+        conversations=conversations,
     )
 
 

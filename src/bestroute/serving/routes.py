@@ -72,7 +72,7 @@ async def chat_completions(request: Request) -> Response:
         return error_response(unprocessable(exc.errors()))
     if len(chat.messages) > limits.max_messages:
         raise PayloadTooLarge(f"at most {limits.max_messages} messages per request", param="messages")
-    plan = await service.plan(chat, deadline, constraints_of(request, chat))
+    plan = await service.plan(chat, deadline, constraints_of(request, chat), headers=request.headers, client=client)
     if chat.stream:
         headers, chunks = await unless_disconnected(request, service.stream(chat, plan, deadline, client))
         return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)

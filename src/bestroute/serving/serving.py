@@ -3,22 +3,34 @@ backend's failure, ending on a deadline or the client's own error), answer or st
 the request once. Planning, running, streaming and recording are their own modules."""
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
 from ..backends import Completion, Deadline, DeadlinePassed, Upstream, UpstreamError, UpstreamRejected
 from ..data import arm_parts
 from ..routers import Router
+from ..selection import Option
+from ._affinity import Conversations, next_turn_key
 from ._arms import Arms, relays, shaped
 from ._config import GatewayConfig
-from ._errors import DeadlineExceeded, GatewayError, InvalidRequest, UpstreamFailed, UpstreamRejectedRequest
+from ._errors import (
+    ContentFlagged,
+    DeadlineExceeded,
+    GatewayError,
+    InvalidRequest,
+    ScreenUnavailable,
+    UpstreamFailed,
+    UpstreamRejectedRequest,
+)
 from ._judging import OnlineSelector
 from ._loading import ArtifactInfo
-from ._planning import NO_CONSTRAINTS, Attempt, Plan, Planner
+from ._planning import NO_CONSTRAINTS, ROUTED_MODEL, Attempt, Plan, Planner
 from ._recording import Recorder, Reference, RequestRecord, Ticket, answer_headers
 from ._sampling import CircuitOpen, Run, Sampler, hold_against
+from ._screen import Screen, Screened
 from ._shadow import ShadowChecks, ShadowTallies
 from ._streaming import relay, replay, streamed_run
 from .protocol import ChatCompletionRequest, RequestConstraints
@@ -66,8 +78,10 @@ class ChatService:
         artifact: ArtifactInfo,
         pool: Executor,
         tallies: ShadowTallies,
+        conversations: Conversations,
     ) -> None:
         self.config, self.router, self.upstreams, self.artifact = config, router, upstreams, artifact
+        self.conversations, self.screen = conversations, Screen(config.screen, upstreams)
         self.selector, self.recorder, self.metrics = selector, recorder, recorder.metrics
         reference = upstreams[arm_parts(router.reference_.model)[0]]  # the loader serves only a router it can call
         self.reference = Reference(router.reference_.model, reference.config.price)
@@ -91,6 +105,7 @@ class ChatService:
             pool=pool,
             avoided=lambda: tallies.avoided(config.shadow),
             explore=config.explore,
+            guard=config.guard,
         )
         self.sampler = Sampler(
             arms=self.arms,
@@ -101,9 +116,62 @@ class ChatService:
         )
 
     async def plan(
-        self, request: ChatCompletionRequest, deadline: Deadline, constraints: RequestConstraints = NO_CONSTRAINTS
+        self,
+        request: ChatCompletionRequest,
+        deadline: Deadline,
+        constraints: RequestConstraints = NO_CONSTRAINTS,
+        *,
+        headers: Mapping[str, str] | None = None,
+        client: str | None = None,
     ) -> Plan:
-        return await self.planner.plan(request, deadline, constraints)
+        """The request's plan: screened first (a flagged request is refused, recorded, or planned
+        to ``screen.redirect_to``), then, routed, placed in its conversation and routed."""
+        screened = await self._screen(request, deadline, client) if self.screen.active else None
+        if screened is not None and screened.action == "redirected":
+            target = self.config.screen.redirect_to
+            assert target is not None
+            return Plan(attempts=(Attempt(Option(target), target),), routed=False, screen=screened)
+        turn = None
+        if request.model == ROUTED_MODEL or request.model.startswith(ROUTED_MODEL + ":"):
+            turn = await self.conversations.find(self.config.affinity, request, headers or {}, client)
+        plan = await self.planner.plan(request, deadline, constraints, turn)
+        return plan if screened is None else dataclasses.replace(plan, screen=screened)
+
+    async def _screen(self, request: ChatCompletionRequest, deadline: Deadline, client: str | None) -> Screened | None:
+        """The screen's verdict and what it does: None for a pass; redirected, or allowed (an
+        error let through by ``on_error``); a refusal (400, or 503 when it could not judge) is
+        recorded as the request's row and raised."""
+        verdict = await self.screen.judge(request, deadline)
+        screen = self.config.screen
+        if verdict.error is not None:
+            action = "allowed" if screen.on_error == "allow" else "refused"
+        elif not verdict.flagged:
+            action = "passed"
+        elif screen.on_flag == "redirect":
+            assert screen.redirect_to is not None  # the configuration requires it
+            fits = self.upstreams[screen.redirect_to].config.refusal(request.needs()) is None
+            action = "redirected" if fits else "refused"  # never sent where it cannot be served
+        else:
+            action = "refused"
+        kind = "error" if verdict.error is not None else "flagged" if verdict.flagged else "passed"
+        self.metrics.screened.labels(verdict=kind, action=action).inc()
+        if action == "passed":
+            return None
+        screened = Screened(verdict, action)
+        if action != "refused":
+            return screened
+        answer: GatewayError
+        if verdict.error is not None:
+            answer = ScreenUnavailable(
+                f"the safety screen could not judge this request ({verdict.error})", code="screen_unavailable"
+            )
+        else:
+            answer = ContentFlagged(
+                "this request was refused by the gateway's safety screen", code="content_policy_violation"
+            )
+        plan = Plan(attempts=(), routed=False, screen=screened)
+        self._close(request, self.recorder.open(client), plan, _Attempts(), answer.status, error=answer.message)
+        raise answer
 
     # ---------------------------------------------------------------- failover
     async def _run_in_order(
@@ -176,20 +244,29 @@ class ChatService:
         *,
         error: str | None = None,
         response: str | None = None,
+        answer: Mapping[str, Any] | None = None,
     ) -> RequestRecord:
-        """Account the request once it ends, and start its shadow check if it gets one."""
+        """Account the request once it ends, remember an answered turn's conversation, and start
+        its shadow check if it gets one. ``answer``: the message the client got (a stream: None)."""
+        turn_key = None
+        if plan.turn is not None and status == 200 and response is not None:
+            turn_key = next_turn_key(plan.turn.history, answer, response)
         record = self.recorder.close(
             request,
             ticket,
             plan,
             tried.runs,
-            [*plan.exclusion_notes(), *tried.notes],
+            [*plan.notes(), *tried.notes],
             status,
             selector=self.selector.name,
             reference=self.reference,
             error=error,
             response=response,
+            turn_key=turn_key,
         )
+        if turn_key is not None and plan.turn is not None and record.model is not None:
+            conversation = plan.turn.conversation or ticket.request_id
+            self.conversations.remember(self.config.affinity, conversation, record.model, turn_key)
         self.shadow.start(request, record)  # a task of its own: neither the response nor its connection waits
         return record
 
@@ -216,7 +293,16 @@ class ChatService:
         completion, kept = run.answer
         picked = range(len(completion.choices)) if not plan.routed else [kept]
         choices = [_choice(completion, k, index) for index, k in enumerate(picked)]
-        record = self._close(request, ticket, plan, tried, 200, response=completion.texts[kept])
+        message = completion.choices[kept].get("message")
+        record = self._close(
+            request,
+            ticket,
+            plan,
+            tried,
+            200,
+            response=completion.texts[kept],
+            answer=message if isinstance(message, dict) else None,
+        )
         body = completion.document | {
             "id": ticket.request_id,
             "object": "chat.completion",

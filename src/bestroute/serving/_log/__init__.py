@@ -21,7 +21,7 @@ from .dashboard import (
 from .database import check_database, open_database
 from .export import export_log
 from .offpolicy import LogEvaluation, evaluate_log
-from .queries import decision_owner, newest_share_start, usage_by_client
+from .queries import decision_owner, latest_turn, newest_share_start, usage_by_client
 from .schema import CallRow, DecisionRow, FeedbackRow, Row, ShadowRow, sanitize
 from .stats import OptionStats, TrafficStats, log_stats, traffic_stats
 from .writer import DeadLetters, DecisionLog, replay_dead_letters
@@ -50,6 +50,7 @@ __all__ = [
     "export_log",
     "first_logged",
     "latency_percentiles",
+    "latest_turn",
     "log_stats",
     "model_stats",
     "newest_share_start",

@@ -67,8 +67,10 @@ def evaluate_log(
             if min_quality is not None
             else candidate.default_knob()
         )
-    scores = candidate.predict(logged.prompts)
-    chosen = candidate.decide(scores, knob, np.broadcast_to(servable, scores.shape))  # as this gateway would serve it
+    assessed = candidate.assess(logged.prompts)
+    scores = assessed.scores
+    # as this gateway would serve it: only the options it can, the out-of-domain prompts to the reference
+    chosen = candidate.decide(scores, knob, np.broadcast_to(servable, scores.shape), assessed.out_of_domain)
     index = {option.label: o for o, option in enumerate(candidate.options_)}
     matched = np.array([candidate.options_[c].label == p for c, p in zip(chosen, logged.planned, strict=True)])
     at_logged = np.array([index.get(p, -1) for p in logged.planned])

@@ -1,5 +1,6 @@
 """What the gateway reads back from the decision log: shared budget usage, who owns a decision,
-and where the newest share of the routed traffic starts (retraining's held-out part)."""
+a conversation's latest turn (affinity across replicas), and where the newest share of the
+routed traffic starts (retraining's held-out part)."""
 
 import math
 
@@ -36,6 +37,27 @@ def decision_owner(engine: Engine, decision_id: str) -> tuple[bool, str | None]:
             select(decisions.c.client_key_id).where(decisions.c.id == decision_id, decisions.c.status == 200)
         ).first()
     return (True, found[0]) if found is not None else (False, None)
+
+
+def latest_turn(
+    engine: Engine, *, since: float, conversation: str | None = None, turn_key: str | None = None
+) -> tuple[str, str, float] | None:
+    """The latest answered routed turn since ``since`` of the ``conversation`` (by its id), or the
+    turn whose next-turn key is ``turn_key``: its conversation's id (a first turn's own id), the
+    model that answered it and when."""
+    d = decisions
+    if (conversation is None) == (turn_key is None):
+        raise ValueError("name a conversation or a turn key")
+    match = d.c.conversation_id == conversation if conversation is not None else d.c.turn_key == turn_key
+    query = (
+        select(func.coalesce(d.c.conversation_id, d.c.id), d.c.model, d.c.created_at)
+        .where(match, d.c.created_at >= since, d.c.status == 200, d.c.threshold.is_not(None), d.c.model.is_not(None))
+        .order_by(d.c.created_at.desc())
+        .limit(1)
+    )
+    with engine.connect() as connection:
+        found = connection.execute(query).first()
+    return None if found is None else (str(found[0]), str(found[1]), float(found[2]))
 
 
 def newest_share_start(engine: Engine, share: float) -> float:

@@ -52,11 +52,18 @@ decisions = Table(
     Column("planned_option", Text),  # the option tried first (another than the choice when exploring)
     Column("propensity", Float),  # the probability planned_option was planned with (explore)
     Column("reference_cost_usd", Float),  # a routed answer: what the reference alone would have cost (estimated)
+    # conversation affinity: the conversation a turn belongs to (NULL: a first turn named by no
+    # header; later turns name it by its id), and the key the next turn's earlier messages hash to
+    Column("conversation_id", String(64)),
+    Column("turn_key", String(64), index=True),
+    Column("domain_distance", Float),  # a routed prompt's distance from the router's training prompts
+    Column("screen", Text),  # the safety screen's verdict on a flagged (or unjudged) request
     # the dashboard's decisions list: newest first within one value of a filter
     Index("ix_decisions_status_created_at", "status", "created_at"),
     Index("ix_decisions_model_created_at", "model", "created_at"),
     Index("ix_decisions_option_created_at", "option", "created_at"),
     Index("ix_decisions_client_key_id_created_at", "client_key_id", "created_at"),
+    Index("ix_decisions_conversation_id_created_at", "conversation_id", "created_at"),
 )
 
 calls = Table(
@@ -141,6 +148,10 @@ class DecisionRow:
     planned_option: str | None = None
     propensity: float | None = None
     reference_cost_usd: float | None = None
+    conversation_id: str | None = None
+    turn_key: str | None = None
+    domain_distance: float | None = None
+    screen: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
