@@ -403,7 +403,7 @@ def test_a_moderation_endpoint_redirects_flagged_requests_and_its_outage_is_hand
             down = _post(client, [{"role": "user", "content": "What is six times seven?"}])
             assert down.status_code == 503 and down.json()["error"]["code"] == "screen_unavailable"
         (tmp_path / "allow").mkdir()
-        allow = screen | {"on_error": "allow", "categories": ["illicit"]}
+        allow = screen | {"on_error": "allow", "categories": ["illicit"], "patterns": ["\\bforbidden\\b"]}
         with (
             gateway(tmp_path / "allow", artifact, backends, screen=allow) as (server, _),
             httpx.Client(base_url=server.url, timeout=30) as client,
@@ -414,6 +414,12 @@ def test_a_moderation_endpoint_redirects_flagged_requests_and_its_outage_is_hand
             # only the configured categories count: violence passes, illicit is redirected
             assert "x-bestroute-screen" not in _post(client, [{"role": "user", "content": "attack"}]).headers
             assert _post(client, [{"role": "user", "content": "steal"}]).headers["x-bestroute-model"] == "safe"
+            # a pattern flags before the endpoint is asked
+            asked = len(moderation.bodies)
+            assert (
+                _post(client, [{"role": "user", "content": "a forbidden topic"}]).headers["x-bestroute-model"] == "safe"
+            )
+            assert len(moderation.bodies) == asked
 
 
 def test_a_guard_model_screens_the_conversation(tmp_path, artifact):

@@ -89,8 +89,9 @@ class Screen:
     async def judge(self, request: ChatCompletionRequest, deadline: Deadline) -> Verdict:
         """The verdict on ``request``, within ``timeout_s`` and the request's deadline."""
         texts = [m.text() for m in request.messages if m.role in SCREENED_ROLES]
-        if self.config.kind == "patterns" or not texts:
-            return self._matched(texts)
+        matched = self._matched(texts)  # the configured patterns first, whatever the kind: they cost nothing
+        if matched.flagged or self.config.kind == "patterns" or not texts:
+            return matched
         assert self._backend is not None  # the configuration requires one for the other kinds
         within = Deadline.after(max(min(self.config.timeout_s, deadline.remaining()), 0.0))
         try:
