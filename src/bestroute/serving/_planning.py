@@ -30,6 +30,11 @@ ROUTED_MODEL = "bestroute"
 NO_CONSTRAINTS = RequestConstraints()
 
 
+def is_routed(model: str) -> bool:
+    """Whether a request's ``model`` asks the router (``bestroute`` or ``bestroute:<knob>``)."""
+    return model == ROUTED_MODEL or model.startswith(ROUTED_MODEL + ":")
+
+
 def _outside(constraints: RequestConstraints, models: set[str]) -> str | None:
     """Which of the client's model lists rules out an option calling ``models`` (None: neither).
     A backend's name stands for its arms too."""
@@ -163,7 +168,7 @@ class Planner:
         turn: Turn | None = None,
     ) -> Plan:
         self._check_names(constraints)
-        if request.model == ROUTED_MODEL or request.model.startswith(ROUTED_MODEL + ":"):
+        if is_routed(request.model):
             if request.n != 1:
                 raise InvalidRequest(
                     "routed requests return one choice; the router decides how many samples to draw", param="n"
@@ -243,7 +248,10 @@ class Planner:
         affinity = None
         reference = self.router.reference_index_
         if out_of_domain and self.guard.out_of_domain == "reference" and available[reference]:
-            order = [reference, *(o for o in order if o != reference)]  # as Router.decide's guard does
+            guarded = self.router.guarded(available[None, :], np.ones(1, dtype=bool), 1)
+            assert guarded is not None
+            to_reference = self._rule.order(scores, knob, guarded[0])  # Router.decide's guard: the reference
+            order = [*to_reference, *(o for o in order if o not in to_reference)]
             self.metrics.out_of_domain.labels(action="reference").inc()
         elif out_of_domain:
             self.metrics.out_of_domain.labels(action="flagged").inc()

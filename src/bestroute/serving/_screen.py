@@ -27,9 +27,8 @@ BUILTIN_PATTERNS = (
     ),
     r"\bwithout\s+(any\s+)?(ethical|moral|safety|content)\s+(restrictions|guidelines|filters|limits)",
 )
-SCREENED_ROLES = frozenset(
-    {"user", "tool"}
-)  # what the client's users and tools wrote; the system prompt is the developer's
+# what the client's users and tools wrote; the system prompt is the developer's
+SCREENED_ROLES = frozenset({"user", "tool"})
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ class Screen:
         within = Deadline.after(max(min(self.config.timeout_s, deadline.remaining()), 0.0))
         try:
             if self.config.kind == "moderation":
-                relayed = await self._backend.relay("/moderations", {"input": texts or [""]}, within)
+                relayed = await self._backend.relay("/moderations", {"input": texts}, within)
                 return self._moderated(relayed.document)
             return await self._guarded(request, within)
         except UpstreamError as error:

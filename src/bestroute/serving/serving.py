@@ -27,7 +27,7 @@ from ._errors import (
 )
 from ._judging import OnlineSelector
 from ._loading import ArtifactInfo
-from ._planning import NO_CONSTRAINTS, ROUTED_MODEL, Attempt, Plan, Planner
+from ._planning import NO_CONSTRAINTS, Attempt, Plan, Planner, is_routed
 from ._recording import Recorder, Reference, RequestRecord, Ticket, answer_headers
 from ._sampling import CircuitOpen, Run, Sampler, hold_against
 from ._screen import Screen, Screened
@@ -132,7 +132,7 @@ class ChatService:
             assert target is not None
             return Plan(attempts=(Attempt(Option(target), target),), routed=False, screen=screened)
         turn = None
-        if request.model == ROUTED_MODEL or request.model.startswith(ROUTED_MODEL + ":"):
+        if is_routed(request.model):
             turn = await self.conversations.find(self.config.affinity, request, headers or {}, client)
         plan = await self.planner.plan(request, deadline, constraints, turn)
         return plan if screened is None else dataclasses.replace(plan, screen=screened)
