@@ -1,5 +1,8 @@
 import gzip
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +30,18 @@ SUBSET_MODELS = [
 def zeroeval_dir() -> Path:
     assert ZEROEVAL.is_dir(), f"routing data expected at {ZEROEVAL}"
     return ZEROEVAL
+
+
+def bestroute(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command line, run as a user runs it (wide columns, so tables do not wrap)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bestroute", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"COLUMNS": "200"},
+        timeout=600,
+    )
 
 
 def write_native(directory: Path, prompts: list[dict], responses: list[dict], models: dict) -> Path:

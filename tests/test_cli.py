@@ -5,20 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import read_native, write_native
+from conftest import bestroute, read_native, write_native
 
 from bestroute import load_dataset, split_prompts
-
-
-def bestroute(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bestroute", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=os.environ | {"COLUMNS": "200"},
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")

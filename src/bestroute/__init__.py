@@ -16,6 +16,8 @@ from .routers import (
     EscalatingBestRouteRouter,
     Router,
     load_router,
+    onboard,
+    remove,
 )
 from .selection import Option, SelectorSpec
 
@@ -38,5 +40,7 @@ __all__ = [
     "evaluate",
     "load_dataset",
     "load_router",
+    "onboard",
+    "remove",
     "split_prompts",
 ]

@@ -21,6 +21,7 @@ from .routers import ROUTERS, load_router
 
 if TYPE_CHECKING:
     from .collection import CollectReport
+    from .routers import BestRouteRouter, Router
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -261,11 +262,148 @@ def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from 
             quality = "—" if row["accepted_quality"] is None else f"{row['accepted_quality']:.4f}"
             accepted.add_row(row["option"], str(row["prompts"]), f"{row['accepted']:.1%}", quality)
         console.print(accepted)
+    for change in getattr(router, "changes_", []):
+        if "added" in change:
+            console.print(
+                f"onboarded {', '.join(change['added'])} from {change['prompts']} representative prompts "
+                f"({change['options']} options); the table above is estimated on the representative prompts"
+            )
+        else:
+            console.print(f"removed {', '.join(change['removed'])}")
     if router.accept_model_ is not None:
         weights = Table("signal", "weight", title="acceptance model of the calibrated options (p>=): logistic weights")
         for name, weight in router.accept_model_.weights().items():
             weights.add_row(name, f"{weight:+.3f}")
         console.print(weights)
+
+
+@app.command()
+@_one_line_errors
+def calibration(
+    artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")],
+    out: Annotated[Path, typer.Option(help="Directory to write prompts.jsonl into.")],
+    prompts: Annotated[
+        int | None, typer.Option(help="The first K representative prompts (default: all the router has).")
+    ] = None,
+) -> None:
+    """Write the router's representative prompts, in order, for a new model to answer (for
+    example with `bestroute collect --prompts OUT/prompts.jsonl`); `bestroute onboard` reads the
+    answers."""
+    from .data import write_prompts
+    from .routers import representative_prompts
+
+    chosen = representative_prompts(_onboardable(load_router(artifact)), prompts)
+    write_prompts(out, _prompt_rows(chosen))
+    console.print(f"wrote {chosen.n_prompts} representative prompts to {out / 'prompts.jsonl'}")
+
+
+def _onboardable(router: "Router") -> "BestRouteRouter":
+    from .routers import BestRouteRouter
+
+    if not isinstance(router, BestRouteRouter):
+        raise BestRouteError(f"only BEST-Route routers take new models or lose them; this is {router.name!r}")
+    return router
+
+
+def _prompt_rows(data: RoutingDataset) -> list[dict[str, str]]:
+    rules = data.answer_rules or [(None, None)] * data.n_prompts
+    rows = []
+    for pid, text, task, reference, (kind, pattern) in zip(
+        data.prompt_ids, data.texts, data.tasks, data.references, rules, strict=True
+    ):
+        row = {"prompt_id": pid, "prompt": text}
+        extras = {"task": task, "reference": reference, "answer_type": kind, "answer_pattern": pattern}
+        rows.append(row | {key: value for key, value in extras.items() if value is not None})
+    return rows
+
+
+@app.command()
+@_one_line_errors
+def onboard(
+    artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")],
+    out: Annotated[Path, typer.Option(help="Artifact file to write: the router with the new model(s).")],
+    data_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Routing data of the new model(s) on the router's representative prompts (`bestroute calibration`); "
+            "with --collect, where the collected answers go (default: OUT.calibration).",
+        ),
+    ] = None,
+    collect_config: Annotated[
+        Path | None,
+        typer.Option("--collect", help="Gateway YAML configuration: sample the new model's answers through it."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="With --collect: the configured backend to onboard.")] = None,
+    prompts: Annotated[
+        int | None, typer.Option(help="With --collect: ask the first K representative prompts (default: all).")
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(help="With --collect: samples per prompt (default: the router's max n).")
+    ] = None,
+    check: Annotated[str, typer.Option(help="With --collect: reference check of the answers.")] = "exact",
+    max_tokens: Annotated[int, typer.Option(help="With --collect: longest response in tokens.")] = 512,
+) -> None:
+    """Add new models to a trained BEST-Route router from their answers to its representative
+    prompts, without retraining; the gateway serves the new artifact on reload."""
+    import asyncio
+
+    from .routers import onboard as add_models
+    from .routers import representative_prompts
+
+    router = _onboardable(load_router(artifact))
+    if collect_config is None:
+        if data_path is None:
+            raise ConfigError("give --data (the new model's answers) or --collect CONFIG --model NAME")
+        if model is not None or prompts is not None or samples is not None:
+            raise ConfigError("--model, --prompts and --samples go with --collect")
+        answers = load_dataset(data_path)
+    else:
+        if model is None:
+            raise ConfigError("--collect needs --model: the configured backend to onboard")
+        from .collection import CollectSettings, collect
+        from .data import write_prompts
+        from .serving import load_config
+
+        directory = data_path or out.with_name(out.name + ".calibration")
+        chosen = representative_prompts(router, prompts)
+        write_prompts(directory, _prompt_rows(chosen))
+        settings = CollectSettings(samples=samples or router.max_n, models=[model], check=check, max_tokens=max_tokens)
+        report = asyncio.run(collect(load_config(collect_config), directory / "prompts.jsonl", directory, settings))
+        console.print(
+            f"collected {report.written} answers of {model} ({report.already_done} already there, "
+            f"{report.failed} failed) into {directory}; {report.tokens:,} tokens, ${report.cost_usd:.4f}"
+        )
+        answers = load_dataset(directory)
+    started = time.process_time()
+    onboarded = add_models(router, answers)
+    onboarded.save(out)
+    change = onboarded.changes_[-1]
+    console.print(
+        f"onboarded {', '.join(change['added'])} from {change['prompts']} representative prompts: "
+        f"{change['options']} new options ({len(onboarded.options_)} in all), "
+        f"{time.process_time() - started:.1f}s of CPU; saved to {out}"
+    )
+
+
+@app.command()
+@_one_line_errors
+def remove(
+    artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")],
+    model: Annotated[list[str], typer.Option(help="A model to remove (repeat for more).")],
+    out: Annotated[Path, typer.Option(help="Artifact file to write: the router without the model(s).")],
+) -> None:
+    """Remove models (retired by their vendor, say) from a trained BEST-Route router, without
+    retraining: every option that samples one of them goes; the others keep their heads."""
+    from .routers import remove as remove_models
+
+    router = _onboardable(load_router(artifact))
+    removed = remove_models(router, model)
+    removed.save(out)
+    console.print(
+        f"removed {', '.join(model)}: {len(router.options_) - len(removed.options_)} options gone, "
+        f"{len(removed.options_)} left; saved to {out}"
+    )
 
 
 @app.command("eval")

@@ -1,13 +1,15 @@
 """The in-memory routing dataset: dense arrays over prompts x models x samples."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .._exceptions import DataError
 from ._schema import ModelPrice, PromptRecord, ResponseRecord, arm_parts
+
+NUMERIC_ARRAYS = ("quality", "input_cost", "output_cost", "input_tokens", "output_tokens")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +91,107 @@ class RoutingDataset:
             answer_rules=[(p.answer_type, p.answer_pattern) for p in prompts]
             if any(p.answer_type or p.answer_pattern for p in prompts)
             else None,
+        )
+
+    def subset(
+        self, *, rows: Sequence[int] | np.ndarray | None = None, models: Sequence[str] | None = None
+    ) -> "RoutingDataset":
+        """The prompts ``rows`` (in that order) and the columns of ``models`` (an unknown name is
+        a DataError); None keeps all."""
+        r = np.arange(self.n_prompts) if rows is None else np.asarray(rows, dtype=int)
+        kept = list(self.models) if models is None else list(models)
+        m = np.array([self.model_index(name) for name in kept], dtype=int)
+        cells = np.ix_(r, m)
+        return replace(
+            self,
+            prompt_ids=[self.prompt_ids[i] for i in r],
+            texts=[self.texts[i] for i in r],
+            tasks=[self.tasks[i] for i in r],
+            references=[self.references[i] for i in r],
+            models=kept,
+            prices={name: price for name, price in self.prices.items() if name in kept},
+            quality=self.quality[cells],
+            input_cost=self.input_cost[cells],
+            output_cost=self.output_cost[cells],
+            input_tokens=self.input_tokens[cells],
+            output_tokens=self.output_tokens[cells],
+            responses=self.responses[cells],
+            reference_model=self.reference_model if self.reference_model in kept else None,
+            answer_rules=None if self.answer_rules is None else [self.answer_rules[i] for i in r],
+        )
+
+    def joined(self, other: "RoutingDataset") -> "RoutingDataset":
+        """These prompts with ``other``'s models added as columns: ``other``'s rows are matched
+        by prompt id (a prompt it has that this data lacks, or a model both have, is a DataError);
+        a prompt it lacks gets no responses from its models."""
+        shared = sorted(set(self.models) & set(other.models))
+        if shared:
+            raise DataError(f"model {shared[0]!r} is in both datasets", path=other.source)
+        index = {pid: i for i, pid in enumerate(self.prompt_ids)}
+        unknown = [pid for pid in other.prompt_ids if pid not in index]
+        if unknown:
+            raise DataError(f"prompt {unknown[0]!r} is not one of this data's prompts", path=other.source)
+        samples = max(self.quality.shape[2], other.quality.shape[2])
+        rows = np.array([index[pid] for pid in other.prompt_ids], dtype=int)
+
+        width = len(self.models)
+
+        def widen(mine: np.ndarray, theirs: np.ndarray, empty: Any) -> np.ndarray:
+            shape = (self.n_prompts, width + len(other.models)) + ((samples,) if mine.ndim == 3 else ())
+            out = np.full(shape, empty, dtype=mine.dtype)
+            if mine.ndim == 3:
+                out[:, :width, : mine.shape[2]] = mine
+                out[rows, width:, : theirs.shape[2]] = theirs
+            else:
+                out[:, :width] = mine
+                out[rows, width:] = theirs
+            return out
+
+        return replace(
+            self,
+            models=self.models + other.models,
+            prices=self.prices | other.prices,
+            quality=widen(self.quality, other.quality, np.nan),
+            input_cost=widen(self.input_cost, other.input_cost, np.nan),
+            output_cost=widen(self.output_cost, other.output_cost, np.nan),
+            input_tokens=widen(self.input_tokens, other.input_tokens, np.nan),
+            output_tokens=widen(self.output_tokens, other.output_tokens, np.nan),
+            responses=widen(self.responses, other.responses, None),
+        )
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-ready metadata and the numeric arrays (what an artifact stores of a small dataset)."""
+        meta = {
+            "prompt_ids": self.prompt_ids,
+            "texts": self.texts,
+            "tasks": self.tasks,
+            "references": self.references,
+            "models": self.models,
+            "prices": {name: price.model_dump() for name, price in self.prices.items()},
+            "responses": self.responses.tolist(),
+            "source": self.source,
+            "reference_model": self.reference_model,
+            "answer_rules": None if self.answer_rules is None else [list(rule) for rule in self.answer_rules],
+        }
+        arrays = {name: getattr(self, name) for name in NUMERIC_ARRAYS}
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "RoutingDataset":
+        responses = np.array(meta["responses"], dtype=object).reshape(np.shape(arrays["quality"]))
+        rules = meta["answer_rules"]
+        return cls(
+            prompt_ids=list(meta["prompt_ids"]),
+            texts=list(meta["texts"]),
+            tasks=list(meta["tasks"]),
+            references=list(meta["references"]),
+            models=list(meta["models"]),
+            prices={name: ModelPrice.model_validate(price) for name, price in meta["prices"].items()},
+            responses=responses,
+            source=meta["source"],
+            reference_model=meta["reference_model"],
+            answer_rules=None if rules is None else [(kind, pattern) for kind, pattern in rules],
+            **{name: np.asarray(arrays[name], dtype=float) for name in NUMERIC_ARRAYS},
         )
 
     @property

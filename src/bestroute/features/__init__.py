@@ -13,7 +13,8 @@ from ._extractors import (
     extractor_from_state,
     make_extractor,
 )
-from ._heads import apply_heads, fit_soft_heads
+from ._heads import apply_heads, fit_head_near, fit_soft_heads
+from ._representative import RepresentativePrompts
 
 __all__ = [
     "DOMAIN_QUANTILE",
@@ -22,11 +23,13 @@ __all__ = [
     "FeatureExtractor",
     "LexicalFeatures",
     "MiniLMEmbedder",
+    "RepresentativePrompts",
     "StaticEmbedder",
     "apply_heads",
     "cache_dir",
     "distill_static_table",
     "extractor_from_state",
+    "fit_head_near",
     "fit_soft_heads",
     "make_extractor",
 ]

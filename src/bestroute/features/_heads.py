@@ -4,6 +4,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
 
@@ -46,3 +47,33 @@ def fit_soft_heads(x: np.ndarray, labels: np.ndarray, *, C: float) -> tuple[np.n
 
 def apply_heads(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(x @ coef + intercept)))
+
+
+def fit_head_near(
+    x: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    prior_coef: np.ndarray,
+    prior_intercept: float,
+    *,
+    strength: float,
+) -> tuple[np.ndarray, float]:
+    """One logistic head fitted on few prompts, pulled towards a prior head: it minimises the
+    weighted soft cross-entropy of ``labels`` (NaN = no label) plus ``strength`` / 2 times the
+    squared distance of (coef, intercept) from (``prior_coef``, ``prior_intercept``). With no
+    labels it is the prior."""
+    known = ~np.isnan(labels)
+    z, y, w = x[known], labels[known], weights[known]
+    if not y.size:
+        return prior_coef.copy(), float(prior_intercept)
+    prior = np.r_[prior_coef, prior_intercept]
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        logit = z @ theta[:-1] + theta[-1]
+        residual = w * (1.0 / (1.0 + np.exp(-logit)) - y)
+        gap = theta - prior
+        value = float(np.sum(w * (np.logaddexp(0.0, logit) - y * logit)) + strength / 2 * gap @ gap)
+        return value, np.r_[z.T @ residual, residual.sum()] + strength * gap
+
+    fitted = minimize(loss, prior, jac=True, method="L-BFGS-B").x
+    return fitted[:-1], float(fitted[-1])

@@ -11,9 +11,11 @@ from ._baselines import (
     RandomRouter,
 )
 from ._best_route import BestRouteRouter, EscalatingBestRouteRouter
+from ._onboarding import MIN_CALIBRATION_PROMPTS, onboard, remove, representative_prompts
 from ._registry import ROUTERS, load_router
 
 __all__ = [
+    "MIN_CALIBRATION_PROMPTS",
     "ROUTERS",
     "Assessment",
     "BestRouteRouter",
@@ -29,4 +31,7 @@ __all__ = [
     "Router",
     "choose_reference",
     "load_router",
+    "onboard",
+    "remove",
+    "representative_prompts",
 ]

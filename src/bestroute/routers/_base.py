@@ -277,11 +277,18 @@ class Router:
 
     # ---------------------------------------------------------------- offline
     def sweep(
-        self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray, knobs: np.ndarray | None = None
+        self,
+        data: RoutingDataset,
+        rows: np.ndarray,
+        x: np.ndarray,
+        knobs: np.ndarray | None = None,
+        *,
+        cache: SelectionCache | None = None,
     ) -> list[Decisions]:
-        """Decisions on ``rows`` for every knob value; ``x`` are the rows' features."""
+        """Decisions on ``rows`` for every knob value; ``x`` are the rows' features. ``cache``
+        (of ``data``) shares the options' outcomes with other routers swept on the same data."""
         knobs = self.knob_grid() if knobs is None else knobs
-        outcomes = self._outcomes_on(data)
+        outcomes = self._outcomes_on(data, cache)
         scores = self._scores(x)
         available = self.guarded(outcomes.available[rows], self._out_of_domain(x), len(rows))
         index = np.arange(len(rows))
@@ -298,29 +305,38 @@ class Router:
             )
         return out
 
-    def _outcomes_on(self, data: RoutingDataset) -> OptionOutcomes:
+    def _outcomes_on(self, data: RoutingDataset, cache: SelectionCache | None = None) -> OptionOutcomes:
         # Outcomes of the fitting data are kept from fit; other data gets its own.
         if data is getattr(self, "_fit_data", None):
             return self.outcomes_
-        cache = SelectionCache(data, load_selector(self.selector))
+        if cache is None:
+            cache = SelectionCache(data, load_selector(self.selector))
+        elif cache.data is not data or cache.selector.spec != SelectorSpec.parse(self.selector):
+            raise RouterError(f"the cache given holds another dataset's or selector's results than {self.selector!r}")
         return option_outcomes(cache, self.options_, self.reference_, self.accept_model_)
 
-    def _operating_table(self, data: RoutingDataset, val: np.ndarray, x: np.ndarray) -> list[OperatingPoint]:
+    def _operating_table(
+        self, data: RoutingDataset, val: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None
+    ) -> list[OperatingPoint]:
+        """Quality and cost of every knob value on the prompts ``val`` of ``data`` (``x`` their
+        features), each prompt counted with its weight (default: once)."""
+        outcomes = self._outcomes_on(data)
         # Relative quality needs the reference's answer; prompts it did not answer say nothing.
-        answered = self.outcomes_.available[val, self.reference_index_]
-        val, x = val[answered], x[answered]
+        answered = outcomes.available[val, self.reference_index_]
+        weights = np.ones(len(val)) if weights is None else np.asarray(weights, dtype=float)
+        val, x, weights = val[answered], x[answered], weights[answered]
         if not len(val):
             return []
-        ref_quality = float(np.mean(self.outcomes_.quality[val, self.reference_index_]))
+        ref_quality = float(np.average(outcomes.quality[val, self.reference_index_], weights=weights))
         table = []
         for knob, d in zip(self.knob_grid(), self.sweep(data, val, x)):
-            quality = float(np.mean(d.quality))
+            quality = float(np.average(d.quality, weights=weights))
             table.append(
                 OperatingPoint(
                     knob=float(knob),
                     quality=quality,
                     relative_quality=quality / ref_quality if ref_quality else 0.0,
-                    cost_per_1k=float(np.mean(d.cost) * 1000),
+                    cost_per_1k=float(np.average(d.cost, weights=weights) * 1000),
                 )
             )
         return table

@@ -12,6 +12,7 @@ from sklearn.neighbors import NearestNeighbors
 from .._exceptions import RouterError
 from ..data import RoutingDataset
 from ..features import apply_heads, fit_soft_heads
+from ..selection import SelectionCache
 from ._base import Decisions, Router
 
 
@@ -261,10 +262,16 @@ class CascadeRouter(Router):
         return scores
 
     def sweep(
-        self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray, knobs: np.ndarray | None = None
+        self,
+        data: RoutingDataset,
+        rows: np.ndarray,
+        x: np.ndarray,
+        knobs: np.ndarray | None = None,
+        *,
+        cache: SelectionCache | None = None,
     ) -> list[Decisions]:
         knobs = self.knob_grid() if knobs is None else knobs
-        outcomes = self._outcomes_on(data)
+        outcomes = self._outcomes_on(data, cache)
         weak, ref = self.weak_index_, self.reference_index_
         weak_j = data.model_index(self.options_[weak].model)
         confidence = apply_heads(
@@ -303,10 +310,16 @@ class OracleRouter(Router):
         raise RouterError("the oracle needs ground-truth quality; it cannot route new prompts")
 
     def sweep(
-        self, data: RoutingDataset, rows: np.ndarray, x: np.ndarray, knobs: np.ndarray | None = None
+        self,
+        data: RoutingDataset,
+        rows: np.ndarray,
+        x: np.ndarray,
+        knobs: np.ndarray | None = None,
+        *,
+        cache: SelectionCache | None = None,
     ) -> list[Decisions]:
         knobs = self.knob_grid() if knobs is None else knobs
-        outcomes = self._outcomes_on(data)
+        outcomes = self._outcomes_on(data, cache)
         quality, cost = outcomes.quality[rows], outcomes.cost[rows]
         ref_cost = self.option_cost_[self.reference_index_]
         index = np.arange(len(rows))

@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..data import RoutingDataset
-from ..features import apply_heads, fit_soft_heads
+from ..features import RepresentativePrompts, apply_heads, fit_soft_heads
 from ..policy import THRESHOLD_GRID
-from ..selection import AcceptanceModel, Option, acceptance_examples, soft_labels
+from ..selection import AcceptanceModel, Option, SelectionCache, acceptance_examples, soft_labels
 from ._base import Router
 
 
@@ -28,6 +28,10 @@ class BestRouteRouter(Router):
         heads means fewer chances for a noisy head to win the cheapest-above-threshold race.
     max_subsets : int
         Subsets of n samples per prompt used to estimate a soft label (all when fewer).
+    representative_prompts : int
+        Training prompts kept in the artifact, with every model's recorded answers, for adding
+        a model later (:func:`onboard`; :class:`~bestroute.features.RepresentativePrompts` says
+        how they are chosen); 0 keeps none, and the router cannot be given new models.
     Also every parameter of :class:`Router`.
     """
 
@@ -40,28 +44,64 @@ class BestRouteRouter(Router):
     C: float = 1.0
     prune_dominated: bool = True
     max_subsets: int = 64
+    representative_prompts: int = 100
 
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
-        labels = soft_labels(
-            self._cache,
-            train,
-            self.options_,
-            self.reference_,
-            max_subsets=self.max_subsets,
-            seed=self.seed,
-            acceptance=self.accept_model_,
-        )
+        labels = self._labels(self._cache, train, self.options_)
         labels[:, self.reference_index_] = 1.0  # the reference is always as good as itself
         self.label_mean_ = np.nan_to_num(np.nanmean(labels, axis=0), nan=0.0)
         if self.prune_dominated:
             self.active_ = ~_dominated(self.label_mean_, self.option_cost_, self.outcomes_.available[train])
             self.active_[self.reference_index_] = True
         self.coef_, self.intercept_ = fit_soft_heads(x[train], np.where(self.active_, labels, np.nan), C=self.C)
+        self.representative_, self.calibration_ = None, None
+        answered = train[self.outcomes_.available[train, self.reference_index_]]
+        if self.representative_prompts and len(answered):
+            self.representative_ = RepresentativePrompts(n_prompts=self.representative_prompts, seed=self.seed)
+            self.representative_.fit(x[answered])
+            self.calibration_ = data.subset(rows=answered[self.representative_.rows_])
+        self.changes_: list[dict[str, Any]] = []
+
+    def _labels(self, cache: SelectionCache, rows: np.ndarray, options: list[Option]) -> np.ndarray:
+        """The soft labels of ``options`` on the prompts ``rows`` of the cache's data."""
+        return soft_labels(
+            cache,
+            rows,
+            options,
+            self.reference_,
+            max_subsets=self.max_subsets,
+            seed=self.seed,
+            acceptance=self.accept_model_,
+        )
 
     def _scores(self, x: np.ndarray) -> np.ndarray:
         scores = apply_heads(x, self.coef_, self.intercept_)
         scores[:, self.reference_index_] = 1.0
         return scores
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta, arrays = super()._state()
+        meta |= {"label_mean": self.label_mean_.tolist(), "changes": self.changes_}
+        if self.representative_ is not None and self.calibration_ is not None:
+            for name, part in (("representative", self.representative_), ("calibration", self.calibration_)):
+                meta[name], named = part.state()
+                arrays |= {f"{name}_{key}": value for key, value in named.items()}
+        return meta, arrays
+
+    def _load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        super()._load_state(meta, arrays)
+        # artifacts before onboarding have neither the label means nor the representatives
+        means = meta.get("label_mean")
+        self.label_mean_ = np.array(means, dtype=float) if means is not None else np.full(len(self.options_), np.nan)
+        self.changes_ = list(meta.get("changes", []))
+        self.representative_, self.calibration_ = None, None
+        if "representative" in meta:
+
+            def named(prefix: str) -> dict[str, np.ndarray]:
+                return {key.removeprefix(prefix): value for key, value in arrays.items() if key.startswith(prefix)}
+
+            self.representative_ = RepresentativePrompts.from_state(meta["representative"], named("representative_"))
+            self.calibration_ = RoutingDataset.from_state(meta["calibration"], named("calibration_"))
 
 
 def _dominated(label_mean: np.ndarray, cost: np.ndarray, available: np.ndarray) -> np.ndarray:
@@ -225,7 +265,8 @@ def escalating_options(
                     models = tuple(data.models[j] for j in combo)
                     options[Option.mixture(models, accept=p, calibrated=True)] = None
     for j, model in enumerate(data.models):
-        if j == ref_j or np.nanmean(cost[:, j]) > ref_cost:
+        paid = cost[~np.isnan(cost[:, j]), j]
+        if j == ref_j or not paid.size or paid.mean() > ref_cost:  # (no answer here: nothing to judge)
             continue
         most = min(max_n, data.max_samples(j))
         for n in (3, 5):

@@ -1,0 +1,201 @@
+"""Adding models to a trained BEST-Route router from their answers to its representative prompts,
+and removing models from it, without retraining."""
+
+import copy
+from collections.abc import Collection
+
+import numpy as np
+
+from .._exceptions import RouterError
+from ..data import RoutingDataset
+from ..features import RepresentativePrompts, fit_head_near
+from ..reward import load_selector
+from ..selection import Option, SelectionCache, option_outcomes
+from ._best_route import BestRouteRouter, _dominated
+
+MIN_CALIBRATION_PROMPTS = 20
+# A new option's prior head is the mean of the heads of the existing options whose labels on the
+# representative prompts are nearest to its own, weighted by the inverse of that distance (plus
+# a floor, so that one option that happens to match is not the whole prior).
+NEIGHBOURS = 5
+DISTANCE_FLOOR = 0.02
+# How strongly a new head is held to its prior, against the weighted cross-entropy of its labels
+# on the representative prompts (their weights average one).
+PRIOR_STRENGTH = 3.0
+
+
+def calls(option: Option, models: Collection[str]) -> bool:
+    """Some stage of ``option`` samples one of ``models`` (escalating to the reference does not count)."""
+    return any(model in models for stage in option.stages for model in stage.models)
+
+
+def onboard(router: BestRouteRouter, answers: RoutingDataset) -> BestRouteRouter:
+    """A copy of ``router`` that also routes to the models of ``answers``: their recorded answers
+    (scored, as in any routing data) to some of the router's representative prompts.
+
+    The router's own options are kept as they are. The new models get the options the router
+    would have made for them (alone, in mixtures and staged options with the others) from the
+    representative prompts, where every model's answers are known; each new option is
+    represented by its labels on those prompts (how often it is as good as the reference there,
+    each prompt weighted by the training prompts it stands for), its head starts from the heads
+    of the existing options with the nearest labels and is fitted to its labels, held to that
+    start (:func:`~bestroute.features.fit_head_near`), and its cost is its weighted mean cost
+    there. The operating table is re-estimated on the representative prompts.
+
+    Raises RouterError for a router without representative prompts, a model it already has, a
+    prompt that is not one of its representative prompts (or has another text), and fewer than
+    ``MIN_CALIBRATION_PROMPTS`` representative prompts answered by every new model.
+    """
+    calibration, representative = _calibration(router)
+    taken = [model for model in answers.models if model in calibration.models]
+    if taken:
+        raise RouterError(
+            f"model {taken[0]!r} is already one of the router's models: remove it first (bestroute remove) "
+            "or give the new one another name"
+        )
+    position = {pid: p for p, pid in enumerate(calibration.prompt_ids)}
+    foreign = [pid for pid in answers.prompt_ids if pid not in position]
+    if foreign:
+        raise RouterError(
+            f"{len(foreign)} of the {answers.n_prompts} prompts answered are not the router's representative "
+            f"prompts (first: {foreign[0]!r}); answer the prompts `bestroute calibration` writes"
+        )
+    changed = [pid for pid, text in zip(answers.prompt_ids, answers.texts) if calibration.texts[position[pid]] != text]
+    if changed:
+        raise RouterError(f"prompt {changed[0]!r} has another text than the router's representative prompt of that id")
+    complete = np.flatnonzero(answers.available.all(axis=1))
+    if len(complete) < MIN_CALIBRATION_PROMPTS:
+        raise RouterError(
+            f"{len(complete)} representative prompts answered by every new model; onboarding needs at least "
+            f"{MIN_CALIBRATION_PROMPTS} (the router has {calibration.n_prompts})"
+        )
+    joined = calibration.joined(answers.subset(rows=complete))
+    chosen = np.array(sorted(position[answers.prompt_ids[i]] for i in complete))
+    data = joined.subset(rows=chosen)
+    weights = representative.weights(chosen)
+    weights = weights / weights.mean()
+
+    onboarded = copy.copy(router)
+    onboarded._cache = cache = SelectionCache(data, load_selector(router.selector))
+    rows = np.arange(data.n_prompts)
+    existing = set(router.options_)
+    added = [o for o in onboarded._make_options(data, rows) if o not in existing and calls(o, answers.models)]
+    options = router.options_ + added
+    labels = router._labels(cache, rows, options)
+    outcomes = option_outcomes(cache, options, router.reference_, router.accept_model_)
+    x = router.extractor_.transform(data.texts)
+    # existing options that may lend a new one its prior head: those the router uses
+    lenders = np.flatnonzero(router.active_)
+    lenders = lenders[lenders != router.reference_index_]
+    coef, intercept, cost, label_mean = [], [], [], []
+    for h in range(len(router.options_), len(options)):
+        own = labels[:, h]
+        prior_coef, prior_intercept = _prior_head(router, labels[:, lenders], lenders, own, weights)
+        head_coef, head_intercept = fit_head_near(x, own, weights, prior_coef, prior_intercept, strength=PRIOR_STRENGTH)
+        coef.append(head_coef)
+        intercept.append(head_intercept)
+        cost.append(_weighted_mean(outcomes.cost[:, h], weights, empty=np.inf))
+        label_mean.append(_weighted_mean(own, weights, empty=0.0))
+    onboarded.options_ = options
+    onboarded.coef_ = np.hstack([router.coef_, np.array(coef).reshape(-1, router.coef_.shape[0]).T])
+    onboarded.intercept_ = np.r_[router.intercept_, intercept]
+    onboarded.option_cost_ = np.r_[router.option_cost_, cost]
+    onboarded.label_mean_ = np.r_[router.label_mean_, label_mean]
+    # The existing options keep their flags: their label means come from the whole training set,
+    # the new ones' from a few prompts, too few to retire an option the training set kept.
+    fresh = np.ones(len(added), dtype=bool)
+    if router.prune_dominated:
+        means = np.nan_to_num(onboarded.label_mean_, nan=0.0)
+        fresh = ~_dominated(means, onboarded.option_cost_, outcomes.available)[len(router.options_) :]
+    onboarded.active_ = np.r_[router.active_, fresh]
+    onboarded.calibration_ = joined
+    onboarded.changes_ = router.changes_ + [
+        {"added": list(answers.models), "prompts": len(chosen), "options": len(added)}
+    ]
+    onboarded.outcomes_, onboarded._fit_data = outcomes, data
+    onboarded.table_ = onboarded._operating_table(data, rows, x, weights)
+    return onboarded
+
+
+def remove(router: BestRouteRouter, models: Collection[str]) -> BestRouteRouter:
+    """A copy of ``router`` without every option that samples one of ``models`` (a model retired
+    by its vendor); the other options keep their heads. The operating table is re-estimated on
+    the representative prompts where the router has them (else it is kept). RouterError for a
+    model the router does not call, and for its reference (that needs retraining: the
+    reference defines every label)."""
+    known = {model for option in router.options_ for stage in option.stages for model in stage.models}
+    unknown = sorted(set(models) - known)
+    if unknown:
+        raise RouterError(f"the router has no model {unknown[0]!r}; it has {', '.join(sorted(known))}")
+    if router.reference_.model in models:
+        raise RouterError(
+            f"{router.reference_.model!r} is the router's reference, which every label compares with: "
+            "train a router with another reference (--reference)"
+        )
+    kept = np.array([o for o, option in enumerate(router.options_) if not calls(option, models)], dtype=int)
+    removed = copy.copy(router)
+    removed.options_ = [router.options_[o] for o in kept]
+    removed.reference_index_ = removed.options_.index(router.reference_)
+    removed.coef_, removed.intercept_ = router.coef_[:, kept], router.intercept_[kept]
+    removed.option_cost_, removed.active_ = router.option_cost_[kept], router.active_[kept]
+    removed.label_mean_ = router.label_mean_[kept]
+    labels = {option.label for option in removed.options_}
+    removed.acceptance_ = [entry for entry in router.acceptance_ if entry["option"] in labels]
+    removed.changes_ = router.changes_ + [{"removed": sorted(set(models))}]
+    for stale in ("outcomes_", "_fit_data"):  # the fitting data's outcomes: of options it lost
+        vars(removed).pop(stale, None)
+    if router.calibration_ is not None and router.representative_ is not None:
+        data = router.calibration_.subset(models=[m for m in router.calibration_.models if m not in models])
+        removed.calibration_ = data
+        rows = np.arange(data.n_prompts)
+        removed._cache = cache = SelectionCache(data, load_selector(router.selector))
+        removed.outcomes_ = option_outcomes(cache, removed.options_, router.reference_, router.accept_model_)
+        removed._fit_data = data
+        x = router.extractor_.transform(data.texts)
+        removed.table_ = removed._operating_table(data, rows, x, router.representative_.weights(rows))
+    return removed
+
+
+def representative_prompts(router: BestRouteRouter, count: int | None = None) -> RoutingDataset:
+    """The first ``count`` (default: all) of the router's representative prompts, in their order,
+    with the answers of the router's models (what a new model is asked to answer)."""
+    calibration, _ = _calibration(router)
+    if count is not None and count < MIN_CALIBRATION_PROMPTS:
+        raise RouterError(f"onboarding needs at least {MIN_CALIBRATION_PROMPTS} representative prompts, got {count}")
+    return calibration.subset(rows=np.arange(min(count or calibration.n_prompts, calibration.n_prompts)))
+
+
+def _calibration(router: BestRouteRouter) -> tuple[RoutingDataset, RepresentativePrompts]:
+    if not isinstance(router, BestRouteRouter):
+        raise RouterError(f"only BEST-Route routers take new models; this is {router.name!r}")
+    router._check_fitted()
+    if router.calibration_ is None or router.representative_ is None:
+        raise RouterError(
+            "this router was trained without representative prompts (representative_prompts=0, or "
+            "before onboarding existed): retrain it to add models"
+        )
+    return router.calibration_, router.representative_
+
+
+def _prior_head(
+    router: BestRouteRouter, lender_labels: np.ndarray, lenders: np.ndarray, own: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """The mean head of the ``NEIGHBOURS`` lenders whose labels are nearest ``own`` (weighted mean
+    absolute difference over the prompts both have), weighted by inverse distance."""
+    both = ~np.isnan(own)[:, None] & ~np.isnan(lender_labels)
+    gap = np.where(both, np.abs(own[:, None] - np.nan_to_num(lender_labels)), 0.0)
+    overlap = (weights[:, None] * both).sum(axis=0)
+    distance = np.where(overlap > 0, (weights[:, None] * gap).sum(axis=0) / np.maximum(overlap, 1e-12), np.inf)
+    nearest = np.argsort(distance, kind="stable")[:NEIGHBOURS]
+    nearest = nearest[np.isfinite(distance[nearest])]
+    if not nearest.size:  # no lender shares a prompt with it: a head that knows nothing
+        return np.zeros(router.coef_.shape[0]), 0.0
+    share = 1.0 / (distance[nearest] + DISTANCE_FLOOR)
+    share /= share.sum()
+    chosen = lenders[nearest]
+    return router.coef_[:, chosen] @ share, float(router.intercept_[chosen] @ share)
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray, *, empty: float) -> float:
+    known = ~np.isnan(values)
+    return float(np.average(values[known], weights=weights[known])) if known.any() else empty
