@@ -108,20 +108,32 @@ def _seed(data_path: str, seed: int, models: list[str], ks: list[int]) -> dict[s
             ),
         }
 
+    full_score = score(full)
+    print(f"seed {seed}: full {json.dumps(full_score)}", file=sys.stderr, flush=True)
     position = {pid: i for i, pid in enumerate(data.prompt_ids)}
     rows: list[dict[str, Any]] = []
     for model in models:
         without = setting.fit(data.subset(models=[m for m in data.models if m != model]))
         assert without.calibration_ is not None
         row: dict[str, Any] = {"model": model, "without": score(without)}
+        # The first K representatives the model has recorded answers to: onboarding a model that
+        # is live would ask it the first K; some models of the data answered only part of them.
+        answered = [
+            position[pid]
+            for pid in without.calibration_.prompt_ids
+            if data.available[position[pid], data.model_index(model)]
+        ]
         for k in ks:
-            asked = [position[pid] for pid in without.calibration_.prompt_ids[:k]]
+            if len(answered) < k:  # the data cannot say what the model would answer
+                row[f"k{k}"] = {"skipped": f"recorded answers to {len(answered)} representative prompts"}
+                continue
+            asked = answered[:k]
             started = time.process_time()
             onboarded = onboard(without, data.subset(rows=asked, models=[model]))
             row[f"k{k}"] = score(onboarded) | {"cpu_s": round(time.process_time() - started, 2)}
         rows.append(row)
         print(f"seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
-    return {"seed": seed, "reference": full.reference_.model, "full": score(full), "models": rows}
+    return {"seed": seed, "reference": full.reference_.model, "full": full_score, "models": rows}
 
 
 def main() -> None:
@@ -148,6 +160,9 @@ def main() -> None:
             "without_auc": round(float(np.mean([r["without"]["auc"] for r in found])), 4),
         }
         for k in ks:
+            if any("skipped" in r[f"k{k}"] for r in found):
+                entry[f"k{k}_skipped"] = [r[f"k{k}"].get("skipped") for r in found]
+                continue
             entry[f"k{k}_auc"] = round(float(np.mean([r[f"k{k}"]["auc"] for r in found])), 4)
             entry[f"k{k}_cost_reduction"] = round(float(np.mean([r[f"k{k}"]["cost_reduction"] for r in found])), 4)
         entry["full_cost_reduction"] = round(float(np.mean([s["full"]["cost_reduction"] for s in seeds])), 4)
@@ -155,14 +170,15 @@ def main() -> None:
         per_model.append(entry)
     summary: dict[str, Any] = {}
     for k in ks:
-        gaps = [e[f"k{k}_auc"] - e["full_auc"] for e in per_model]
-        gaining = [e for e in per_model if e["full_auc"] > e["without_auc"]]
+        measured = [e for e in per_model if f"k{k}_auc" in e]
+        gaps = [e[f"k{k}_auc"] - e["full_auc"] for e in measured]
+        gaining = [e for e in measured if e["full_auc"] > e["without_auc"]]
         summary[f"k{k}"] = {
             "within_0.005_of_full": f"{sum(g >= -0.005 for g in gaps)}/{len(gaps)}",
             "mean_auc_gap_to_full": round(float(np.mean(gaps)), 4),
             "worst_auc_gap_to_full": round(float(np.min(gaps)), 4),
             "above_without_where_full_gains": f"{sum(e[f'k{k}_auc'] > e['without_auc'] for e in gaining)}/{len(gaining)}",
-            "cpu_s_max": max(r[f"k{k}"]["cpu_s"] for s in seeds for r in s["models"]),
+            "cpu_s_max": max(r[f"k{k}"].get("cpu_s", 0.0) for s in seeds for r in s["models"]),
         }
     print(json.dumps({"models": per_model, "summary": summary, "seeds": seeds}))
 

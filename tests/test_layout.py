@@ -98,7 +98,7 @@ LAYERS = (
     ("bestroute.policy",),
     ("bestroute.routers",),
     ("bestroute.evaluation", "bestroute.collection", "bestroute.local", "bestroute.replay", "bestroute.serving"),
-    ("bestroute.demo",),
+    ("bestroute.demo", "bestroute.batch"),
     ("bestroute.cli", "bestroute"),
     ("bestroute.__main__",),
 )

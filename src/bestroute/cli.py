@@ -37,6 +37,10 @@ log_app = typer.Typer(help="The gateway's decision log.", no_args_is_help=True)
 local_app = typer.Typer(help="Local GGUF models shipped in PyPI packages.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
 app.add_typer(log_app, name="log")
+batch_app = typer.Typer(
+    help="Batch jobs on Ray (the scale extra: pip install 'bestroute[scale]').", no_args_is_help=True
+)
+app.add_typer(batch_app, name="batch")
 replay_app = typer.Typer(help="Replay backends: recorded answers behind an OpenAI endpoint.", no_args_is_help=True)
 app.add_typer(replay_app, name="replay")
 console = Console()
@@ -464,6 +468,42 @@ def serve(
     gateway = create_app(load_config(config), config_path=config)
     typer.echo(gateway.describe(f"http://{host}:{port}/v1"), err=True)
     run_gateway(gateway, host=host, port=port, access_log=access_log)
+
+
+@batch_app.command("route")
+@_one_line_errors
+def batch_route(
+    artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")],
+    source: Annotated[
+        Path, typer.Argument(help="JSONL or Parquet rows (a file or a directory) with a prompt or messages.")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory to write the decisions to (Parquet).")],
+    threshold: Annotated[float | None, typer.Option(help="Raw knob (threshold or cost penalty).")] = None,
+    min_quality: Annotated[
+        float | None, typer.Option(help="Operating point: at least this fraction of the reference's quality.")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Operating point: at most this many USD per 1k prompts.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Ray actors routing at once (each loads the artifact once).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Rows per routing call.")] = 1024,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A Ray cluster to run on (default: a local instance).")
+    ] = None,
+) -> None:
+    """Route every row with a router artifact on Ray Data and write each decision (id, option,
+    model, n, knob, scores, expected cost, out of domain) or the row's error as Parquet, in the
+    input's order. Rows stream: memory stays flat in the number of rows. Without --threshold,
+    --min-quality or --max-cost it routes at the artifact's default knob, as `bestroute route`."""
+    from .batch import route_batch
+
+    knob = threshold
+    if min_quality is not None or max_cost is not None:
+        knob = load_router(artifact).knob_for(min_relative_quality=min_quality, max_cost_per_1k=max_cost)
+    report = route_batch(
+        artifact, source, out, knob=knob, workers=workers, batch_size=batch_size, ray_address=ray_address
+    )
+    typer.echo(f"{report.routed} rows routed, {report.failed} with an error; decisions in {report.out}")
 
 
 @log_app.command("export")

@@ -1,0 +1,110 @@
+"""`bestroute batch route` on a real local Ray instance (issue 26): the same decisions as the
+in-process router, and a per-row error for rows it cannot route."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+from conftest import bestroute
+
+from bestroute import BestRouteRouter, load_dataset, load_router, split_prompts
+from bestroute.batch import RESULT_SCHEMA, route_batch
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def guarded_artifact(subset_dir, tmp_path_factory) -> Path:
+    """A router on real zeroeval prompts, with its domain guard (so some rows are flagged)."""
+    data = load_dataset(subset_dir)
+    split = split_prompts(data.prompt_ids)
+    router = BestRouteRouter(features="lexical", max_n=3).fit(data, split.train, split.val)
+    path = tmp_path_factory.mktemp("batch") / "router.bestroute"
+    router.save(path)
+    return path
+
+
+def _decisions(out: Path) -> list[dict]:
+    table = pq.read_table(out, schema=RESULT_SCHEMA)
+    return table.to_pylist()
+
+
+def test_ten_thousand_rows_get_the_in_process_decisions(local_ray, guarded_artifact, zeroeval_dir, tmp_path):
+    texts = [json.loads(line)["prompt"] for line in (zeroeval_dir / "prompts.jsonl").open()]
+    rows = [{"id": f"r{i}", "prompt": f"{texts[i % len(texts)]}\n(request {i})"} for i in range(10_000)]
+    rows[7] = {
+        "id": "r7",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+    }
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    router = load_router(guarded_artifact)
+    texts_routed = [row.get("prompt") or "Be brief.\n2+2?" for row in rows]
+    # a knob at which the router picks more than one option: the comparison must be able to fail
+    knob = next(
+        float(k)
+        for k in router.knob_grid()
+        if len({d["option"] for d in router.route(texts_routed[:500], knob=float(k))}) > 2
+    )
+
+    report = route_batch(guarded_artifact, source, tmp_path / "out", knob=knob, workers=2, batch_size=700)
+
+    assert (report.routed, report.failed) == (10_000, 0)
+    got = _decisions(tmp_path / "out")
+    expected = router.route(texts_routed, knob=knob)
+    assert [g["id"] for g in got] == [row["id"] for row in rows]  # in the input's order
+    assert [g["option"] for g in got] == [e["option"] for e in expected]
+    assert [g["out_of_domain"] for g in got] == [e["out_of_domain"] for e in expected]
+    assert any(e["out_of_domain"] for e in expected) and len({e["option"] for e in expected}) > 2
+    for g, e in zip(got, expected, strict=True):
+        assert dict(g["scores"]) == pytest.approx(e["scores"])
+        assert g["expected_cost_usd"] == e["expected_cost_usd"] and g["knob"] == knob
+
+
+def test_malformed_rows_get_an_error_column_not_a_failed_job(local_ray, guarded_artifact, tmp_path):
+    lines = [
+        json.dumps({"id": 1, "prompt": "What is 6 times 7?"}),
+        json.dumps({"id": 2}),
+        json.dumps({"id": 3, "prompt": 12}),
+        json.dumps({"id": 4, "prompt": "   "}),
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({"id": 7, "messages": [{"role": "wizard", "content": "hi"}]}),
+        json.dumps({"id": 8, "messages": "hello"}),
+        "\xff\xfe{",  # not UTF-8
+        json.dumps({"id": 10, "prompt": "Sort [3, 1, 2] in Python."}),
+    ]
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    report = route_batch(guarded_artifact, source, tmp_path / "out")
+    got = _decisions(tmp_path / "out")
+    assert (report.routed, report.failed) == (2, 8)
+    assert [g["error"] is None for g in got] == [True] + [False] * 8 + [True]
+    assert "no prompt" in got[1]["error"] and "not a string but int" in got[2]["error"]
+    assert "empty" in got[3]["error"] and got[4]["error"].startswith("not JSON")
+    assert "not a JSON object" in got[5]["error"] and "chat messages" in got[6]["error"]
+    assert got[0]["option"] and got[1]["option"] is None and got[2]["id"] == "3"
+
+
+def test_parquet_with_a_non_string_prompt_column_and_the_cli(local_ray, guarded_artifact, tmp_path):
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["What is 6 times 7?", None]}), tmp_path / "in.parquet")
+    report = route_batch(guarded_artifact, tmp_path / "in.parquet", tmp_path / "out")
+    assert (report.routed, report.failed) == (1, 1)
+    pq.write_table(pa.table({"prompt": [1, 2, 3]}), tmp_path / "ints.parquet")
+    done = bestroute(
+        "batch", "route", str(guarded_artifact), str(tmp_path / "ints.parquet"), "--out", str(tmp_path / "o2")
+    )
+    assert done.returncode == 0 and "0 rows routed, 3 with an error" in done.stdout
+    assert {g["error"] for g in _decisions(tmp_path / "o2")} == {"prompt is not a string but int"}
+    missing = bestroute(
+        "batch", "route", str(guarded_artifact), str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o3")
+    )
+    assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
