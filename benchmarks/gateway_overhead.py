@@ -7,6 +7,7 @@ figures as one JSON object on its last line.
 
     python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30] [--blocks 6] [--no-pin]
                                           [--feedback-rate 50] [--heavy-seconds 20] [--shadow-rate 0.1]
+                                          [--workers 2]
 
 Three processes on loopback: the upstream (a minimal OpenAI-compatible server), the gateway
 (`bestroute serve`, routing every request with a BEST-Route artifact) and this load generator.
@@ -259,19 +260,85 @@ async def _with_feedback(
     return latencies, errors, unexpected
 
 
-def _max_rps(url: str, seconds: float) -> float | None:
-    """The highest of a rising ladder of rates that one gateway process sustains for ``seconds``
-    with p99 < 50 ms and no errors (None if the lowest fails). The load generator shares a core
-    with the upstream, so near the top it measures them too; each step's figures go to stderr."""
-    best = None
-    for rate in (300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 2000):
+LADDER = (300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1750, 2000, 2500, 3000)
+
+
+def _max_rps(url: str, seconds: float, gateway_pid: int | None = None) -> tuple[float | None, float | None]:
+    """The highest of a rising ladder of rates the gateway sustains for ``seconds`` with
+    p99 < 50 ms and no errors (None if the lowest fails), and the gateway's CPU time per request
+    at that rate (milliseconds, over its processes; with ``gateway_pid``). The load generator
+    shares the cores with the upstream, so near the top it measures them too; each step's
+    figures go to stderr."""
+    best = cpu_ms = None
+    for rate in LADDER:
+        before = _cpu_s(gateway_pid) if gateway_pid else 0.0
         latencies, errors = asyncio.run(_load(url, "bestroute:0", rate, seconds))
+        used = (_cpu_s(gateway_pid) - before) * 1000 / max(len(latencies), 1) if gateway_pid else None
         p99 = float(np.percentile(latencies, 99)) if latencies else float("inf")
-        print(f"max-rps search: {rate}/s -> p99 {p99:.1f} ms, {errors} errors", file=sys.stderr)
+        cpu = f", gateway CPU {used:.2f} ms a request" if used is not None else ""
+        print(f"max-rps search: {rate}/s -> p99 {p99:.1f} ms, {errors} errors{cpu}", file=sys.stderr)
         if p99 >= 50 or errors:
             break
-        best = float(rate)
-    return best
+        best, cpu_ms = float(rate), used
+    return best, cpu_ms
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its descendants, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, IndexError):
+        return total
+    return total + sum(_cpu_s(int(child)) for child in children)
+
+
+def _workers_phase(
+    directory: Path, config: dict, processes: list[subprocess.Popen], single_url: str, workers: int, seconds: float
+) -> dict[str, float | int | None]:
+    """The same rate ladder against the one-worker gateway (``processes[2]``, at ``single_url``)
+    and a second gateway with ``workers`` worker processes, every process free to run on any core."""
+    everywhere = set(range(os.cpu_count() or 1))
+    for pid in (0, *(p.pid for p in processes if p.poll() is None)):
+        os.sched_setaffinity(pid, everywhere)
+    port = free_port()
+    config = config | {"decision_log": {"url": f"sqlite:///{directory}/workers.db"}}
+    (directory / "workers.yaml").write_text(yaml.safe_dump(config))
+    group = subprocess.Popen(
+        [
+            "bestroute",
+            "serve",
+            "--config",
+            str(directory / "workers.yaml"),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ]
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", group)
+        time.sleep(3)  # every worker up
+        group_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        asyncio.run(_load(group_url, "bestroute:0", 300, 2))  # warm-up
+        print("one worker, unpinned:", file=sys.stderr)
+        one, one_cpu = _max_rps(single_url, seconds, processes[2].pid)
+        print(f"{workers} workers:", file=sys.stderr)
+        many, many_cpu = _max_rps(group_url, seconds, group.pid)
+    finally:
+        group.terminate()
+        group.wait(timeout=60)
+    return {
+        "workers": workers,
+        "max_rps_1_worker_unpinned": one,
+        "gateway_cpu_ms_per_request_1_worker": one_cpu,
+        f"max_rps_{workers}_workers": many,
+        f"gateway_cpu_ms_per_request_{workers}_workers": many_cpu,
+        "requests_per_gateway_core_s": 1000 / many_cpu if many_cpu else None,
+    }
 
 
 async def _wall(url: str, body: dict, repeats: int) -> float:
@@ -319,6 +386,12 @@ def main() -> None:
         "--guard", choices=["reference", "flag", "off"], default="reference", help="the gateway's guard.out_of_domain"
     )
     parser.add_argument("--no-affinity", action="store_true", help="affinity.enabled false")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="above 1: a last phase, the max-rps ladder for the one-worker gateway and one with this many workers",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--answer-bytes", type=int, default=0, help=argparse.SUPPRESS)
@@ -384,12 +457,17 @@ def main() -> None:
                         block * 2,
                     )
                 )
-            max_rps = _max_rps(gateway_url, args.max_rps_seconds) if args.max_rps_seconds else None
+            max_rps = _max_rps(gateway_url, args.max_rps_seconds)[0] if args.max_rps_seconds else None
             single = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow"}, 10))
             best_of_5 = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow", "n": 5}, 10))
             heavy: dict[str, float | int] = {}
             if args.heavy_seconds:
-                heavy = _heavy_phase(directory, processes, args.heavy_seconds)
+                heavy = _heavy_phase(directory, processes, args.heavy_seconds, pin=not args.no_pin)
+            scaling: dict[str, float | int | None] = {}
+            if args.workers > 1:
+                scaling = _workers_phase(
+                    directory, config, processes, gateway_url, args.workers, args.max_rps_seconds or 5.0
+                )
             time.sleep(1.0)  # the last shadow checks and rows land
             with sqlite3.connect(directory / "decisions.db") as db:
                 shadow_checks = db.execute("SELECT count(*) FROM shadows").fetchone()[0]
@@ -434,11 +512,14 @@ def main() -> None:
                 else {}
             )
             | heavy
+            | scaling
         )
     )
 
 
-def _heavy_phase(directory: Path, processes: list[subprocess.Popen], seconds: float) -> dict[str, float | int]:
+def _heavy_phase(
+    directory: Path, processes: list[subprocess.Popen], seconds: float, *, pin: bool
+) -> dict[str, float | int]:
     """A second gateway whose every routed request draws best-of-5 50 KB answers (judged by
     consensus in its worker pool), with 1 MB prompts allowed: /healthz latency meanwhile."""
     upstream_port, gateway_port = free_port(), free_port()
@@ -461,6 +542,8 @@ def _heavy_phase(directory: Path, processes: list[subprocess.Popen], seconds: fl
     )
     for port, process in ((upstream_port, processes[-2]), (gateway_port, processes[-1])):
         wait_for(f"http://127.0.0.1:{port}/", process)
+    if pin:  # as in the other phases: the gateway on a core of its own, its upstream with this process
+        _pin(processes[-2:])
     base = f"http://127.0.0.1:{gateway_port}"
     latencies, done, failed = asyncio.run(
         _healthz_under_load(base + "/healthz", base + "/v1/chat/completions", seconds, answers=4, prompts=4)

@@ -3,6 +3,7 @@ that can answer, fail, slow down or break its stream, a reward model, and a runn
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -413,17 +414,18 @@ def gateway(
 
 @contextmanager
 def serve_subprocess(
-    config: Path, *options: str, stdout: int | None = None
+    config: Path, *options: str, stdout: int | None = None, env: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`bestroute serve --config config [options]` in a process of its own, once /healthz
     answers: the process (stderr piped, stdout as given) and its URL. Terminated on exit unless
-    the test ended it."""
+    the test ended it. ``env`` is added to this process's environment."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bestroute", "serve", "--config", str(config), "--port", str(port), *options],
         stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
+        env=os.environ | (env or {}),
     )
     url = f"http://127.0.0.1:{port}"
     try:

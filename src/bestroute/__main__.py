@@ -1,3 +1,4 @@
 from .cli import app
 
-app(prog_name="bestroute")
+if __name__ == "__main__":  # not when a spawned worker process imports it
+    app(prog_name="bestroute")

@@ -460,14 +460,23 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log a line per HTTP request.")] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes sharing the port (one per core; docs/gateway.md).")
+    ] = 1,
 ) -> None:
     """Run the OpenAI-compatible routing gateway."""
-    from .serving import create_app, load_config, run_gateway
+    from .serving import create_app, load_config, run_gateway, run_workers
 
     _check_port(port)
-    gateway = create_app(load_config(config), config_path=config)
-    typer.echo(gateway.describe(f"http://{host}:{port}/v1"), err=True)
-    run_gateway(gateway, host=host, port=port, access_log=access_log)
+    gateway = create_app(load_config(config), config_path=config)  # checks every file once, here
+    url = f"http://{host}:{port}/v1"
+    if workers == 1:
+        typer.echo(gateway.describe(url), err=True)
+        run_gateway(gateway, host=host, port=port, access_log=access_log)
+        return
+    typer.echo(f"{gateway.describe(url)}; {workers} workers", err=True)
+    del gateway  # each worker builds its own
+    run_workers(config, host=host, port=port, workers=workers, access_log=access_log)
 
 
 @batch_app.command("route")

@@ -3,7 +3,7 @@
 from ._config import GatewayConfig, load_config
 from ._log import DecisionLog, LogEvaluation, TrafficStats, evaluate_log, export_log, log_stats, replay_dead_letters
 from ._retrain import RetrainReport, retrain
-from ._server import run_gateway, server_config
+from ._server import run_gateway, run_workers, server_config
 from .app import Gateway, create_app
 
 __all__ = [
@@ -21,5 +21,6 @@ __all__ = [
     "replay_dead_letters",
     "retrain",
     "run_gateway",
+    "run_workers",
     "server_config",
 ]

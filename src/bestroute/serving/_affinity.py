@@ -12,6 +12,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ._config import AffinityConfig
+from ._cpu import run_cpu
 from ._log import latest_turn
 from .protocol import ChatCompletionRequest, ChatMessage
 
@@ -113,10 +115,12 @@ class Conversations:
     ----------
     engine : callable
         The decision log's database.
+    pool : Executor
+        Where a long conversation's hash chain is computed (off the event loop).
     """
 
-    def __init__(self, engine: Callable[[], Engine]) -> None:
-        self._engine = engine
+    def __init__(self, engine: Callable[[], Engine], pool: Executor) -> None:
+        self._engine, self._pool = engine, pool
         self._pins: OrderedDict[str, Pin] = OrderedDict()  # by conversation id and by next-turn key
 
     async def find(
@@ -125,7 +129,9 @@ class Conversations:
         """The turn ``request`` is (None: affinity is off)."""
         if not config.enabled:
             return None
-        history, earlier = _chain(client, request.messages)
+        # Hashing a long conversation (JSON of every message, then SHA-256) is CPU work like routing.
+        chars = sum(len(m.content) if isinstance(m.content, str) else len(m.text()) for m in request.messages)
+        history, earlier = await run_cpu(self._pool, chars, lambda: _chain(client, request.messages))
         named = headers.get(config.header)
         if named is not None:
             conversation = hashlib.sha256(f"{client or ''}\x00{named}".encode()).hexdigest()[:KEY_CHARS]

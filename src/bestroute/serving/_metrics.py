@@ -1,18 +1,28 @@
-"""Prometheus metrics of one gateway (its own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one gateway (its own registry, so several apps can live in one process).
 
-from collections.abc import Callable, Iterable
+In a group of workers (``bestroute serve --workers N``) prometheus-client's multiprocess mode is
+on: every worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and /metrics, on
+whichever worker answers, adds them up. Values a worker reads from its own state (circuits,
+the decision log's writer) are so published into metrics, when scraped and every second, rather
+than computed at scrape time: another worker's scrape could not compute them."""
+
+import asyncio
+import os
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from ._log import DecisionLog
+
+PUBLISH_EVERY_S = 1.0
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.requests = Counter(
             "bestroute_requests_total",
             "Chat completion requests by answering model, n and HTTP status",
@@ -73,12 +83,14 @@ class GatewayMetrics:
             "interval's lower and upper bounds (shadow.confidence)",
             ["option", "bound"],
             registry=self.registry,
+            multiprocess_mode="liveall",  # each worker's own checks (a pid label per worker)
         )
         self.shadow_below_target = Gauge(
             "bestroute_shadow_below_target",
             "1 while an option's agreement interval lies below shadow.target",
             ["option"],
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
         self.affinity = Counter(
             "bestroute_affinity_total",
@@ -104,14 +116,50 @@ class GatewayMetrics:
         self._children: dict[tuple[str, int, int], tuple[Any, ...]] = {}
         self._models: dict[str, tuple[Any, ...]] = {}
         self.circuit_open = Gauge(
-            "bestroute_circuit_open", "1 while a backend's circuit is open", ["backend"], registry=self.registry
+            "bestroute_circuit_open",
+            "1 while a backend's circuit is open (in a worker group: in any worker)",
+            ["backend"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
+        self.log_backlog = Gauge(
+            "bestroute_decision_log_backlog",
+            "Rows waiting for the database",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.log_repaired = Counter(
+            "bestroute_decision_log_repaired", "Rows sanitised before the database took them", registry=self.registry
+        )
+        self.log_dead_letters = Counter(
+            "bestroute_decision_log_dead_letters", "Rows written to the dead-letter file", registry=self.registry
+        )
+        self._circuits: dict[str, Callable[[], bool]] = {}
+        self._log: DecisionLog | None = None
+        self._published_log_counts = (0, 0)  # repaired, dead letters
 
     def watch_log(self, log: DecisionLog) -> None:
-        self.registry.register(_DecisionLogCollector(log))
+        self._log = log
 
     def watch_circuit(self, backend: str, is_open: Callable[[], bool]) -> None:
-        self.circuit_open.labels(backend=backend).set_function(lambda: float(is_open()))
+        self._circuits[backend] = is_open
+
+    def publish(self) -> None:
+        """Copy the watched circuits' states and the writer's counts into their metrics."""
+        for backend, is_open in self._circuits.items():
+            self.circuit_open.labels(backend=backend).set(float(is_open()))
+        if self._log is not None:
+            self.log_backlog.set(self._log.backlog)
+            repaired, dead = self._log.repaired, self._log.dead_letters.count
+            self.log_repaired.inc(repaired - self._published_log_counts[0])
+            self.log_dead_letters.inc(dead - self._published_log_counts[1])
+            self._published_log_counts = (repaired, dead)
+
+    async def publish_every(self, seconds: float = PUBLISH_EVERY_S) -> None:
+        """Publish until cancelled (a worker's values reach a scrape another worker answers)."""
+        while True:
+            self.publish()
+            await asyncio.sleep(seconds)
 
     def observe_request(self, *, model: str, n: int, status: int, seconds: float) -> None:
         key = (model, n, status)
@@ -142,24 +190,9 @@ class GatewayMetrics:
         return children
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-class _DecisionLogCollector(Collector):
-    """The writer's own counts, read at scrape time (the writer thread keeps them)."""
-
-    def __init__(self, log: DecisionLog) -> None:
-        self.log = log
-
-    def collect(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily(
-            "bestroute_decision_log_backlog", "Rows waiting for the database", value=self.log.backlog
-        )
-        yield CounterMetricFamily(
-            "bestroute_decision_log_repaired", "Rows sanitised before the database took them", value=self.log.repaired
-        )
-        yield CounterMetricFamily(
-            "bestroute_decision_log_dead_letters",
-            "Rows written to the dead-letter file",
-            value=self.log.dead_letters.count,
-        )
+        self.publish()
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

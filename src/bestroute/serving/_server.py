@@ -8,16 +8,25 @@ connection has a request in progress, the new one gets a 503 with Retry-After at
 import asyncio
 import json
 import logging
+import os
 import resource
-from typing import TYPE_CHECKING, Any
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
 
-from ._config import LimitsConfig
-
-if TYPE_CHECKING:
-    from .app import Gateway
+from .._exceptions import BestRouteError, ConfigError
+from ._config import LimitsConfig, load_config
+from ._workers import WORKERS_DIR_ENV
+from .app import Gateway, create_app
 
 _REFUSAL_BODY = json.dumps(
     {
@@ -110,7 +119,7 @@ def limited_protocol(limits: LimitsConfig) -> type[asyncio.Protocol]:
     return LimitedProtocol
 
 
-def server_config(gateway: "Gateway", *, host: str, port: int, **options: Any) -> uvicorn.Config:
+def server_config(gateway: Gateway, *, host: str, port: int, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for ``gateway`` with its connection limits."""
     limits = gateway.config.limits
     return uvicorn.Config(
@@ -118,7 +127,7 @@ def server_config(gateway: "Gateway", *, host: str, port: int, **options: Any) -
     )
 
 
-def run_gateway(gateway: "Gateway", *, host: str, port: int, access_log: bool = False) -> None:
+def run_gateway(gateway: Gateway, *, host: str, port: int, access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then finish the requests in progress (up to 30 s) and drain
     the decision log. Access lines are off unless asked for (the decision log records every
     request)."""
@@ -147,3 +156,84 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+class _WorkerConfig(uvicorn.Config):
+    """What uvicorn pickles into each spawned worker. A built gateway cannot be pickled, so each
+    worker builds its own from the configuration file when uvicorn loads the app."""
+
+    def __init__(self, config_path: Path, **options: Any) -> None:
+        super().__init__("bestroute.serving:create_app", **options)  # replaced in load()
+        self.config_path = config_path
+
+    def load(self) -> None:
+        raise_open_files_limit()
+        try:
+            gateway = create_app(load_config(self.config_path), config_path=self.config_path)
+        except BestRouteError as exc:  # the files changed since the supervisor checked them
+            _logger.error("worker %d cannot start: %s", os.getpid(), exc)
+            sys.exit(STARTUP_FAILURE)
+        limits = gateway.config.limits
+        self.app, self.http, self.timeout_keep_alive = gateway, limited_protocol(limits), limits.keep_alive_s
+        super().load()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor (workers restarted when they die, SIGTTIN/SIGTTOU add or remove one),
+    with SIGHUP passed to every worker, which reloads in place as a lone gateway does, instead
+    of uvicorn's restart of each; and a dead worker's live gauges dropped from the metrics."""
+
+    def handle_hup(self) -> None:
+        _logger.warning("SIGHUP: reloading %d workers", len(self.processes))
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGHUP)
+
+    def keep_subprocess_alive(self) -> None:
+        before = {p.pid for p in self.processes}
+        super().keep_subprocess_alive()
+        self._forget(before)
+
+    def handle_ttou(self) -> None:
+        before = {p.pid for p in self.processes}
+        super().handle_ttou()
+        self._forget(before)
+
+    def _forget(self, before: set[int | None]) -> None:
+        for pid in before - {p.pid for p in self.processes}:
+            if pid is not None:
+                mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+    @property
+    def failed_to_start(self) -> bool:
+        return any(p.exitcode == STARTUP_FAILURE for p in self.processes)
+
+
+def run_workers(config_path: Path, *, host: str, port: int, workers: int, access_log: bool = False) -> None:
+    """Serve with ``workers`` processes accepting on one socket until SIGINT or SIGTERM; each
+    finishes its requests in progress and drains its decision log. The group's metrics files
+    and membership live in a run directory removed at exit (docs/gateway.md, "Several workers")."""
+    raise_open_files_limit()
+    run_dir = Path(tempfile.mkdtemp(prefix="bestroute-workers-"))
+    metrics_dir = run_dir / "metrics"
+    metrics_dir.mkdir()
+    # Set before the workers start: prometheus-client picks its multiprocess mode at import.
+    os.environ[WORKERS_DIR_ENV] = str(run_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    config = _WorkerConfig(
+        config_path,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info" if access_log else "warning",
+        access_log=access_log,
+        timeout_graceful_shutdown=30,
+    )
+    try:
+        supervisor = _Supervisor(config, sockets=[config.bind_socket()])
+        supervisor.run()
+    finally:
+        del os.environ[WORKERS_DIR_ENV], os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if supervisor.failed_to_start:
+        raise ConfigError("a worker could not start (its log line is above); the gateway stopped")

@@ -35,6 +35,7 @@ from ._recording import Recorder
 from ._reload import Reloader
 from ._requests import Access, unprocessable
 from ._shadow import ShadowTallies
+from ._workers import group_dir, membership
 from .routes import CHAT_PATH, chat_completions, router
 from .serving import ChatService
 
@@ -160,15 +161,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             recorder=recorder,
             pool=pool,
             tallies=ShadowTallies(),
-            conversations=Conversations(lambda: recorder.log.engine),
+            conversations=Conversations(lambda: recorder.log.engine, pool),
         )
         app.state.service = build(loaded, None)
         app.state.feedback = FeedbackService(log, answered)
         reloader = Reloader(app, config_path, loaded, build)
         app.state.reloader = reloader
         tasks = [asyncio.create_task(_warn_unreachable(config.backends))]
-        if config.budgets.shared:
+        in_group = group_dir() is not None
+        if config.budgets.shared or in_group:  # each worker of a group is a replica
             tasks.append(asyncio.create_task(recorder.budgets.share()))
+        if in_group:
+            tasks.append(asyncio.create_task(metrics.publish_every()))
         if config_path is not None:
             reloader.on_sighup()
             if config.reload_poll_s:
@@ -178,7 +182,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.collect()
         gc.freeze()
         try:
-            yield
+            with membership():
+                yield
         finally:
             for task in tasks:
                 task.cancel()

@@ -2,6 +2,7 @@
 (``request.app.state``) and shape its answer; errors are raised as GatewayErrors and mapped to
 responses in one place (``_errors.error_response``)."""
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,6 +17,7 @@ from ._passthrough import pass_through
 from ._planning import ROUTED_MODEL
 from ._reload import Reloader
 from ._requests import Access, constraints_of, deadline_of, read_json, unless_disconnected, unprocessable
+from ._workers import signal_others
 from .protocol import ChatCompletionRequest, FeedbackRequest
 from .serving import ChatService
 
@@ -130,6 +132,7 @@ async def healthz(request: Request) -> dict[str, Any]:
     log = service.recorder.log
     return {
         "status": "ok",
+        "pid": os.getpid(),
         "router": service.router.name,
         "reference": service.router.reference_.model,
         "artifact": service.artifact.describe(),
@@ -154,7 +157,8 @@ async def reload(request: Request) -> dict[str, Any]:
         service = await reloader.reload("POST /admin/reload")
     except BestRouteError as exc:
         raise InvalidRequest(f"reload refused, still serving the previous files: {exc}") from None
-    return {"status": "reloaded", "artifact": service.artifact.describe()}
+    # The other workers of a group reload on SIGHUP; a file they refuse is logged by each.
+    return {"status": "reloaded", "artifact": service.artifact.describe(), "other_workers_signalled": signal_others()}
 
 
 @router.get("/metrics")

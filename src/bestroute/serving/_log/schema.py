@@ -1,7 +1,7 @@
 """The decision log's schema: its tables, the typed rows the gateway writes to them, and the one
 sanitiser every row passes before a database sees it."""
 
-import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -229,28 +229,44 @@ def _clean_json(value: Any) -> Any:
 
 
 def as_mapping(row: Row) -> dict[str, Any]:
-    return {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
+    # Every field of a row type is an init field, so its __dict__ is the mapping
+    # (dataclasses.fields() per row took a tenth of the writer's time).
+    return dict(vars(row))
 
 
 def sanitize(row: dict[str, Any], table: Table) -> tuple[dict[str, Any], bool]:
     """The row as ``table`` takes it, and whether anything had to change. A key that is not a
     column of the table is an error (ValueError), never dropped in silence."""
-    unknown = set(row) - set(table.columns.keys())
+    rules = _column_rules(table)
+    unknown = row.keys() - rules.keys()
     if unknown:
         raise ValueError(f"not a column of {table.name}: {', '.join(sorted(unknown))}")
     clean: dict[str, Any] = {}
     for name, value in row.items():
-        column = table.columns[name]
+        kind, length, nullable = rules[name]
         if isinstance(value, str):
-            value = _clean_text(value, getattr(column.type, "length", None))
-        elif isinstance(column.type, JSON):
+            value = _clean_text(value, length)
+        elif kind == "json":
             value = _clean_json(value)
-        elif isinstance(column.type, Integer) and isinstance(value, int):
+        elif kind == "int" and isinstance(value, int):
             value = min(max(int(value), _INT4[0]), _INT4[1])
-        elif isinstance(column.type, Float) and isinstance(value, float) and not math.isfinite(value):
-            value = None if column.nullable else 0.0
+        elif kind == "float" and isinstance(value, float) and not math.isfinite(value):
+            value = None if nullable else 0.0
         clean[name] = value
     return clean, clean != row
+
+
+@functools.cache
+def _column_rules(table: Table) -> dict[str, tuple[str, int | None, bool]]:
+    """Per column: its kind (json, int, float or other), its length and whether it is nullable,
+    read from the table once (the writer sanitises every row; SQLAlchemy's lookups were most of it)."""
+    rules = {}
+    for column in table.columns:
+        kind = next(
+            (k for k, t in (("json", JSON), ("int", Integer), ("float", Float)) if isinstance(column.type, t)), ""
+        )
+        rules[column.name] = (kind or "other", getattr(column.type, "length", None), bool(column.nullable))
+    return rules
 
 
 def first_line(exc: BaseException) -> str:
