@@ -1,5 +1,6 @@
 """`bestroute batch route` on a real local Ray instance (issue 26): the same decisions as the
-in-process router, and a per-row error for rows it cannot route."""
+in-process router, and a per-row error for rows it cannot route; files and decision logs
+(SQLite and PostgreSQL) by URL."""
 
 import json
 from pathlib import Path
@@ -9,9 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from conftest import bestroute
+from servers import decision, empty_database
 
 from bestroute import BestRouteRouter, load_dataset, load_router, split_prompts
 from bestroute.batch import RESULT_SCHEMA, route_batch
+from bestroute.serving import DecisionLog, logged_prompts
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,49 @@ def test_parquet_with_a_non_string_prompt_column_and_the_cli(local_ray, guarded_
         "batch", "route", str(guarded_artifact), str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o3")
     )
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_decision_log_by_url_is_routed_in_request_id_order(
+    local_ray, guarded_artifact, zeroeval_dir, log_url, tmp_path
+):
+    url = empty_database(log_url)
+    texts = [json.loads(line)["prompt"] for line in (zeroeval_dir / "prompts.jsonl").open()]
+    log = DecisionLog(url, dead_letter_path=tmp_path / "dead.jsonl")
+    written = [
+        decision(f"chatcmpl-{i:06d}", prompt=None if i % 97 == 5 else texts[i % len(texts)], prompt_hash=str(i))
+        for i in range(3000)
+    ]
+    for row in reversed(written):  # logged in another order than the ids'
+        log.write(row)
+    log.close()
+
+    report = route_batch(guarded_artifact, url, tmp_path / "out", workers=2, batch_size=400)
+
+    unstored = [row.id for row in written if row.prompt is None]
+    assert (report.routed, report.failed) == (3000 - len(unstored), len(unstored))
+    got = _decisions(tmp_path / "out")
+    assert [g["id"] for g in got] == [row.id for row in written]
+    stored = [row for row in written if row.prompt is not None]
+    expected = load_router(guarded_artifact).route([row.prompt for row in stored])
+    by_id = {g["id"]: g for g in got}
+    assert [by_id[row.id]["option"] for row in stored] == [e["option"] for e in expected]
+    assert {by_id[i]["error"] for i in unstored} == {
+        "the decision log stored no prompt for this request (decision_log.store_prompts was off)"
+    }
+
+    # Pages by id: rows logged between two pages do not shift them.
+    pages = logged_prompts(url, batch=700)
+    first = next(pages)
+    late = DecisionLog(url, dead_letter_path=tmp_path / "dead.jsonl")
+    late.write(decision("chatcmpl-000000a", prompt="late"))  # sorts into the first page's range
+    late.close()
+    rest = [item for page in pages for item in page]
+    assert [i for i, _ in first + rest] == [row.id for row in written]
+
+
+def test_a_bad_database_url_is_one_line(guarded_artifact, tmp_path):
+    done = bestroute(
+        "batch", "route", str(guarded_artifact), "postgresql+psycopg://nobody@127.0.0.1:1/none", "--out", str(tmp_path)
+    )
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
+    assert "decision_log.url: cannot open" in done.stderr

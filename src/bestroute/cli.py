@@ -484,7 +484,11 @@ def serve(
 def batch_route(
     artifact: Annotated[Path, typer.Argument(help="Router artifact from `bestroute train`.")],
     source: Annotated[
-        Path, typer.Argument(help="JSONL or Parquet rows (a file or a directory) with a prompt or messages.")
+        str,
+        typer.Argument(
+            help="JSONL or Parquet rows (a file or a directory) with a prompt or messages, or a decision "
+            "log's database URL (sqlite:///decisions.db, postgresql+psycopg://...)."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Directory to write the decisions to (Parquet).")],
     threshold: Annotated[float | None, typer.Option(help="Raw knob (threshold or cost penalty).")] = None,

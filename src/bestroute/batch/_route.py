@@ -2,7 +2,8 @@
 
 A row is a JSON object (a line of a JSONL file, or a Parquet row) with a ``prompt`` string or
 OpenAI ``messages`` (routed on the text the gateway routes on), and optionally an ``id`` that is
-copied to the decision. Each worker loads the artifact once (an actor of ``map_batches``); a
+copied to the decision; or a logged request of a decision log, read by its database URL (its id
+and stored prompt). Each worker loads the artifact once (an actor of ``map_batches``); a
 row that cannot be routed gets its reason in the ``error`` column and the job goes on. Reading,
 routing and writing stream: memory is flat in the number of rows."""
 
@@ -15,9 +16,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pa_dataset
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .._exceptions import BestRouteError
 from ..routers import Router, load_router
+from ..serving import check_database, logged_prompts
 from ..serving.protocol import ChatCompletionRequest
 
 RESULT_SCHEMA = pa.schema(
@@ -34,6 +38,7 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 LINE_COLUMN = "__line"  # the JSONL reader's one column: a row's text, parsed by the router actor
+_LOGGED = "__logged"  # set on rows read from a decision log
 _LINES_PER_BLOCK = 8192
 _READ_BYTES = 1 << 20
 
@@ -57,6 +62,8 @@ def prompt_of(record: Any) -> str:
             ).prompt_text()
         except ValidationError as exc:
             raise _RowError(f"messages are not OpenAI chat messages: {exc.errors()[0]['msg']}") from None
+    elif record.get(_LOGGED) is not None:
+        raise _RowError("the decision log stored no prompt for this request (decision_log.store_prompts was off)")
     else:
         raise _RowError("the row has no prompt and no messages")
     if not prompt.strip():
@@ -154,6 +161,51 @@ def _json_lines() -> type:
     return JsonLines
 
 
+def _decision_log() -> type:
+    """Ray datasource of a decision log's requests (id, stored prompt), read by id a page at a
+    time in one task (``logged_prompts``): reading is a small part of the work, routing runs on
+    every worker. Ray's read_sql fetches a whole query's result at once."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class DecisionLogRequests(Datasource):
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def estimate_inmemory_data_size(self) -> None:
+            return None
+
+        def get_read_tasks(
+            self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+        ) -> list[ReadTask]:
+            url = self.url
+
+            def read() -> Iterator[pa.Table]:
+                for page in logged_prompts(url, batch=_LINES_PER_BLOCK):
+                    ids, prompts = zip(*page, strict=True)
+                    yield pa.table(
+                        {"id": list(ids), "prompt": list(prompts), _LOGGED: [True] * len(page)},
+                        schema=pa.schema([("id", pa.string()), ("prompt", pa.string()), (_LOGGED, pa.bool_())]),
+                    )
+
+            metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
+            return [ReadTask(read, metadata)]
+
+    return DecisionLogRequests
+
+
+def database_url(source: str | Path) -> str | None:
+    """``source`` if it is a decision log's database URL (sqlite:///..., postgresql+psycopg://...)."""
+    text = str(source)
+    if isinstance(source, Path) or "://" not in text:
+        return None
+    try:
+        make_url(text)
+    except ArgumentError:
+        return None
+    return text
+
+
 @dataclass(frozen=True)
 class BatchReport:
     """What a batch job wrote: rows with a decision and rows with an error."""
@@ -179,16 +231,19 @@ def route_batch(
     batch_size: int = 1024,
     ray_address: str | None = None,
 ) -> BatchReport:
-    """Route every row of ``source`` (a JSONL or Parquet file, or a directory of them) with the
-    router ``artifact`` at ``knob`` (None: its default) on ``workers`` actors, and write the
-    decisions (RESULT_SCHEMA, in the input's order) as Parquet files in ``out``. Starts a local
-    Ray instance unless one is running or ``ray_address`` names a cluster."""
+    """Route every row of ``source`` (a JSONL or Parquet file, a directory of them, or a decision
+    log's database URL) with the router ``artifact`` at ``knob`` (None: its default) on
+    ``workers`` actors, and write the decisions (RESULT_SCHEMA, in the input's order; a decision
+    log's by request id) as Parquet files in ``out``. Starts a local Ray instance unless one is
+    running or ``ray_address`` names a cluster."""
     try:
         import ray
     except ImportError:
         raise BestRouteError("batch routing needs Ray: pip install 'bestroute[scale]'") from None
-    source, out = Path(source), Path(out)
-    if not source.exists():
+    url, out = database_url(source), Path(out)
+    if url is not None:
+        check_database(url)  # a wrong URL or missing driver is one line here, not a failed Ray task
+    elif not Path(source).exists():
         raise BestRouteError(f"{source} does not exist")
     if workers < 1 or batch_size < 1:
         raise BestRouteError("workers and batch size must be at least 1")
@@ -200,11 +255,12 @@ def route_batch(
     context.execution_options.preserve_order = True
     # Reading and writing take no CPU of Ray's: the routers' actors hold one each, and reads that
     # wait for a CPU the actors hold would never run (workers = CPUs is a deadlock otherwise).
-    rows = (
-        ray.data.read_parquet(str(source), num_cpus=0)
-        if _is_parquet(source)
-        else ray.data.read_datasource(_json_lines()(str(source)), num_cpus=0)
-    )
+    if url is not None:
+        rows = ray.data.read_datasource(_decision_log()(url), num_cpus=0)
+    elif _is_parquet(Path(source)):
+        rows = ray.data.read_parquet(str(source), num_cpus=0)
+    else:
+        rows = ray.data.read_datasource(_json_lines()(str(source)), num_cpus=0)
     decisions = rows.map_batches(
         BatchRouter,
         fn_constructor_kwargs={"artifact": str(artifact), "knob": checked},

@@ -96,6 +96,10 @@ class Budgets:
     async def share(self) -> None:
         """Read the other replicas' usage from the database every ``refresh_s``, until cancelled."""
         while True:
+            if not self.active:  # no limits (yet; a reload may set some): nothing to read
+                self._others_requests, self._others_spent = {}, {}
+                await asyncio.sleep(self.config.refresh_s)
+                continue
             try:
                 self._others_requests, self._others_spent = await asyncio.to_thread(
                     usage_by_client,

@@ -5,8 +5,8 @@ all read the record, so they cannot disagree."""
 
 import dataclasses
 import hashlib
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,8 +231,11 @@ class Recorder:
         self._reference_output = [0, 0]  # the reference's output tokens and samples over its calls so far
 
     def open(self, client: str | None) -> Ticket:
-        # The id starts with this replica's id, so shared budgets can tell its rows.
-        request_id = f"chatcmpl-{self.budgets.replica}{uuid.uuid4().hex[:24]}"
+        # The id starts with this replica's id, so shared budgets can tell its rows; then the time
+        # in microseconds, so the log's primary key and the calls' index grow at their end (random
+        # ids dirtied a page of each per row: a third of the SQLite writer's time at 200k rows);
+        # then 11 random hex digits.
+        request_id = f"chatcmpl-{self.budgets.replica}{time.time_ns() // 1000:013x}{secrets.token_hex(6)[:11]}"
         return Ticket(request_id=request_id, client=client, started=time.perf_counter())
 
     def close(

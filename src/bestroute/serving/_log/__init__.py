@@ -19,7 +19,7 @@ from .dashboard import (
     traffic_series,
 )
 from .database import check_database, open_database
-from .export import export_log
+from .export import export_log, logged_prompts
 from .offpolicy import LogEvaluation, evaluate_log
 from .queries import decision_owner, latest_turn, newest_share_start, usage_by_client
 from .schema import CallRow, DecisionRow, FeedbackRow, Row, ShadowRow, sanitize
@@ -52,6 +52,7 @@ __all__ = [
     "latency_percentiles",
     "latest_turn",
     "log_stats",
+    "logged_prompts",
     "model_stats",
     "newest_share_start",
     "open_database",

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, RowMapping, exists, or_, select
+from sqlalchemy import Engine, RowMapping, Select, exists, or_, select
 
 from ..._exceptions import BestRouteError
 from ...backends import estimate_tokens
@@ -76,24 +76,41 @@ def _labelled_batches(engine: Engine, batch: int, until: float | None) -> Iterat
     checked = exists().where(
         shadows.c.decision_id == decisions.c.id, shadows.c.agreed.is_not(None), shadows.c.response.is_not(None)
     )
-    query = (
-        select(decisions.c.id, decisions.c.prompt)
-        .where(
-            decisions.c.status == 200,
-            decisions.c.prompt.is_not(None),
-            or_(exists().where(feedback.c.decision_id == decisions.c.id), checked),
-            *([decisions.c.created_at < until] if until is not None else []),
-        )
-        .order_by(decisions.c.id)
+    query = select(decisions.c.id, decisions.c.prompt).where(
+        decisions.c.status == 200,
+        decisions.c.prompt.is_not(None),
+        or_(exists().where(feedback.c.decision_id == decisions.c.id), checked),
+        *([decisions.c.created_at < until] if until is not None else []),
     )
-    after = ""
+    return keyset_pages(engine, query, decisions.c.id, batch)
+
+
+def keyset_pages(engine: Engine, query: Select[Any], key: Any, batch: int) -> Iterator[Sequence[RowMapping]]:
+    """The rows of ``query`` (which selects ``key``, a unique column), ``batch`` at a time in
+    ``key``'s order. Each page is a query of its own (``key > last``, by the index, no OFFSET),
+    so memory is one page, no cursor stays open between pages and rows written meanwhile do
+    not shift the pages."""
+    ordered = query.order_by(key)
+    after: Any = None
     while True:
+        page = ordered if after is None else ordered.where(key > after)
         with engine.connect() as connection:
-            rows = connection.execute(query.where(decisions.c.id > after).limit(batch)).mappings().all()
+            rows = connection.execute(page.limit(batch)).mappings().all()
         if not rows:
             return
         yield rows
-        after = rows[-1]["id"]
+        after = rows[-1][key.name]
+
+
+def logged_prompts(url: str, *, batch: int = BATCH) -> Iterator[list[tuple[str, str | None]]]:
+    """Every logged request's id and stored prompt (None where ``decision_log.store_prompts`` was
+    off), ``batch`` at a time by id: what ``bestroute batch route`` reads from a decision log."""
+    engine = open_database(url)
+    try:
+        for rows in keyset_pages(engine, select(decisions.c.id, decisions.c.prompt), decisions.c.id, batch):
+            yield [(row["id"], row["prompt"]) for row in rows]
+    finally:
+        engine.dispose()
 
 
 def _shadows_of(engine: Engine, ids: list[str]) -> dict[str, RowMapping]:

@@ -243,6 +243,9 @@ def sanitize(row: dict[str, Any], table: Table) -> tuple[dict[str, Any], bool]:
         raise ValueError(f"not a column of {table.name}: {', '.join(sorted(unknown))}")
     clean: dict[str, Any] = {}
     for name, value in row.items():
+        if value is None:  # most optional columns of most rows
+            clean[name] = None
+            continue
         kind, length, nullable = rules[name]
         if isinstance(value, str):
             value = _clean_text(value, length)
