@@ -1,17 +1,23 @@
-"""Batch routing throughput: rows/s of `route_batch` on a local Ray instance with 1 and 2
-workers, against the in-process `Router.route` in batches of the same size, on a generated JSONL
-of zeroeval prompts; and peak resident memory: this process's (the in-process pass included) and
-the largest of its waited-for descendants' (Ray's processes, as far as getrusage sees them; not
-yet a per-worker reading). Prints one JSON object.
+"""Batch routing throughput and memory: rows/s of `route_batch` on a local Ray instance with 1
+and 2 workers, against the in-process `Router.route` streaming the same file in batches of the
+same size, on generated JSONL of zeroeval prompts; and, sampled from /proc every 0.5 s, the peak
+private memory (RssAnon) of the driver (this process) and of each kind of Ray worker process (the
+routing actors, the reader, the writer), and the largest share of Ray's object store (shared
+memory) any process maps, for each row count, so growth with the number of rows shows. Prints a
+JSON object per run and one with all of them.
 
-    python benchmarks/batch_route.py [--rows 200000] [--batch-size 1024] [--router best-route]
+    python benchmarks/batch_route.py [--rows 100000 1000000] [--one-worker-rows 100000]
+                                     [--in-process-rows 100000] [--batch-size 1024]
 """
 
 import argparse
+import itertools
 import json
-import resource
+import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -22,10 +28,58 @@ from bestroute.batch import route_batch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _memory_mb(pid: str) -> tuple[str, float, float] | None:
+    """(process kind, private MB, shared MB) of a Ray worker process or this one; None otherwise."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    if not title.startswith("ray::") and int(pid) != os.getpid():
+        return None
+    fields = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("Rss")}
+    kind = title[5:].split("(")[0].split(".")[0] if title.startswith("ray::") else "driver"
+    return kind, fields.get("RssAnon", 0.0), fields.get("RssShmem", 0.0)
+
+
+def measured(run: Callable[[], None]) -> tuple[float, dict[str, int]]:
+    """Seconds ``run`` takes, and peak memory meanwhile: private MB per process kind and the
+    largest shared (object store) MB of any process."""
+    peaks: dict[str, float] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            for entry in Path("/proc").iterdir():
+                found = _memory_mb(entry.name) if entry.name.isdigit() else None
+                if found is not None:
+                    kind, private, shared = found
+                    peaks[kind] = max(peaks.get(kind, 0.0), private)
+                    peaks["object_store_shared"] = max(peaks.get("object_store_shared", 0.0), shared)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    wanted = ("driver", "MapWorker", "ReadJsonLines", "Write", "object_store_shared")
+    return seconds, {k: round(v) for k, v in peaks.items() if k in wanted}
+
+
+def write_rows(path: Path, texts: list[str], rows: int) -> None:
+    with path.open("w") as handle:
+        for i in range(rows):
+            handle.write(json.dumps({"id": i, "prompt": f"{texts[i % len(texts)]}\n#{i}"}) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "zeroeval"))
-    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="two-worker runs")
+    parser.add_argument("--one-worker-rows", type=int, default=100_000)
+    parser.add_argument("--in-process-rows", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--router", default="best-route")
     args = parser.parse_args()
@@ -34,30 +88,31 @@ def main() -> None:
     split = split_prompts(data.prompt_ids)
     artifact = work / "router.bestroute"
     ROUTERS[args.router](features="static").fit(data, split.train, split.val).save(artifact)
-    source = work / "rows.jsonl"
-    with source.open("w") as handle:
-        for i in range(args.rows):
-            handle.write(json.dumps({"id": i, "prompt": f"{data.texts[i % len(data.texts)]}\n#{i}"}) + "\n")
     router = load_router(artifact)
-    started = time.perf_counter()
-    texts = [json.loads(line)["prompt"] for line in source.open()]
-    for start in range(0, len(texts), args.batch_size):
-        router.route(texts[start : start + args.batch_size])
-    result: dict[str, object] = {
-        "rows": args.rows,
-        "in_process_rows_per_s": round(args.rows / (time.perf_counter() - started)),
-    }
-    del texts
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    for workers in (1, 2):
-        started = time.perf_counter()
-        report = route_batch(artifact, source, work / f"out-{workers}", workers=workers, batch_size=args.batch_size)
-        assert report.routed == args.rows, report
-        result[f"workers_{workers}_rows_per_s"] = round(args.rows / (time.perf_counter() - started))
+    plan = [("in-process", args.in_process_rows), ("1 worker", args.one_worker_rows)]
+    plan += [("2 workers", rows) for rows in args.rows]
+    runs = []
+    for name, rows in plan:
+        source = work / f"rows-{rows}.jsonl"
+        if not source.exists():
+            write_rows(source, data.texts, rows)
+
+        def in_process(source: Path = source) -> None:
+            with source.open() as handle:
+                while lines := list(itertools.islice(handle, args.batch_size)):
+                    router.route([json.loads(line)["prompt"] for line in lines])
+
+        def batch(workers: int = 1 if name == "1 worker" else 2, source: Path = source, rows: int = rows) -> None:
+            out = work / f"out-{rows}-{workers}"
+            report = route_batch(artifact, source, out, workers=workers, batch_size=args.batch_size)
+            assert report.routed == rows, report
+
+        seconds, memory = measured(in_process if name == "in-process" else batch)
+        runs.append({"run": name, "rows": rows, "rows_per_s": round(rows / seconds), "peak_private_mb": memory})
+        print(json.dumps(runs[-1]), flush=True)
     ray.shutdown()
-    result["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    result["largest_descendant_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
-    print(json.dumps(result))
+    print(json.dumps({"batch_size": args.batch_size, "router": args.router, "runs": runs}))
 
 
 if __name__ == "__main__":

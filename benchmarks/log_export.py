@@ -2,7 +2,7 @@
 three, with feedback), exported to routing data; peak Python memory (tracemalloc) must stay flat
 in the number of rows. Prints the figures as one JSON object on its last line.
 
-    python benchmarks/log_export.py [--rows 10000 100000]
+    python benchmarks/log_export.py [--rows 10000 100000] [--format parquet]
 """
 
 import argparse
@@ -76,7 +76,7 @@ def _fill(url: str, rows: int) -> None:
     engine.dispose()
 
 
-def _export(directory: Path, rows: int) -> dict[str, float | int]:
+def _export(directory: Path, rows: int, format: str) -> dict[str, float | int | str]:
     url = f"sqlite:///{directory}/log-{rows}.db"
     _fill(url, rows)
     config = directory / f"gateway-{rows}.yaml"
@@ -88,12 +88,13 @@ def _export(directory: Path, rows: int) -> dict[str, float | int]:
     settings = load_config(config)
     tracemalloc.start()
     tic = time.perf_counter()
-    prompts, responses, left_out = export_log(settings, directory / f"out-{rows}")
+    prompts, responses, left_out = export_log(settings, directory / f"out-{rows}", format=format)
     seconds = time.perf_counter() - tic
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"{rows} rows: {seconds:.1f} s, peak {peak / 2**20:.1f} MiB", file=sys.stderr)
     return {
+        "format": format,
         "rows": rows,
         "prompts": prompts,
         "responses": responses,
@@ -107,9 +108,10 @@ def _export(directory: Path, rows: int) -> dict[str, float | int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [_export(Path(tmp), rows) for rows in args.rows]
+        runs = [_export(Path(tmp), rows, args.format) for rows in args.rows]
     print(json.dumps({"runs": runs, "peak_ratio": round(runs[-1]["peak_mib"] / runs[0]["peak_mib"], 2)}))
 
 

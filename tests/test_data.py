@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_native
+from conftest import bestroute, write_native
 
 from bestroute import DataError, load_dataset
 from bestroute.data import read_native
@@ -168,3 +168,37 @@ def test_cli_describe(zeroeval_dir, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0
     assert "responses.jsonl.gz:1: quality" in bad.stderr
+
+
+def test_a_sample_reads_about_its_fraction_of_the_prompts_and_only_their_responses(zeroeval_dir, tmp_path):
+    whole = load_dataset(zeroeval_dir)
+    half, quarter = load_dataset(zeroeval_dir, sample=0.5), load_dataset(zeroeval_dir, sample=0.25)
+    assert abs(half.n_prompts / whole.n_prompts - 0.5) < 0.05
+    assert abs(quarter.n_prompts / whole.n_prompts - 0.25) < 0.05
+    assert set(quarter.prompt_ids) <= set(half.prompt_ids) <= set(whole.prompt_ids)  # nested samples
+    rows = {pid: i for i, pid in enumerate(whole.prompt_ids)}
+    picked = [rows[pid] for pid in quarter.prompt_ids]
+    assert quarter.models == whole.models
+    assert np.array_equal(quarter.quality, whole.quality[picked], equal_nan=True)
+    assert load_dataset(zeroeval_dir, sample=1.0).prompt_ids == whole.prompt_ids
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(DataError, match="a sample is a fraction"):
+            load_dataset(zeroeval_dir, sample=bad)
+    out = tmp_path / "router.bestroute"
+    done = bestroute(
+        "train",
+        "--data",
+        str(zeroeval_dir),
+        "--router",
+        "knn",
+        "--features",
+        "lexical",
+        "--sample",
+        "0.3",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.exists()
+    wrong = bestroute("train", "--data", str(zeroeval_dir), "--sample", "2", "--out", str(out))
+    assert wrong.returncode != 0 and len(wrong.stderr.strip().splitlines()) == 1

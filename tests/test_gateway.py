@@ -409,6 +409,15 @@ def test_decision_log_feedback_and_export(tmp_path, artifact):
     exported = load_dataset(out)
     assert exported.prompt_ids == [first.id]  # only the request with feedback
     assert exported.models == ["small"] and exported.quality[0, 0, 0] == 1.0
+    as_parquet = tmp_path / "parquet"
+    command = ["log", "export", "--config", str(tmp_path / "gateway.yaml"), "--out", str(as_parquet)]
+    result = CliRunner().invoke(app, [*command, "--format", "parquet"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in as_parquet.iterdir()) == ["models.json", "prompts.parquet", "responses.parquet"]
+    again = load_dataset(as_parquet)
+    assert again.prompt_ids == exported.prompt_ids and again.texts == exported.texts
+    assert (again.quality == exported.quality).all() and (again.responses == exported.responses).all()
+    assert CliRunner().invoke(app, [*command, "--format", "csv"]).exit_code != 0
 
 
 def test_config_errors_are_clear(tmp_path, artifact):

@@ -1,6 +1,7 @@
 """The `bestroute` command line."""
 
 import contextlib
+import enum
 import functools
 import json
 import time
@@ -48,6 +49,10 @@ console = Console()
 GUARD_HELP = (
     f"The out-of-domain guard: a prompt farther from the training prompts than {DOMAIN_QUANTILE:.1%} of the "
     "validation prompts goes to the reference."
+)
+SAMPLE_HELP = (
+    "Read only a deterministic sample of about this fraction of the prompts (0-1; memory shrinks alike): "
+    "for logs too large to hold; its cost in AUC is in docs/results.md."
 )
 DataPath = Annotated[Path, typer.Option("--data", help="Routing-data directory or RouterBench table.")]
 
@@ -161,13 +166,14 @@ def train(
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     selector: Annotated[str, typer.Option(help=SELECTOR_HELP)] = "auto",
     guard: Annotated[bool, typer.Option("--guard/--no-guard", help=GUARD_HELP)] = True,
+    sample: Annotated[float | None, typer.Option(help=SAMPLE_HELP)] = None,
 ) -> None:
     """Fit a router on the train split and save it as one artifact file."""
     if router not in ROUTERS:
         raise BestRouteError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
     with _steps(f"train {router}") as progress:
         progress("reading the data", 0, 4)
-        data = load_dataset(data_path or demo_data_path())
+        data = load_dataset(data_path or demo_data_path(), sample=sample)
         split = split_prompts(data.prompt_ids, seed=seed)
         progress("choosing the best-of-n selector on validation" if selector == "auto" else "selector", 1, 4)
         selector, _ = _resolve_selector(selector, data, split, out.with_suffix(".reward.bestroute"), features)
@@ -425,6 +431,10 @@ def eval_command(
     reference: Annotated[str | None, typer.Option(help="Reference model (default: best on validation).")] = None,
     selector: Annotated[str, typer.Option(help=SELECTOR_HELP + " Also: oracle (an upper bound).")] = "auto",
     guard: Annotated[bool, typer.Option("--guard/--no-guard", help=GUARD_HELP)] = True,
+    train_sample: Annotated[
+        float | None,
+        typer.Option(help="Fit on the training prompts of `train --sample`'s sample of this fraction; test whole."),
+    ] = None,
 ) -> None:
     """Sweep each router's knob on the test split; write results.json and curves.png."""
     names = [n.strip() for item in (routers or DEFAULT_ROUTERS) for n in item.split(",") if n.strip()]
@@ -443,6 +453,7 @@ def eval_command(
             reference=reference,
             selector=selector,
             domain_quantile=DOMAIN_QUANTILE if guard else None,
+            train_sample=train_sample,
             log=lambda m: typer.echo(m, err=True),
             progress=progress,
         )
@@ -519,17 +530,25 @@ def batch_route(
     typer.echo(f"{report.routed} rows routed, {report.failed} with an error; decisions in {report.out}")
 
 
+class ExportFormat(enum.StrEnum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
 @log_app.command("export")
 @_one_line_errors
 def export(
     config: Annotated[Path, typer.Option(help="Gateway YAML configuration (its decision_log.url).")],
     out: Annotated[Path, typer.Option(help="Directory to write routing data to.")],
+    format: Annotated[
+        ExportFormat, typer.Option("--format", help="jsonl (prompts.jsonl, responses.jsonl.gz) or parquet.")
+    ] = ExportFormat.jsonl,
 ) -> None:
     """Write logged requests with feedback or a shadow check as routing data in the exchange
-    format (their drawn samples and the shadow's answer)."""
+    format (their drawn samples and the shadow's answer), a thousand requests at a time."""
     from .serving import export_log, load_config
 
-    prompts, responses, left_out = export_log(load_config(config), out)
+    prompts, responses, left_out = export_log(load_config(config), out, format=format.value)
     typer.echo(
         f"wrote {prompts} prompts, {responses} responses to {out}; "
         f"left out {left_out} sample(s) whose final answer was not the one judged"

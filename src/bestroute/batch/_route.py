@@ -255,12 +255,16 @@ def route_batch(
     context.execution_options.preserve_order = True
     # Reading and writing take no CPU of Ray's: the routers' actors hold one each, and reads that
     # wait for a CPU the actors hold would never run (workers = CPUs is a deadlock otherwise).
+    # One read task per JSONL file (or decision log), streaming its blocks as it makes them:
+    # given fewer tasks than it wants, Ray holds a task's whole output to split it in blocks,
+    # which made a reader's memory grow with its file.
     if url is not None:
-        rows = ray.data.read_datasource(_decision_log()(url), num_cpus=0)
+        rows = ray.data.read_datasource(_decision_log()(url), num_cpus=0, override_num_blocks=1)
     elif _is_parquet(Path(source)):
         rows = ray.data.read_parquet(str(source), num_cpus=0)
     else:
-        rows = ray.data.read_datasource(_json_lines()(str(source)), num_cpus=0)
+        files = [p for p in Path(source).rglob("*") if p.is_file()] if Path(source).is_dir() else [Path(source)]
+        rows = ray.data.read_datasource(_json_lines()(str(source)), num_cpus=0, override_num_blocks=max(1, len(files)))
     decisions = rows.map_batches(
         BatchRouter,
         fn_constructor_kwargs={"artifact": str(artifact), "knob": checked},

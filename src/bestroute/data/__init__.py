@@ -4,7 +4,7 @@ from ._dataset import RoutingDataset
 from ._demo import demo_data_path, zeroeval_slice_path
 from ._readers import find_table, iter_rows, load_dataset, read_models, read_native, read_reference, read_routerbench
 from ._schema import ARM_SEPARATOR, STRATEGY_NAME, ModelPrice, PromptRecord, ResponseRecord, arm_name, arm_parts
-from ._split import Split, split_prompts
+from ._split import Split, in_sample, split_prompts
 from ._writer import ResponseAppender, RoutingDataWriter, write_catalog, write_prompts, write_routing_data
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "arm_parts",
     "demo_data_path",
     "find_table",
+    "in_sample",
     "iter_rows",
     "load_dataset",
     "read_models",

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from .._exceptions import DataError
 from ._dataset import RoutingDataset
 from ._schema import ModelPrice, PromptRecord, ResponseRecord
+from ._split import in_sample
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
@@ -27,12 +28,14 @@ def iter_rows(
     A line that is not a JSON object raises, or with ``on_error`` is reported there and skipped."""
     name = path.name.lower()
     if name.endswith(".parquet"):
+        index = 0
         try:
-            table = pq.read_table(path)
+            for batch in pq.ParquetFile(path).iter_batches():  # a batch at a time, not the whole file
+                for row in batch.to_pylist():
+                    index += 1
+                    yield index, row
         except Exception as exc:  # pyarrow raises several unrelated types for a bad file
             raise DataError(f"not a readable Parquet file ({exc})", path=str(path)) from exc
-        for index, row in enumerate(table.to_pylist(), start=1):
-            yield index, row
         return
     opener = gzip.open if name.endswith(".gz") else open
     try:
@@ -111,24 +114,32 @@ def read_models(path: Path) -> dict[str, ModelPrice]:
     return prices
 
 
-def read_native(directory: Path) -> RoutingDataset:
-    """Read a directory in the exchange layout: prompts, responses and ``models.json``."""
+def read_native(directory: Path, *, sample: float | None = None) -> RoutingDataset:
+    """Read a directory in the exchange layout: prompts, responses and ``models.json``; with
+    ``sample``, only the prompts of a deterministic sample of about that fraction (``in_sample``)
+    and their responses are kept, so memory is about that fraction of the whole."""
     if not directory.is_dir():
         raise DataError("not a directory in the routing-data layout", path=str(directory))
     prices = read_models(directory / "models.json")
     prompts_path = find_table(directory, "prompts")
     prompts: list[PromptRecord] = []
     seen: set[str] = set()
+    left_out: set[str] = set()
     for line, row in iter_rows(prompts_path):
         record = _validate(PromptRecord, row, prompts_path, line)
-        if record.prompt_id in seen:
+        if record.prompt_id in seen or record.prompt_id in left_out:
             raise DataError(f"duplicate prompt_id {record.prompt_id!r}", path=str(prompts_path), line=line)
+        if sample is not None and not in_sample(record.prompt_id, sample):
+            left_out.add(record.prompt_id)
+            continue
         seen.add(record.prompt_id)
         prompts.append(record)
     responses_path = find_table(directory, "responses")
     responses: list[ResponseRecord] = []
     keys: set[tuple[str, str, int]] = set()
     for line, row in iter_rows(responses_path):
+        if left_out and row.get("prompt_id") in left_out:
+            continue
         response = _validate(ResponseRecord, row, responses_path, line)
         if response.prompt_id not in seen:
             raise DataError(f"unknown prompt_id {response.prompt_id!r}", path=str(responses_path), line=line)
@@ -209,11 +220,15 @@ def _prompt_text(value: Any) -> str:
     return str(value)
 
 
-def load_dataset(path: str | Path) -> RoutingDataset:
-    """Load routing data: a native-layout directory or a RouterBench wide table file."""
+def load_dataset(path: str | Path, *, sample: float | None = None) -> RoutingDataset:
+    """Load routing data: a native-layout directory or a RouterBench wide table file; with
+    ``sample`` (a fraction in (0, 1]) only a deterministic sample of its prompts (a native
+    directory; docs/data-format.md, "Training on a sample")."""
     path = Path(path)
     if path.is_dir():
-        return read_native(path)
+        return read_native(path, sample=sample)
+    if sample is not None:
+        raise DataError("a sample is drawn from a routing-data directory, not a RouterBench table", path=str(path))
     if path.is_file() and path.name.lower().endswith(_TABLE_SUFFIXES):
         return read_routerbench(path)
     raise DataError(

@@ -1,14 +1,24 @@
 """The one writer of the routing-data exchange format (docs/data-format.md): prompts.jsonl,
-responses.jsonl(.gz) and models.json. Rows are written as given; the readers validate them."""
+responses.jsonl(.gz) (or prompts.parquet and responses.parquet) and models.json. Rows are
+written as given; the readers validate them."""
 
 import gzip
 import json
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TextIO
+from typing import Any, Literal, Self, TextIO
 
-from ._schema import ModelPrice
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from ._schema import ModelPrice, PromptRecord, ResponseRecord
+
+ROW_GROUP = 10_000  # rows a Parquet file's writer holds before it writes them out
+_ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64()}
 
 
 def write_prompts(directory: Path, prompts: Iterable[Mapping[str, Any]]) -> None:
@@ -40,19 +50,62 @@ def write_routing_data(
     return directory
 
 
-class RoutingDataWriter:
-    """prompts.jsonl and responses.jsonl.gz written as rows come, so a large export holds only
-    the rows of the batch at hand (the catalog is written apart: ``write_catalog``)."""
+def arrow_schema(record: type[BaseModel]) -> pa.Schema:
+    """The Parquet columns of an exchange-format record: its fields, with their types; optional
+    fields are nullable."""
+    fields = []
+    for name, info in record.model_fields.items():
+        annotation = info.annotation
+        options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+        base = next(t for t in options if t in _ARROW_TYPES)
+        fields.append(pa.field(name, _ARROW_TYPES[base], nullable=not info.is_required()))
+    return pa.schema(fields)
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._prompts: TextIO | None = None
-        self._responses: TextIO | None = None
+
+class _ParquetTable:
+    """A Parquet file written ROW_GROUP rows at a time."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.schema = schema
+        self._writer = pq.ParquetWriter(path, schema)
+        self._rows: list[dict[str, Any]] = []
+
+    def writelines(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self._rows.append(dict(row))
+            if len(self._rows) >= ROW_GROUP:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+class RoutingDataWriter:
+    """The prompts and responses tables written as rows come, so a large export holds only the
+    rows of the batch at hand (the catalog is written apart: ``write_catalog``): prompts.jsonl
+    and responses.jsonl.gz, or with ``format="parquet"`` prompts.parquet and responses.parquet
+    (columns typed by the records, a row group per ROW_GROUP rows). A field a Parquet table has
+    no column for is an error (ValueError), not dropped."""
+
+    def __init__(self, directory: Path, *, format: Literal["jsonl", "parquet"] = "jsonl") -> None:
+        self.directory, self.format = directory, format
+        self._prompts: TextIO | _ParquetTable | None = None
+        self._responses: TextIO | _ParquetTable | None = None
 
     def __enter__(self) -> Self:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._prompts = (self.directory / "prompts.jsonl").open("w", encoding="utf-8")
-        self._responses = gzip.open(self.directory / "responses.jsonl.gz", "wt", encoding="utf-8")
+        if self.format == "parquet":
+            self._prompts = _ParquetTable(self.directory / "prompts.parquet", arrow_schema(PromptRecord))
+            self._responses = _ParquetTable(self.directory / "responses.parquet", arrow_schema(ResponseRecord))
+        else:
+            self._prompts = (self.directory / "prompts.jsonl").open("w", encoding="utf-8")
+            self._responses = gzip.open(self.directory / "responses.jsonl.gz", "wt", encoding="utf-8")
         return self
 
     def __exit__(
@@ -64,8 +117,15 @@ class RoutingDataWriter:
 
     def add(self, prompts: Iterable[Mapping[str, Any]], responses: Iterable[Mapping[str, Any]]) -> None:
         assert self._prompts is not None and self._responses is not None, "use RoutingDataWriter in a with block"
-        self._prompts.writelines(json.dumps(dict(p)) + "\n" for p in prompts)
-        self._responses.writelines(json.dumps(dict(r)) + "\n" for r in responses)
+        for handle, rows in ((self._prompts, prompts), (self._responses, responses)):
+            if isinstance(handle, _ParquetTable):
+                rows = list(rows)
+                extra = {key for row in rows for key in row} - set(handle.schema.names)
+                if extra:
+                    raise ValueError(f"no Parquet column for {', '.join(sorted(extra))}")
+                handle.writelines(rows)
+            else:
+                handle.writelines(json.dumps(dict(row)) + "\n" for row in rows)
 
 
 class ResponseAppender:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._exceptions import RouterError
-from ..data import RoutingDataset, Split, split_prompts
+from ..data import RoutingDataset, Split, in_sample, split_prompts
 from ..features import DOMAIN_QUANTILE, make_extractor
 from ..reward import load_selector
 from ..routers import ROUTERS, Decisions, Router, choose_reference
@@ -41,13 +41,16 @@ def evaluate(
     selector: str = "consensus",
     reference: str | None = None,
     domain_quantile: float | None = DOMAIN_QUANTILE,
+    train_sample: float | None = None,
     log: Callable[[str], None] = lambda _: None,
     progress: Callable[[str, int, int], None] = lambda *_: None,
 ) -> dict[str, Any]:
     """Evaluate routers on ``data``; returns the document written to ``results.json``.
     ``log`` gets a line per step; ``progress`` gets (what is running, steps done, steps in all):
     the features, each router's fits over its grid, and its test sweep. ``domain_quantile``: the
-    routers' out-of-domain guard (None: none)."""
+    routers' out-of-domain guard (None: none). ``train_sample``: fit on the training prompts of
+    the sample ``bestroute train --sample`` draws (``in_sample``), validation and test whole, so
+    what training on a sample costs is measured on the same test prompts."""
     names = routers or DEFAULT_ROUTERS
     unknown = [n for n in names if n not in ROUTERS]
     if unknown:
@@ -59,6 +62,10 @@ def evaluate(
     split, unanswered = _answered_by(data, split, reference)
     if unanswered:
         log(f"{unanswered} validation and test prompts left out: the reference {reference} did not answer them")
+    if train_sample is not None:
+        kept = np.array([in_sample(data.prompt_ids[i], train_sample) for i in split.train], dtype=bool)
+        split = Split(train=split.train[kept], val=split.val, test=split.test)
+        log(f"fitting on a sample of {kept.sum()} of {kept.size} training prompts")
     steps, done = 1 + sum(len(_grid(name)) + 1 for name in names), 0
     progress("features", done, steps)
     started = time.perf_counter()
@@ -84,7 +91,7 @@ def evaluate(
         "max_n": max_n,
         "selector": selector,
         "split": {k: len(getattr(split, k)) for k in ("train", "val", "test")}
-        | {"left_out_without_reference": unanswered},
+        | {"left_out_without_reference": unanswered, "train_sample": train_sample},
         "routers": {},
     }
     reference_info: dict[str, Any] | None = None

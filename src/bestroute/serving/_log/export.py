@@ -5,7 +5,7 @@ memory stays flat in the number of rows."""
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, RowMapping, Select, exists, or_, select
 
@@ -21,10 +21,16 @@ BATCH = 1000
 
 
 def export_log(
-    config: GatewayConfig, out: Path, *, batch: int = BATCH, until: float | None = None
+    config: GatewayConfig,
+    out: Path,
+    *,
+    batch: int = BATCH,
+    until: float | None = None,
+    format: Literal["jsonl", "parquet"] = "jsonl",
 ) -> tuple[int, int, int]:
     """Write the answered requests (logged before ``until``; None: all) that have a stored prompt
-    and a label as routing data in the exchange format. A label is feedback, or a shadow check
+    and a label as routing data in the exchange format (JSONL, or Parquet with ``format``), read
+    and written ``batch`` requests at a time. A label is feedback, or a shadow check
     whose answer is stored. Each sample the answering option drew is a response row (its call's
     input tokens, its own output tokens), and so is the shadow's answer, as a response of the
     backend it asked. Qualities:
@@ -42,7 +48,7 @@ def export_log(
     spec = config.selector.answer
     prompts = responses = left_out = 0
     try:
-        with RoutingDataWriter(out) as writer:
+        with RoutingDataWriter(out, format=format) as writer:
             for rows in _labelled_batches(engine, batch, until):
                 ids = [row["id"] for row in rows]
                 scores, drawn, checks = _feedback_of(engine, ids), _calls_of(engine, ids), _shadows_of(engine, ids)
@@ -60,8 +66,8 @@ def export_log(
     finally:
         engine.dispose()
     if not prompts:
-        (out / "prompts.jsonl").unlink(missing_ok=True)
-        (out / "responses.jsonl.gz").unlink(missing_ok=True)
+        for name in ("prompts.jsonl", "responses.jsonl.gz", "prompts.parquet", "responses.parquet"):
+            (out / name).unlink(missing_ok=True)
         raise BestRouteError(
             "no logged request has both a stored prompt and a label; turn on decision_log.store_prompts, "
             "and post feedback to /v1/feedback or turn on shadow checks (shadow.rate)"
