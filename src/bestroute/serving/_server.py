@@ -3,7 +3,10 @@
 A connection must send its request headers within ``header_timeout_s`` (of opening, or of its
 previous response), so idle or byte-a-second (slowloris) connections cannot pile up. Past
 ``max_connections`` the oldest connection waiting for a request is closed to make room; if every
-connection has a request in progress, the new one gets a 503 with Retry-After at once."""
+connection has a request in progress, the new one gets a 503 with Retry-After at once.
+
+``run_workers`` serves with several worker processes on one socket (uvicorn's supervisor), each
+building its gateway from the configuration file; what they share is in ``_workers``."""
 
 import asyncio
 import json
