@@ -1,13 +1,14 @@
 """Gateway overhead: latency the gateway adds over calling a fast local upstream directly, at a
 fixed request rate, and best-of-5 wall time against one sample on an upstream that serves
 requests concurrently, and chat latency while clients post feedback on ids no replica answered
-(each looked up in the database for about a second), and /healthz latency while routed best-of-5
+(each looked up in the database for about a second), the gateway's CPU per request against a
+bare pass-through proxy on the same server stack (its floor), and /healthz latency while routed best-of-5
 requests with 50 KB answers (judged by consensus) and 1 MB prompts are in flight. Prints the
 figures as one JSON object on its last line.
 
     python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30] [--blocks 6] [--no-pin]
                                           [--feedback-rate 50] [--heavy-seconds 20] [--shadow-rate 0.1]
-                                          [--workers 2]
+                                          [--workers 2] [--floor-seconds 10]
 
 Three processes on loopback: the upstream (a minimal OpenAI-compatible server), the gateway
 (`bestroute serve`, routing every request with a BEST-Route artifact) and this load generator.
@@ -66,6 +67,72 @@ def serve_upstream(port: int, delay_s: float, answer_bytes: int = 0) -> None:
         }
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
+
+
+def serve_floor(port: int, upstream_port: int) -> None:
+    """The floor of the gateway's stack: the same server (uvicorn with httptools and uvloop,
+    FastAPI, no access log) and the same upstream client (one aiohttp session), forwarding each
+    chat completion unchanged and doing nothing else: no routing, no record, no decision log."""
+    from contextlib import asynccontextmanager
+
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    upstream = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+    sessions: list[aiohttp.ClientSession] = []
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        yield
+        await sessions[0].close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        async with sessions[0].post(upstream, json=body | {"model": "small"}) as response:
+            return JSONResponse(await response.json(), status_code=response.status)
+
+    @app.get("/")
+    async def root() -> dict:
+        return {}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False, loop="uvloop", http="httptools")
+
+
+def _floor_phase(
+    processes: list[subprocess.Popen], upstream_port: int, gateway_url: str, rate: float, seconds: float, *, pin: bool
+) -> dict[str, float]:
+    """CPU per request of the gateway and of a pass-through proxy on the same stack
+    (``serve_floor``), at the same rate, each pinned to the gateway's core in turn."""
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, __file__, "--serve-floor", str(port), "--upstream-port", str(upstream_port)]
+    )
+    processes.append(proxy)
+    wait_for(f"http://127.0.0.1:{port}/", proxy)
+    if pin:
+        _pin([*processes[:2], proxy])
+    figures: dict[str, float] = {}
+    for name, url, pid in (
+        ("floor", f"http://127.0.0.1:{port}/v1/chat/completions", proxy.pid),
+        ("gateway", gateway_url, processes[2].pid),
+    ):
+        asyncio.run(_load(url, "bestroute:0", rate, 2))  # warm-up
+        before = _cpu_s(pid)
+        latencies, errors = asyncio.run(_load(url, "bestroute:0", rate, seconds))
+        figures[f"{name}_cpu_ms_per_request"] = (_cpu_s(pid) - before) * 1000 / max(len(latencies), 1)
+        figures[f"{name}_cpu_phase_p50_ms"] = float(np.percentile(latencies, 50))
+        figures[f"{name}_cpu_phase_errors"] = errors
+    print(
+        f"CPU per request at {rate:g}/s: pass-through floor {figures['floor_cpu_ms_per_request']:.2f} ms, "
+        f"gateway {figures['gateway_cpu_ms_per_request']:.2f} ms",
+        file=sys.stderr,
+    )
+    return figures
 
 
 def _long_answer(seed: int, size: int) -> str:
@@ -392,12 +459,23 @@ def main() -> None:
         default=1,
         help="above 1: a last phase, the max-rps ladder for the one-worker gateway and one with this many workers",
     )
+    parser.add_argument(
+        "--floor-seconds",
+        type=float,
+        default=10.0,
+        help="CPU per request of the gateway and of a bare pass-through proxy on the same stack (0: skip)",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--answer-bytes", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         serve_upstream(args.serve_upstream, args.delay, args.answer_bytes)
+        return
+    if args.serve_floor:
+        serve_floor(args.serve_floor, args.upstream_port)
         return
     processes: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -457,6 +535,11 @@ def main() -> None:
                         block * 2,
                     )
                 )
+            floor: dict[str, float] = {}
+            if args.floor_seconds:
+                floor = _floor_phase(
+                    processes, fast_port, gateway_url, args.rate, args.floor_seconds, pin=not args.no_pin
+                )
             max_rps = _max_rps(gateway_url, args.max_rps_seconds)[0] if args.max_rps_seconds else None
             single = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow"}, 10))
             best_of_5 = asyncio.run(_wall(gateway_url, {**BODY, "model": "slow", "n": 5}, 10))
@@ -511,6 +594,7 @@ def main() -> None:
                 if with_feedback
                 else {}
             )
+            | floor
             | heavy
             | scaling
         )
