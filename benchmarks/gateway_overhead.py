@@ -73,6 +73,7 @@ def serve_floor(port: int, upstream_port: int) -> None:
     """The floor of the gateway's stack: the same server (uvicorn with httptools and uvloop,
     FastAPI, no access log) and the same upstream client (one aiohttp session), forwarding each
     chat completion unchanged and doing nothing else: no routing, no record, no decision log."""
+    from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
     import uvicorn
@@ -83,7 +84,7 @@ def serve_floor(port: int, upstream_port: int) -> None:
     sessions: list[aiohttp.ClientSession] = []
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
         yield
         await sessions[0].close()
@@ -105,7 +106,7 @@ def serve_floor(port: int, upstream_port: int) -> None:
 
 def _floor_phase(
     processes: list[subprocess.Popen], upstream_port: int, gateway_url: str, rate: float, seconds: float, *, pin: bool
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """CPU per request of the gateway and of a pass-through proxy on the same stack
     (``serve_floor``), at the same rate, each pinned to the gateway's core in turn."""
     port = free_port()
@@ -116,15 +117,13 @@ def _floor_phase(
     wait_for(f"http://127.0.0.1:{port}/", proxy)
     if pin:
         _pin([*processes[:2], proxy])
-    figures: dict[str, float] = {}
+    figures: dict[str, float | None] = {}
     for name, url, pid in (
         ("floor", f"http://127.0.0.1:{port}/v1/chat/completions", proxy.pid),
         ("gateway", gateway_url, processes[2].pid),
     ):
         asyncio.run(_load(url, "bestroute:0", rate, 2))  # warm-up
-        before = _cpu_s(pid)
-        latencies, errors = asyncio.run(_load(url, "bestroute:0", rate, seconds))
-        figures[f"{name}_cpu_ms_per_request"] = (_cpu_s(pid) - before) * 1000 / max(len(latencies), 1)
+        latencies, errors, figures[f"{name}_cpu_ms_per_request"] = _load_with_cpu(url, rate, seconds, pid)
         figures[f"{name}_cpu_phase_p50_ms"] = float(np.percentile(latencies, 50))
         figures[f"{name}_cpu_phase_errors"] = errors
     print(
@@ -338,9 +337,7 @@ def _max_rps(url: str, seconds: float, gateway_pid: int | None = None) -> tuple[
     figures go to stderr."""
     best = cpu_ms = None
     for rate in LADDER:
-        before = _cpu_s(gateway_pid) if gateway_pid else 0.0
-        latencies, errors = asyncio.run(_load(url, "bestroute:0", rate, seconds))
-        used = (_cpu_s(gateway_pid) - before) * 1000 / max(len(latencies), 1) if gateway_pid else None
+        latencies, errors, used = _load_with_cpu(url, rate, seconds, gateway_pid)
         p99 = float(np.percentile(latencies, 99)) if latencies else float("inf")
         cpu = f", gateway CPU {used:.2f} ms a request" if used is not None else ""
         print(f"max-rps search: {rate}/s -> p99 {p99:.1f} ms, {errors} errors{cpu}", file=sys.stderr)
@@ -348,6 +345,15 @@ def _max_rps(url: str, seconds: float, gateway_pid: int | None = None) -> tuple[
             break
         best, cpu_ms = float(rate), used
     return best, cpu_ms
+
+
+def _load_with_cpu(url: str, rate: float, seconds: float, pid: int | None) -> tuple[list[float], int, float | None]:
+    """``_load`` through the gateway, and the CPU time (ms) per answered request of ``pid`` and
+    its descendants meanwhile (None without ``pid``)."""
+    before = _cpu_s(pid) if pid else 0.0
+    latencies, errors = asyncio.run(_load(url, "bestroute:0", rate, seconds))
+    used = (_cpu_s(pid) - before) * 1000 / max(len(latencies), 1) if pid else None
+    return latencies, errors, used
 
 
 def _cpu_s(pid: int) -> float:
@@ -535,7 +541,7 @@ def main() -> None:
                         block * 2,
                     )
                 )
-            floor: dict[str, float] = {}
+            floor: dict[str, float | None] = {}
             if args.floor_seconds:
                 floor = _floor_phase(
                     processes, fast_port, gateway_url, args.rate, args.floor_seconds, pin=not args.no_pin
