@@ -58,9 +58,12 @@ def test_ten_thousand_rows_get_the_in_process_decisions(local_ray, guarded_artif
         if len({d["option"] for d in router.route(texts_routed[:500], knob=float(k))}) > 2
     )
 
-    report = route_batch(guarded_artifact, source, tmp_path / "out", knob=knob, workers=2, batch_size=700)
+    report = route_batch(
+        guarded_artifact, source, tmp_path / "out", knob=knob, workers=2, batch_size=700, rows_per_file=2000
+    )
 
     assert (report.routed, report.failed) == (10_000, 0)
+    assert len(list((tmp_path / "out").iterdir())) > 2  # the order holds across files too
     got = _decisions(tmp_path / "out")
     expected = router.route(texts_routed, knob=knob)
     assert [g["id"] for g in got] == [row["id"] for row in rows]  # in the input's order
@@ -111,6 +114,11 @@ def test_parquet_with_a_non_string_prompt_column_and_the_cli(local_ray, guarded_
         "batch", "route", str(guarded_artifact), str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o3")
     )
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
+    again = bestroute(
+        "batch", "route", str(guarded_artifact), str(tmp_path / "in.parquet"), "--out", str(tmp_path / "o2")
+    )
+    assert again.returncode != 0 and "not an empty directory" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and len(_decisions(tmp_path / "o2")) == 3  # nothing lost
 
 
 def test_a_decision_log_by_url_is_routed_in_request_id_order(
@@ -127,7 +135,8 @@ def test_a_decision_log_by_url_is_routed_in_request_id_order(
         log.write(row)
     log.close()
 
-    report = route_batch(guarded_artifact, url, tmp_path / "out", workers=2, batch_size=400)
+    # Small batches: a write task gets many blocks, which Ray's write_parquet could reorder in a file.
+    report = route_batch(guarded_artifact, url, tmp_path / "out", workers=2, batch_size=50)
 
     unstored = [row.id for row in written if row.prompt is None]
     assert (report.routed, report.failed) == (3000 - len(unstored), len(unstored))

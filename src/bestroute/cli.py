@@ -511,6 +511,7 @@ def batch_route(
     ] = None,
     workers: Annotated[int, typer.Option(help="Ray actors routing at once (each loads the artifact once).")] = 1,
     batch_size: Annotated[int, typer.Option(help="Rows per routing call.")] = 1024,
+    rows_per_file: Annotated[int, typer.Option(help="Rows per Parquet file written (about).")] = 65_536,
     ray_address: Annotated[
         str | None, typer.Option(help="A Ray cluster to run on (default: a local instance).")
     ] = None,
@@ -525,7 +526,14 @@ def batch_route(
     if min_quality is not None or max_cost is not None:
         knob = load_router(artifact).knob_for(min_relative_quality=min_quality, max_cost_per_1k=max_cost)
     report = route_batch(
-        artifact, source, out, knob=knob, workers=workers, batch_size=batch_size, ray_address=ray_address
+        artifact,
+        source,
+        out,
+        knob=knob,
+        workers=workers,
+        batch_size=batch_size,
+        rows_per_file=rows_per_file,
+        ray_address=ray_address,
     )
     typer.echo(f"{report.routed} rows routed, {report.failed} with an error; decisions in {report.out}")
 
