@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import bestroute, read_native, write_native
 
-from bestroute import load_dataset, split_prompts
+from bestroute import load_dataset, load_router, split_prompts
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,17 @@ def test_route_prints_decision_scores_and_cost(artifact, subset_dir):
     assert target.returncode == 0 and "option:" in target.stdout
 
 
+def test_a_lower_guard_quantile_flags_more(artifact, subset_dir, tmp_path):
+    path = tmp_path / "strict.bestroute"
+    done = bestroute(
+        "train", "--data", str(subset_dir), "--features", "lexical", "--guard-quantile", "0.9", "--out", str(path)
+    )
+    assert done.returncode == 0, done.stderr
+    default, strict = load_router(artifact).domain_, load_router(path).domain_
+    assert default is not None and strict is not None
+    assert (default.quantile, strict.quantile) == (0.995, 0.9) and strict.threshold_ < default.threshold_
+
+
 def test_explain_prints_operating_table(artifact):
     done = bestroute("explain", str(artifact))
     assert done.returncode == 0, done.stderr
@@ -63,6 +74,8 @@ def test_bad_inputs_exit_non_zero_with_one_line(artifact, subset_dir, tmp_path):
         ("route", str(artifact), "hi", "--max-cost", "-1"),
         ("route", str(artifact), " "),
         ("eval", "--data", str(subset_dir), "--out", str(tmp_path / "e"), "--routers", "nope"),
+        ("train", "--data", str(subset_dir), "--guard-quantile", "1.5", "--out", str(tmp_path / "x")),
+        ("eval", "--data", str(subset_dir), "--out", str(tmp_path / "e"), "--guard-quantile", "0"),
     ]
     for args in cases:
         done = bestroute(*args)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from bestroute import BestRouteRouter, load_dataset, split_prompts
 from bestroute.cli import app as cli
 from bestroute.policy import off_policy_estimates
+from bestroute.serving import evaluate_log, load_config
 
 # Two kinds of prompt, three options; each option's chance of a good answer depends on the kind.
 MEANS = np.array([[0.55, 0.60, 0.90], [0.85, 0.50, 0.50]])
@@ -126,6 +127,17 @@ def test_log_evaluate_estimates_a_candidate_from_the_explored_log(tmp_path, two_
     assert found["quality"]["matched"] == len(mine) and found["quality"]["dr"] is not None
     shown = CliRunner().invoke(cli, ["log", "evaluate", str(artifact), "--config", config])
     assert shown.exit_code == 0 and "snips" in shown.output and "logged traffic" in shown.output
+    # Read 7 requests at a time (17 pages and a part), the same estimates: the pages only feed running sums.
+    paged = evaluate_log(load_config(config), str(artifact), batch=7)
+    assert (paged.rows, paged.labelled, paged.quality.matched) == (120, 120, len(mine))
+    for name in ("ips", "snips", "dr"):
+        for metric, whole in (("quality", found["quality"]), ("cost_per_1k", found["cost_per_1k"])):
+            estimate = getattr(getattr(paged, metric), name)
+            assert estimate.value == pytest.approx(whole[name]["value"])
+            # another draw of the bootstrap: the same interval up to its own noise
+            width = whole[name]["upper"] - whole[name]["lower"]
+            assert estimate.upper - estimate.lower == pytest.approx(width, rel=0.25)
+    assert paged.logged_quality == pytest.approx(found["logged_quality"])
 
 
 def test_log_evaluate_refuses_what_cannot_be_estimated(tmp_path, two_routers, subset_dir):
@@ -153,8 +165,9 @@ def test_log_evaluate_refuses_what_cannot_be_estimated(tmp_path, two_routers, su
 
 
 def test_on_recorded_routing_data_three_routers_are_estimated_and_ranked():
-    """Simulation on the embedded zeroeval slice (real models' recorded answers): traffic is the
-    test prompts drawn again 100 times; the logging router (BEST-Route at 99% of the reference's
+    """Simulation on the embedded zeroeval slice (real models' recorded answers): 200 logs, each
+    the test prompts drawn again (coverage of 90% over 100 logs has a standard error of 3 points:
+    one case came out at 89 of 100); the logging router (BEST-Route at 99% of the reference's
     validation quality) takes its choice, or with probability 0.5 one of it and its four neighbours
     on each side in cost (the gateway's exploration); three
     candidates (the same router at 93%, 97% and 100%) are estimated from each log. The truth is
@@ -187,7 +200,7 @@ def test_on_recorded_routing_data_three_routers_are_estimated_and_ranked():
         assert all(c in neighbours[l] for c, l in zip(chosen, logger, strict=True))
     rng = np.random.default_rng(5)
     covered, ranked = dict.fromkeys([(t, m) for t in candidates for m in ("quality", "cost")], 0), 0
-    for run in range(100):
+    for run in range(200):
         drawn = rng.integers(0, len(logger), 4000)
         explore = rng.random(len(drawn)) < rate
         around = [neighbours[c] for c in logger[drawn]]
@@ -202,5 +215,5 @@ def test_on_recorded_routing_data_three_routers_are_estimated_and_ranked():
                 if metric == "quality":
                     points[target] = found.snips.value
         ranked += sorted(points, key=points.get) == sorted(truth, key=lambda t: truth[t][0])
-    assert all(count >= 90 for count in covered.values()), covered
-    assert ranked >= 90, ranked
+    assert all(count >= 180 for count in covered.values()), covered
+    assert ranked >= 180, ranked

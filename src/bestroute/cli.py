@@ -47,9 +47,22 @@ app.add_typer(replay_app, name="replay")
 console = Console()
 
 GUARD_HELP = (
-    f"The out-of-domain guard: a prompt farther from the training prompts than {DOMAIN_QUANTILE:.1%} of the "
+    "The out-of-domain guard: a prompt farther from the training prompts than --guard-quantile of the "
     "validation prompts goes to the reference."
 )
+GUARD_QUANTILE_HELP = (
+    "Share of in-domain (validation) prompts the guard keeps inside, in (0, 1]: lower flags more of an unseen "
+    "domain and more false alarms (docs/results.md, 'Out-of-domain guard')."
+)
+
+
+def _domain_quantile(guard: bool, quantile: float) -> float | None:
+    """The routers' ``domain_quantile``: None without the guard; a bad quantile is one line."""
+    if not 0 < quantile <= 1:
+        raise BestRouteError(f"--guard-quantile must be in (0, 1], got {quantile}")
+    return quantile if guard else None
+
+
 SAMPLE_HELP = (
     "Read only a deterministic sample of about this fraction of the prompts (0-1; memory shrinks alike): "
     "for logs too large to hold; its cost in AUC is in docs/results.md."
@@ -166,6 +179,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     selector: Annotated[str, typer.Option(help=SELECTOR_HELP)] = "auto",
     guard: Annotated[bool, typer.Option("--guard/--no-guard", help=GUARD_HELP)] = True,
+    guard_quantile: Annotated[float, typer.Option(help=GUARD_QUANTILE_HELP)] = DOMAIN_QUANTILE,
     sample: Annotated[float | None, typer.Option(help=SAMPLE_HELP)] = None,
 ) -> None:
     """Fit a router on the train split and save it as one artifact file."""
@@ -184,7 +198,7 @@ def train(
             max_n=max_n,
             seed=seed,
             selector=selector,
-            domain_quantile=DOMAIN_QUANTILE if guard else None,
+            domain_quantile=_domain_quantile(guard, guard_quantile),
         )
         fitted.fit(data, split.train, split.val)
         progress("saving", 3, 4)
@@ -431,6 +445,7 @@ def eval_command(
     reference: Annotated[str | None, typer.Option(help="Reference model (default: best on validation).")] = None,
     selector: Annotated[str, typer.Option(help=SELECTOR_HELP + " Also: oracle (an upper bound).")] = "auto",
     guard: Annotated[bool, typer.Option("--guard/--no-guard", help=GUARD_HELP)] = True,
+    guard_quantile: Annotated[float, typer.Option(help=GUARD_QUANTILE_HELP)] = DOMAIN_QUANTILE,
     train_sample: Annotated[
         float | None,
         typer.Option(help="Fit on the training prompts of `train --sample`'s sample of this fraction; test whole."),
@@ -452,7 +467,7 @@ def eval_command(
             max_n=max_n,
             reference=reference,
             selector=selector,
-            domain_quantile=DOMAIN_QUANTILE if guard else None,
+            domain_quantile=_domain_quantile(guard, guard_quantile),
             train_sample=train_sample,
             log=lambda m: typer.echo(m, err=True),
             progress=progress,

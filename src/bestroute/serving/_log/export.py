@@ -51,7 +51,7 @@ def export_log(
         with RoutingDataWriter(out, format=format) as writer:
             for rows in _labelled_batches(engine, batch, until):
                 ids = [row["id"] for row in rows]
-                scores, drawn, checks = _feedback_of(engine, ids), _calls_of(engine, ids), _shadows_of(engine, ids)
+                scores, drawn, checks = feedback_of(engine, ids), _calls_of(engine, ids), _shadows_of(engine, ids)
                 for row in rows:
                     samples = _samples(drawn.get(row["id"], []))
                     if not samples:
@@ -133,7 +133,8 @@ def _shadows_of(engine: Engine, ids: list[str]) -> dict[str, RowMapping]:
     return found
 
 
-def _feedback_of(engine: Engine, ids: list[str]) -> dict[str, list[float]]:
+def feedback_of(engine: Engine, ids: list[str]) -> dict[str, list[float]]:
+    """Each decision's feedback scores."""
     scores: dict[str, list[float]] = {}
     with engine.connect() as connection:
         for decision_id, quality in connection.execute(

@@ -3,22 +3,26 @@ evaluate`): the candidate decides every logged routed prompt again, and its qual
 estimated from the rows whose planned option it would have taken, weighted by their logged
 propensities (``policy.off_policy_estimates``). Quality comes from feedback, else from the
 request's shadow check (agreement with the reference), else is 1 where the reference answered;
-cost is each row's."""
+cost is each row's. The log is read a page at a time into the estimates' running sums
+(``policy.OffPolicyAccumulator``), so a log of millions of requests fits in memory."""
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Float, cast, func, select
+from sqlalchemy import Engine, Float, cast, func, select
 
 from ..._exceptions import BestRouteError, ConfigError
-from ...policy import OffPolicyEstimates, off_policy_estimates
+from ...policy import OffPolicyAccumulator, OffPolicyEstimates
 from ...routers import Router, load_router
 from .._config import GatewayConfig
 from .._loading import arm_problem
 from .database import open_database
-from .schema import decisions, feedback, shadows
+from .export import feedback_of, keyset_pages
+from .schema import decisions, shadows
 
+PAGE = 5000  # requests read, decided and added to the estimates at a time
 # Fewer matched rows than this (or a smaller effective sample size) cannot carry an estimate.
 MIN_OVERLAP = 10
 
@@ -39,7 +43,10 @@ class LogEvaluation:
 
 
 @dataclass(frozen=True)
-class _Logged:
+class _Page:
+    """The usable rows of one page of the log: routed, answered by the option planned first,
+    with a propensity and a stored prompt."""
+
     prompts: list[str]
     planned: list[str]
     propensity: np.ndarray
@@ -54,70 +61,64 @@ def evaluate_log(
     min_quality: float | None = None,
     knob: float | None = None,
     since: float = 0.0,
+    batch: int = PAGE,
 ) -> LogEvaluation:
     """Estimate the router at ``candidate_path`` on ``config``'s decision log from ``since`` on,
     at ``knob``, else ``min_quality``'s knob, else its default; a BestRouteError says why the log
-    cannot support an estimate."""
+    cannot support an estimate. The log is read ``batch`` requests at a time and each page is
+    decided and added to the estimates' running sums, so memory does not grow with the log."""
     candidate = load_router(candidate_path)
     servable = _servable(candidate, config)
-    logged = _read(config, candidate.reference_.label, since)
     if knob is None:
         knob = (
             candidate.knob_for(min_relative_quality=min_quality)
             if min_quality is not None
             else candidate.default_knob()
         )
-    assessed = candidate.assess(logged.prompts)
-    scores = assessed.scores
-    # as this gateway would serve it: only the options it can, the out-of-domain prompts to the reference
-    chosen = candidate.decide(scores, knob, np.broadcast_to(servable, scores.shape), assessed.out_of_domain)
     index = {option.label: o for o, option in enumerate(candidate.options_)}
-    matched = np.array([candidate.options_[c].label == p for c, p in zip(chosen, logged.planned, strict=True)])
-    at_logged = np.array([index.get(p, -1) for p in logged.planned])
-    known = at_logged >= 0  # the direct model needs the candidate to have the logged option
-    rows = np.arange(len(chosen))
-    predicted = {
-        "quality": (np.where(known, scores[rows, np.maximum(at_logged, 0)], np.nan), scores[rows, chosen]),
-        "cost": (
-            np.where(known, candidate.option_cost_[np.maximum(at_logged, 0)], np.nan),
-            candidate.option_cost_[chosen],
-        ),
-    }
-    labelled = ~np.isnan(logged.quality)
-    _check_overlap(matched[labelled], logged.propensity[labelled], "quality")
-    quality = _estimates(logged.quality, logged.propensity, matched, predicted["quality"], labelled)
-    cost = _estimates(logged.cost * 1000, logged.propensity, matched, _scaled(predicted["cost"]), np.ones_like(matched))
+    quality, cost = OffPolicyAccumulator(), OffPolicyAccumulator()
+    rows = labelled = 0
+    logged_quality = logged_cost = 0.0
+    for page in _pages(config, candidate.reference_.label, since, batch):
+        assessed = candidate.assess(page.prompts)
+        scores = assessed.scores
+        # as this gateway would serve it: only the options it can, the out-of-domain prompts to the reference
+        chosen = candidate.decide(scores, knob, np.broadcast_to(servable, scores.shape), assessed.out_of_domain)
+        matched = np.array([candidate.options_[c].label == p for c, p in zip(chosen, page.planned, strict=True)])
+        at_logged = np.array([index.get(p, -1) for p in page.planned])
+        known = at_logged >= 0  # the direct model needs the candidate to have the logged option
+        picked, logged = np.arange(len(chosen)), np.maximum(at_logged, 0)
+        has = ~np.isnan(page.quality)
+        quality.add(
+            page.quality[has],
+            page.propensity[has],
+            matched[has],
+            predicted_logged=np.where(known, scores[picked, logged], np.nan)[has],
+            predicted_candidate=scores[picked, chosen][has],
+        )
+        cost.add(
+            page.cost * 1000,
+            page.propensity,
+            matched,
+            predicted_logged=np.where(known, candidate.option_cost_[logged], np.nan) * 1000,
+            predicted_candidate=candidate.option_cost_[chosen] * 1000,
+        )
+        rows, labelled = rows + len(chosen), labelled + int(has.sum())
+        logged_quality, logged_cost = (
+            logged_quality + float(page.quality[has].sum()),
+            logged_cost + float(page.cost.sum()),
+        )
+    estimated = quality.estimates()
+    _check_overlap(estimated, "quality")
     return LogEvaluation(
         candidate=candidate.name,
         knob=float(knob),
-        rows=len(chosen),
-        labelled=int(labelled.sum()),
-        quality=quality,
-        cost_per_1k=cost,
-        logged_quality=float(np.nanmean(logged.quality)),
-        logged_cost_per_1k=float(logged.cost.mean() * 1000),
-    )
-
-
-def _scaled(predicted: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return predicted[0] * 1000, predicted[1] * 1000
-
-
-def _estimates(
-    reward: np.ndarray,
-    propensity: np.ndarray,
-    matched: np.ndarray,
-    predicted: tuple[np.ndarray, np.ndarray],
-    rows: np.ndarray,
-) -> OffPolicyEstimates:
-    logged_prediction, candidate_prediction = predicted[0][rows], predicted[1][rows]
-    direct = not np.isnan(logged_prediction).any()
-    return off_policy_estimates(
-        reward[rows],
-        propensity[rows],
-        matched[rows],
-        predicted_logged=logged_prediction if direct else None,
-        predicted_candidate=candidate_prediction if direct else None,
+        rows=rows,
+        labelled=labelled,
+        quality=estimated,
+        cost_per_1k=cost.estimates(),
+        logged_quality=logged_quality / labelled if labelled else math.nan,
+        logged_cost_per_1k=logged_cost / rows * 1000,
     )
 
 
@@ -139,66 +140,76 @@ def _servable(candidate: Router, config: GatewayConfig) -> np.ndarray:
     return candidate.active_ & np.array([all(served(m) for m in o.stages[-1].models) for o in candidate.options_])
 
 
-def _check_overlap(matched: np.ndarray, propensity: np.ndarray, what: str) -> None:
-    weights = matched / propensity
-    size = float(weights.sum() ** 2 / (weights**2).sum()) if weights.sum() else 0.0
-    if matched.sum() < MIN_OVERLAP or size < MIN_OVERLAP:
+def _check_overlap(estimated: OffPolicyEstimates, what: str) -> None:
+    if estimated.matched < MIN_OVERLAP or estimated.effective_size < MIN_OVERLAP:
         raise BestRouteError(
-            f"the log cannot support an estimate of the candidate's {what}: {int(matched.sum())} labelled "
-            f"requests took the option it chooses (effective sample size {size:.1f}, at least {MIN_OVERLAP} "
-            "needed); log more traffic with explore.rate, feedback or shadow checks"
+            f"the log cannot support an estimate of the candidate's {what}: {estimated.matched} labelled "
+            f"requests took the option it chooses (effective sample size {estimated.effective_size:.1f}, at least "
+            f"{MIN_OVERLAP} needed); log more traffic with explore.rate, feedback or shadow checks"
         )
 
 
-def _read(config: GatewayConfig, reference: str, since: float) -> _Logged:
-    """The routed answered requests logged from ``since`` on. A request's quality is its mean
-    feedback, else its shadow check's agreement with the reference, else 1 where the reference
-    itself answered (its agreement with itself), else unknown."""
+def _pages(config: GatewayConfig, reference: str, since: float, batch: int) -> Iterator[_Page]:
+    """The routed answered requests logged from ``since`` on, ``batch`` at a time by id, as the
+    rows an estimate can use. A request's quality is its mean feedback, else its shadow check's
+    agreement with the reference, else 1 where the reference itself answered (its agreement with
+    itself), else unknown. Once every page is read, a BestRouteError says why none was usable."""
     d = decisions
-    quality = select(feedback.c.decision_id, func.avg(feedback.c.quality).label("q")).group_by(feedback.c.decision_id)
-    agreed = (
-        select(shadows.c.decision_id, func.avg(cast(shadows.c.agreed, Float)).label("a"))
-        .where(shadows.c.agreed.is_not(None))
-        .group_by(shadows.c.decision_id)
+    query = select(d.c.id, d.c.prompt, d.c.planned_option, d.c.option, d.c.propensity, d.c.cost_usd).where(
+        d.c.threshold.is_not(None), d.c.status == 200, d.c.created_at >= since
     )
-    fq, sa = quality.subquery(), agreed.subquery()
-    query = (
-        select(d.c.prompt, d.c.planned_option, d.c.option, d.c.propensity, d.c.cost_usd, fq.c.q, sa.c.a)
-        .select_from(d.outerjoin(fq, fq.c.decision_id == d.c.id).outerjoin(sa, sa.c.decision_id == d.c.id))
-        .where(d.c.threshold.is_not(None), d.c.status == 200, d.c.created_at >= since)
-    )
+    found = with_propensity = usable = 0
     engine = open_database(config.decision_log.url)
     try:
-        with engine.connect() as connection:
-            found = connection.execute(query).all()
+        for page in keyset_pages(engine, query, d.c.id, batch):
+            found += len(page)
+            logged = [r for r in page if r["propensity"] is not None and r["planned_option"] is not None]
+            rows = [r for r in logged if r["prompt"] is not None and r["option"] == r["planned_option"]]
+            with_propensity, usable = with_propensity + len(logged), usable + len(rows)
+            if not rows:
+                continue
+            ids = [r["id"] for r in rows]
+            given, agreed = feedback_of(engine, ids), _agreement_of(engine, ids)
+            yield _Page(
+                prompts=[r["prompt"] for r in rows],
+                planned=[r["planned_option"] for r in rows],
+                propensity=np.array([r["propensity"] for r in rows], dtype=float),
+                cost=np.array([r["cost_usd"] for r in rows], dtype=float),
+                quality=np.array(
+                    [_quality(given.get(r["id"]), agreed.get(r["id"]), r["option"] == reference) for r in rows],
+                    dtype=float,
+                ),
+            )
     finally:
         engine.dispose()
     if not found:
         raise BestRouteError("the decision log has no answered routed requests to evaluate a candidate on")
-    with_propensity = [r for r in found if r.propensity is not None and r.planned_option is not None]
     if not with_propensity:
         raise BestRouteError(
             "the decision log has no propensities (its rows are from before the gateway logged them): "
             "serve with this version, ideally with explore.rate, and evaluate that traffic"
         )
-    usable = [r for r in with_propensity if r.prompt is not None and r.option == r.planned_option]
     if not usable:
         raise BestRouteError(
             "no logged request has a stored prompt answered by the option planned first; turn on "
             "decision_log.store_prompts"
         )
-    return _Logged(
-        prompts=[r.prompt for r in usable],
-        planned=[r.planned_option for r in usable],
-        propensity=np.array([r.propensity for r in usable], dtype=float),
-        cost=np.array([r.cost_usd for r in usable], dtype=float),
-        quality=np.array([_quality(r.q, r.a, r.option == reference) for r in usable], dtype=float),
+
+
+def _agreement_of(engine: Engine, ids: list[str]) -> dict[str, float]:
+    """Each decision's share of shadow checks that agreed with it (those that came out)."""
+    query = (
+        select(shadows.c.decision_id, func.avg(cast(shadows.c.agreed, Float)))
+        .where(shadows.c.decision_id.in_(ids), shadows.c.agreed.is_not(None))
+        .group_by(shadows.c.decision_id)
     )
+    with engine.connect() as connection:
+        return {decision_id: float(share) for decision_id, share in connection.execute(query)}
 
 
-def _quality(feedback: float | None, agreement: float | None, by_reference: bool) -> float:
-    if feedback is not None:
-        return float(feedback)
+def _quality(feedback: list[float] | None, agreement: float | None, by_reference: bool) -> float:
+    if feedback:
+        return sum(feedback) / len(feedback)
     if agreement is not None:
         return float(agreement)
     return 1.0 if by_reference else math.nan
