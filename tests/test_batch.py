@@ -5,6 +5,7 @@ in-process router, and a per-row error for rows it cannot route; files and decis
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -12,8 +13,9 @@ import ray
 from conftest import bestroute
 from servers import decision, empty_database
 
-from bestroute import BestRouteRouter, load_dataset, load_router, split_prompts
-from bestroute.batch import RESULT_SCHEMA, route_batch
+from bestroute import BestRouteError, BestRouteRouter, load_dataset, load_router, split_prompts
+from bestroute.batch import RESULT_SCHEMA, features_batch, read_features, route_batch
+from bestroute.features import make_extractor
 from bestroute.serving import DecisionLog, logged_prompts
 
 
@@ -166,3 +168,54 @@ def test_a_bad_database_url_is_one_line(guarded_artifact, tmp_path):
     )
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
     assert "decision_log.url: cannot open" in done.stderr
+
+
+# ------------------------------------------------------------------ training features
+
+
+def test_training_features_on_two_workers_are_the_in_process_ones_and_train_on_them(local_ray, subset_dir, tmp_path):
+    report = features_batch(
+        subset_dir, tmp_path / "vectors", features="static", workers=2, batch_size=32, rows_per_file=100
+    )
+    data = load_dataset(subset_dir)
+    assert (report.prompts, report.dim, report.extractor) == (len(data.prompt_ids), 256, "static")
+    assert len(list((tmp_path / "vectors").glob("*.parquet"))) >= 3  # the prompts' order across files
+    table = pq.read_table(tmp_path / "vectors")
+    assert table.column("prompt_id").to_pylist() == data.prompt_ids
+    made = read_features(tmp_path / "vectors", data.prompt_ids, make_extractor("static"))
+    np.testing.assert_allclose(made, make_extractor("static").transform(data.texts), atol=1e-6)
+
+    # Trained on them, the artifact decides as one trained on features it made itself.
+    with_vectors, without = tmp_path / "with.bestroute", tmp_path / "without.bestroute"
+    common = ("train", "--data", str(subset_dir), "--features", "static", "--max-n", "3")
+    done = bestroute(*common, "--features-from", str(tmp_path / "vectors"), "--out", str(with_vectors))
+    assert done.returncode == 0, done.stderr
+    assert bestroute(*common, "--out", str(without)).returncode == 0
+    test = [data.texts[i] for i in split_prompts(data.prompt_ids).test]
+    got, expected = load_router(with_vectors).route(test), load_router(without).route(test)
+    assert [g["option"] for g in got] == [e["option"] for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g["scores"] == pytest.approx(e["scores"], abs=1e-5)
+
+    # Another extractor's vectors, a prompt they lack, a bad prompts table: one line each.
+    lexical = bestroute(
+        *common[:-4],
+        "--features",
+        "lexical",
+        "--features-from",
+        str(tmp_path / "vectors"),
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert lexical.returncode == 2 and "made by another extractor" in lexical.stderr
+    assert len(lexical.stderr.strip().splitlines()) == 1
+    with pytest.raises(BestRouteError, match="lack 1 of the data's prompts"):
+        read_features(tmp_path / "vectors", [*data.prompt_ids, "unseen"], make_extractor("static"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "prompts.jsonl").write_text('{"prompt_id": "a", "prompt": "hi"}\n{"prompt_id": "b"}\n')
+    refused = bestroute("batch", "features", str(bad), "--out", str(tmp_path / "v2"))
+    assert refused.returncode == 2 and "prompts.jsonl:2: prompt: Field required" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr  # checked before Ray starts
+    again = bestroute("batch", "features", str(subset_dir), "--out", str(tmp_path / "vectors"))
+    assert again.returncode == 2 and "not an empty directory" in again.stderr

@@ -17,7 +17,7 @@ from rich.table import Table
 from ._exceptions import BestRouteError, ConfigError
 from .data import RoutingDataset, Split, demo_data_path, load_dataset, split_prompts
 from .evaluation import DEFAULT_ROUTERS, evaluate, markdown_table, write_results
-from .features import DOMAIN_QUANTILE
+from .features import DOMAIN_QUANTILE, make_extractor
 from .routers import ROUTERS, load_router
 
 if TYPE_CHECKING:
@@ -181,6 +181,10 @@ def train(
     guard: Annotated[bool, typer.Option("--guard/--no-guard", help=GUARD_HELP)] = True,
     guard_quantile: Annotated[float, typer.Option(help=GUARD_QUANTILE_HELP)] = DOMAIN_QUANTILE,
     sample: Annotated[float | None, typer.Option(help=SAMPLE_HELP)] = None,
+    features_from: Annotated[
+        Path | None,
+        typer.Option(help="Fit on the vectors `bestroute batch features` made of these prompts (same --features)."),
+    ] = None,
 ) -> None:
     """Fit a router on the train split and save it as one artifact file."""
     if router not in ROUTERS:
@@ -200,7 +204,13 @@ def train(
             selector=selector,
             domain_quantile=_domain_quantile(guard, guard_quantile),
         )
-        fitted.fit(data, split.train, split.val)
+        extractor = made = None
+        if features_from is not None:
+            from .batch import read_features
+
+            extractor = make_extractor(features)
+            made = read_features(features_from, data.prompt_ids, extractor)
+        fitted.fit(data, split.train, split.val, features=made, extractor=extractor)
         progress("saving", 3, 4)
         fitted.save(out)
     console.print(
@@ -551,6 +561,36 @@ def batch_route(
         ray_address=ray_address,
     )
     typer.echo(f"{report.routed} rows routed, {report.failed} with an error; decisions in {report.out}")
+
+
+@batch_app.command("features")
+@_one_line_errors
+def batch_features(
+    data_path: Annotated[Path, typer.Argument(help="Routing-data directory whose prompts to make features of.")],
+    out: Annotated[Path, typer.Option(help="New or empty directory to write the vectors to (Parquet).")],
+    features: Annotated[str, typer.Option(help="auto, static, minilm or lexical: as `bestroute train`.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Ray actors at once (each builds the extractor once).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Prompts per call of the extractor.")] = 1024,
+    rows_per_file: Annotated[int, typer.Option(help="Rows per Parquet file written (about).")] = 65_536,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A Ray cluster to run on (default: a local instance).")
+    ] = None,
+) -> None:
+    """Make every prompt's feature vector on Ray Data and write them as Parquet (prompt_id,
+    features), for `bestroute train --features-from`: the step of training that grows with the
+    prompts' text, on every core of a machine or a cluster."""
+    from .batch import features_batch
+
+    report = features_batch(
+        data_path,
+        out,
+        features=features,
+        workers=workers,
+        batch_size=batch_size,
+        rows_per_file=rows_per_file,
+        ray_address=ray_address,
+    )
+    typer.echo(f"{report.prompts} prompts, {report.dim} {report.extractor} features each; vectors in {report.out}")
 
 
 class ExportFormat(enum.StrEnum):

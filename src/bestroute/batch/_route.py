@@ -7,15 +7,15 @@ and stored prompt). Each worker loads the artifact once (an actor of ``map_batch
 row that cannot be routed gets its reason in the ``error`` column and the job goes on. Reading,
 routing and writing stream: memory is flat in the number of rows."""
 
+import functools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pa_dataset
-import pyarrow.parquet as pq
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -24,6 +24,7 @@ from .._exceptions import BestRouteError
 from ..routers import Router, load_router
 from ..serving import check_database, logged_prompts
 from ..serving.protocol import ChatCompletionRequest
+from ._pipeline import check_out, ordered_parquet, start_ray, streamed_source
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -162,67 +163,13 @@ def _json_lines() -> type:
     return JsonLines
 
 
-def _decision_log() -> type:
-    """Ray datasource of a decision log's requests (id, stored prompt), read by id a page at a
-    time in one task (``logged_prompts``): reading is a small part of the work, routing runs on
-    every worker. Ray's read_sql fetches a whole query's result at once."""
-    from ray.data.block import BlockMetadata
-    from ray.data.datasource import Datasource, ReadTask
-
-    class DecisionLogRequests(Datasource):
-        def __init__(self, url: str) -> None:
-            self.url = url
-
-        def estimate_inmemory_data_size(self) -> None:
-            return None
-
-        def get_read_tasks(
-            self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
-        ) -> list[ReadTask]:
-            url = self.url
-
-            def read() -> Iterator[pa.Table]:
-                for page in logged_prompts(url, batch=_LINES_PER_BLOCK):
-                    ids, prompts = zip(*page, strict=True)
-                    yield pa.table(
-                        {"id": list(ids), "prompt": list(prompts), _LOGGED: [True] * len(page)},
-                        schema=pa.schema([("id", pa.string()), ("prompt", pa.string()), (_LOGGED, pa.bool_())]),
-                    )
-
-            metadata = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
-            return [ReadTask(read, metadata)]
-
-    return DecisionLogRequests
-
-
-def _ordered_parquet() -> type:
-    """Ray datasink writing each write task's blocks in their order to Parquet files named by the
-    task's index and the file's, so a directory read in name order is the input's order. Ray's own
-    ``write_parquet`` hands a task's blocks to pyarrow's multi-threaded ``write_dataset``, which
-    may reorder them within the file (apache/arrow#26818: seen in CI, and in 2 of 20 writes of 8
-    blocks here)."""
-    from ray.data import Datasink
-
-    class OrderedParquet(Datasink[None]):
-        def __init__(self, out: Path, rows_per_file: int) -> None:
-            self.out, self.rows_per_file = out, rows_per_file
-
-        @property
-        def min_rows_per_write(self) -> int:  # Ray bundles a write task's blocks up to this
-            return self.rows_per_file
-
-        def on_write_start(self, schema: Any = None) -> None:
-            self.out.mkdir(parents=True, exist_ok=True)
-
-        def write(self, blocks: Iterable[pa.Table], ctx: Any) -> None:
-            """The task's blocks (BatchRouter's tables) in order, a new file every rows_per_file."""
-            tables = list(blocks)
-            rows = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
-            for part, start in enumerate(range(0, rows.num_rows, self.rows_per_file)):
-                name = f"part-{ctx.task_idx:09d}-{part:06d}.parquet"
-                pq.write_table(rows.slice(start, self.rows_per_file), self.out / name)
-
-    return OrderedParquet
+def _logged_blocks(url: str) -> Iterator[pa.Table]:
+    """A decision log's requests (id, stored prompt), read by id a page at a time
+    (``logged_prompts``; Ray's read_sql fetches a whole query's result at once)."""
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.string()), (_LOGGED, pa.bool_())])
+    for page in logged_prompts(url, batch=_LINES_PER_BLOCK):
+        ids, prompts = zip(*page, strict=True)
+        yield pa.table({"id": list(ids), "prompt": list(prompts), _LOGGED: [True] * len(page)}, schema=schema)
 
 
 def database_url(source: str | Path) -> str | None:
@@ -269,10 +216,6 @@ def route_batch(
     log's by request id) as Parquet files of about ``rows_per_file`` rows in ``out`` (a new or
     empty directory; its files in name order are the input's order). Starts a local Ray instance unless one is
     running or ``ray_address`` names a cluster."""
-    try:
-        import ray
-    except ImportError:
-        raise BestRouteError("batch routing needs Ray: pip install 'bestroute[scale]'") from None
     url, out = database_url(source), Path(out)
     if url is not None:
         check_database(url)  # a wrong URL or missing driver is one line here, not a failed Ray task
@@ -280,21 +223,18 @@ def route_batch(
         raise BestRouteError(f"{source} does not exist")
     if min(workers, batch_size, rows_per_file) < 1:
         raise BestRouteError("workers, batch size and rows per file must be at least 1")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BestRouteError(f"{out} is not an empty directory: the decisions of two jobs would mix")
+    check_out(out)
     router = load_router(artifact)  # a bad artifact or knob fails here, not in every worker
     checked = router.default_knob() if knob is None else router.rule.check(knob)
-    if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
+    ray = start_ray(ray_address)
     # Reading and writing take no CPU of Ray's: the routers' actors hold one each, and reads that
     # wait for a CPU the actors hold would never run (workers = CPUs is a deadlock otherwise).
     # One read task per JSONL file (or decision log), streaming its blocks as it makes them:
     # given fewer tasks than it wants, Ray holds a task's whole output to split it in blocks,
     # which made a reader's memory grow with its file.
     if url is not None:
-        rows = ray.data.read_datasource(_decision_log()(url), num_cpus=0, override_num_blocks=1)
+        source_of_rows = streamed_source("DecisionLogRequests", functools.partial(_logged_blocks, url))
+        rows = ray.data.read_datasource(source_of_rows, num_cpus=0, override_num_blocks=1)
     elif _is_parquet(Path(source)):
         rows = ray.data.read_parquet(str(source), num_cpus=0)
     else:
@@ -305,9 +245,9 @@ def route_batch(
         fn_constructor_kwargs={"artifact": str(artifact), "knob": checked},
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
     )
-    decisions.write_datasink(_ordered_parquet()(out, rows_per_file), ray_remote_args={"num_cpus": 0})
+    decisions.write_datasink(ordered_parquet(out, RESULT_SCHEMA, rows_per_file), ray_remote_args={"num_cpus": 0})
     written = pa_dataset.dataset(str(out), format="parquet", schema=RESULT_SCHEMA)
     failed = written.count_rows(filter=pa_dataset.field("error").is_valid())
     return BatchReport(routed=written.count_rows() - failed, failed=failed, out=out)

@@ -67,7 +67,7 @@ def iter_rows(
         raise DataError(f"cannot read file ({exc})", path=str(path)) from exc
 
 
-def _validate(model: type[RecordT], row: dict[str, Any], path: Path, line: int) -> RecordT:
+def validate_record(model: type[RecordT], row: dict[str, Any], path: Path, line: int) -> RecordT:
     try:
         return model.model_validate(row)
     except ValidationError as exc:
@@ -126,7 +126,7 @@ def read_native(directory: Path, *, sample: float | None = None) -> RoutingDatas
     seen: set[str] = set()
     left_out: set[str] = set()
     for line, row in iter_rows(prompts_path):
-        record = _validate(PromptRecord, row, prompts_path, line)
+        record = validate_record(PromptRecord, row, prompts_path, line)
         if record.prompt_id in seen or record.prompt_id in left_out:
             raise DataError(f"duplicate prompt_id {record.prompt_id!r}", path=str(prompts_path), line=line)
         if sample is not None and not in_sample(record.prompt_id, sample):
@@ -140,7 +140,7 @@ def read_native(directory: Path, *, sample: float | None = None) -> RoutingDatas
     for line, row in iter_rows(responses_path):
         if left_out and row.get("prompt_id") in left_out:
             continue
-        response = _validate(ResponseRecord, row, responses_path, line)
+        response = validate_record(ResponseRecord, row, responses_path, line)
         if response.prompt_id not in seen:
             raise DataError(f"unknown prompt_id {response.prompt_id!r}", path=str(responses_path), line=line)
         if response.model not in prices and response.cost_usd is None:
@@ -175,7 +175,9 @@ def read_routerbench(path: Path) -> RoutingDataset:
         prompt_id = str(row.get("sample_id") or f"row-{line}")
         text = _prompt_text(row["prompt"])
         prompts.append(
-            _validate(PromptRecord, {"prompt_id": prompt_id, "prompt": text, "task": row.get("eval_name")}, path, line)
+            validate_record(
+                PromptRecord, {"prompt_id": prompt_id, "prompt": text, "task": row.get("eval_name")}, path, line
+            )
         )
         for model in models:
             quality, cost = row.get(model), row.get(f"{model}|total_cost")
@@ -184,7 +186,7 @@ def read_routerbench(path: Path) -> RoutingDataset:
             answer = row.get(f"{model}|model_response")
             answer = "" if answer is None else str(answer)
             responses.append(
-                _validate(
+                validate_record(
                     ResponseRecord,
                     {
                         "prompt_id": prompt_id,

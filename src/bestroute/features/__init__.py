@@ -10,6 +10,7 @@ from ._extractors import (
     MiniLMEmbedder,
     StaticEmbedder,
     distill_static_table,
+    extractor_fingerprint,
     extractor_from_state,
     make_extractor,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "apply_heads",
     "cache_dir",
     "distill_static_table",
+    "extractor_fingerprint",
     "extractor_from_state",
     "fit_head_near",
     "fit_soft_heads",

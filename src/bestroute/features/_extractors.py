@@ -4,6 +4,7 @@ written into a router artifact and rebuilt from it."""
 
 import hashlib
 import importlib.util
+import json
 import math
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -243,6 +244,17 @@ def make_extractor(name: str) -> FeatureExtractor:
     if name not in EXTRACTORS:
         raise FeatureError(f"unknown features {name!r}; choose one of auto, {', '.join(EXTRACTORS)}")
     return EXTRACTORS[name]()
+
+
+def extractor_fingerprint(extractor: FeatureExtractor) -> str:
+    """A hash of an extractor's whole state: two extractors with one fingerprint make the same
+    features, so features made by one can stand in for the other's."""
+    meta, arrays = extractor.state()
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
 
 
 def extractor_from_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> FeatureExtractor:
