@@ -64,7 +64,7 @@ def measured(run: Callable[[], None]) -> tuple[float, dict[str, int]]:
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
-    wanted = ("driver", "MapWorker", "ReadJsonLines", "Write", "object_store_shared")
+    wanted = ("driver", "MapWorker", "ReadJsonLines", "ReadPrompts", "Write", "object_store_shared")
     return seconds, {k: round(v) for k, v in peaks.items() if k in wanted}
 
 
