@@ -214,8 +214,8 @@ def route_batch(
     log's database URL) with the router ``artifact`` at ``knob`` (None: its default) on
     ``workers`` actors, and write the decisions (RESULT_SCHEMA, in the input's order; a decision
     log's by request id) as Parquet files of about ``rows_per_file`` rows in ``out`` (a new or
-    empty directory; its files in name order are the input's order). Starts a local Ray instance unless one is
-    running or ``ray_address`` names a cluster."""
+    empty directory; its files in name order are the input's order). Starts a local Ray
+    instance unless one is running or ``ray_address`` names a cluster."""
     url, out = database_url(source), Path(out)
     if url is not None:
         check_database(url)  # a wrong URL or missing driver is one line here, not a failed Ray task
