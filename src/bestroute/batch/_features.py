@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pa_dataset
 import pyarrow.parquet as pq
 
 from .._exceptions import BestRouteError
@@ -104,8 +105,9 @@ def features_batch(
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),
     )
-    made.write_datasink(ordered_parquet(out, _schema(dim), rows_per_file), ray_remote_args={"num_cpus": 0})
-    written = pq.ParquetDataset(out).read(columns=["prompt_id"]).num_rows if any(out.glob("*.parquet")) else 0
+    made.write_datasink(ordered_parquet(out, rows_per_file), ray_remote_args={"num_cpus": 0})
+    out.mkdir(parents=True, exist_ok=True)  # an empty table's job writes no file
+    written = pa_dataset.dataset(str(out), format="parquet").count_rows()  # from the files' footers
     stamp = {"extractor": meta["name"], "fingerprint": extractor_fingerprint(extractor), "dim": dim, "prompts": written}
     (out / FEATURES_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
     return FeaturesReport(prompts=written, dim=dim, extractor=str(meta["name"]), out=out)

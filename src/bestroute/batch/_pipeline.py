@@ -56,7 +56,7 @@ def check_out(out: Path) -> None:
         raise BestRouteError(f"{out} is not an empty directory: the files of two jobs would mix")
 
 
-def ordered_parquet(out: Path, schema: pa.Schema, rows_per_file: int) -> Any:
+def ordered_parquet(out: Path, rows_per_file: int) -> Any:
     """A Ray datasink writing each write task's blocks in their order to Parquet files named by
     the task's index and the file's, so a directory read in name order is the dataset's order.
     Ray's own ``write_parquet`` hands a task's blocks to pyarrow's multi-threaded
@@ -74,8 +74,10 @@ def ordered_parquet(out: Path, schema: pa.Schema, rows_per_file: int) -> Any:
 
         def write(self, blocks: Iterable[pa.Table], ctx: Any) -> None:
             """The task's blocks in order, a new file every rows_per_file."""
-            tables = list(blocks)
-            rows = pa.concat_tables(tables) if tables else schema.empty_table()
+            tables = [table for table in blocks if table.num_rows]
+            if not tables:
+                return
+            rows = pa.concat_tables(tables)
             for part, start in enumerate(range(0, rows.num_rows, rows_per_file)):
                 name = f"part-{ctx.task_idx:09d}-{part:06d}.parquet"
                 pq.write_table(rows.slice(start, rows_per_file), out / name)

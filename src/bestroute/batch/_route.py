@@ -247,7 +247,7 @@ def route_batch(
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),
     )
-    decisions.write_datasink(ordered_parquet(out, RESULT_SCHEMA, rows_per_file), ray_remote_args={"num_cpus": 0})
+    decisions.write_datasink(ordered_parquet(out, rows_per_file), ray_remote_args={"num_cpus": 0})
     written = pa_dataset.dataset(str(out), format="parquet", schema=RESULT_SCHEMA)
     failed = written.count_rows(filter=pa_dataset.field("error").is_valid())
     return BatchReport(routed=written.count_rows() - failed, failed=failed, out=out)

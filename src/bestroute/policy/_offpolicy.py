@@ -98,13 +98,13 @@ class OffPolicyAccumulator:
         terms["dr"] = dr if self._direct else np.zeros_like(weights)
         self._squared_weights += float((weights**2).sum())
         self._matched += int(np.asarray(matched).sum())
+        for name, values in terms.items():
+            self._totals[name] += float(values.sum())
         for start in range(0, len(weights), _CHUNK):
             size = (self.resamples, min(_CHUNK, len(weights) - start))
             counts = _POISSON_COUNTS[self._rng.integers(0, 1 << 16, size=size, dtype=np.uint16)]
             for name, values in terms.items():
-                chunk = values[start : start + _CHUNK]
-                self._totals[name] += float(chunk.sum())
-                self._resampled[name] += counts @ chunk
+                self._resampled[name] += counts @ values[start : start + _CHUNK]
 
     def estimates(self) -> OffPolicyEstimates:
         """The estimates over every row added so far."""
