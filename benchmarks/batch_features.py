@@ -56,7 +56,7 @@ def main() -> None:
             )
             assert report.prompts == args.prompts, report
 
-        seconds, memory = measured(in_process if workers == 0 else on_ray)
+        seconds, memory, _ = measured(in_process if workers == 0 else on_ray)
         runs.append(
             {
                 "run": name,

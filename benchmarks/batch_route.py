@@ -42,30 +42,40 @@ def _memory_mb(pid: str) -> tuple[str, float, float] | None:
     return kind, fields.get("RssAnon", 0.0), fields.get("RssShmem", 0.0)
 
 
-def measured(run: Callable[[], None]) -> tuple[float, dict[str, int]]:
-    """Seconds ``run`` takes, and peak memory meanwhile: private MB per process kind and the
-    largest shared (object store) MB of any process."""
-    peaks: dict[str, float] = {}
+WANTED = ("driver", "MapWorker", "ReadJsonLines", "ReadPrompts", "Write", "object_store_shared")
+
+
+def measured(run: Callable[[], None]) -> tuple[float, dict[str, int], dict[str, list[int]]]:
+    """Seconds ``run`` takes, and memory meanwhile: the peak private MB per process kind and the
+    largest shared (object store) MB of any process, over the whole run and in each tenth of its
+    time (whether memory grows as the rows go by)."""
+    samples: list[tuple[float, str, float]] = []
     done = threading.Event()
+    started = time.perf_counter()
 
     def sample() -> None:
         while not done.wait(0.5):
+            now = time.perf_counter() - started
             for entry in Path("/proc").iterdir():
                 found = _memory_mb(entry.name) if entry.name.isdigit() else None
                 if found is not None:
                     kind, private, shared = found
-                    peaks[kind] = max(peaks.get(kind, 0.0), private)
-                    peaks["object_store_shared"] = max(peaks.get("object_store_shared", 0.0), shared)
+                    samples.extend([(now, kind, private), (now, "object_store_shared", shared)])
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    started = time.perf_counter()
     run()
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
-    wanted = ("driver", "MapWorker", "ReadJsonLines", "ReadPrompts", "Write", "object_store_shared")
-    return seconds, {k: round(v) for k, v in peaks.items() if k in wanted}
+    peaks: dict[str, float] = {}
+    tenths: dict[str, list[float]] = {}
+    for at, kind, mb in samples:
+        if kind in WANTED:
+            peaks[kind] = max(peaks.get(kind, 0.0), mb)
+            tenth, i = tenths.setdefault(kind, [0.0] * 10), min(9, int(10 * at / seconds))
+            tenth[i] = max(tenth[i], mb)
+    return seconds, {k: round(v) for k, v in peaks.items()}, {k: [round(v) for v in t] for k, t in tenths.items()}
 
 
 def write_rows(path: Path, texts: list[str], rows: int) -> None:
@@ -108,8 +118,16 @@ def main() -> None:
             report = route_batch(artifact, source, out, workers=workers, batch_size=args.batch_size)
             assert report.routed == rows, report
 
-        seconds, memory = measured(in_process if name == "in-process" else batch)
-        runs.append({"run": name, "rows": rows, "rows_per_s": round(rows / seconds), "peak_private_mb": memory})
+        seconds, memory, by_tenth = measured(in_process if name == "in-process" else batch)
+        runs.append(
+            {
+                "run": name,
+                "rows": rows,
+                "rows_per_s": round(rows / seconds),
+                "peak_private_mb": memory,
+                "peak_mb_by_tenth_of_time": by_tenth,
+            }
+        )
         print(json.dumps(runs[-1]), flush=True)
     ray.shutdown()
     print(json.dumps({"batch_size": args.batch_size, "router": args.router, "runs": runs}))

@@ -3,6 +3,9 @@ in-process router, and a per-row error for rows it cannot route; files and decis
 (SQLite and PostgreSQL) by URL."""
 
 import json
+import os
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from conftest import bestroute
 from servers import decision, empty_database
 
 from bestroute import BestRouteError, BestRouteRouter, load_dataset, load_router, split_prompts
-from bestroute.batch import RESULT_SCHEMA, features_batch, read_features, route_batch
+from bestroute.batch import RESULT_SCHEMA, features_batch, read_features, read_rows, route_batch
 from bestroute.features import make_extractor
 from bestroute.serving import DecisionLog, logged_prompts
 
@@ -75,6 +78,31 @@ def test_ten_thousand_rows_get_the_in_process_decisions(local_ray, guarded_artif
     for g, e in zip(got, expected, strict=True):
         assert dict(g["scores"]) == pytest.approx(e["scores"])
         assert g["expected_cost_usd"] == e["expected_cost_usd"] and g["knob"] == knob
+
+
+def test_two_actors_share_one_files_rows(local_ray, tmp_path):
+    class Pid:  # defined here, so Ray's workers get it by value (they cannot import this module)
+        """An actor that takes 0.1 s a batch and says which process it is."""
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            time.sleep(0.1)
+            return pa.table({"pid": [os.getpid()] * batch.num_rows})
+
+    # One JSONL file is one read task; Ray used to join its output into one block (up to
+    # 128 MiB), which one actor then took whole while the other idled.
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "prompt": f"{i} " + "word " * 200}) + "\n" for i in range(20_000)))
+    rows = read_rows(source)
+    assert rows.materialize().num_blocks() >= 10  # ~20 MB in blocks of about BLOCK_BYTES
+    pids = Counter(
+        pid
+        for batch in rows.map_batches(
+            Pid, batch_size=700, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=2)
+        ).iter_batches(batch_format="pyarrow", batch_size=None)
+        for pid in batch.column("pid").to_pylist()
+    )
+    assert sum(pids.values()) == 20_000 and len(pids) == 2
+    assert min(pids.values()) >= 2_000, pids  # each actor routed a share, not a stray batch
 
 
 def test_malformed_rows_get_an_error_column_not_a_failed_job(local_ray, guarded_artifact, tmp_path):

@@ -3,9 +3,11 @@ artifact loaded once per worker (``bestroute batch route``), and the feature vec
 prompts (``bestroute batch features``); the ``scale`` extra installs Ray."""
 
 from ._features import FeatureMaker, FeaturesReport, features_batch, read_features
-from ._route import RESULT_SCHEMA, BatchReport, BatchRouter, route_batch
+from ._pipeline import BLOCK_BYTES, start_ray
+from ._route import RESULT_SCHEMA, BatchReport, BatchRouter, read_rows, route_batch
 
 __all__ = [
+    "BLOCK_BYTES",
     "RESULT_SCHEMA",
     "BatchReport",
     "BatchRouter",
@@ -13,5 +15,7 @@ __all__ = [
     "FeaturesReport",
     "features_batch",
     "read_features",
+    "read_rows",
     "route_batch",
+    "start_ray",
 ]

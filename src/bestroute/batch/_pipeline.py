@@ -10,17 +10,24 @@ import pyarrow.parquet as pq
 
 from .._exceptions import BestRouteError
 
+# Ray joins a task's output into blocks of up to this size. Its default, 128 MiB, made a reader's
+# whole output (a 100,000-row file) one block, and the one actor given it did all the work while
+# the others idled; a megabyte is a few batches of prompts, so every actor gets its share.
+BLOCK_BYTES = 1 << 20
+
 
 def start_ray(address: str | None) -> Any:
     """The ``ray`` module, connected to ``address`` (None: a running instance, else a new local
-    one), with datasets that keep their rows' order."""
+    one), with datasets that keep their rows' order in blocks of about BLOCK_BYTES."""
     try:
         import ray
     except ImportError:
         raise BestRouteError("batch jobs need Ray: pip install 'bestroute[scale]'") from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.target_max_block_size = BLOCK_BYTES
     return ray
 
 

@@ -199,6 +199,29 @@ def _is_parquet(source: Path) -> bool:
     return source.suffix == ".parquet"
 
 
+def read_rows(source: str | Path, *, ray_address: str | None = None) -> Any:
+    """The Ray dataset of ``source``'s rows (a JSONL or Parquet file, a directory of them, or a
+    decision log's database URL: see route_batch), on the Ray of ``start_ray(ray_address)``."""
+    url = database_url(source)
+    if url is not None:
+        check_database(url)  # a wrong URL or missing driver is one line here, not a failed Ray task
+    elif not Path(source).exists():
+        raise BestRouteError(f"{source} does not exist")
+    ray = start_ray(ray_address)
+    # Reading takes no CPU of Ray's: the routers' actors hold one each, and reads that wait for
+    # a CPU the actors hold would never run (workers = CPUs is a deadlock otherwise). One read
+    # task per JSONL file (or decision log), streaming its blocks as it makes them: given fewer
+    # tasks than it wants, Ray holds a task's whole output to split it in blocks, which made a
+    # reader's memory grow with its file.
+    if url is not None:
+        source_of_rows = streamed_source("DecisionLogRequests", functools.partial(_logged_blocks, url))
+        return ray.data.read_datasource(source_of_rows, num_cpus=0, override_num_blocks=1)
+    if _is_parquet(Path(source)):
+        return ray.data.read_parquet(str(source), num_cpus=0)
+    files = [p for p in Path(source).rglob("*") if p.is_file()] if Path(source).is_dir() else [Path(source)]
+    return ray.data.read_datasource(_json_lines()(str(source)), num_cpus=0, override_num_blocks=max(1, len(files)))
+
+
 def route_batch(
     artifact: str | Path,
     source: str | Path,
@@ -216,30 +239,14 @@ def route_batch(
     log's by request id) as Parquet files of about ``rows_per_file`` rows in ``out`` (a new or
     empty directory; its files in name order are the input's order). Starts a local Ray
     instance unless one is running or ``ray_address`` names a cluster."""
-    url, out = database_url(source), Path(out)
-    if url is not None:
-        check_database(url)  # a wrong URL or missing driver is one line here, not a failed Ray task
-    elif not Path(source).exists():
-        raise BestRouteError(f"{source} does not exist")
+    out = Path(out)
     if min(workers, batch_size, rows_per_file) < 1:
         raise BestRouteError("workers, batch size and rows per file must be at least 1")
     check_out(out)
     router = load_router(artifact)  # a bad artifact or knob fails here, not in every worker
     checked = router.default_knob() if knob is None else router.rule.check(knob)
+    rows = read_rows(source, ray_address=ray_address)
     ray = start_ray(ray_address)
-    # Reading and writing take no CPU of Ray's: the routers' actors hold one each, and reads that
-    # wait for a CPU the actors hold would never run (workers = CPUs is a deadlock otherwise).
-    # One read task per JSONL file (or decision log), streaming its blocks as it makes them:
-    # given fewer tasks than it wants, Ray holds a task's whole output to split it in blocks,
-    # which made a reader's memory grow with its file.
-    if url is not None:
-        source_of_rows = streamed_source("DecisionLogRequests", functools.partial(_logged_blocks, url))
-        rows = ray.data.read_datasource(source_of_rows, num_cpus=0, override_num_blocks=1)
-    elif _is_parquet(Path(source)):
-        rows = ray.data.read_parquet(str(source), num_cpus=0)
-    else:
-        files = [p for p in Path(source).rglob("*") if p.is_file()] if Path(source).is_dir() else [Path(source)]
-        rows = ray.data.read_datasource(_json_lines()(str(source)), num_cpus=0, override_num_blocks=max(1, len(files)))
     decisions = rows.map_batches(
         BatchRouter,
         fn_constructor_kwargs={"artifact": str(artifact), "knob": checked},
@@ -247,6 +254,7 @@ def route_batch(
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers),
     )
+    # writing takes no CPU of Ray's either, for the same reason as reading
     decisions.write_datasink(ordered_parquet(out, rows_per_file), ray_remote_args={"num_cpus": 0})
     written = pa_dataset.dataset(str(out), format="parquet", schema=RESULT_SCHEMA)
     failed = written.count_rows(filter=pa_dataset.field("error").is_valid())
