@@ -106,3 +106,29 @@ def test_replicas_share_budgets_through_the_decision_log(tmp_path, artifact, mon
         wait_for_rows(tmp_path / "shared.db", 6)  # the refused request has no row
         time.sleep(0.5)
         assert chat(first.url, "key-a").status_code == 429
+
+
+def test_replicas_share_the_days_spend_through_the_client_rollup(tmp_path, artifact, monkeypatch):
+    """Two requests on one replica spend the key's day; the other replica then refuses it, from
+    the log's daily client rollup, and another key still passes."""
+    monkeypatch.setenv("KEYS", "key-a,key-b")
+    shared_log = {"url": f"sqlite:///{tmp_path}/shared.db"}
+    budgets = {"usd_per_day": 3e-5, "shared": True, "refresh_s": 0.1}
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    with upstream(Script()) as s:
+        config = {"client_api_keys_env": "KEYS", "decision_log": shared_log, "budgets": budgets}
+        with (
+            gateway(one, artifact, {"small": s.url, "big": s.url}, **config) as (first, _),
+            gateway(two, artifact, {"small": s.url, "big": s.url}, **config) as (second, _),
+        ):
+            assert [chat(first.url, "key-a").status_code for _ in range(2)] == [200, 200]
+            wait_for_rows(tmp_path / "shared.db", 2)
+            time.sleep(0.5)  # several refreshes of the other replica
+            refused = chat(second.url, "key-a")
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+            assert chat(second.url, "key-b").status_code == 200
+    with sqlite3.connect(tmp_path / "shared.db") as db:
+        by_replica = db.execute("SELECT client_key_id, replica, requests FROM client_rollup").fetchall()
+    assert sorted(r[2] for r in by_replica) == [1, 2] and len({r[1] for r in by_replica}) == 2

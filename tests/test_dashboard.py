@@ -199,8 +199,22 @@ def test_the_rollups_equal_the_rows_and_an_older_log_gets_them(log_url, tmp_path
             assert option.shadow_checks == len(checked)
             assert option.shadow_agreed == sum(int(r["id"][1:]) % 10 == 0 for r in checked)
 
+    def per_client_day(engine: Any) -> None:  # what shared budgets read
+        expected: dict[tuple[int, str], list[float]] = {}
+        for r in rows:
+            entry = expected.setdefault((bucket_of(r["created_at"], 86_400), r["client_key_id"]), [0, 0.0])
+            entry[0], entry[1] = entry[0] + 1, entry[1] + r["cost_usd"]
+        with engine.connect() as connection:
+            got = connection.execute(
+                sqlalchemy.text("SELECT bucket, client_key_id, replica, requests, cost_usd FROM client_rollup")
+            ).all()
+        assert {(b, c) for b, c, *_ in got} == expected.keys() and {g[2] for g in got} == {""}
+        for bucket, client, _, requests, cost in got:
+            assert [requests, cost] == pytest.approx(expected[(bucket, client)])
+
     agree(traffic_stats(engine, reference="big", since=bucket_of(now - 11 * 3600, 60)))  # from the minutes
     agree(traffic_stats(engine, reference="big", since=0.0))  # from the hours
+    per_client_day(engine)
     with engine.begin() as connection:
         for table in ROLLUPS:
             connection.execute(sqlalchemy.text(f"DROP TABLE {table.name}"))
@@ -209,7 +223,14 @@ def test_the_rollups_equal_the_rows_and_an_older_log_gets_them(log_url, tmp_path
     agree(traffic_stats(reopened, reference="big", since=0.0))
     agree(traffic_stats(reopened, reference="big", since=bucket_of(now - 11 * 3600, 60)))
     assert {m.model for m in model_stats(reopened, since=0.0, until=None)} == {"small", "medium", "big"}
+    per_client_day(reopened)
+    with reopened.begin() as connection:  # a log from before the client rollup alone gets it
+        connection.execute(sqlalchemy.text("DROP TABLE client_rollup"))
     reopened.dispose()
+    again = open_database(url)
+    per_client_day(again)
+    agree(traffic_stats(again, reference="big", since=0.0))  # the other rollups not counted twice
+    again.dispose()
 
 
 def test_session_tokens_expire_and_bind_to_their_key():

@@ -2,9 +2,9 @@
 
 Per process by default. With ``budgets.shared``, a replica adds to its own usage what the other
 replicas did, read from the decision log's database they share every ``refresh_s`` (their
-requests of the last minute and their cost today per key; a replica's rows are told apart by the
-replica id its completion ids start with). A key can so overshoot by what the other replicas
-admitted since the last read."""
+requests of the last minute and their cost today per key, the latter from the log's daily client
+rollup; a replica's rows are told apart by the replica id its completion ids start with). A key
+can so overshoot by what the other replicas admitted since the last read."""
 
 import asyncio
 import logging
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ._config import BudgetConfig, BudgetLimits
 from ._errors import RateLimited
-from ._log import DecisionLog, usage_by_client
+from ._log import REPLICA_ID_CHARS, DecisionLog, usage_by_client
 
 _logger = logging.getLogger(__name__)
 WINDOW_S = 60.0
@@ -33,7 +33,7 @@ class Budgets:
     def __init__(self, config: BudgetConfig, log: DecisionLog) -> None:
         self.log = log
         self.configure(config)
-        self.replica = uuid.uuid4().hex[:8]
+        self.replica = uuid.uuid4().hex[:REPLICA_ID_CHARS]
         self._usage: defaultdict[str | None, _Usage] = defaultdict(_Usage)
         self._day = _utc_day(time.time())
         # The other replicas' requests in the last minute and spend today, per key, as last read.
@@ -106,7 +106,7 @@ class Budgets:
                     self.log.engine,
                     since=time.time() - WINDOW_S,
                     day_start=self._day * 86_400.0,
-                    except_id_prefix=f"chatcmpl-{self.replica}",
+                    except_replica=self.replica,
                 )
             except Exception as exc:  # noqa: BLE001 -- keep the last reading and go on: budgets hold, a little stale
                 _logger.warning(

@@ -14,7 +14,7 @@ from ..data import ModelPrice
 from ..selection import Drawn, StageRecord
 from ._budgets import Budgets
 from ._feedback import AnsweredRequests
-from ._log import CallRow, DecisionLog, DecisionRow
+from ._log import REQUEST_ID_PREFIX, CallRow, DecisionLog, DecisionRow
 from ._metrics import GatewayMetrics
 from ._planning import Plan
 from ._sampling import Run
@@ -235,7 +235,9 @@ class Recorder:
         # in microseconds, so the log's primary key and the calls' index grow at their end (random
         # ids dirtied a page of each per row: a third of the SQLite writer's time at 200k rows);
         # then 11 random hex digits.
-        request_id = f"chatcmpl-{self.budgets.replica}{time.time_ns() // 1000:013x}{secrets.token_hex(6)[:11]}"
+        request_id = (
+            f"{REQUEST_ID_PREFIX}{self.budgets.replica}{time.time_ns() // 1000:013x}{secrets.token_hex(6)[:11]}"
+        )
         return Ticket(request_id=request_id, client=client, started=time.perf_counter())
 
     def close(

@@ -22,12 +22,14 @@ from .database import check_database, open_database
 from .export import export_log, logged_prompts
 from .offpolicy import LogEvaluation, evaluate_log
 from .queries import decision_owner, latest_turn, newest_share_start, usage_by_client
-from .schema import CallRow, DecisionRow, FeedbackRow, Row, ShadowRow, sanitize
+from .schema import REPLICA_ID_CHARS, REQUEST_ID_PREFIX, CallRow, DecisionRow, FeedbackRow, Row, ShadowRow, sanitize
 from .stats import OptionStats, TrafficStats, log_stats, traffic_stats
 from .writer import DeadLetters, DecisionLog, replay_dead_letters
 
 __all__ = [
     "PAGE_SIZE",
+    "REPLICA_ID_CHARS",
+    "REQUEST_ID_PREFIX",
     "Bucket",
     "CallRow",
     "DeadLetters",

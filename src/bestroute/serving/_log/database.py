@@ -8,7 +8,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..._exceptions import ConfigError
-from .rollup import backfill, option_rollup
+from .rollup import ROLLUPS, backfill
 from .schema import TABLES, decisions, first_line, metadata
 
 
@@ -21,11 +21,11 @@ def _sqlite_wal(connection: Any, _: Any) -> None:
 
 def open_database(url: str) -> Engine:
     """The log's database, its tables created, columns added since older versions added, and
-    the rollups of a log that had none filled from its rows."""
+    the rollups a log did not have filled from its rows."""
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_wal)
-    had_rollups = inspect(engine).has_table(option_rollup.name)
+    missing = [table for table in ROLLUPS if not inspect(engine).has_table(table.name)]
     metadata.create_all(engine)
     with engine.begin() as connection:
         for table in TABLES.values():
@@ -36,8 +36,8 @@ def open_database(url: str) -> Engine:
                     connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
     for index in decisions.indexes:  # those added since the table was made
         index.create(engine, checkfirst=True)
-    if not had_rollups:  # a log from before the rollups: add what it holds to them, once
-        backfill(engine)
+    if missing:  # a log from before these rollups: add what it holds to them, once
+        backfill(engine, missing)
     return engine
 
 

@@ -4,30 +4,40 @@ routed traffic starts (retraining's held-out part)."""
 
 import math
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, func, select
 
 from ..._exceptions import BestRouteError
-from .schema import decisions
+from .rollup import DAY, bucket_of, client_rollup
+from .schema import REQUEST_ID_PREFIX, decisions
 
 
 def usage_by_client(
-    engine: Engine, *, since: float, day_start: float, except_id_prefix: str
+    engine: Engine, *, since: float, day_start: float, except_replica: str
 ) -> tuple[dict[str | None, int], dict[str | None, float]]:
-    """Per client key fingerprint: requests logged since ``since`` and cost since ``day_start``,
-    leaving out the rows whose id starts with ``except_id_prefix`` (a replica's own)."""
-    recent = func.sum(case((decisions.c.created_at >= since, 1), else_=0))
-    spent = func.sum(case((decisions.c.created_at >= day_start, decisions.c.cost_usd), else_=0.0))
-    query = (
-        select(decisions.c.client_key_id, recent, spent)
+    """Per client key fingerprint: requests logged since ``since`` (the rows of that minute) and
+    cost on the UTC day from ``day_start`` (its rollup rows: a replica's read does not grow with
+    the day's traffic), leaving out the replica ``except_replica``'s own."""
+    recent = (
+        select(decisions.c.client_key_id, func.count())
         .where(
-            decisions.c.created_at >= min(since, day_start),
-            ~decisions.c.id.startswith(except_id_prefix, autoescape=True),
+            decisions.c.created_at >= since,
+            ~decisions.c.id.startswith(REQUEST_ID_PREFIX + except_replica, autoescape=True),
         )
         .group_by(decisions.c.client_key_id)
     )
+    spent = (
+        select(client_rollup.c.client_key_id, func.sum(client_rollup.c.cost_usd))
+        .where(
+            client_rollup.c.width == DAY,
+            client_rollup.c.bucket == bucket_of(day_start, DAY),
+            client_rollup.c.replica != except_replica,
+        )
+        .group_by(client_rollup.c.client_key_id)
+    )
     with engine.connect() as connection:
-        rows = connection.execute(query).all()
-    return {r[0]: int(r[1] or 0) for r in rows}, {r[0]: float(r[2] or 0.0) for r in rows}
+        requests = {r[0]: int(r[1]) for r in connection.execute(recent)}
+        costs = {r[0] or None: float(r[1] or 0.0) for r in connection.execute(spent)}
+    return requests, costs
 
 
 def decision_owner(engine: Engine, decision_id: str) -> tuple[bool, str | None]:

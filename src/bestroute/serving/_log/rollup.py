@@ -1,6 +1,7 @@
 """The decision log's rollups: per minute and per hour, each option's traffic (requests, errors,
 cost, the counterfactual cost, escalations, feedback and shadow checks), each model's calls, and a
-latency histogram. Every path that inserts rows (the writer, its one-row retries, the dead-letter
+latency histogram; per UTC day, each client key's requests and cost by replica (what shared
+budgets read). Every path that inserts rows (the writer, its one-row retries, the dead-letter
 replay) calls :func:`insert_rows`, which adds the rows to the rollups in the same transaction, so
 the rollups always equal the rows; reading a month of traffic then sums a few thousand rollup rows
 instead of scanning millions of decisions. A row that comes after its decision (a feedback, a
@@ -32,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .schema import calls, decisions, feedback, metadata, shadows
+from .schema import REPLICA_ID_CHARS, calls, decisions, feedback, metadata, replica_of, shadows
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 WIDTHS = (MINUTE, HOUR)
@@ -85,11 +86,23 @@ latency_rollup = Table(
     Column("requests", Integer, nullable=False, default=0),
 )
 
-ROLLUPS = (option_rollup, model_rollup, latency_rollup)
+client_rollup = Table(
+    "client_rollup",
+    metadata,
+    Column("width", Integer, primary_key=True),  # DAY
+    Column("bucket", Integer, primary_key=True),
+    Column("client_key_id", String(16), primary_key=True),  # "": requests without a client key
+    Column("replica", String(REPLICA_ID_CHARS), primary_key=True),  # replica_of the request ids
+    Column("requests", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+)
+
+ROLLUPS = (option_rollup, model_rollup, latency_rollup, client_rollup)
 _KEYS = {
     option_rollup: ("width", "bucket", "option"),
     model_rollup: ("width", "bucket", "model"),
     latency_rollup: ("width", "bucket", "bin"),
+    client_rollup: ("width", "bucket", "client_key_id", "replica"),
 }
 
 
@@ -130,19 +143,22 @@ def insert_rows(connection: Connection, batch: Sequence[tuple[Table, dict[str, A
     roll_up(connection, batch)
 
 
-def roll_up(connection: Connection, batch: Sequence[tuple[Table, dict[str, Any]]]) -> None:
-    """Add rows already inserted to the rollups (what :func:`insert_rows` and the backfill of
+def roll_up(
+    connection: Connection, batch: Sequence[tuple[Table, dict[str, Any]]], rollups: Sequence[Table] = ROLLUPS
+) -> None:
+    """Add rows already inserted to the ``rollups`` (what :func:`insert_rows` and the backfill of
     an older log call)."""
     own = {row["id"]: (row["created_at"], row.get("option")) for t, row in batch if t is decisions}
     referred = {row["decision_id"] for t, row in batch if t is not decisions} - own.keys()
     known = own | _decisions_of(connection, referred)
     for table, increments in _increments(batch, known).items():
-        _upsert(connection, table, increments)
+        if table in rollups:
+            _upsert(connection, table, increments)
 
 
-def backfill(engine: Engine, *, batch: int = 5000) -> None:
-    """Add every row of a log that had no rollups to them, ``batch`` decisions at a time (with
-    their calls, feedback and shadow checks), each batch in a transaction of its own."""
+def backfill(engine: Engine, rollups: Sequence[Table] = ROLLUPS, *, batch: int = 5000) -> None:
+    """Add every row of a log to the ``rollups`` it did not have, ``batch`` decisions at a time
+    (with their calls, feedback and shadow checks), each batch in a transaction of its own."""
     after = ""
     while True:
         with engine.begin() as connection:
@@ -159,7 +175,7 @@ def backfill(engine: Engine, *, batch: int = 5000) -> None:
                         select(table).where(table.c.decision_id.in_(ids[start : start + 500]))
                     )
                     rows += [(table, dict(row)) for row in referring.mappings()]
-            roll_up(connection, rows)
+            roll_up(connection, rows, rollups)
             after = ids[-1]
 
 
@@ -179,8 +195,8 @@ def _increments(
 ) -> dict[Table, Increments]:
     sums: dict[Table, Increments] = {table: defaultdict(lambda: defaultdict(float)) for table in ROLLUPS}
 
-    def add(table: Table, key: tuple[Any, ...], at: float, **values: float) -> None:
-        for width in WIDTHS:
+    def add(table: Table, key: tuple[Any, ...], at: float, widths: Sequence[int] = WIDTHS, **values: float) -> None:
+        for width in widths:
             entry = sums[table][(width, bucket_of(at, width), *key)]
             for name, value in values.items():
                 entry[name] += value
@@ -207,6 +223,8 @@ def _increments(
             )
             if answered:
                 add(latency_rollup, (latency_bin(row["latency_ms"] or 0.0),), row["created_at"], requests=1)
+            client = (row.get("client_key_id") or "", replica_of(row["id"]))
+            add(client_rollup, client, row["created_at"], (DAY,), requests=1, cost_usd=cost)
             continue
         decision = known.get(row["decision_id"])
         if decision is None:  # its decision is not in the log (refused, or never written)

@@ -204,6 +204,20 @@ class ShadowRow:
 Row = DecisionRow | CallRow | FeedbackRow | ShadowRow
 TABLE_OF: dict[type, Table] = {DecisionRow: decisions, CallRow: calls, FeedbackRow: feedback, ShadowRow: shadows}
 TABLES = {table.name: table for table in (decisions, calls, feedback, shadows)}
+
+# A gateway's request ids: the prefix, the replica's id (shared budgets tell a replica's rows
+# by it), then the time and randomness.
+REQUEST_ID_PREFIX = "chatcmpl-"
+REPLICA_ID_CHARS = 8
+
+
+def replica_of(decision_id: str) -> str:
+    """The replica id a gateway's request id carries ("" for an id of another form)."""
+    if not decision_id.startswith(REQUEST_ID_PREFIX):
+        return ""
+    return decision_id[len(REQUEST_ID_PREFIX) : len(REQUEST_ID_PREFIX) + REPLICA_ID_CHARS]
+
+
 _INT4 = (-(2**31), 2**31 - 1)  # PostgreSQL's INTEGER
 TRUNCATED = "…[truncated]"
 
