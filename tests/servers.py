@@ -195,14 +195,44 @@ def fake_upstream(script: Script) -> FastAPI:
             }
         )
 
+    async def received(request: Request) -> tuple[Any, Response | None]:
+        """A request's body, recorded, and the failure to answer instead when one is injected."""
+        body = await request.json()
+        script.bodies.append(body)
+        if script.always is not None:
+            error = {"error": {"message": "injected", "type": "server_error"}}
+            return body, JSONResponse(error, status_code=script.always)
+        return body, None
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        """A legacy completion: the next answer, usage a token per word."""
+        body, failure = await received(request)
+        if failure is not None:
+            return failure
+        text, prompt = script.answer(), body.get("prompt")
+        prompt_tokens = len(prompt.split()) if isinstance(prompt, str) else 1
+        return JSONResponse(
+            {
+                "id": "cmpl-1",
+                "object": "text_completion",
+                "model": body.get("model", "fake"),
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(text.split()),
+                    "total_tokens": prompt_tokens + len(text.split()),
+                },
+            }
+        )
+
     @app.post("/v1/moderations")
     async def moderations(request: Request) -> Response:
         """OpenAI's moderation answer: an input is flagged in the category of each of
         ``flagged_words`` it contains."""
-        body = await request.json()
-        script.bodies.append(body)
-        if script.always is not None:
-            return JSONResponse({"error": {"message": "injected", "type": "server_error"}}, status_code=script.always)
+        body, failure = await received(request)
+        if failure is not None:
+            return failure
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         categories = sorted(set(script.flagged_words.values()))
         results = []
@@ -223,10 +253,9 @@ def fake_upstream(script: Script) -> FastAPI:
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         """An embedding per input, its values from its length; usage a token per word."""
-        body = await request.json()
-        script.bodies.append(body)
-        if script.always is not None:
-            return JSONResponse({"error": {"message": "injected", "type": "server_error"}}, status_code=script.always)
+        body, failure = await received(request)
+        if failure is not None:
+            return failure
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         if not all(isinstance(text, str) and text for text in inputs):
             return JSONResponse(

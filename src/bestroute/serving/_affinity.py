@@ -96,11 +96,9 @@ def _chain(client: str | None, messages: list[ChatMessage]) -> tuple[str, str | 
     return digest, earlier
 
 
-def next_turn_key(history: str, answer: Mapping[str, Any] | None, text: str) -> str:
+def next_turn_key(history: str, answer: Mapping[str, Any]) -> str:
     """The key the next turn's earlier messages hash to: ``history`` continued by the answer
-    (the choice's message as the client got it; a streamed answer: its ``text``)."""
-    if answer is None:
-        return _link(history, _message_bytes("assistant", text, None))
+    (the message as the client got it, or as a stream's chunks assembled it)."""
     content = answer.get("content")
     shown = content if isinstance(content, str) else ChatMessage(role="assistant", content=content).text()
     return _link(history, _message_bytes("assistant", shown, answer.get("tool_calls")))

@@ -108,7 +108,7 @@ class GatewayMetrics:
         )
         self.screened = Counter(
             "bestroute_screened_total",
-            "Chat requests the safety screen flagged (refused or redirected), passed, or could not judge "
+            "Chat and completion requests the safety screen flagged (refused or redirected), passed, or could not judge "
             "(error: refused or allowed, by screen.on_error)",
             ["verdict", "action"],
             registry=self.registry,

@@ -2,7 +2,9 @@
 unrouted, to the backend their ``model`` names (else ``passthrough``'s default for the endpoint),
 with that backend's retries and circuit breaker; their cost is priced from the usage the backend
 reports and counted in the metrics and the client's budget. They get no decision-log row: there
-is no decision to log."""
+is no decision to log. The safety screen judges a completion's prompts as it judges a chat's user
+messages (else /v1/completions would be the way around it); embeddings generate nothing and are
+not screened."""
 
 import time
 from typing import Any
@@ -34,11 +36,29 @@ def _backend(service: ChatService, endpoint: str, document: Any) -> tuple[Upstre
     return upstream, {k: v for k, v in document.items() if k != "model"}
 
 
+def _prompts(document: dict[str, Any]) -> list[str]:
+    """A completion request's text prompts, for the screen: token ids cannot be read."""
+    prompt = document.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
+    if not all(isinstance(p, str) for p in prompts):
+        raise InvalidRequest(
+            "the gateway's safety screen reads text: send prompt as a string or a list of strings", param="prompt"
+        )
+    return prompts
+
+
 async def pass_through(
     service: ChatService, endpoint: str, document: Any, deadline: Deadline, client: str | None
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Send ``document`` to ``endpoint`` of its backend; the backend's answer and the headers to return."""
+    """Send ``document`` to ``endpoint`` of its backend (a completion screened first); the
+    backend's answer and the headers to return."""
     upstream, body = _backend(service, endpoint, document)
+    screened = None
+    if endpoint == "completions" and service.screen.active:
+        screened = await service.screen_prompts(_prompts(body), deadline)
+        if screened is not None and screened.action == "redirected":
+            assert service.config.screen.redirect_to is not None  # the configuration requires it
+            upstream = service.upstreams[service.config.screen.redirect_to]
     if not upstream.breaker.allow():
         raise UpstreamFailed(f"backend {upstream.name!r} is ejected after repeated failures; retry shortly")
     started = time.monotonic()
@@ -59,6 +79,8 @@ async def pass_through(
     if cost:
         service.recorder.budgets.charge(client, cost)
     headers = {"x-bestroute-model": upstream.name, "x-bestroute-cost-usd": f"{cost:.8f}"}
+    if screened is not None:
+        headers["x-bestroute-screen"] = screened.action
     if relayed.tokens_estimated:
         headers["x-bestroute-usage-estimated"] = "true"
     return relayed.document, headers

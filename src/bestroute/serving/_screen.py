@@ -86,8 +86,21 @@ class Screen:
         return self.config.kind is not None
 
     async def judge(self, request: ChatCompletionRequest, deadline: Deadline) -> Verdict:
-        """The verdict on ``request``, within ``timeout_s`` and the request's deadline."""
+        """The verdict on a chat request's user and tool messages (a guard model reads the
+        conversation with its assistant turns), within ``timeout_s`` and the request's deadline."""
+        conversation = [
+            {"role": m.role if m.role != "tool" else "user", "content": m.text()}
+            for m in request.messages
+            if m.role in SCREENED_ROLES or m.role == "assistant"
+        ]
         texts = [m.text() for m in request.messages if m.role in SCREENED_ROLES]
+        return await self._judge(texts, conversation, deadline)
+
+    async def judge_prompts(self, prompts: list[str], deadline: Deadline) -> Verdict:
+        """The verdict on a completion request's prompts (a guard model reads them as one user turn)."""
+        return await self._judge(prompts, [{"role": "user", "content": "\n\n".join(prompts)}], deadline)
+
+    async def _judge(self, texts: list[str], conversation: list[dict[str, str]], deadline: Deadline) -> Verdict:
         matched = self._matched(texts)  # the configured patterns first, whatever the kind: they cost nothing
         if matched.flagged or self.config.kind == "patterns" or not texts:
             return matched
@@ -97,7 +110,7 @@ class Screen:
             if self.config.kind == "moderation":
                 relayed = await self._backend.relay("/moderations", {"input": texts}, within)
                 return self._moderated(relayed.document)
-            return await self._guarded(request, within)
+            return await self._guarded(conversation, within)
         except UpstreamError as error:
             return Verdict(False, error=f"{self._backend.name}: {error.reason}")
 
@@ -129,16 +142,11 @@ class Screen:
         flagged = any(r.get("flagged") is True for r in results)
         return Verdict(flagged, "moderation: " + (", ".join(hits) or "flagged"))
 
-    async def _guarded(self, request: ChatCompletionRequest, within: Deadline) -> Verdict:
+    async def _guarded(self, conversation: list[dict[str, str]], within: Deadline) -> Verdict:
         """A guard model's answer to the conversation (its chat template frames the question,
         as Llama Guard's does): flagged when it matches ``unsafe``."""
         assert self._backend is not None
-        messages = [
-            {"role": m.role if m.role != "tool" else "user", "content": m.text()}
-            for m in request.messages
-            if m.role in SCREENED_ROLES or m.role == "assistant"
-        ]
-        body = {"messages": messages, "max_tokens": 20, "temperature": 0.0}
+        body = {"messages": conversation, "max_tokens": 20, "temperature": 0.0}
         completion = await self._backend.complete(body, 1, within)
         answer = completion.texts[0].strip()
         if self._unsafe.search(answer):

@@ -57,6 +57,50 @@ def streamed_run(
     return Run(attempt, execution, {}, error)
 
 
+class StreamedMessage:
+    """The assistant message a stream's chunks add up to: its text for accounting and the log
+    (content, and the names and argument pieces of tool calls), and the message as a client sends
+    it back next turn (content and tool calls assembled by index), whose hash continues the
+    conversation. Anything not shaped as OpenAI's deltas is ignored."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._content: list[str] = []
+        self._calls: dict[int, tuple[list[str], list[str]]] = {}  # index -> name pieces, argument pieces
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            if isinstance(delta.get("content"), str):
+                self._text.append(delta["content"])
+                self._content.append(delta["content"])
+            calls = delta.get("tool_calls")
+            for position, call in enumerate(calls if isinstance(calls, list) else []):
+                function = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(function, dict):
+                    continue
+                index = call.get("index", position)
+                name, arguments = self._calls.setdefault(index if isinstance(index, int) else position, ([], []))
+                for pieces, key in ((name, "name"), (arguments, "arguments")):
+                    if isinstance(function.get(key), str):
+                        pieces.append(function[key])
+                        self._text.append(function[key])
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    def message(self) -> dict[str, Any]:
+        calls = [
+            {"type": "function", "function": {"name": "".join(name), "arguments": "".join(arguments)}}
+            for _, (name, arguments) in sorted(self._calls.items())
+        ]
+        return {"role": "assistant", "content": "".join(self._content)} | ({"tool_calls": calls} if calls else {})
+
+
 async def relay(
     request: ChatCompletionRequest,
     attempt: Attempt,
@@ -67,14 +111,14 @@ async def relay(
     deadline: Deadline,
     started: float,
     metrics: GatewayMetrics,
-    finish: Callable[[Run, int, str | None, str], RequestRecord],
+    finish: Callable[[Run, int, str | None, StreamedMessage], RequestRecord],
     request_id: str,
 ) -> AsyncIterator[bytes]:
     """Relay ``upstream``'s stream; one that stalls longer than the backend's ``stream_idle_s``,
     breaks, or outlives the deadline ends with an ``error`` event (and counts against the backend
     unless it was the deadline). ``finish`` records the request however the stream ends, a
     client that goes away included (499); the last chunk carries the record's usage and details."""
-    text: list[str] = []
+    streamed = StreamedMessage()
     usage: Any = None
     status, error_text = 499, "client disconnected"  # until the stream ends one way or another
     failure: UpstreamError | None = None
@@ -82,7 +126,7 @@ async def relay(
         chunk: dict[str, Any] | None = first
         while chunk is not None:
             usage = chunk.get("usage") or usage
-            text.append(delta_text(chunk))
+            streamed.add(chunk)
             chunk |= {"id": request_id, "model": attempt.option.model}
             yield sse(chunk)
             idle = min(upstream.config.stream_idle_s, deadline.remaining())
@@ -106,7 +150,7 @@ async def relay(
         yield sse({"error": {"message": error_text, "type": "timeout" if status == 504 else "upstream_error"}})
     finally:
         await rest.aclose()
-        answer = "".join(text)
+        answer = streamed.text
         estimates = {
             "prompt": lambda: estimate_tokens(request.prompt_text()),
             "completion": lambda: estimate_tokens(answer),
@@ -128,7 +172,7 @@ async def relay(
         )
         if notes:
             run = replace(run, execution=replace(run.execution, notes=notes))
-        record = finish(run, status, error_text or None, answer)
+        record = finish(run, status, error_text or None, streamed)
     if status == 200:
         yield sse(
             {
@@ -142,24 +186,6 @@ async def relay(
             }
         )
         yield b"data: [DONE]\n\n"
-
-
-def delta_text(chunk: dict[str, Any]) -> str:
-    """The text a stream chunk adds, for accounting and the log: content, and the names and
-    argument pieces of tool calls; anything not shaped as OpenAI's deltas is ignored."""
-    choices = chunk.get("choices")
-    text: list[str] = []
-    for choice in choices if isinstance(choices, list) else []:
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if not isinstance(delta, dict):
-            continue
-        calls = delta.get("tool_calls")
-        functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
-        pieces = [delta.get("content")] + [
-            f.get(k) for f in functions if isinstance(f, dict) for k in ("name", "arguments")
-        ]
-        text.extend(p for p in pieces if isinstance(p, str))
-    return "".join(text)
 
 
 def sse(document: dict[str, Any]) -> bytes:

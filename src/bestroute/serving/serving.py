@@ -30,9 +30,9 @@ from ._loading import ArtifactInfo
 from ._planning import NO_CONSTRAINTS, Attempt, Plan, Planner, is_routed
 from ._recording import Recorder, Reference, RequestRecord, Ticket, answer_headers
 from ._sampling import CircuitOpen, Run, Sampler, hold_against
-from ._screen import Screen, Screened
+from ._screen import Screen, Screened, Verdict
 from ._shadow import ShadowChecks, ShadowTallies
-from ._streaming import relay, replay, streamed_run
+from ._streaming import StreamedMessage, relay, replay, streamed_run
 from .protocol import ChatCompletionRequest, RequestConstraints
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the error code of OpenAI, vLLM and llama.cpp
@@ -142,36 +142,48 @@ class ChatService:
         error let through by ``on_error``); a refusal (400, or 503 when it could not judge) is
         recorded as the request's row and raised."""
         verdict = await self.screen.judge(request, deadline)
+        redirect_to = self.config.screen.redirect_to
+        # never sent where it cannot be served
+        fits = redirect_to is not None and self.upstreams[redirect_to].config.refusal(request.needs()) is None
+        screened, refusal = self._act(verdict, redirect_fits=fits)
+        if refusal is not None:
+            plan = Plan(attempts=(), routed=False, screen=screened)
+            self._close(request, self.recorder.open(client), plan, _Attempts(), refusal.status, error=refusal.message)
+            raise refusal
+        return screened
+
+    async def screen_prompts(self, prompts: list[str], deadline: Deadline) -> Screened | None:
+        """The screen on a completion request's prompts (passed through, no decision-log row):
+        None for a pass; redirected or allowed; a refusal is raised."""
+        screened, refusal = self._act(await self.screen.judge_prompts(prompts, deadline), redirect_fits=True)
+        if refusal is not None:
+            raise refusal
+        return screened
+
+    def _act(self, verdict: Verdict, *, redirect_fits: bool) -> tuple[Screened | None, GatewayError | None]:
+        """What ``screen`` makes of ``verdict``, counted: the Screened (None for a pass) and, for
+        a refusal, the client's error (a 400, or a 503 when the screen could not judge)."""
         screen = self.config.screen
         if verdict.error is not None:
             action = "allowed" if screen.on_error == "allow" else "refused"
         elif not verdict.flagged:
             action = "passed"
         elif screen.on_flag == "redirect":
-            assert screen.redirect_to is not None  # the configuration requires it
-            fits = self.upstreams[screen.redirect_to].config.refusal(request.needs()) is None
-            action = "redirected" if fits else "refused"  # never sent where it cannot be served
+            action = "redirected" if redirect_fits else "refused"
         else:
             action = "refused"
         kind = "error" if verdict.error is not None else "flagged" if verdict.flagged else "passed"
         self.metrics.screened.labels(verdict=kind, action=action).inc()
         if action == "passed":
-            return None
+            return None, None
         screened = Screened(verdict, action)
         if action != "refused":
-            return screened
-        answer: GatewayError
+            return screened, None
         if verdict.error is not None:
-            answer = ScreenUnavailable(
-                f"the safety screen could not judge this request ({verdict.error})", code="screen_unavailable"
-            )
-        else:
-            answer = ContentFlagged(
-                "this request was refused by the gateway's safety screen", code="content_policy_violation"
-            )
-        plan = Plan(attempts=(), routed=False, screen=screened)
-        self._close(request, self.recorder.open(client), plan, _Attempts(), answer.status, error=answer.message)
-        raise answer
+            message = f"the safety screen could not judge this request ({verdict.error})"
+            return screened, ScreenUnavailable(message, code="screen_unavailable")
+        message = "this request was refused by the gateway's safety screen"
+        return screened, ContentFlagged(message, code="content_policy_violation")
 
     # ---------------------------------------------------------------- failover
     async def _run_in_order(
@@ -247,10 +259,10 @@ class ChatService:
         answer: Mapping[str, Any] | None = None,
     ) -> RequestRecord:
         """Account the request once it ends, remember an answered turn's conversation, and start
-        its shadow check if it gets one. ``answer``: the message the client got (a stream: None)."""
+        its shadow check if it gets one. ``answer``: the message the client got (a stream's, assembled)."""
         turn_key = None
-        if plan.turn is not None and status == 200 and response is not None:
-            turn_key = next_turn_key(plan.turn.history, answer, response)
+        if plan.turn is not None and status == 200 and answer is not None:
+            turn_key = next_turn_key(plan.turn.history, answer)
         record = self.recorder.close(
             request,
             ticket,
@@ -301,7 +313,7 @@ class ChatService:
             tried,
             200,
             response=completion.texts[kept],
-            answer=message if isinstance(message, dict) else None,
+            answer=message if isinstance(message, dict) else {"role": "assistant", "content": completion.texts[kept]},
         )
         body = completion.document | {
             "id": ticket.request_id,
@@ -354,8 +366,8 @@ class ChatService:
                 deadline=deadline,
                 started=started,
                 metrics=self.metrics,
-                finish=lambda run, status, error, text: self._close_stream(
-                    request, ticket, plan, tried, run, status, error, text
+                finish=lambda run, status, error, streamed: self._close_stream(
+                    request, ticket, plan, tried, run, status, error, streamed
                 ),
                 request_id=ticket.request_id,
             )
@@ -371,10 +383,12 @@ class ChatService:
         run: Run,
         status: int,
         error: str | None,
-        text: str,
+        streamed: StreamedMessage,
     ) -> RequestRecord:
         tried.add(run)
-        return self._close(request, ticket, plan, tried, status, error=error, response=text)
+        return self._close(
+            request, ticket, plan, tried, status, error=error, response=streamed.text, answer=streamed.message()
+        )
 
 
 def _choice(completion: Completion, k: int, index: int) -> dict[str, Any]:
