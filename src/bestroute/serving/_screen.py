@@ -3,6 +3,7 @@ a moderation endpoint or a guard model, and a flagged request is refused or sent
 backend (``screen`` in the configuration)."""
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,19 +89,26 @@ class Screen:
     async def judge(self, request: ChatCompletionRequest, deadline: Deadline) -> Verdict:
         """The verdict on a chat request's user and tool messages (a guard model reads the
         conversation with its assistant turns), within ``timeout_s`` and the request's deadline."""
-        conversation = [
-            {"role": m.role if m.role != "tool" else "user", "content": m.text()}
-            for m in request.messages
-            if m.role in SCREENED_ROLES or m.role == "assistant"
-        ]
         texts = [m.text() for m in request.messages if m.role in SCREENED_ROLES]
-        return await self._judge(texts, conversation, deadline)
+        return await self._judge(
+            texts,
+            lambda: [
+                {"role": m.role if m.role != "tool" else "user", "content": m.text()}
+                for m in request.messages
+                if m.role in SCREENED_ROLES or m.role == "assistant"
+            ],
+            deadline,
+        )
 
     async def judge_prompts(self, prompts: list[str], deadline: Deadline) -> Verdict:
         """The verdict on a completion request's prompts (a guard model reads them as one user turn)."""
-        return await self._judge(prompts, [{"role": "user", "content": "\n\n".join(prompts)}], deadline)
+        return await self._judge(prompts, lambda: [{"role": "user", "content": "\n\n".join(prompts)}], deadline)
 
-    async def _judge(self, texts: list[str], conversation: list[dict[str, str]], deadline: Deadline) -> Verdict:
+    async def _judge(
+        self, texts: list[str], conversation: Callable[[], list[dict[str, str]]], deadline: Deadline
+    ) -> Verdict:
+        """``texts`` judged by the patterns and the endpoint; ``conversation()`` (made only for a
+        guard model) is what a guard model reads."""
         matched = self._matched(texts)  # the configured patterns first, whatever the kind: they cost nothing
         if matched.flagged or self.config.kind == "patterns" or not texts:
             return matched
@@ -110,7 +118,7 @@ class Screen:
             if self.config.kind == "moderation":
                 relayed = await self._backend.relay("/moderations", {"input": texts}, within)
                 return self._moderated(relayed.document)
-            return await self._guarded(conversation, within)
+            return await self._guarded(conversation(), within)
         except UpstreamError as error:
             return Verdict(False, error=f"{self._backend.name}: {error.reason}")
 

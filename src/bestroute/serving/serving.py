@@ -143,8 +143,12 @@ class ChatService:
         recorded as the request's row and raised."""
         verdict = await self.screen.judge(request, deadline)
         redirect_to = self.config.screen.redirect_to
-        # never sent where it cannot be served
-        fits = redirect_to is not None and self.upstreams[redirect_to].config.refusal(request.needs()) is None
+        # never sent where it cannot be served (asked only of a flagged request)
+        fits = (
+            verdict.flagged
+            and redirect_to is not None
+            and self.upstreams[redirect_to].config.refusal(request.needs()) is None
+        )
         screened, refusal = self._act(verdict, redirect_fits=fits)
         if refusal is not None:
             plan = Plan(attempts=(), routed=False, screen=screened)
