@@ -64,10 +64,10 @@ def main() -> None:
                 both_right += right
                 missed += right and not same
         report[task] = {
-            "pairs_read_as_agreeing": agreed,
-            "graded_alike": round(alike / max(agreed, 1), 4),
-            "both_graded_right": both_right,
-            "read_as_disagreeing": missed,
+            "pairs_read_as_agreeing": int(agreed),
+            "graded_alike": round(float(alike) / max(int(agreed), 1), 4),
+            "both_graded_right": int(both_right),
+            "read_as_disagreeing": int(missed),
         }
     print(json.dumps({"data": args.data, "reading": args.rev or "by type", "tasks": report}, indent=2))
 

@@ -18,6 +18,7 @@ import numpy as np
 from bestroute.data import arm_name, load_dataset
 from bestroute.evaluation import evaluate
 from bestroute.evaluation._metrics import area_under_curve
+from bestroute.features import DOMAIN_QUANTILE
 
 
 def main() -> None:
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--sets", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--reference", default="gemma3-270m", help="the reference model (as sent in `all`)")
+    parser.add_argument("--no-guard", action="store_true", help="routers without the out-of-domain guard")
     args = parser.parse_args()
     names = ["all"] + sorted(p.name for p in args.sets.iterdir() if p.name.startswith("only-"))
     table: dict[str, dict[str, list[float]]] = {name: {"auc_common_axis": [], "auc_own_axis": []} for name in names}
@@ -38,7 +40,14 @@ def main() -> None:
                 if name == "all"
                 else arm_name(args.reference, None if strategy == "as-sent" else strategy)
             )
-            results = evaluate(data, routers=["best-route"], seed=seed, reference=reference, selector="consensus")
+            results = evaluate(
+                data,
+                routers=["best-route"],
+                seed=seed,
+                reference=reference,
+                selector="consensus",
+                domain_quantile=None if args.no_guard else DOMAIN_QUANTILE,
+            )
             entry = results["routers"]["best-route"]
             if axis is None:  # the `all` set's axis, for every set of this seed
                 axis = (results["reference"]["cheapest_cost_per_1k"], results["reference"]["cost_per_1k"])

@@ -59,6 +59,24 @@ FORMS = [
         '[{"arguments": {"a": 1}, "name": "f"}]',
     ),
     ("**Answer:** **Paris**", "text", "paris"),
+    ("Answer: mJkLbn", "text", "mJkLbn"),  # case inside a word counts (outputs of code)
+    ("Answer: x = 5", "number", "5"),
+    ("The answer is 6 * 5 + 9 * 11 = 30 + 99 = 129.", "number", "129"),
+    ("The answer is \\boxed{2^{10}}", "number", "1024"),
+    ("Final answer: $\\dfrac{\\sqrt{9}}{2}$", "number", "1.5"),
+    ("Answer: (1 + 2) * 3", "number", "9"),
+    ("Answer: twenty-one apples", "number", "21"),
+    ("The answer is two hundred and five.", "number", "205"),
+    ("Answer: minus three", "number", "-3"),
+    ("The answer is: the whole trip took 6 hours.", "number", "6"),
+    ("Answer: 350$", "number", "350"),
+    ('{"answer": "67\\""}', "number", "67"),
+    ('{"reasoning": "nothing is added", "answer": ""}', "literal", "''"),
+    ('{"answer": "   "}', "literal", "'   '"),
+    ("The answer is: 23x John z", "text", "23x john z"),  # a string, not a sentence about 23
+    ("Answer: x <= 5", "text", "x <= 5"),
+    ("Answer: 1/0 + 2", "text", "1/0 + 2"),
+    ("Answer: 9^9^9", "text", "9^9^9"),
     ("", "empty", ""),
     ("   \n ", "empty", ""),
     ("```\n```", "empty", ""),
@@ -93,6 +111,24 @@ PAIRS = [
     ('{"answer": "{1: None, 2: None}"}', '{"answer": "{2: None, 1: None}"}', True),
     ('{"answer": "True"}', "the answer is yes", True),
     ("Answer: Paris", "answer: paris.", True),
+    ("Answer: New York City", "Answer: new york city", True),
+    ("Answer: mJklbn", "Answer: mJkLbn", False),
+    ("Answer: E wrEstlEd", "Answer: E wrestled", False),
+    ("\\boxed{2\\sqrt{2}}", "\\boxed{2 \\sqrt 2}", True),
+    ("\\boxed{\\dfrac{\\sqrt 3}{2}}", "\\boxed{\\frac{\\sqrt{3}}{2}}", True),
+    ("\\boxed{\\frac{\\pi}{4}}", "Answer: \\pi/4", True),
+    ("Answer: 2^{10}", "Answer: 1024", True),
+    ("Answer: 2^{10}", "Answer: 2^{11}", False),
+    ("Answer: five", "Answer: 5", True),
+    ("Answer: x = 5", "Answer: 5", True),
+    ("Answer: x = 5", "Answer: y = 6", False),
+    ("The answer is: Peter is 50 years old.", "#### 50", True),
+    ('{"answer": ""}', '{"answer": "\'\'"}', True),  # the empty string, both ways
+    ('{"answer": ""}', '{"answer": " "}', False),
+    ('{"answer": ""}', "", False),  # an empty response still says nothing
+    ("Answer: 'try.'", "Answer: try.", True),  # the quoted string is the unquoted one as written
+    ("Answer: '*ab'", "Answer: *ab", True),
+    ("The answer is: 23x John z", "The answer is: 23", False),
     ("", "", False),  # saying nothing twice is no agreement
     ("Answer:", "Answer:", False),
 ]
@@ -138,7 +174,7 @@ def test_reading_and_comparing_never_raise(a, b):
 @settings(max_examples=200, deadline=None)
 @given(
     st.sampled_from(["Answer: ", "#### ", "The answer is ", '{"answer": "', "\\boxed{", "A: ", ""]),
-    st.text(alphabet="0123456789,./-()[]{}'\"$%ABCabc TrueFalsNonjuy:\n\\", max_size=80),
+    st.text(alphabet="0123456789,./-()[]{}'\"$%ABCabc TrueFalsNonjuy:\n\\^*+=√π sqrtfacpivehundr", max_size=80),
 )
 def test_hostile_answers_in_every_marker_never_raise(marker, body):
     for spec in (AnswerSpec(), AnswerSpec(type="literal"), AnswerSpec(type="date"), AnswerSpec(pattern=r"(\d+)")):
@@ -162,6 +198,10 @@ def test_huge_and_deeply_nested_answers_are_read_without_raising():
     huge = read_answer('{"answer": "' + "9" * 3_000 + '"}')
     assert huge.kind == "literal" and equivalent(huge, read_answer("#### " + "9" * 3_000))
     assert read_answer("x " * 200_000 + "the answer is 3").key == "3"
+    for runaway in ("10^{400}", "9^9^9^9", "2^(-9^9^9)", "\\sqrt{-1}", "\\frac{1}{0}"):
+        assert read_answer("Answer: " + runaway).kind == "text"
+    assert read_answer("Answer: " + "(" * 90 + "1" + ")" * 90).key == "1"
+    assert read_answer("Answer: " + "\\frac{" * 500 + "1}{2}" * 500).kind == "text"
 
 
 def test_majority_counts_equivalent_answers_together():

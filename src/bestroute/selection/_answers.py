@@ -4,11 +4,13 @@ say the same thing.
 :func:`read_answer` finds where a response states its final answer (a JSON ``answer`` field, the
 gateway's text of tool calls, ``\\boxed{}``, ``####``, "the answer is"/"final answer"/"Answer:"/
 "A:", else the last line, else the last number, date or fraction in the text) and parses it by
-type: a number (currency, thousands separators, percent, units, fractions), a date, a
-multiple-choice letter (with or without its text), a boolean, a Python or JSON literal, or free
-text. :func:`equivalent` compares two answers by type: numbers within a relative tolerance, dates
-and letters normalised, literals by equality, free text normalised; across types, only a quoted
-string and the same thing unquoted agree. An empty or unparsable answer agrees with nothing, so
+type: a number (currency, thousands separators, percent, units, fractions, number words, a
+closed form such as ``2^{10}`` or ``\\frac{\\sqrt{3}}{2}``), a date, a multiple-choice letter
+(with or without its text), a boolean, a Python or JSON literal, or free text; an equation's
+right-hand side (``x = 5``, ``3 + 4 = 7``) is the answer it states. :func:`equivalent` compares
+two answers by type: numbers within a relative tolerance, dates and letters normalised, literals
+by equality, free text normalised; across types, only a quoted string and the same thing
+unquoted agree. An empty or unparsable answer agrees with nothing, so
 samples that say nothing never look confident.
 
 Every selector that votes on answers, every reference check and the decision log's export read
@@ -22,6 +24,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal, get_args
@@ -108,23 +111,37 @@ def read_answer(response: str | None, spec: AnswerSpec = AUTO) -> Answer:
     if calls is not None:
         return Answer("tool_calls", calls, calls)
     span = _marked_span(text)
+    if isinstance(span, _Stated):  # a JSON answer field that is blank: the answer is that string
+        return Answer("literal", span.value, span.value) if spec.type in ("auto", "literal") else _parse("", spec.type)
     if span is not None:
-        return _parse(span, spec.type)
+        answer = _parse(span, spec.type)
+        if answer.kind == "text" and spec.type == "auto" and _PROSE.match(span):
+            # "The answer is: the trip took 6 hours": the sentence's number, read from the whole
+            # sentence (a quoted string is compared with all of it, not with the number)
+            said = _sentence(span, spec, span)
+            return Answer(said.kind, said.value, span)
+        return answer
     lines = [line for line in text.splitlines() if not _DECORATION.fullmatch(line)]
-    last_line = _parse(lines[-1], spec.type) if lines else Answer("empty", None, "")
-    if last_line.kind not in ("text", "unparsed", "empty") or spec.type == "text":
-        return last_line
-    said = _STATED.search(lines[-1][-_MAX_SPAN:]) if lines else None
-    if said is not None:  # "The result is [1, 2, 3]": what the last line says it is
+    return _sentence(lines[-1], spec, text) if lines else Answer("empty", None, "")
+
+
+def _sentence(sentence: str, spec: AnswerSpec, context: str) -> Answer:
+    """``sentence`` read as an answer; where it is free text (and ``spec`` does not ask for
+    text), what it says something is, else the last number, date or fraction in ``context``."""
+    answer = _parse(sentence, spec.type)
+    if answer.kind not in ("text", "unparsed", "empty") or spec.type == "text":
+        return answer
+    said = _STATED.search(sentence[-_MAX_SPAN:])
+    if said is not None:  # "The result is [1, 2, 3]": what the sentence says it is
         stated = _parse(said.group(1), spec.type)
         if stated.kind not in ("text", "unparsed", "empty"):
             return stated
-    token = _last_token(text, spec.type)
+    token = _last_token(context, spec.type)
     if token is not None:
         parsed = _parse(token, spec.type)
         if parsed.kind not in ("unparsed", "empty"):
             return parsed
-    return last_line
+    return answer
 
 
 def equivalent(a: Answer, b: Answer, *, rel_tol: float = AUTO.rel_tol) -> bool:
@@ -136,8 +153,10 @@ def equivalent(a: Answer, b: Answer, *, rel_tol: float = AUTO.rel_tol) -> bool:
         # A quoted string and the same thing written unquoted agree ('816' and 816, 'abc' and
         # abc, '6,8' and 6,8), as graders of literal answers (CRUXEval's) count them.
         # The quoted string is exact ('yes ' keeps its space); the unquoted one is trimmed.
+        # Markup around the unquoted one is taken off, unless the string is the text as written
+        # ('try.' and try., '*ab' and *ab).
         other = b if quoted[0] is a else a
-        return bool(quoted[0].value == _unwrap(other.text))
+        return bool(quoted[0].value in (_unwrap(other.text), other.text.strip()))
     if a.kind != b.kind:
         return False
     if a.kind == "number":
@@ -154,6 +173,8 @@ def extract_answer(response: str | None, spec: AnswerSpec = AUTO) -> str:
 
 
 _TOOL_CALLS = '{"tool_calls":'
+# A sentence in words: at least three of them (so "23x John z" is a string, not a sentence).
+_PROSE = re.compile(r"(?:.*?(?<![\\A-Za-z])[A-Za-z]{2,}\b){3}", flags=re.DOTALL)  # LaTeX commands are no words
 # What a sentence says something is: the text after its last " is ", ":" or "=".
 _STATED = re.compile(r"(?:\bis\b|:|=)\s*([^:=]{1,2000}?)\s*$")
 # Lines that hold no answer: blank, code fences, rules.
@@ -181,11 +202,21 @@ _MARKER = re.compile(
 )
 
 
-def _marked_span(text: str) -> str | None:
+@dataclass(frozen=True)
+class _Stated:
+    """A JSON answer field's string kept exactly as written: blank (``""``, spaces), which as
+    a span would read as saying nothing, where it says the answer is that string."""
+
+    value: str
+
+
+def _marked_span(text: str) -> str | _Stated | None:
     """The answer a response marks as its answer, or None if it marks none."""
     parsed = json_object(text)
     if parsed is not None and "answer" in parsed:
         value = parsed["answer"]
+        if isinstance(value, str) and not value.strip():
+            return _Stated(value)
         return value if isinstance(value, str) else json.dumps(value)
     field = None
     for field in _JSON_ANSWER.finditer(text):
@@ -267,6 +298,11 @@ def _parse(span: str, kind: AnswerType) -> Answer:
                 except OverflowError:  # an integer beyond floats: compared exactly, as a literal
                     pass
             return Answer(answer_kind, value, span)
+    stated = _EQUATION.fullmatch(text) if len(text) <= _MAX_SPAN else None
+    if stated is not None:  # "x = 5", "3 + 4 = 7": the value the equation ends in, if it is typed
+        value = _parse(stated.group(1), kind)
+        if value.kind not in ("text", "unparsed", "empty"):
+            return Answer(value.kind, value.value, span)
     if kind in ("auto", "text"):  # punctuation alone ("!?") is compared as written
         return Answer("text", _normal_text(text) or text, span)
     return Answer("unparsed", None, span)
@@ -333,8 +369,10 @@ _NUMBER = re.compile(
     r"^(?P<sign>[-+−]?)\s*(?P<currency>[$€£¥])?\s*(?P<sign2>[-+−]?)"
     rf"(?P<digits>{_DIGITS}(?:\.\d*)?|\.\d+)(?P<exp>[eE][-+]?\d+)?"
     # Units: words without digits, up to five ("km", "square feet"); written without a space,
-    # at most three letters ("5km"), so "234abcdef" is not the number 234.
-    r"\s*(?P<percent>%|percent\b)?(?P<unit>[^\W\d_]{1,3}|\s+[^\W\d_]+(?:[ /.'-]+[^\W\d_]+){0,4}|\s*[°²³][^\W\d_]*)?[.]?$"
+    # at most three letters ("5km"), so "234abcdef" is not the number 234; a currency sign
+    # after the digits ("350$"), inches and feet (67").
+    r"\s*(?P<percent>%|percent\b)?(?P<unit>[^\W\d_]{1,3}|\s+[^\W\d_]+(?:[ /.'-]+[^\W\d_]+){0,4}|\s*[°²³][^\W\d_]*"
+    r"|\s?[$€£¥]|[\"″′'])?[.]?$"
 )
 _FRACTION = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$|^\\d?frac\{(-?\d+)\}\{(\d+)\}$")
 
@@ -370,16 +408,129 @@ def _literal(text: str) -> Any:
     return _NOT_READ
 
 
+# An equation: the answer is what its last "=" (not "==", "<=", ">=" or "!=") says.
+_EQUATION = re.compile(r".*[^=<>!]=\s*([^=]+)", flags=re.DOTALL)
+
+# LaTeX of a closed form, rewritten as Python arithmetic: (pattern, replacement), in order.
+_LATEX = [
+    (re.compile(r"\\left|\\right|\\[,;:! ]|\$"), ""),
+    (re.compile(r"\\[dt]frac"), r"\\frac"),
+    (re.compile(r"\\(?:cdot|times)"), "*"),
+    (re.compile(r"\\div"), "/"),
+    (re.compile(r"\\pi|π"), " pi "),
+    (re.compile(r"√"), r"\\sqrt"),
+    (re.compile(r"\\(frac|sqrt)\s*(\w)(?![\w{])"), r"\\\1{\2}"),  # \sqrt 2, \sqrt2
+    (re.compile(r"\\frac\s*(\d)(\d)"), r"\\frac{\1}{\2}"),  # \frac12
+]
+_INNER_FRAC = re.compile(r"\\frac\{([^{}]*)\}\{([^{}]*)\}")
+_INNER_SQRT = re.compile(r"\\sqrt\{([^{}]*)\}")
+_ARITHMETIC = re.compile(r"[\d\s.+\-*/()]*(?:(?:sqrt|pi)[\d\s.+\-*/()]*)*")
+_OPERATORS: dict[type[ast.operator], Callable[[float, float], float]] = {
+    ast.Add: float.__add__,
+    ast.Sub: float.__sub__,
+    ast.Mult: float.__mul__,
+    ast.Div: float.__truediv__,
+    ast.Pow: math.pow,
+}
+
+
+def _expression(text: str) -> Any:
+    """The value of a closed form written in plain arithmetic or LaTeX (``2^{10}``, ``3\\sqrt{2}``,
+    ``\\frac{\\pi}{4}``, ``(1+2)*3``): numbers, + - * / and powers, square roots and pi."""
+    if len(text) > 200 or not re.search(r"[+*/^()\\√π]|\d\s*-", text):
+        return _NOT_READ  # a plain number is the number reader's; so is a fraction a/b
+    expression = text.lower().replace("{,}", "").replace("−", "-")
+    for pattern, replacement in _LATEX:
+        expression = pattern.sub(replacement, expression)
+    for _ in range(len(expression)):  # innermost first: \frac{\sqrt{3}}{2}
+        before = expression
+        expression = _INNER_SQRT.sub(r"sqrt(\1)", _INNER_FRAC.sub(r"((\1)/(\2))", expression))
+        if expression == before:
+            break
+    expression = expression.replace("{", "(").replace("}", ")").replace("^", "**")
+    expression = re.sub(r"(?<=[\d)])\s*(?=\(|sqrt|pi)|(?<=pi)\s*(?=[\d(]|sqrt|pi)", "*", expression)
+    if not _ARITHMETIC.fullmatch(expression):
+        return _NOT_READ
+    try:
+        value = _evaluate(ast.parse(expression.strip(), mode="eval").body)
+    except Exception:  # noqa: BLE001 -- SyntaxError, ZeroDivisionError, OverflowError, ValueError: not one
+        return _NOT_READ
+    return value if math.isfinite(value) else _NOT_READ
+
+
+def _evaluate(node: ast.AST) -> float:
+    """The value of an arithmetic expression tree of :func:`_expression`'s form (ValueError for others)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        return float(node.value)
+    if isinstance(node, ast.Name) and node.id == "pi":
+        return math.pi
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        operand = _evaluate(node.operand)
+        return -operand if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return float(_OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right)))
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "sqrt"
+        and len(node.args) == 1
+    ):
+        return math.sqrt(_evaluate(node.args[0]))
+    raise ValueError("not arithmetic")
+
+
+_UNITS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+    "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
+    "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
+}  # fmt: skip
+_SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
+_WORD = r"(?:" + "|".join([*_UNITS, *_SCALES]) + r")"
+_WORDS = re.compile(
+    rf"(?P<sign>minus\s+|negative\s+)?(?P<words>(?:an?\s+)?{_WORD}(?:(?:\s+and\s+|[\s-]+){_WORD})*)"
+    r"(?P<unit>\s+[^\W\d_]+(?:[ /.'-]+[^\W\d_]+){0,4})?[.]?",
+    flags=re.IGNORECASE,
+)
+
+
+def _words(text: str) -> Any:
+    """A number written in English words (``five``, ``twenty-one``, ``two hundred and five
+    apples``), units after it allowed as after digits."""
+    found = _WORDS.fullmatch(text) if len(text) <= 200 else None
+    if found is None:
+        return _NOT_READ
+    total, group = 0, 0
+    for word in re.split(r"[\s-]+", found["words"].lower()):
+        if word in ("a", "an", "and"):
+            group = group if word == "and" else 1
+        elif word in _UNITS:
+            group += _UNITS[word]
+        elif word == "hundred":
+            group = max(group, 1) * 100
+        else:
+            total, group = total + max(group, 1) * _SCALES[word], 0
+    value = float(total + group)
+    return -value if found["sign"] else value
+
+
 _READERS: list[tuple[AnswerKind, Any]] = [
     ("boolean", _boolean),
     ("choice", _choice),
     ("date", _date),
     ("number", _number),
+    ("number", _words),
     ("literal", _literal),
+    ("number", _expression),
 ]
 
 
 def _normal_text(text: str) -> str:
-    """Free text compared as written, give or take case, quotes and punctuation around it (the
-    spacing inside counts: outputs of code differ by it)."""
-    return text.lower().strip().strip(".!?;:,\"'`").strip()
+    """Free text compared as written, give or take quotes and punctuation around it and the case
+    of a word's first letter (Paris and paris, as prose writes them); case inside a word counts,
+    as does the spacing (outputs of code differ by them: mJkLbn is not mJklbn)."""
+    text = text.strip().strip(".!?;:,\"'`").strip()
+    return _CAPITAL.sub(lambda found: found[0].lower(), text)
+
+
+_CAPITAL = re.compile(r"\b[A-Z](?![A-Z])")  # a capital that starts a word the rest of which is not capitals
