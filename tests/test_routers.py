@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bestroute import ROUTERS, RouterError, load_dataset, load_router, split_prompts
 from bestroute.evaluation import area_under_curve
@@ -163,3 +165,41 @@ def test_a_decision_rule_checks_its_knob(subset):
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(RouterError, match="finite non-negative"):
             penalty.check(bad)
+
+
+@pytest.fixture(scope="module")
+def static_embedder():
+    from bestroute.features import make_extractor
+
+    return make_extractor("static")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
+            st.sampled_from(
+                ["the", "seven?", "héllo", "中文字", "e\u0301", "\t", "\n", "", "x\u00a0y", "😀", "a" * 120]
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_one_prompt_through_the_word_cache_has_the_batch_paths_features(static_embedder, words):
+    # The serving path (one prompt, token ids from the cache of words) has the tokenizer's ids
+    # and the batch path's features (encode_batch), bit for bit, the first time and after.
+    text = " ".join(words)
+    batch = static_embedder.transform([text, "another prompt"])[0]
+    for _ in range(2):
+        assert static_embedder._ids(text) == static_embedder._tokenizer.encode(text, add_special_tokens=False).ids
+        np.testing.assert_array_equal(static_embedder.transform([text])[0], batch)
+
+
+def test_served_prompts_have_the_evaluated_prompts_features(subset_dir):
+    from bestroute.features import make_extractor
+
+    texts = load_dataset(subset_dir).texts
+    embedder = make_extractor("static")
+    served = np.vstack([embedder.transform([text]) for text in texts])
+    np.testing.assert_array_equal(served, embedder.transform(texts))

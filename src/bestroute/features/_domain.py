@@ -99,6 +99,8 @@ class DomainGuard:
     def _distance(self, z: np.ndarray, *, skip_self: bool) -> np.ndarray:
         squared = (z * z).sum(axis=1)[:, None] + self._squared_norms[None, :] - 2 * z @ self.rows_.T
         k = min(self.k, self.rows_.shape[0] - skip_self)
+        if k == 1 and not skip_self:  # the nearest alone (the default): a minimum, the same number
+            return np.asarray(np.sqrt(np.maximum(squared.min(axis=1), 0.0)), dtype=float)
         # the k smallest (and, leaving a row out, the one before them: itself, at 0)
         nearest = np.partition(squared, k - 1 + skip_self, axis=1)[:, : k + skip_self]
         if skip_self:
