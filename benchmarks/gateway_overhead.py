@@ -9,6 +9,7 @@ figures as one JSON object on its last line.
     python benchmarks/gateway_overhead.py [--rate 200] [--seconds 30] [--blocks 6] [--no-pin]
                                           [--feedback-rate 50] [--heavy-seconds 20] [--shadow-rate 0.1]
                                           [--workers 2] [--floor-seconds 10]
+                                          [--prompts ../shared/data/zeroeval/prompts.jsonl]
 
 Three processes on loopback: the upstream (a minimal OpenAI-compatible server), the gateway
 (`bestroute serve`, routing every request with a BEST-Route artifact) and this load generator.
@@ -260,18 +261,24 @@ async def _healthz_under_load(
     return latencies, done, failed
 
 
-async def _load(url: str, model: str, rate: float, seconds: float) -> tuple[list[float], int]:
-    """Open-loop load: request i is sent at start + i / rate whatever the earlier ones do.
-    aiohttp keeps the generator's own CPU small: it shares the two cores with both servers."""
+async def _load(
+    url: str, model: str, rate: float, seconds: float, prompts: list[str] | None = None, offset: int = 0
+) -> tuple[list[float], int]:
+    """Open-loop load: request i is sent at start + i / rate whatever the earlier ones do, with
+    BODY's prompt or ``prompts[(offset + i) % len(prompts)]``. aiohttp keeps the generator's own
+    CPU small: it shares the two cores with both servers."""
     latencies: list[float] = []
     errors = 0
-    payload = json.dumps(BODY | {"model": model}).encode()
+    payloads = [
+        json.dumps(BODY | {"model": model, "messages": [{"role": "user", "content": prompt}]}).encode()
+        for prompt in prompts or [BODY["messages"][0]["content"]]
+    ]
     headers = {"content-type": "application/json"}
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
 
-        async def one() -> None:
+        async def one(payload: bytes) -> None:
             nonlocal errors
             tic = time.perf_counter()
             try:
@@ -291,7 +298,7 @@ async def _load(url: str, model: str, rate: float, seconds: float) -> tuple[list
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
+            tasks.append(asyncio.create_task(one(payloads[(offset + i) % len(payloads)])))
         await asyncio.gather(*tasks)
     return latencies, errors
 
@@ -471,6 +478,12 @@ def main() -> None:
         default=10.0,
         help="CPU per request of the gateway and of a bare pass-through proxy on the same stack (0: skip)",
     )
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        help="a JSONL file of prompts (its 'prompt' fields) the direct and gateway phases send in turn "
+        "(default: one prompt, BODY's)",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-floor", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
@@ -524,10 +537,16 @@ def main() -> None:
             # varies by a millisecond between minutes) falls on both alike.
             direct, routed, direct_errors, routed_errors = [], [], 0, 0
             block = args.seconds / args.blocks
-            for _ in range(args.blocks):
-                latencies, errors = asyncio.run(_load(direct_url, "small", args.rate, block))
+            prompts = (
+                [json.loads(line)["prompt"] for line in args.prompts.read_text().splitlines() if line.strip()]
+                if args.prompts
+                else None
+            )
+            for b in range(args.blocks):
+                offset = b * int(args.rate * block)  # both phases send the same prompts, each once
+                latencies, errors = asyncio.run(_load(direct_url, "small", args.rate, block, prompts, offset))
                 direct, direct_errors = direct + latencies, direct_errors + errors
-                latencies, errors = asyncio.run(_load(gateway_url, "bestroute:0", args.rate, block))
+                latencies, errors = asyncio.run(_load(gateway_url, "bestroute:0", args.rate, block, prompts, offset))
                 routed, routed_errors = routed + latencies, routed_errors + errors
             with_feedback: list[float] = []
             feedback_errors = unexpected_feedback = 0
@@ -572,6 +591,7 @@ def main() -> None:
         json.dumps(
             {
                 "rate_per_s": args.rate,
+                "prompts": str(args.prompts) if args.prompts else None,
                 "guard": args.guard,
                 "affinity": not args.no_affinity,
                 "shadow_rate": args.shadow_rate,
