@@ -9,6 +9,7 @@ single model and its reference's cost): AUC and cost reduction at a 1% drop. Eve
 default hyperparameters. Prints one JSON object on the last line.
 
     python benchmarks/onboarding.py [--data ../shared/data/zeroeval] [--seeds 5] [--models 10] [--ks 25,50,100]
+                                    [--caution 1.0]
 """
 
 import argparse
@@ -28,7 +29,7 @@ from bestroute.data import RoutingDataset
 from bestroute.evaluation import area_under_curve, cost_reduction_at_drop
 from bestroute.features import FeatureExtractor, make_extractor
 from bestroute.reward import load_selector
-from bestroute.routers import Router, choose_reference, onboard
+from bestroute.routers import CAUTION, Router, choose_reference, onboard
 from bestroute.selection import SelectionCache, option_outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def most_used(data_path: str, seed: int, models: int) -> list[tuple[str, float]]
     return list(usage.items())[:models]
 
 
-def _seed(data_path: str, seed: int, models: list[str], ks: list[int]) -> dict[str, Any]:
+def _seed(data_path: str, seed: int, models: list[str], ks: list[int], caution: float) -> dict[str, Any]:
     setting = Setting.make(data_path, seed)
     data, x, test = setting.data, setting.x, setting.test
     cache = SelectionCache(data, load_selector("consensus"))  # outcomes shared by every sweep below
@@ -129,7 +130,7 @@ def _seed(data_path: str, seed: int, models: list[str], ks: list[int]) -> dict[s
                 continue
             asked = answered[:k]
             started = time.process_time()
-            onboarded = onboard(without, data.subset(rows=asked, models=[model]))
+            onboarded = onboard(without, data.subset(rows=asked, models=[model]), caution=caution)
             row[f"k{k}"] = score(onboarded) | {"cpu_s": round(time.process_time() - started, 2)}
         rows.append(row)
         print(f"seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)
@@ -143,13 +144,14 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=10, help="the models the full router uses most")
     parser.add_argument("--ks", default="25,50,100", help="calibration prompts, comma-separated")
     parser.add_argument("--workers", type=int, default=2, help="seeds run at once")
+    parser.add_argument("--caution", type=float, default=CAUTION, help="onboard's caution (standard errors)")
     args = parser.parse_args()
     ks = [int(k) for k in args.ks.split(",")]
     chosen = most_used(args.data, 0, args.models)  # by the seed-0 full router, one list for every seed
     names = [model for model, _ in chosen]
     # spawned, not forked: a fork of this process, whose fits ran thread pools, can deadlock
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        seeds = list(pool.map(_seed, *zip(*[(args.data, s, names, ks) for s in range(args.seeds)])))
+        seeds = list(pool.map(_seed, *zip(*[(args.data, s, names, ks, args.caution) for s in range(args.seeds)])))
     per_model = []
     for model, share in chosen:
         found = [next(r for r in s["models"] if r["model"] == model) for s in seeds]

@@ -60,9 +60,15 @@ def test_an_onboarded_model_is_routed_to_and_the_artifact_round_trips(onboarded,
         }
     ]
     texts = [data.texts[i] for i in split.test]
-    assessed = router.assess(texts)
-    chosen = np.concatenate([router.decide(assessed.scores, float(k)) for k in router.knob_grid()])
-    assert new[chosen].mean() > 0.05  # the sweep sends a share of the test prompts to it
+
+    def share(onboarded: BestRouteRouter) -> float:
+        assessed = onboarded.assess(texts)
+        chosen = np.concatenate([onboarded.decide(assessed.scores, float(k)) for k in onboarded.knob_grid()])
+        return float(new[chosen].mean())
+
+    # without caution the sweep sends a share of the test prompts to it; with caution, no more
+    bold = share(onboard(without, answers, caution=0.0))
+    assert bold > 0.05 and share(router) <= bold
     assert router.table_ and router.table_ != without.table_  # re-estimated on the representative prompts
     path = tmp_path / "onboarded.bestroute"
     router.save(path)
@@ -74,6 +80,29 @@ def test_an_onboarded_model_is_routed_to_and_the_artifact_round_trips(onboarded,
     assert back.options_ == without.options_
     np.testing.assert_allclose(back.predict(texts), without.predict(texts))
     assert back.calibration_ is not None and NEW_MODEL not in back.calibration_.models
+
+
+def test_a_new_heads_mean_prediction_is_its_labels_mean_less_its_caution(onboarded):
+    # The new heads' mean prediction on the calibration prompts (weighted as the training prompts
+    # they stand for) is their labels' mean with caution 0, and lower the more caution is asked.
+    _, _, without, answers, default = onboarded
+    kept = len(without.options_)
+    assert without.calibration_ is not None and without.representative_ is not None
+    complete = answers.available.all(axis=1)
+    answered = np.array(answers.prompt_ids)[complete]
+    chosen = np.array(sorted(without.calibration_.prompt_ids.index(pid) for pid in answered))
+    texts = [without.calibration_.texts[i] for i in chosen]
+    weights = without.representative_.weights(chosen)
+    means = {}
+    for caution in (0.0, 1.0, 3.0):
+        router = default if caution == 1.0 else onboard(without, answers, caution=caution)
+        means[caution] = np.average(router.predict(texts)[:, kept:], axis=0, weights=weights)
+        if caution == 0.0:
+            single = [h for h, o in enumerate(router.options_[kept:]) if o.single]
+            np.testing.assert_allclose(means[0.0][single], router.label_mean_[kept:][single], atol=1e-6)
+    inside = default.label_mean_[kept:] > 0.5  # no target at the floor, whatever the caution
+    assert inside.any()
+    assert (means[3.0][inside] < means[1.0][inside]).all() and (means[1.0][inside] < means[0.0][inside]).all()
 
 
 def test_removing_a_model_drops_every_option_that_samples_it(onboarded):

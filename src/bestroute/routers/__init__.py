@@ -11,10 +11,11 @@ from ._baselines import (
     RandomRouter,
 )
 from ._best_route import BestRouteRouter, EscalatingBestRouteRouter
-from ._onboarding import MIN_CALIBRATION_PROMPTS, onboard, remove, representative_prompts
+from ._onboarding import CAUTION, MIN_CALIBRATION_PROMPTS, onboard, remove, representative_prompts
 from ._registry import ROUTERS, load_router
 
 __all__ = [
+    "CAUTION",
     "MIN_CALIBRATION_PROMPTS",
     "ROUTERS",
     "Assessment",

@@ -5,6 +5,8 @@ import copy
 from collections.abc import Collection
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.special import expit
 
 from .._exceptions import RouterError
 from ..data import RoutingDataset
@@ -22,6 +24,10 @@ DISTANCE_FLOOR = 0.02
 # How strongly a new head is held to its prior, against the weighted cross-entropy of its labels
 # on the representative prompts (their weights average one).
 PRIOR_STRENGTH = 3.0
+# Standard errors below its labels' mean that a new head's mean prediction on the calibration
+# prompts is set to (onboard's ``caution``): a head that overrates an option makes the router pick
+# it where it loses quality, one that underrates it only forgoes a saving.
+CAUTION = 1.0
 
 
 def calls(option: Option, models: Collection[str]) -> bool:
@@ -29,7 +35,7 @@ def calls(option: Option, models: Collection[str]) -> bool:
     return any(model in models for stage in option.stages for model in stage.models)
 
 
-def onboard(router: BestRouteRouter, answers: RoutingDataset) -> BestRouteRouter:
+def onboard(router: BestRouteRouter, answers: RoutingDataset, *, caution: float = CAUTION) -> BestRouteRouter:
     """A copy of ``router`` that also routes to the models of ``answers``: their recorded answers
     (scored, as in any routing data) to some of the router's representative prompts.
 
@@ -39,8 +45,10 @@ def onboard(router: BestRouteRouter, answers: RoutingDataset) -> BestRouteRouter
     represented by its labels on those prompts (how often it is as good as the reference there,
     each prompt weighted by the training prompts it stands for), its head starts from the heads
     of the existing options with the nearest labels and is fitted to its labels, held to that
-    start (:func:`~bestroute.features.fit_head_near`), and its cost is its weighted mean cost
-    there. The operating table is re-estimated on the representative prompts.
+    start (:func:`~bestroute.features.fit_head_near`), its intercept then set so that its mean
+    prediction there is its labels' mean less ``caution`` standard errors (a borrowed start can
+    overrate an option, and a few prompts cannot say by how much), and its cost is its weighted
+    mean cost there. The operating table is re-estimated on the representative prompts.
 
     Raises RouterError for a router without representative prompts, a model it already has, a
     prompt that is not one of its representative prompts (or has another text), and fewer than
@@ -93,7 +101,7 @@ def onboard(router: BestRouteRouter, answers: RoutingDataset) -> BestRouteRouter
         prior_coef, prior_intercept = _prior_head(router, labels[:, lenders], lenders, own, weights)
         head_coef, head_intercept = fit_head_near(x, own, weights, prior_coef, prior_intercept, strength=PRIOR_STRENGTH)
         coef.append(head_coef)
-        intercept.append(head_intercept)
+        intercept.append(_cautious_intercept(x @ head_coef, own, weights, head_intercept, caution))
         cost.append(_weighted_mean(outcomes.cost[:, h], weights, empty=np.inf))
         label_mean.append(_weighted_mean(own, weights, empty=0.0))
     onboarded.options_ = options
@@ -194,6 +202,24 @@ def _prior_head(
     share /= share.sum()
     chosen = lenders[nearest]
     return router.coef_[:, chosen] @ share, float(router.intercept_[chosen] @ share)
+
+
+def _cautious_intercept(
+    logits: np.ndarray, labels: np.ndarray, weights: np.ndarray, intercept: float, caution: float
+) -> float:
+    """The intercept at which a head with ``logits`` (before its intercept) has, over the prompts
+    with labels, a weighted mean prediction of the labels' weighted mean less ``caution``
+    standard errors (of the mean of ``n`` prompts, ``n`` the weights' effective number, and the
+    mean moved towards 1/2 by one prompt each way, so all-right labels have an error too)."""
+    known = ~np.isnan(labels)
+    if not known.any():
+        return intercept
+    z, y, w = logits[known], labels[known], weights[known]
+    n = float(w.sum() ** 2 / (w * w).sum())
+    mean = float(np.average(y, weights=w))
+    moderated = (mean * n + 1) / (n + 2)
+    target = float(np.clip(mean - caution * np.sqrt(moderated * (1 - moderated) / n), 1e-4, 1 - 1e-4))
+    return float(brentq(lambda b: float(np.average(expit(z + b), weights=w)) - target, intercept - 50, intercept + 50))
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray, *, empty: float) -> float:
