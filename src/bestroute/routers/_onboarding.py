@@ -219,7 +219,9 @@ def _cautious_intercept(
     mean = float(np.average(y, weights=w))
     moderated = (mean * n + 1) / (n + 2)
     target = float(np.clip(mean - caution * np.sqrt(moderated * (1 - moderated) / n), 1e-4, 1 - 1e-4))
-    return float(brentq(lambda b: float(np.average(expit(z + b), weights=w)) - target, intercept - 50, intercept + 50))
+    # every prediction below 1e-8 at the lower end and above 1 - 1e-8 at the upper: the target is between
+    low, high = -float(z.max()) - 20.0, -float(z.min()) + 20.0
+    return float(brentq(lambda b: float(np.average(expit(z + b), weights=w)) - target, low, high))
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray, *, empty: float) -> float:
