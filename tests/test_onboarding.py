@@ -150,20 +150,35 @@ def test_onboarding_refuses_bad_calibration_answers(onboarded, subset_dir):
 )
 def test_representative_prompts_cover_the_training_set(rows, dims, wanted, seed):
     """Every representative is a training row, their clusters hold every row once, each next one
-    is the farthest from those before it, and any answered subset's weights still sum to all rows."""
+    is the one that most lowers the rows' squared distance to their nearest representative so
+    far (each cluster counted by its size), and any answered subset's weights still sum to all rows."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, dims)).round(1)
     chosen = RepresentativePrompts(n_prompts=wanted, seed=seed).fit(x)
     assert len(chosen.rows_) <= min(wanted, rows) and len(set(chosen.rows_.tolist())) == len(chosen.rows_)
     assert chosen.sizes_.sum() == rows
     points = chosen.points_.astype(float)
-    for i in range(1, len(points)):
-        nearest = ((points[i:, None, :] - points[None, :i, :]) ** 2).sum(axis=2).min(axis=1)
-        assert nearest[0] >= nearest.max() - 1e-4
+    between = ((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+
+    def spread(i: int, following: int) -> float:
+        return float((chosen.sizes_ * between[:, [*range(i), following]].min(axis=1)).sum())
+
+    for i in range(len(points)):
+        assert spread(i, i) <= min(spread(i, j) for j in range(i, len(points))) * (1 + 1e-5) + 1e-4
     answered = np.sort(rng.choice(len(points), size=rng.integers(1, len(points) + 1), replace=False))
     weights = chosen.weights(answered)
     assert weights.shape == answered.shape and (weights >= chosen.sizes_[answered] - 1e-9).all()
     assert weights.sum() == pytest.approx(rows)
+
+
+def test_the_first_representatives_stand_for_even_shares_of_the_training_prompts():
+    """180 prompts near the centre and a halo of 20 far ones: the first ten representatives (of
+    40) stand for shares even enough to be worth more than three prompts (their weights'
+    effective number; farthest-first, which takes the halo first, gives 1.1 here)."""
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(size=(180, 5)), rng.normal(size=(20, 5)) * 3])
+    weights = RepresentativePrompts(n_prompts=40, seed=0).fit(x).weights(np.arange(10))
+    assert weights.sum() ** 2 / (weights**2).sum() > 3
 
 
 @settings(max_examples=30, deadline=None)
@@ -226,6 +241,13 @@ def test_onboard_and_remove_on_the_command_line(multisample_dir, tmp_path):
     assert explained.returncode == 0 and "onboarded small from 25 representative prompts" in explained.stdout
     routed = bestroute("route", str(new), "What is six times seven? (variant 3)", "--json")
     assert routed.returncode == 0 and "small x3" in json.loads(routed.stdout)["scores"]
+    wary = tmp_path / "wary.bestroute"
+    assert (
+        bestroute("onboard", str(artifact), "--data", str(answers), "--out", str(wary), "--caution", "3").returncode
+        == 0
+    )
+    added = slice(len(load_router(artifact).options_), None)
+    assert (load_router(wary).intercept_[added] < load_router(new).intercept_[added]).all()
     back = bestroute("remove", str(new), "--model", "small", "--out", str(tmp_path / "back.bestroute"))
     assert back.returncode == 0 and "removed small" in back.stdout
     assert load_router(tmp_path / "back.bestroute").options_ == load_router(artifact).options_
@@ -233,6 +255,14 @@ def test_onboard_and_remove_on_the_command_line(multisample_dir, tmp_path):
         (("onboard", str(new), "--data", str(answers), "--out", str(tmp_path / "x")), "already one of the router's"),
         (("onboard", str(artifact), "--data", str(data_dir), "--out", str(tmp_path / "x")), "already one of the"),
         (("onboard", str(artifact), "--out", str(tmp_path / "x")), "give --data"),
+        (
+            ("onboard", str(artifact), "--data", str(answers), "--out", str(tmp_path / "x"), "--caution", "-1"),
+            "caution",
+        ),
+        (
+            ("onboard", str(artifact), "--data", str(answers), "--out", str(tmp_path / "x"), "--caution", "nan"),
+            "caution",
+        ),
         (("remove", str(new), "--model", "big", "--out", str(tmp_path / "x")), "is the router's reference"),
         (("calibration", str(artifact), "--out", str(tmp_path / "c"), "--prompts", "3"), "at least 20"),
     ):

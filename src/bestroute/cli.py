@@ -18,7 +18,7 @@ from ._exceptions import BestRouteError, ConfigError
 from .data import RoutingDataset, Split, demo_data_path, load_dataset, split_prompts
 from .evaluation import DEFAULT_ROUTERS, evaluate, markdown_table, write_results
 from .features import DOMAIN_QUANTILE, make_extractor
-from .routers import ROUTERS, load_router
+from .routers import CAUTION, ROUTERS, load_router
 
 if TYPE_CHECKING:
     from .collection import CollectReport
@@ -377,6 +377,13 @@ def onboard(
     ] = None,
     check: Annotated[str, typer.Option(help="With --collect: reference check of the answers.")] = "exact",
     max_tokens: Annotated[int, typer.Option(help="With --collect: longest response in tokens.")] = 512,
+    caution: Annotated[
+        float,
+        typer.Option(
+            help="Standard errors below its calibration labels' mean that a new option's mean prediction is set to "
+            "(0: the mean itself; higher: new options chosen only where their answers are surely good).",
+        ),
+    ] = CAUTION,
 ) -> None:
     """Add new models to a trained BEST-Route router from their answers to its representative
     prompts, without retraining; the gateway serves the new artifact on reload."""
@@ -410,7 +417,7 @@ def onboard(
         )
         answers = load_dataset(directory)
     started = time.process_time()
-    onboarded = add_models(router, answers)
+    onboarded = add_models(router, answers, caution=caution)
     onboarded.save(out)
     change = onboarded.changes_[-1]
     console.print(

@@ -12,14 +12,19 @@ from .._exceptions import FeatureError
 
 class RepresentativePrompts:
     """Medoids of a k-means clustering of the training prompts' features, in an order whose every
-    prefix spreads over the feature space, and the share of training prompts each stands for.
+    prefix stands for the training prompts as evenly as it can, and the share of training prompts
+    each stands for.
 
     k-means (``n_prompts`` clusters) covers every region of the training prompts in proportion
     to how many there are; each cluster's medoid (the training prompt nearest its centre) is its
     representative, so what a model does on the representatives, weighted by their clusters'
-    sizes, estimates what it does on the training prompts. The order is farthest-first from the
-    largest cluster's medoid: each next prompt is the one farthest from those before it, so a new
-    model that answers only the first K of them is still measured across the whole space.
+    sizes, estimates what it does on the training prompts. The order is greedy k-medoids: each
+    next prompt is the one that most lowers the training prompts' squared distance to their
+    nearest chosen representative (each cluster counted by its size), so a new model that answers
+    only the first K of them is measured where the training prompts are. (Farthest-first, the
+    order before, took outliers first: with the first 50 of 100 answered on zeroeval, one prompt
+    stood for 19 times its share and the weights' effective number was 4.6 prompts; this order
+    gives about 30.)
 
     Parameters
     ----------
@@ -49,15 +54,18 @@ class RepresentativePrompts:
                 gap = ((x[members] - clusters.cluster_centers_[c]) ** 2).sum(axis=1)
                 medoids.append(int(members[np.argmin(gap)]))
                 sizes.append(float(members.size))
-        points = x[medoids]
-        order = [int(np.argmax(sizes))]
-        nearest = ((points - points[order[0]]) ** 2).sum(axis=1)
+        points, counts = x[medoids], np.array(sizes)
+        between = ((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2)
+        order: list[int] = []
+        nearest = np.full(len(medoids), np.inf)
         while len(order) < len(medoids):
-            following = int(np.argmax(nearest))
+            spread = (counts[:, None] * np.minimum(nearest[:, None], between)).sum(axis=0)
+            spread[order] = np.inf
+            following = int(np.argmin(spread))
             order.append(following)
-            nearest = np.minimum(nearest, ((points - points[following]) ** 2).sum(axis=1))
+            nearest = np.minimum(nearest, between[:, following])
         self.rows_ = np.array(medoids, dtype=int)[order]
-        self.sizes_ = np.array(sizes)[order]
+        self.sizes_ = counts[order]
         self.points_ = points[order].astype(np.float32)
         return self
 

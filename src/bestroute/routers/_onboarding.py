@@ -51,9 +51,12 @@ def onboard(router: BestRouteRouter, answers: RoutingDataset, *, caution: float 
     mean cost there. The operating table is re-estimated on the representative prompts.
 
     Raises RouterError for a router without representative prompts, a model it already has, a
-    prompt that is not one of its representative prompts (or has another text), and fewer than
-    ``MIN_CALIBRATION_PROMPTS`` representative prompts answered by every new model.
+    prompt that is not one of its representative prompts (or has another text), fewer than
+    ``MIN_CALIBRATION_PROMPTS`` representative prompts answered by every new model, and a
+    negative or non-finite ``caution``.
     """
+    if not 0 <= caution < np.inf:
+        raise RouterError(f"caution is a number of standard errors, 0 or more; got {caution}")
     calibration, representative = _calibration(router)
     taken = [model for model in answers.models if model in calibration.models]
     if taken:
