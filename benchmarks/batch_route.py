@@ -8,6 +8,8 @@ JSON object per run and one with all of them.
 
     python benchmarks/batch_route.py [--rows 100000 1000000] [--one-worker-rows 100000]
                                      [--in-process-rows 100000] [--batch-size 1024]
+
+``--rows`` with no counts skips the two-worker runs, a count of 0 the one-worker or in-process run.
 """
 
 import argparse
@@ -87,9 +89,9 @@ def write_rows(path: Path, texts: list[str], rows: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "zeroeval"))
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="two-worker runs")
-    parser.add_argument("--one-worker-rows", type=int, default=100_000)
-    parser.add_argument("--in-process-rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000], help="two-worker runs")
+    parser.add_argument("--one-worker-rows", type=int, default=100_000, help="0: no one-worker run")
+    parser.add_argument("--in-process-rows", type=int, default=100_000, help="0: no in-process run")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--router", default="best-route")
     args = parser.parse_args()
@@ -102,6 +104,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     plan = [("in-process", args.in_process_rows), ("1 worker", args.one_worker_rows)]
     plan += [("2 workers", rows) for rows in args.rows]
+    plan = [(name, rows) for name, rows in plan if rows > 0]
     runs = []
     for name, rows in plan:
         source = work / f"rows-{rows}.jsonl"
