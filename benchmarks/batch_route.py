@@ -101,10 +101,11 @@ def main() -> None:
     artifact = work / "router.bestroute"
     ROUTERS[args.router](features="static").fit(data, split.train, split.val).save(artifact)
     router = load_router(artifact)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     plan = [("in-process", args.in_process_rows), ("1 worker", args.one_worker_rows)]
     plan += [("2 workers", rows) for rows in args.rows]
     plan = [(name, rows) for name, rows in plan if rows > 0]
+    if any(name != "in-process" for name, _ in plan):  # an idle Ray instance would share the in-process run's cores
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     runs = []
     for name, rows in plan:
         source = work / f"rows-{rows}.jsonl"
@@ -132,7 +133,8 @@ def main() -> None:
             }
         )
         print(json.dumps(runs[-1]), flush=True)
-    ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
     print(json.dumps({"batch_size": args.batch_size, "router": args.router, "runs": runs}))
 
 
