@@ -343,3 +343,18 @@ def test_serve_with_access_log_writes_a_line_per_request_subprocess(tmp_path, ar
             access, _ = process.communicate(timeout=60)
     # uvicorn's access log, on stdout
     assert '"POST /v1/chat/completions HTTP/1.1" 200' in access and '"GET /healthz HTTP/1.1" 200' in access
+
+
+def test_opening_an_older_log_drops_the_index_of_prompt_hashes(log_url):
+    """No query looks a prompt hash up; its index of random keys cost a third of a row's insert."""
+    from bestroute.serving._log.database import RETIRED_INDEX, open_database
+
+    open_database(log_url).dispose()
+    engine = sqlalchemy.create_engine(log_url)
+    with engine.begin() as connection:  # as a log made before it was dropped has it
+        connection.execute(sqlalchemy.text(f"CREATE INDEX {RETIRED_INDEX} ON decisions (prompt_hash)"))
+    assert RETIRED_INDEX in {i["name"] for i in sqlalchemy.inspect(engine).get_indexes("decisions")}
+    open_database(log_url).dispose()
+    names = {i["name"] for i in sqlalchemy.inspect(engine).get_indexes("decisions")}
+    engine.dispose()
+    assert RETIRED_INDEX not in names and "ix_decisions_turn_key" in names

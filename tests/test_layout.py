@@ -89,7 +89,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # them. The root package's private modules (_exceptions, _text, _section, _artifact) are below all.
 LAYERS = (
     ("bestroute._exceptions",),
-    ("bestroute._text", "bestroute._section", "bestroute._artifact"),
+    ("bestroute._text", "bestroute._section", "bestroute._artifact", "bestroute._json"),
     ("bestroute.data",),
     ("bestroute.backends",),
     ("bestroute.features",),

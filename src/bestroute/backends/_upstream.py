@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from .._exceptions import BestRouteError
+from .._json import json_bytes, parse_json
 from .._text import without_lone_surrogates
 from ._config import BackendConfig, CircuitConfig, RetryConfig
 
@@ -170,7 +171,9 @@ class Upstream:
     api_key: str | None = field(default=None, repr=False)  # never printed
 
     def __post_init__(self) -> None:
-        self._headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            self._headers["Authorization"] = f"Bearer {self.api_key}"
         self._base = self.config.base_url.rstrip("/")
         self._price = self.config.price  # built once: cost() runs on every answer
         self.in_flight = 0
@@ -302,7 +305,7 @@ class Upstream:
             # to another origin.
             response = await self.session.post(
                 self._base + path,
-                json=payload,
+                data=json_bytes(payload),
                 headers=self._headers | {FIRST_SAMPLE_HEADER: str(first_sample)} if first_sample else self._headers,
                 timeout=aiohttp.ClientTimeout(total=None),
                 allow_redirects=False,
@@ -365,7 +368,7 @@ class Upstream:
         except aiohttp.ClientError as exc:
             raise UpstreamError(self.name, f"response broke ({type(exc).__name__})") from exc
         try:
-            document = json.loads(raw)
+            document = parse_json(raw)
         except (ValueError, RecursionError) as exc:
             raise UpstreamError(self.name, "response is not JSON") from exc
         if b"\\ud" in raw or b"\\uD" in raw:  # maybe a lone surrogate, which no client could be sent

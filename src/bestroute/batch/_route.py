@@ -61,7 +61,7 @@ def prompt_of(record: Any) -> str:
         try:
             prompt = ChatCompletionRequest.model_validate(
                 {"model": "bestroute", "messages": record["messages"]}
-            ).prompt_text()
+            ).prompt_text
         except ValidationError as exc:
             raise _RowError(f"messages are not OpenAI chat messages: {exc.errors()[0]['msg']}") from None
     elif record.get(_LOGGED) is not None:

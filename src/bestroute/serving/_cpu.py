@@ -15,9 +15,12 @@ T = TypeVar("T")
 INLINE_CHARS = 2_000
 
 
-async def run_cpu(pool: Executor, chars: float, work: Callable[[], T]) -> T:
+async def run_cpu(pool: Executor, chars: float, work: Callable[[], T], *, timeout: float | None = None) -> T:
     """``work()``, inline when its input is at most INLINE_CHARS characters, else in ``pool``
-    (awaited, so the event loop serves other requests meanwhile)."""
+    (awaited, so the event loop serves other requests meanwhile), waited for at most ``timeout``
+    seconds (TimeoutError; the worker thread finishes it unseen). Inline work never yields to the
+    loop, so no timer could interrupt it: only the pool's wait has one."""
     if chars <= INLINE_CHARS:
         return work()
-    return await asyncio.get_running_loop().run_in_executor(pool, work)
+    async with asyncio.timeout(timeout):
+        return await asyncio.get_running_loop().run_in_executor(pool, work)

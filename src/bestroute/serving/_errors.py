@@ -2,10 +2,9 @@
 
 import math
 
-from fastapi.responses import JSONResponse
-
 from .._exceptions import BestRouteError
 from ..backends import UpstreamRejected
+from ._responses import JSONResponse
 from .protocol import ErrorBody, ErrorResponse
 
 

@@ -2,7 +2,6 @@
 ``bestroute:<knob>``) is scored by the router and gets its decision rule's fallback order; a
 request naming a backend gets that backend alone."""
 
-import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -173,12 +172,7 @@ class Planner:
                 raise InvalidRequest(
                     "routed requests return one choice; the router decides how many samples to draw", param="n"
                 )
-            knob = self._knob(request.model)
-            try:
-                async with asyncio.timeout(max(deadline.remaining(), 0.0)):
-                    return await self._route(request, knob, constraints, turn)
-            except TimeoutError:
-                raise DeadlineExceeded("the request's deadline passed while it was being routed") from None
+            return await self._route(request, self._knob(request.model), deadline, constraints, turn)
         resolved = self.arms.resolve(request.model)
         if resolved is None:
             raise ModelNotFound(
@@ -194,7 +188,7 @@ class Planner:
                 param="model",
                 code="constraints_unmet",
             )
-        refusal = resolved[0].config.refusal(request.needs())
+        refusal = resolved[0].config.refusal(request.needs)
         if refusal is not None:
             raise InvalidRequest(
                 f"backend {resolved[0].name!r} cannot serve this request: {refusal}", param="model", code="not_capable"
@@ -226,10 +220,20 @@ class Planner:
                     )
 
     async def _route(
-        self, request: ChatCompletionRequest, knob: float, constraints: RequestConstraints, turn: Turn | None
+        self,
+        request: ChatCompletionRequest,
+        knob: float,
+        deadline: Deadline,
+        constraints: RequestConstraints,
+        turn: Turn | None,
     ) -> Plan:
-        prompt = request.prompt_text()
-        scores, distance, out_of_domain = await run_cpu(self.pool, len(prompt), lambda: self._assess(prompt))
+        prompt = request.prompt_text
+        try:
+            scores, distance, out_of_domain = await run_cpu(
+                self.pool, len(prompt), lambda: self._assess(prompt), timeout=max(deadline.remaining(), 0.0)
+            )
+        except TimeoutError:
+            raise DeadlineExceeded("the request's deadline passed while it was being routed") from None
         available, avoided = self._available, self.avoided()
         if avoided:  # shadow checks found these below target: the next option in the order answers
             available = available & np.array([o.label not in avoided for o in self.router.options_])
@@ -366,7 +370,7 @@ class Planner:
 
     def _excluded(self, request: ChatCompletionRequest) -> dict[int, str]:
         """The servable options this request cannot be sent to, with the first reason found."""
-        needs = request.needs()
+        needs = request.needs
         if not (needs.tools or needs.images or needs.json_output or needs.streaming or self._sized):
             return {}  # what every backend takes
         excluded = {}

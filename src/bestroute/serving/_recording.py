@@ -268,7 +268,7 @@ class Recorder:
             error=error,
             response=response,
         )
-        prompt, requested, store, created_at = request.prompt_text(), request.model, self.store_prompts, time.time()
+        prompt, requested, store, created_at = request.prompt_text, request.model, self.store_prompts, time.time()
         counterfactual = self._reference_cost(record, reference)
         self.log.write_later(
             lambda: [

@@ -134,7 +134,7 @@ class Sampler:
         """Run the attempt's option; a routed request's samples are judged by the selector, a
         direct one's are all returned."""
         source = UpstreamSource(request, self.arms, deadline, self.metrics)
-        judge: Judge = GatewayJudge(self.selector, request.prompt_text(), deadline) if routed else FirstSample()
+        judge: Judge = GatewayJudge(self.selector, request.prompt_text, deadline) if routed else FirstSample()
         execution = await execute(
             attempt.option, source=source, judge=judge, reference=self.reference, acceptance=self.acceptance
         )

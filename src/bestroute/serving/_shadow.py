@@ -138,7 +138,7 @@ class ShadowChecks:
             return
         if record.model == self.against or self.rng.random() >= self.config.rate:
             return
-        if self.arms.get(self.against)[0].config.refusal(request.needs()) is not None:
+        if self.arms.get(self.against)[0].config.refusal(request.needs) is not None:
             return  # the reference cannot take this request (tools, images, its size): nothing to compare
         option = answered.attempt.label
         if len(self.running) >= self.config.max_in_flight:

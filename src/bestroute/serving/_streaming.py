@@ -152,7 +152,7 @@ async def relay(
         await rest.aclose()
         answer = streamed.text
         estimates = {
-            "prompt": lambda: estimate_tokens(request.prompt_text()),
+            "prompt": lambda: estimate_tokens(request.prompt_text),
             "completion": lambda: estimate_tokens(answer),
         }
         notes: tuple[str, ...] = ()

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
@@ -34,6 +33,7 @@ from ._metrics import GatewayMetrics
 from ._recording import Recorder
 from ._reload import Reloader
 from ._requests import Access, unprocessable
+from ._responses import JSONResponse
 from ._shadow import ShadowTallies
 from ._workers import group_dir, membership
 from .routes import CHAT_PATH, chat_completions, router

@@ -1,8 +1,9 @@
 """Wire formats of the gateway's endpoints (the OpenAI chat-completions subset it serves)."""
 
+from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..backends import Needs, estimate_tokens
 
@@ -70,32 +71,28 @@ class ChatCompletionRequest(BaseModel):
     bestroute: RequestConstraints | None = None  # the gateway's own: never sent upstream
 
     # Routing, judging, accounting and the log all read the prompt: joined once (a long
-    # conversation is a megabyte to copy); the messages are not changed after validation.
-    _prompt: str | None = PrivateAttr(default=None)
-    _needs: Needs | None = PrivateAttr(default=None)
-
+    # conversation is a megabyte to copy); the messages are not changed after validation. Cached
+    # in the instance's __dict__: pydantic's private attributes cost a __getattr__ on every read.
+    @cached_property
     def needs(self) -> Needs:
         """What a backend must take to serve this request: tools, images, JSON output, streaming,
         and its estimated size."""
-        if self._needs is None:
-            extra = self.model_extra or {}
-            response_format = extra.get("response_format")
-            asked = extra.get("max_completion_tokens", self.max_tokens)
-            self._needs = Needs(
-                tools=bool(extra.get("tools") or extra.get("functions")) or any(m.uses_tools() for m in self.messages),
-                images=any(m.has_image() for m in self.messages),
-                json_output=isinstance(response_format, dict) and response_format.get("type") in JSON_FORMATS,
-                streaming=self.stream,
-                input_tokens=estimate_tokens(self.prompt_text()) + 4 * len(self.messages),
-                output_tokens=asked if isinstance(asked, int) and not isinstance(asked, bool) else None,
-            )
-        return self._needs
+        extra = self.model_extra or {}
+        response_format = extra.get("response_format")
+        asked = extra.get("max_completion_tokens", self.max_tokens)
+        return Needs(
+            tools=bool(extra.get("tools") or extra.get("functions")) or any(m.uses_tools() for m in self.messages),
+            images=any(m.has_image() for m in self.messages),
+            json_output=isinstance(response_format, dict) and response_format.get("type") in JSON_FORMATS,
+            streaming=self.stream,
+            input_tokens=estimate_tokens(self.prompt_text) + 4 * len(self.messages),
+            output_tokens=asked if isinstance(asked, int) and not isinstance(asked, bool) else None,
+        )
 
+    @cached_property
     def prompt_text(self) -> str:
         """The text the router sees: the conversation's messages, one per line."""
-        if self._prompt is None:
-            self._prompt = "\n".join(m.text() for m in self.messages)
-        return self._prompt
+        return "\n".join(m.text() for m in self.messages)
 
     def upstream_body(self, model: str, *, n: int, stream: bool) -> dict[str, Any]:
         body = self.model_dump(exclude_none=True, exclude={"model", "n", "stream", "bestroute"})

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
@@ -17,6 +17,7 @@ from ._passthrough import pass_through
 from ._planning import ROUTED_MODEL
 from ._reload import Reloader
 from ._requests import Access, constraints_of, deadline_of, read_json, unless_disconnected, unprocessable
+from ._responses import JSONResponse
 from ._workers import signal_others
 from .protocol import ChatCompletionRequest, FeedbackRequest
 from .serving import ChatService

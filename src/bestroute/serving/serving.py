@@ -147,7 +147,7 @@ class ChatService:
         fits = (
             verdict.flagged
             and redirect_to is not None
-            and self.upstreams[redirect_to].config.refusal(request.needs()) is None
+            and self.upstreams[redirect_to].config.refusal(request.needs) is None
         )
         screened, refusal = self._act(verdict, redirect_fits=fits)
         if refusal is not None:
