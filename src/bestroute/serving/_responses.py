@@ -1,6 +1,5 @@
-"""The gateway's JSON responses, written by orjson (``bestroute._json.json_bytes``): a completion's
-body is written once per request, and the standard library's encoder was a tenth of the
-gateway's own time per request."""
+"""The gateway's JSON responses, written by orjson (``bestroute._json.json_bytes``), several
+times faster than Starlette's standard-library encoder on every request's body."""
 
 from typing import Any
 

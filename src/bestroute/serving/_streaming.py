@@ -2,12 +2,12 @@
 stall and deadline watch), or a finished completion replayed as one."""
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from .._json import json_bytes
 from ..backends import STREAM_ERRORS, Deadline, DeadlinePassed, Upstream, UpstreamError, estimate_tokens, usage_tokens
 from ..selection import Call, Drawn, execute, run_now
 from ._judging import FirstSample
@@ -189,7 +189,7 @@ async def relay(
 
 
 def sse(document: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(document, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json_bytes(document) + b"\n\n"
 
 
 async def replay(body: dict[str, Any]) -> AsyncIterator[bytes]:
