@@ -672,3 +672,32 @@ def test_a_relayed_stream_sends_no_cost_header_before_its_cost_is_known(tmp_path
     assert "x-bestroute-cost-usd" not in headers and headers["x-bestroute-model"] == "small"
     last = json.loads(events[-2])  # the one before [DONE]
     assert last["bestroute"]["cost_usd"] > 0 and last["usage"]["completion_tokens"] > 0
+
+
+def test_bodies_nested_deeper_than_the_limit_are_refused_however_many_brackets_their_strings_hold(tmp_path, artifact):
+    """Past ``max_json_depth`` (and past Python's recursion limit) a 400; brackets inside strings
+    do not count as nesting, whether or not they outnumber the limit."""
+    message = {"role": "user", "content": "q"}
+    deep: object = "leaf"
+    for _ in range(12):
+        deep = [deep]
+    with (
+        upstream(Script()) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}, limits={"max_json_depth": 8}) as (server, _),
+    ):
+
+        def post(content: bytes) -> httpx.Response:
+            return httpx.post(
+                server.url + "/v1/chat/completions", content=content, headers={"content-type": "application/json"}
+            )
+
+        for body in (
+            json.dumps({"model": "small", "messages": [message], "metadata": deep}).encode(),
+            b'{"model": "small", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        ):
+            refused = post(body)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["message"] == "request body is nested deeper than 8 levels"
+        brackets = {"role": "user", "content": "[{" * 50 + "}]" * 50}
+        assert post(json.dumps({"model": "small", "messages": [brackets]}).encode()).status_code == 200

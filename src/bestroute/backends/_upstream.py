@@ -28,6 +28,7 @@ _RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 # 4xx that say the backend is misconfigured (its key, its model id), not that the request is bad.
 _BACKEND_FAULT_STATUS = {401, 403, 404, 407}
 _ERROR_BODY_BYTES = 65_536
+_NO_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=None)  # timeouts are the caller's (per try, stream idle)
 
 
 class UpstreamError(BestRouteError):
@@ -300,14 +301,13 @@ class Upstream:
         if stream is not None:
             payload["stream"] = stream
         try:
-            # Timeouts are the caller's (per try, stream idle): aiohttp's own are off.
             # No redirects: a backend is its configured URL; following one would send the prompt
             # to another origin.
             response = await self.session.post(
                 self._base + path,
                 data=json_bytes(payload),
                 headers=self._headers | {FIRST_SAMPLE_HEADER: str(first_sample)} if first_sample else self._headers,
-                timeout=aiohttp.ClientTimeout(total=None),
+                timeout=_NO_CLIENT_TIMEOUT,
                 allow_redirects=False,
             )
         except aiohttp.ClientError as exc:

@@ -25,6 +25,8 @@ from ._log import latest_turn
 from .protocol import ChatCompletionRequest, ChatMessage
 
 KEY_CHARS = 32  # 128 bits of SHA-256: no two turns collide by chance
+# json.dumps(..., ensure_ascii=False) makes an encoder a call; the same bytes from one made once
+_MESSAGE_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 AffinityOutcome = Literal["kept", "escalated", "moved"]
 
@@ -76,7 +78,7 @@ def _message_bytes(role: str, text: str, tool_calls: Any) -> bytes:
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
                 calls.append([str(function.get("name")), str(function.get("arguments"))])
-    return json.dumps([role, text, calls], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return _MESSAGE_ENCODER.encode([role, text, calls]).encode("utf-8", "surrogatepass")
 
 
 def _link(digest: str, message: bytes) -> str:

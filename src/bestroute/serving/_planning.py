@@ -23,10 +23,9 @@ from ._cpu import run_cpu
 from ._errors import DeadlineExceeded, InvalidRequest, ModelNotFound
 from ._metrics import GatewayMetrics
 from ._screen import Screened
-from .protocol import ChatCompletionRequest, RequestConstraints
+from .protocol import NO_CONSTRAINTS, ChatCompletionRequest, RequestConstraints
 
 ROUTED_MODEL = "bestroute"
-NO_CONSTRAINTS = RequestConstraints()
 
 
 def is_routed(model: str) -> bool:

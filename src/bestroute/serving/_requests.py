@@ -16,7 +16,7 @@ from .._json import parse_json
 from ..backends import Deadline
 from ._config import GatewayConfig, LimitsConfig
 from ._errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, RequestTimeout, Unauthorized, Unprocessable
-from .protocol import CONSTRAINT_HEADERS, ChatCompletionRequest, RequestConstraints
+from .protocol import CONSTRAINT_HEADERS, NO_CONSTRAINTS, ChatCompletionRequest, RequestConstraints
 
 T = TypeVar("T")
 TIMEOUT_HEADER = "x-bestroute-timeout"
@@ -92,7 +92,8 @@ async def read_json(request: Request, limits: LimitsConfig) -> Any:
         raise too_deep from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
         raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
-    if _depth_exceeds(document, limits.max_json_depth):
+    # every container opens with a literal bracket byte, so a body with few cannot nest too deep
+    if body.count(b"[") + body.count(b"{") > limits.max_json_depth and _depth_exceeds(document, limits.max_json_depth):
         raise too_deep
     return document
 
@@ -123,6 +124,8 @@ def unprocessable(errors: Sequence[Any]) -> Unprocessable:
 def constraints_of(request: Request, chat: ChatCompletionRequest) -> RequestConstraints:
     """The client's routing constraints: the body's ``bestroute`` field, and for a field it leaves
     out, the x-bestroute-* header (models comma-separated). A bad value is a 400 naming it."""
+    if chat.bestroute is None and not any(name.startswith(b"x-bestroute-") for name, _ in request.scope["headers"]):
+        return NO_CONSTRAINTS  # what nearly every request has: nothing to look up or validate
     given = chat.bestroute.model_dump(exclude_none=True) if chat.bestroute is not None else {}
     from_headers = {}
     for header, name in CONSTRAINT_HEADERS.items():

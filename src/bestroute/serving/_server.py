@@ -140,11 +140,17 @@ def run_gateway(gateway: Gateway, *, host: str, port: int, access_log: bool = Fa
             gateway,
             host=host,
             port=port,
-            log_level="info" if access_log else "warning",
-            access_log=access_log,
             timeout_graceful_shutdown=30,
+            **_logging_options(access_log),
         )
     ).run()
+
+
+def _logging_options(access_log: bool) -> dict[str, Any]:
+    """uvicorn's options for access lines. The forwarded client address (X-Forwarded-For from a
+    proxy on loopback) is read only with them: nothing else in the gateway reads the client's
+    address, and reading it costs every request about 1% of its CPU."""
+    return {"log_level": "info" if access_log else "warning", "access_log": access_log, "proxy_headers": access_log}
 
 
 def raise_open_files_limit() -> int:
@@ -228,9 +234,8 @@ def run_workers(config_path: Path, *, host: str, port: int, workers: int, access
         host=host,
         port=port,
         workers=workers,
-        log_level="info" if access_log else "warning",
-        access_log=access_log,
         timeout_graceful_shutdown=30,
+        **_logging_options(access_log),
     )
     try:
         supervisor = _Supervisor(config, sockets=[config.bind_socket()])

@@ -45,7 +45,10 @@ class RequestConstraints(BaseModel):
     min_quality: float | None = Field(default=None, ge=0, le=1, description="the option's predicted score")
 
     def given(self) -> bool:
-        return any(value is not None for value in self.model_dump().values())
+        return any(getattr(self, name) is not None for name in type(self).model_fields)
+
+
+NO_CONSTRAINTS = RequestConstraints()
 
 
 CONSTRAINT_HEADERS = {

@@ -27,13 +27,13 @@ from ._errors import (
 )
 from ._judging import OnlineSelector
 from ._loading import ArtifactInfo
-from ._planning import NO_CONSTRAINTS, Attempt, Plan, Planner, is_routed
+from ._planning import Attempt, Plan, Planner, is_routed
 from ._recording import Recorder, Reference, RequestRecord, Ticket, answer_headers
 from ._sampling import CircuitOpen, Run, Sampler, hold_against
 from ._screen import Screen, Screened, Verdict
 from ._shadow import ShadowChecks, ShadowTallies
 from ._streaming import StreamedMessage, relay, replay, streamed_run
-from .protocol import ChatCompletionRequest, RequestConstraints
+from .protocol import NO_CONSTRAINTS, ChatCompletionRequest, RequestConstraints
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the error code of OpenAI, vLLM and llama.cpp
 
