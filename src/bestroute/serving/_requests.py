@@ -20,6 +20,7 @@ from .protocol import CONSTRAINT_HEADERS, NO_CONSTRAINTS, ChatCompletionRequest,
 
 T = TypeVar("T")
 TIMEOUT_HEADER = "x-bestroute-timeout"
+_CONSTRAINT_HEADER_NAMES = frozenset(header.encode() for header in CONSTRAINT_HEADERS)  # as the ASGI scope has them
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,17 @@ async def read_json(request: Request, limits: LimitsConfig) -> Any:
         raise too_deep from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
         raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
-    # every container opens with a literal bracket byte, so a body with few cannot nest too deep
-    if body.count(b"[") + body.count(b"{") > limits.max_json_depth and _depth_exceeds(document, limits.max_json_depth):
+    if _depth_exceeds(body, document, limits.max_json_depth):
         raise too_deep
     return document
 
 
-def _depth_exceeds(document: Any, limit: int) -> bool:
-    """Whether JSON containers nest deeper than ``limit`` (iterative: no recursion to exhaust)."""
+def _depth_exceeds(body: bytes | bytearray, document: Any, limit: int) -> bool:
+    """Whether the JSON containers of ``document`` (parsed from ``body``) nest deeper than
+    ``limit`` (iterative: no recursion to exhaust). Every container opens with a bracket byte of
+    the body, so a body with at most ``limit`` of them is not walked."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
     stack = [(document, 1)]
     while stack:
         value, depth = stack.pop()
@@ -124,7 +128,7 @@ def unprocessable(errors: Sequence[Any]) -> Unprocessable:
 def constraints_of(request: Request, chat: ChatCompletionRequest) -> RequestConstraints:
     """The client's routing constraints: the body's ``bestroute`` field, and for a field it leaves
     out, the x-bestroute-* header (models comma-separated). A bad value is a 400 naming it."""
-    if chat.bestroute is None and not any(name.startswith(b"x-bestroute-") for name, _ in request.scope["headers"]):
+    if chat.bestroute is None and not any(name in _CONSTRAINT_HEADER_NAMES for name, _ in request.scope["headers"]):
         return NO_CONSTRAINTS  # what nearly every request has: nothing to look up or validate
     given = chat.bestroute.model_dump(exclude_none=True) if chat.bestroute is not None else {}
     from_headers = {}

@@ -149,7 +149,8 @@ def run_gateway(gateway: Gateway, *, host: str, port: int, access_log: bool = Fa
 def _logging_options(access_log: bool) -> dict[str, Any]:
     """uvicorn's options for access lines. The forwarded client address (X-Forwarded-For from a
     proxy on loopback) is read only with them: nothing else in the gateway reads the client's
-    address, and reading it costs every request about 1% of its CPU."""
+    address, and uvicorn's middleware that reads it was about 1% of the event loop's samples in
+    a profile (py-spy, 400 requests/s)."""
     return {"log_level": "info" if access_log else "warning", "access_log": access_log, "proxy_headers": access_log}
 
 
