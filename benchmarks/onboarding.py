@@ -41,7 +41,7 @@ def _usage(router: Router, texts: list[str]) -> dict[str, float]:
     calls: dict[str, int] = {}
     assessed = router.assess(texts)
     for knob in router.knob_grid():
-        for chosen in router.decide(assessed.scores, float(knob), out_of_domain=assessed.out_of_domain):
+        for chosen in router.decide(assessed, float(knob)):
             if chosen != router.reference_index_:
                 for model in router.options_[chosen].models:
                     calls[model] = calls.get(model, 0) + 1

@@ -39,7 +39,7 @@ def main() -> None:
 
     def decide(texts: list[str]) -> None:  # as the gateway does: scores and the domain guard from one extraction
         assessed = router.assess(texts)
-        router.decide(assessed.scores, knob, out_of_domain=assessed.out_of_domain)
+        router.decide(assessed, knob)
 
     for text in near_100[:20]:  # warm-up
         decide([text])

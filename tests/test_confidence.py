@@ -158,7 +158,7 @@ def test_the_gateway_serves_a_calibrated_option_as_evaluated_offline(data, tmp_p
     label = "small+tiny p>=0.90 else reference"
     split = split_prompts(data.prompt_ids)
     router = EscalatingBestRouteRouter(
-        features="lexical", max_n=3, prune_dominated=False, domain_quantile=None, calibrate=True
+        features="lexical", max_n=3, prune_dominated=False, domain_quantile=None, calibrate=True, cost_alpha=None
     ).fit(data, split.train, split.val)
     # An acceptance model that trusts agreement only: both agree 0.95, a split pair 0.12.
     model = router.accept_model_

@@ -187,11 +187,12 @@ def test_escalating_router_fits_saves_explains_and_the_gateway_checks_it(data, t
 
 def served_router(data, tmp_path, keep: set[str], costs: dict[str, float] | None = None) -> Path:
     """An escalating router with only ``keep`` (and the reference) active, so the test decides
-    which option requests take; ``costs`` replaces options' expected costs for the same end."""
+    which option requests take; ``costs`` replaces options' expected costs for the same end (mean
+    costs: without cost heads, every prompt's)."""
     split = split_prompts(data.prompt_ids)
-    router = EscalatingBestRouteRouter(features="lexical", max_n=3, prune_dominated=False, domain_quantile=None).fit(
-        data, split.train, split.val
-    )
+    router = EscalatingBestRouteRouter(
+        features="lexical", max_n=3, prune_dominated=False, domain_quantile=None, cost_alpha=None
+    ).fit(data, split.train, split.val)
     router.active_ = np.array([o.label in keep or o == router.reference_ for o in router.options_])
     for o, option in enumerate(router.options_):
         router.option_cost_[o] = (costs or {}).get(option.label, router.option_cost_[o])
@@ -216,7 +217,7 @@ def test_the_gateway_serves_escalation_as_evaluated_offline(data, tmp_path):
         gateway(tmp_path, artifact, {"small": s.url, "tiny": t.url, "big": b.url}) as (server, client),
     ):
         prompt = "What is six times seven?"
-        offline = router.options_[int(router.decide(router.predict([prompt]), 0.99)[0])]
+        offline = router.options_[int(router.decide(router.assess([prompt]), 0.99)[0])]
         assert offline.label == "small x3 >=0.60 else reference"
         answer, headers = ask(client, "bestroute:0.99", text=prompt)
         details = answer.model_extra["bestroute"]
@@ -316,11 +317,11 @@ def test_the_gateway_serves_stages_as_evaluated_offline(data, tmp_path):
 
     label = "small x2 >=1.00 else small x4 >=0.60 else reference"
     split = split_prompts(data.prompt_ids)
-    router = EscalatingBestRouteRouter(features="lexical", max_n=4, prune_dominated=False, domain_quantile=None).fit(
-        data, split.train, split.val
-    )
+    router = EscalatingBestRouteRouter(
+        features="lexical", max_n=4, prune_dominated=False, domain_quantile=None, cost_alpha=None
+    ).fit(data, split.train, split.val)
     router.active_ = np.array([o.label == label or o == router.reference_ for o in router.options_])
-    router.option_cost_[[o.label for o in router.options_].index(label)] = 1e-9
+    router.option_cost_[[o.label for o in router.options_].index(label)] = 1e-9  # the cheapest on every prompt
     artifact = tmp_path / "staged.bestroute"
     router.save(artifact)
     option = next(o for o in router.options_ if o.label == label)

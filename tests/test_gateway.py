@@ -58,8 +58,8 @@ def test_threshold_picks_the_option_and_reports_it(tmp_path, artifact):
         default, headers = ask(client)  # model "bestroute": the artifact's default operating point
         router = load_router(artifact)
         served = np.array([o.model in ("small", "big") for o in router.options_])[None, :]
-        scores = router.predict(["What is six times seven?"])
-        expected = router.options_[int(router.decide(scores, router.default_knob(), served)[0])]
+        assessed = router.assess(["What is six times seven?"])
+        expected = router.options_[int(router.decide(assessed, router.default_knob(), served)[0])]
         assert default.model == expected.model and headers["x-bestroute-n"] == str(expected.n)
         models = {m.id for m in client.models.list().data}
         assert models == {"bestroute", "small", "big"}

@@ -309,7 +309,7 @@ def test_out_of_domain_prompts_go_to_the_reference_online_as_offline(crux_router
     gsm = [data.texts[i] for i in np.flatnonzero(tasks == "gsm")][:6]
     assessed = router.assess(crux + gsm)
     assert not assessed.out_of_domain[:6].any() and assessed.out_of_domain[6:].all()
-    offline = router.decide(assessed.scores, 0.0, out_of_domain=assessed.out_of_domain)
+    offline = router.decide(assessed, 0.0)
     with (
         upstream(Script(answers=["cheap"])) as c,
         upstream(Script(answers=["reference"])) as r,
@@ -317,9 +317,7 @@ def test_out_of_domain_prompts_go_to_the_reference_online_as_offline(crux_router
         httpx.Client(base_url=server.url, timeout=30) as client,
     ):
         available = np.array([o.model in (cheapest.model, router.reference_.model) for o in router.options_])
-        offline = router.decide(
-            assessed.scores, 0.0, np.broadcast_to(available, assessed.scores.shape), assessed.out_of_domain
-        )
+        offline = router.decide(assessed, 0.0, np.broadcast_to(available, assessed.scores.shape))
         for text, flagged, choice in zip(crux + gsm, assessed.out_of_domain, offline, strict=True):
             answer = _post(client, [{"role": "user", "content": text}])
             assert answer.json()["bestroute"]["option"] == router.options_[int(choice)].label  # as offline
@@ -340,7 +338,9 @@ def test_the_guard_can_only_flag_and_an_old_artifact_has_none(crux_router, tmp_p
     data, _, path = crux_router
     router = load_router(path)
     gsm = data.texts[int(np.flatnonzero(np.array(data.tasks) == "gsm")[0])]
-    unguarded = router.options_[int(router.decide(router.predict([gsm]), 0.0)[0])]  # the router's own choice
+    unguarded = router.options_[
+        int(router.decide(router.assess([gsm], guard=False), 0.0)[0])
+    ]  # the router's own choice
     assert unguarded != router.reference_ and unguarded.single
     cheap = unguarded.model
     with (

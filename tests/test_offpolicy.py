@@ -178,14 +178,14 @@ def test_on_recorded_routing_data_three_routers_are_estimated_and_ranked():
     split = split_prompts(data.prompt_ids)
     router = BestRouteRouter(features="lexical", max_n=1).fit(data, split.train, split.val)
     test = split.test
-    scores = router.predict([data.texts[i] for i in test])
     quality, cost = router.outcomes_.quality[test], router.outcomes_.cost[test] * 1000
     usable = ~np.isnan(quality).any(axis=1)  # prompts every model answered
-    scores, quality, cost = scores[usable], quality[usable], cost[usable]
+    assessed = router.assess([data.texts[i] for i in test[usable]])
+    quality, cost = quality[usable], cost[usable]
     options = len(router.options_)
-    logger = router.decide(scores, router.knob_for(min_relative_quality=0.99))
+    logger = router.decide(assessed, router.knob_for(min_relative_quality=0.99))
     candidates = {
-        target: router.decide(scores, router.knob_for(min_relative_quality=target)) for target in (0.93, 0.97, 1.0)
+        target: router.decide(assessed, router.knob_for(min_relative_quality=target)) for target in (0.93, 0.97, 1.0)
     }
     rows = np.arange(len(logger))
     truth = {t: (quality[rows, c].mean(), cost[rows, c].mean()) for t, c in candidates.items()}

@@ -63,7 +63,7 @@ def test_an_onboarded_model_is_routed_to_and_the_artifact_round_trips(onboarded,
 
     def share(onboarded: BestRouteRouter) -> float:
         assessed = onboarded.assess(texts)
-        chosen = np.concatenate([onboarded.decide(assessed.scores, float(k)) for k in onboarded.knob_grid()])
+        chosen = np.concatenate([onboarded.decide(assessed, float(k)) for k in onboarded.knob_grid()])
         return float(new[chosen].mean())
 
     # without caution the sweep sends a share of the test prompts to it; with caution, no more
@@ -305,7 +305,7 @@ def test_onboard_collects_answers_and_the_gateway_reloads_to_route_as_offline(mu
             write_gateway_config(tmp_path, new, backends, reload_poll_s=0)
             assert httpx.post(server.url + "/admin/reload").status_code == 200
             assessed = router.assess(texts)
-            offline = router.decide(assessed.scores, router.default_knob(), out_of_domain=assessed.out_of_domain)
+            offline = router.decide(assessed, router.default_knob())
             models = []
             for text, choice in zip(texts, offline, strict=True):
                 answer = httpx.post(

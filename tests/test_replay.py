@@ -137,7 +137,7 @@ def _served_as_offline(data, replay_url, tmp_path, *, calibrate: bool):
     with gateway(tmp_path, artifact, backends, selector={"kind": router.selector}) as (server, _):
         for knob in (0.5, 0.9, 0.99, 1.0):  # tiny; small x2; a staged option; the reference
             assessed = router.assess([data.texts[i] for i in split.test])  # the domain guard's flags too
-            decisions = router.decide(assessed.scores, knob, out_of_domain=assessed.out_of_domain)
+            decisions = router.decide(assessed, knob)
             for i, o in zip(split.test, decisions, strict=True):
                 option = router.options_[int(o)]
                 answer = chat(server.url, f"bestroute:{knob}", data.texts[i])

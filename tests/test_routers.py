@@ -23,14 +23,17 @@ def test_fit_predict_decide_save_load(name, subset, tmp_path):
     router = ROUTERS[name](features="lexical").fit(data, split.train, split.val)
     assert router.reference_.model == "gpt-4o-2024-08-06"  # best on validation of those answering all
     texts = [data.texts[i] for i in split.test]
-    scores = router.predict(texts)
-    assert scores.shape == (len(texts), len(router.options_))
-    assert np.isfinite(scores).all()
+    assessed = router.assess(texts, guard=False)  # the rule alone: no prompt sent to the reference by the guard
+    scores = assessed.scores
+    assert scores.shape == assessed.cost.shape == (len(texts), len(router.options_))
+    assert np.isfinite(scores).all() and np.array_equal(scores, router.predict(texts))
     knob = router.default_knob()
-    choices = router.decide(scores, knob)
+    choices = router.decide(assessed, knob)
     # The serving path's plain-Python rule decides the same, prompt by prompt.
     everything = np.ones(len(router.options_), dtype=bool)
-    assert choices.tolist() == [router.rule.order(row, knob, everything)[0] for row in scores]
+    assert choices.tolist() == [
+        router.rule.order(row, knob, everything, cost)[0] for row, cost in zip(scores, assessed.cost, strict=True)
+    ]
     assert router.active_[choices].all()
     assert router.table_, "fitting with validation data records the operating table"
     path = tmp_path / f"{name}.bestroute"
@@ -131,14 +134,14 @@ def test_unknown_reference_and_bad_artifact(subset, tmp_path):
 def test_the_gateways_fallback_order_starts_with_the_routers_decision(name, subset):
     data, split = subset
     router = ROUTERS[name](features="lexical").fit(data, split.train, split.val)
-    scores = router.predict([data.texts[i] for i in split.test])
+    assessed = router.assess([data.texts[i] for i in split.test], guard=False)
     rng = np.random.default_rng(0)
     for knob in router.knob_grid()[::10]:
         available = router.active_ & (rng.random(len(router.options_)) < 0.7)
         available[router.reference_index_] = True
-        decided = router.decide(scores, float(knob), available[None, :])
-        for row, choice in zip(scores, decided, strict=True):
-            order = router.rule.order(row, float(knob), available)
+        decided = router.decide(assessed, float(knob), available[None, :])
+        for row, cost, choice in zip(assessed.scores, assessed.cost, decided, strict=True):
+            order = router.rule.order(row, float(knob), available, cost)
             assert order[0] == choice
             assert sorted(order) == list(np.flatnonzero(available))  # every available option, once
 

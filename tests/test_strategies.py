@@ -247,7 +247,7 @@ def test_the_router_learns_which_strategy_each_kind_of_prompt_needs(tmp_path):
     data = load_dataset(_strategy_data(tmp_path / "data"))
     split = split_prompts(data.prompt_ids)
     router = BestRouteRouter(features="lexical", max_n=1).fit(data, split.train, split.val)
-    decisions = router.decide(router.predict([data.texts[i] for i in split.test]), 0.6)
+    decisions = router.decide(router.assess([data.texts[i] for i in split.test], guard=False), 0.6)
     chosen: dict[str, set[str]] = {}
     for i, o in zip(split.test, decisions, strict=True):
         chosen.setdefault(data.texts[i].split(" ")[0], set()).add(router.options_[int(o)].model)
@@ -360,7 +360,7 @@ def test_the_gateway_decides_over_arms_as_offline_evaluation_does(tmp_path):
         with gateway(tmp_path, artifact, backends, strategies=[json.loads(COT.model_dump_json())]) as (server, _):
             for knob in (0.0, 0.5, 0.9, 1.0):
                 assessed = router.assess([data.texts[i] for i in split.test])  # the domain guard's flags too
-                decisions = router.decide(assessed.scores, knob, out_of_domain=assessed.out_of_domain)
+                decisions = router.decide(assessed, knob)
                 for i, o in zip(split.test, decisions, strict=True):
                     option = router.options_[int(o)]
                     body = {"model": f"bestroute:{knob}", "messages": [{"role": "user", "content": data.texts[i]}]}

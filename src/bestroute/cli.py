@@ -253,11 +253,10 @@ def route(
     if decision["out_of_domain"]:
         console.print("out of domain: far from the training prompts, so the reference answers it")
     table = Table("option", "score", "expected cost per 1k ($)")
+    expected = router.assess([prompt], guard=False).cost[0]  # each option's, on this prompt
     for o, option in enumerate(router.options_):
         if router.active_[o]:
-            table.add_row(
-                option.label, f"{decision['scores'][option.label]:.4f}", f"{1000 * router.option_cost_[o]:.4f}"
-            )
+            table.add_row(option.label, f"{decision['scores'][option.label]:.4f}", f"{1000 * expected[o]:.4f}")
     console.print(table)
 
 

@@ -170,7 +170,7 @@ def summarize(data: RoutingDataset, trained: Trained, answered: list[Answered], 
     ]
     cheapest = min(singles, key=lambda o: float(router.outcomes_.cost[test, o].mean()))
     assessed = router.assess([data.texts[i] for i in test])
-    decisions = router.decide(assessed.scores, trained.knob, out_of_domain=assessed.out_of_domain)
+    decisions = router.decide(assessed, trained.knob)
     offline = {
         "accuracy": float(router.outcomes_.quality[test, decisions].mean()),
         "cost_per_1k": float(router.outcomes_.cost[test, decisions].mean() * 1000),

@@ -238,7 +238,7 @@ def _latency_ms(router: Router, texts: list[str]) -> float | None:
     for text in texts:
         tic = time.perf_counter()
         assessed = router.assess([text])
-        router.decide(assessed.scores, knob, out_of_domain=assessed.out_of_domain)
+        router.decide(assessed, knob)
         timings.append((time.perf_counter() - tic) * 1000)
     return float(np.median(timings))
 

@@ -1,8 +1,10 @@
 """Query features: text in, fixed-size L2-normalised vectors out; and the linear sigmoid heads
 fitted on them (BEST-Route's per-option heads, the reward model's scorer); and the domain the
-features of training prompts span (the out-of-domain guard)."""
+features of training prompts span (the out-of-domain guard); and each option's expected cost
+on a prompt."""
 
 from ._cache import EmbeddingCache, cache_dir
+from ._costs import CostHeads
 from ._domain import DOMAIN_QUANTILE, DomainGuard
 from ._extractors import (
     FeatureExtractor,
@@ -19,6 +21,7 @@ from ._representative import RepresentativePrompts
 
 __all__ = [
     "DOMAIN_QUANTILE",
+    "CostHeads",
     "DomainGuard",
     "EmbeddingCache",
     "FeatureExtractor",

@@ -10,7 +10,14 @@ import numpy as np
 from .._artifact import write_artifact
 from .._exceptions import RouterError
 from ..data import RoutingDataset
-from ..features import DOMAIN_QUANTILE, DomainGuard, FeatureExtractor, extractor_from_state, make_extractor
+from ..features import (
+    DOMAIN_QUANTILE,
+    CostHeads,
+    DomainGuard,
+    FeatureExtractor,
+    extractor_from_state,
+    make_extractor,
+)
 from ..policy import (
     PENALTY_GRID,
     THRESHOLD_GRID,
@@ -38,10 +45,12 @@ class Decisions:
 
 @dataclass(frozen=True)
 class Assessment:
-    """What a router makes of prompts before deciding: per-option scores, and each prompt's
-    distance from the training prompts and whether that puts it out of the router's domain."""
+    """What a router makes of prompts before deciding: per-option scores and expected costs,
+    and each prompt's distance from the training prompts and whether that puts it out of the
+    router's domain."""
 
     scores: np.ndarray  # (prompts, options)
+    cost: np.ndarray  # (prompts, options): USD, escalations included (:meth:`Router.costs`)
     distance: np.ndarray | None  # None: the router has no domain guard
     out_of_domain: np.ndarray | None
 
@@ -76,6 +85,11 @@ class Router:
         The out-of-domain guard: a prompt farther from the training prompts than this share of
         the validation prompts (:class:`~bestroute.features.DomainGuard`) goes to the reference,
         offline and in the gateway. None: no guard.
+    cost_alpha : float or None
+        Each option's expected cost is predicted per prompt from its features
+        (:class:`~bestroute.features.CostHeads`, ridge regressions of this strength) and the
+        decision rule compares those; None: each option costs its mean over the training prompts
+        on every prompt.
     """
 
     name: ClassVar[str]
@@ -95,6 +109,7 @@ class Router:
     selector: str = "consensus"
     seed: int = 0
     domain_quantile: float | None = DOMAIN_QUANTILE
+    cost_alpha: float | None = None
 
     # ----------------------------------------------------------------- fitting
     def fit(
@@ -137,6 +152,13 @@ class Router:
         self.reference_index_ = self.options_.index(self.reference_)
         cost = np.where(self.outcomes_.available[train], self.outcomes_.cost[train], np.nan)
         self.option_cost_ = np.nan_to_num(np.nanmean(cost, axis=0), nan=np.inf)
+        self.cost_heads_ = (
+            None
+            if self.cost_alpha is None
+            else CostHeads(alpha=self.cost_alpha).fit(
+                x[train], self.outcomes_.cost[train], self.outcomes_.available[train]
+            )
+        )
         self.active_ = np.ones(len(self.options_), dtype=bool)
         self._fit_scores(data, x, train)
         self.table_ = self._operating_table(data, val, x[val]) if val is not None and len(val) else []
@@ -196,14 +218,25 @@ class Router:
         self._check_fitted()
         return self._scores(self.extractor_.transform(list(texts)))
 
-    def assess(self, texts: list[str]) -> Assessment:
-        """Scores and the domain guard's reading of ``texts``, from one feature extraction."""
+    def assess(self, texts: list[str], *, guard: bool = True) -> Assessment:
+        """Scores, expected costs and (with ``guard``, where the router has one) the domain
+        guard's reading of ``texts``, from one feature extraction."""
         self._check_fitted()
-        x = self.extractor_.transform(list(texts))
-        if self.domain_ is None:
-            return Assessment(self._scores(x), None, None)
+        return self._assessed(self.extractor_.transform(list(texts)), guard=guard)
+
+    def _assessed(self, x: np.ndarray, *, guard: bool = True) -> Assessment:
+        scores, cost = self._scores(x), self.costs(x)
+        if self.domain_ is None or not guard:
+            return Assessment(scores, cost, None, None)
         distance = self.domain_.distance(x)
-        return Assessment(self._scores(x), distance, distance > self.domain_.threshold_)
+        return Assessment(scores, cost, distance, distance > self.domain_.threshold_)
+
+    def costs(self, x: np.ndarray) -> np.ndarray:
+        """Every option's expected cost (USD) on each row of features ``x``: the cost heads'
+        prediction, or without them each option's mean cost (prompts, options)."""
+        if self.cost_heads_ is None:
+            return np.broadcast_to(self.option_cost_, (len(x), len(self.option_cost_)))
+        return self.cost_heads_.predict(x)
 
     def _out_of_domain(self, x: np.ndarray) -> np.ndarray | None:
         return None if self.domain_ is None else self.domain_.out_of_domain(x)
@@ -214,16 +247,11 @@ class Router:
         self._check_fitted()
         return DecisionRule(self.knob, self.option_cost_, self.reference_index_, self.active_)
 
-    def decide(
-        self,
-        scores: np.ndarray,
-        knob: float,
-        available: np.ndarray | None = None,
-        out_of_domain: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """One option index per row of ``scores`` for the knob value; a row ``out_of_domain``
-        (the guard's flag, :meth:`assess`) gets the reference wherever it is available."""
-        return self.rule.decide(scores, knob, self.guarded(available, out_of_domain, len(scores)))
+    def decide(self, assessed: Assessment, knob: float, available: np.ndarray | None = None) -> np.ndarray:
+        """One option index per prompt :meth:`assess` read, for the knob value, by its scores and
+        expected costs; a prompt the guard flags gets the reference wherever it is available."""
+        usable = self.guarded(available, assessed.out_of_domain, len(assessed.scores))
+        return self.rule.decide(assessed.scores, knob, usable, assessed.cost)
 
     def guarded(self, available: np.ndarray | None, out_of_domain: np.ndarray | None, rows: int) -> np.ndarray | None:
         """``available`` with the out-of-domain rows left only the reference (where it is available)."""
@@ -249,13 +277,11 @@ class Router:
                 "model": self.options_[c].model,
                 "n": self.options_[c].n,
                 self.knob: knob,
-                "expected_cost_usd": float(self.option_cost_[c]),
+                "expected_cost_usd": float(assessed.cost[i, c]),
                 "scores": {o.label: float(s) for o, s in zip(self.options_, row)},
                 "out_of_domain": None if flags is None else bool(flags[i]),
             }
-            for i, (c, row) in enumerate(
-                zip(self.decide(assessed.scores, knob, out_of_domain=flags), assessed.scores, strict=True)
-            )
+            for i, (c, row) in enumerate(zip(self.decide(assessed, knob), assessed.scores, strict=True))
         ]
 
     def knob_grid(self) -> np.ndarray:
@@ -289,12 +315,12 @@ class Router:
         (of ``data``) shares the options' outcomes with other routers swept on the same data."""
         knobs = self.knob_grid() if knobs is None else knobs
         outcomes = self._outcomes_on(data, cache)
-        scores = self._scores(x)
-        available = self.guarded(outcomes.available[rows], self._out_of_domain(x), len(rows))
+        assessed = self._assessed(x)
+        available = self.guarded(outcomes.available[rows], assessed.out_of_domain, len(rows))
         index = np.arange(len(rows))
         out = []
-        for knob in knobs:
-            choice = self.decide(scores, float(knob), available)
+        for knob in knobs:  # Router.decide's choice, the guard applied once for every knob
+            choice = self.rule.decide(assessed.scores, float(knob), available, assessed.cost)
             out.append(
                 Decisions(
                     option=choice,
@@ -365,6 +391,8 @@ class Router:
             document["accept_model"], archives["accept_model"] = self.accept_model_.state()
         if self.domain_ is not None:
             document["domain"], archives["domain"] = self.domain_.state()
+        if self.cost_heads_ is not None:
+            document["cost_heads"], archives["cost_heads"] = self.cost_heads_.state()
         write_artifact(path, document, archives)
 
     @classmethod
@@ -383,6 +411,8 @@ class Router:
         )
         domain = document.get("domain")  # artifacts before the guard have none
         router.domain_ = DomainGuard.from_state(domain, arrays["domain"]) if domain else None
+        heads = document.get("cost_heads")  # artifacts before them, and routers without: mean costs
+        router.cost_heads_ = CostHeads.from_state(heads, arrays["cost_heads"]) if heads else None
         router.extractor_ = extractor_from_state(document["features"], arrays.get("features", {}))
         router._load_state(document["state"], arrays.get("state", {}))
         return router

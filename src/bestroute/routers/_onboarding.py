@@ -10,7 +10,7 @@ from scipy.special import expit
 
 from .._exceptions import RouterError
 from ..data import RoutingDataset
-from ..features import RepresentativePrompts, fit_head_near
+from ..features import CostHeads, RepresentativePrompts, fit_head_near
 from ..reward import load_selector
 from ..selection import Option, SelectionCache, option_outcomes
 from ._best_route import BestRouteRouter, _dominated
@@ -111,6 +111,11 @@ def onboard(router: BestRouteRouter, answers: RoutingDataset, *, caution: float 
     onboarded.coef_ = np.hstack([router.coef_, np.array(coef).reshape(-1, router.coef_.shape[0]).T])
     onboarded.intercept_ = np.r_[router.intercept_, intercept]
     onboarded.option_cost_ = np.r_[router.option_cost_, cost]
+    if router.cost_heads_ is not None:  # the new options' costs by prompt, from the calibration prompts
+        new = np.arange(len(router.options_), len(options))
+        heads = CostHeads(alpha=router.cost_heads_.alpha)
+        heads.fit(x, outcomes.cost[:, new], outcomes.available[:, new], weights)
+        onboarded.cost_heads_ = router.cost_heads_.extended(heads)
     onboarded.label_mean_ = np.r_[router.label_mean_, label_mean]
     # The existing options keep their flags: their label means come from the whole training set,
     # the new ones' from a few prompts, too few to retire an option the training set kept.
@@ -149,6 +154,7 @@ def remove(router: BestRouteRouter, models: Collection[str]) -> BestRouteRouter:
     removed.reference_index_ = removed.options_.index(router.reference_)
     removed.coef_, removed.intercept_ = router.coef_[:, kept], router.intercept_[kept]
     removed.option_cost_, removed.active_ = router.option_cost_[kept], router.active_[kept]
+    removed.cost_heads_ = None if router.cost_heads_ is None else router.cost_heads_.select(kept)
     removed.label_mean_ = router.label_mean_[kept]
     labels = {option.label for option in removed.options_}
     removed.acceptance_ = [entry for entry in router.acceptance_ if entry["option"] in labels]

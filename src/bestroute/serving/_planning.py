@@ -228,7 +228,7 @@ class Planner:
     ) -> Plan:
         prompt = request.prompt_text
         try:
-            scores, distance, out_of_domain = await run_cpu(
+            scores, cost, distance, out_of_domain = await run_cpu(
                 self.pool, len(prompt), lambda: self._assess(prompt), timeout=max(deadline.remaining(), 0.0)
             )
         except TimeoutError:
@@ -238,28 +238,28 @@ class Planner:
             available = available & np.array([o.label not in avoided for o in self.router.options_])
         excluded = self._excluded(request)
         available = self._without(available, excluded, "no option can serve this request", "not_capable")
-        constrained = self._constrained(constraints, scores) if constraints.given() else {}
+        constrained = self._constrained(constraints, scores, cost) if constraints.given() else {}
         decided_by = None
         if constrained:
-            unconstrained = self._rule.order(scores, knob, available)[0]
+            unconstrained = self._rule.order(scores, knob, available, cost)[0]
             available = self._without(
                 available, constrained, "no option meets the request's constraints", "constraints_unmet"
             )
             decided_by = constrained.get(unconstrained, "").split(" ", 1)[0] or None
             excluded |= constrained
-        order = self._rule.order(scores, knob, available)  # its first option is Router.decide's
+        order = self._rule.order(scores, knob, available, cost)  # its first option is Router.decide's
         affinity = None
         reference = self.router.reference_index_
         if out_of_domain and self.guard.out_of_domain == "reference" and available[reference]:
             guarded = self.router.guarded(available[None, :], np.ones(1, dtype=bool), 1)
             assert guarded is not None
-            to_reference = self._rule.order(scores, knob, guarded[0])  # Router.decide's guard: the reference
+            to_reference = self._rule.order(scores, knob, guarded[0], cost)  # Router.decide's guard: the reference
             order = [*to_reference, *(o for o in order if o not in to_reference)]
             self.metrics.out_of_domain.labels(action="reference").inc()
         elif out_of_domain:
             self.metrics.out_of_domain.labels(action="flagged").inc()
         if turn is not None and turn.pin is not None and not (out_of_domain and order[0] == reference):
-            order, affinity = self._affine(turn.pin, order, available, excluded, scores, knob)
+            order, affinity = self._affine(turn.pin, order, available, excluded, scores, cost, knob)
             self.metrics.affinity.labels(outcome=affinity.outcome).inc()
         options, values = self.router.options_, scores.tolist()
         choice = order[0]
@@ -288,6 +288,7 @@ class Planner:
         available: np.ndarray,
         excluded: dict[int, str],
         scores: np.ndarray,
+        cost: np.ndarray,
         knob: float,
     ) -> tuple[list[int], Affinity]:
         """The order of a turn pinned to ``pin.model``: the decision rule among the options that
@@ -306,7 +307,7 @@ class Planner:
             return order, Affinity(pin.conversation, pin.model, "moved", reason)
         reference = np.zeros_like(available)
         reference[self.router.reference_index_] = available[self.router.reference_index_]
-        pinned = self._rule.order(scores, knob, servable | reference)
+        pinned = self._rule.order(scores, knob, servable | reference, cost)
         outcome: Literal["kept", "escalated"] = "kept" if servable[pinned[0]] else "escalated"
         return [*pinned, *(o for o in order if o not in pinned)], Affinity(pin.conversation, pin.model, outcome)
 
@@ -335,11 +336,10 @@ class Planner:
             raise InvalidRequest(f"{failure} ({reasons})", code=code)
         return left
 
-    def _constrained(self, constraints: RequestConstraints, scores: np.ndarray) -> dict[int, str]:
+    def _constrained(self, constraints: RequestConstraints, scores: np.ndarray, cost: np.ndarray) -> dict[int, str]:
         """The servable options the client's constraints rule out, each with the constraint (and
-        the figure) that did."""
+        the figure) that did; ``cost``: the options' expected costs on this prompt."""
         found = {}
-        cost = self.router.option_cost_
         for o in self._backends:
             option = self.router.options_[o]
             models = {m for stage in option.stages for m in stage.models}
@@ -384,7 +384,7 @@ class Planner:
     def _explored(self, choice: int, available: np.ndarray) -> tuple[int, float]:
         """The option to try first and the probability it had: the router's choice, or with
         probability ``explore.rate`` one drawn uniformly from the choice and its ``width``
-        neighbours on each side in cost among the servable options no costlier than the reference."""
+        neighbours on each side in mean cost among the servable options no costlier than the reference."""
         rate = self.explore.rate
         if not rate:
             return choice, 1.0
@@ -398,17 +398,14 @@ class Planner:
         first = self._rng.choice(candidates) if self._rng.random() < rate else choice
         return int(first), share + (1 - rate) * (first == choice)
 
-    def _assess(self, prompt: str) -> tuple[np.ndarray, float | None, bool]:
-        """The prompt's scores, its distance from the router's domain, and whether the guard
-        flags it (``guard.out_of_domain`` off: it is not read)."""
+    def _assess(self, prompt: str) -> tuple[np.ndarray, np.ndarray, float | None, bool]:
+        """The prompt's scores and expected costs, its distance from the router's domain, and
+        whether the guard flags it (``guard.out_of_domain`` off: it is not read)."""
         tic = time.perf_counter()
-        if self.guard.out_of_domain == "off":
-            scores = self.router.predict([prompt])[0]
-            self.metrics.routing_seconds.observe(time.perf_counter() - tic)
-            return scores, None, False
-        assessed = self.router.assess([prompt])
+        assessed = self.router.assess([prompt], guard=self.guard.out_of_domain != "off")
         self.metrics.routing_seconds.observe(time.perf_counter() - tic)
         if assessed.distance is None:
-            return assessed.scores[0], None, False
+            return assessed.scores[0], assessed.cost[0], None, False
         assert assessed.out_of_domain is not None
-        return assessed.scores[0], round(float(assessed.distance[0]), 6), bool(assessed.out_of_domain[0])
+        distance = round(float(assessed.distance[0]), 6)
+        return assessed.scores[0], assessed.cost[0], distance, bool(assessed.out_of_domain[0])

@@ -81,9 +81,9 @@ def evaluate_log(
     logged_quality = logged_cost = 0.0
     for page in _pages(config, candidate.reference_.label, since, batch):
         assessed = candidate.assess(page.prompts)
-        scores = assessed.scores
+        scores, expected = assessed.scores, assessed.cost
         # as this gateway would serve it: only the options it can, the out-of-domain prompts to the reference
-        chosen = candidate.decide(scores, knob, np.broadcast_to(servable, scores.shape), assessed.out_of_domain)
+        chosen = candidate.decide(assessed, knob, np.broadcast_to(servable, scores.shape))
         matched = np.array([candidate.options_[c].label == p for c, p in zip(chosen, page.planned, strict=True)])
         at_logged = np.array([index.get(p, -1) for p in page.planned])
         known = at_logged >= 0  # the direct model needs the candidate to have the logged option
@@ -100,8 +100,8 @@ def evaluate_log(
             page.cost * 1000,
             page.propensity,
             matched,
-            predicted_logged=np.where(known, candidate.option_cost_[logged], np.nan) * 1000,
-            predicted_candidate=candidate.option_cost_[chosen] * 1000,
+            predicted_logged=np.where(known, expected[picked, logged], np.nan) * 1000,
+            predicted_candidate=expected[picked, chosen] * 1000,
         )
         rows, labelled = rows + len(chosen), labelled + int(has.sum())
         logged_quality, logged_cost = (
