@@ -50,11 +50,9 @@ class CostHeads:
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Expected cost of every option on each row of ``x``: (prompts, options)."""
-        finite = np.isfinite(self.intercept_)
-        predicted = np.full((len(x), len(self.intercept_)), np.inf)
-        predicted[:, finite] = x @ self.coef_[:, finite] + self.intercept_[finite]
-        return np.clip(predicted, self.low_, self.high_)
+        """Expected cost of every option on each row of ``x``: (prompts, options). An option
+        with no training cost has no coefficients and an infinite intercept, so it is infinite."""
+        return np.clip(x @ self.coef_ + self.intercept_, self.low_, self.high_)
 
     def select(self, options: np.ndarray) -> "CostHeads":
         """The heads of ``options`` (indices) alone, in that order."""
