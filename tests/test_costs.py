@@ -38,6 +38,16 @@ def test_the_heads_predict_each_prompts_cost_within_what_training_saw():
     )
 
 
+def test_one_option_with_weights_is_fitted_like_many():
+    """Onboarding one model may add a single option, fitted on weighted calibration prompts."""
+    x, cost, available = _two_kinds()
+    weights = np.linspace(0.5, 1.5, len(x))
+    one = CostHeads(alpha=0.1).fit(x, cost[:, :1], available[:, :1], weights)
+    many = CostHeads(alpha=0.1).fit(x, cost[:, [0, 2]], available[:, [0, 2]], weights)
+    assert one.coef_.shape == (x.shape[1], 1)
+    assert np.allclose(one.predict(x)[:, 0], many.predict(x)[:, 0])
+
+
 @pytest.mark.parametrize("alpha", [-1.0, float("nan"), float("inf")])
 def test_a_bad_strength_is_refused(alpha):
     with pytest.raises(FeatureError, match="alpha"):

@@ -44,8 +44,9 @@ class CostHeads:
         if seen.any():
             targets = np.where(known[:, seen], cost[:, seen], mean[None, :])
             model = Ridge(alpha=self.alpha).fit(x, targets, sample_weight=weights)
-            self.coef_[:, seen] = model.coef_.T
-            self.intercept_[seen] = model.intercept_
+            # one target: scikit-learn gives a vector of coefficients and a scalar intercept
+            self.coef_[:, seen] = np.atleast_2d(model.coef_).T
+            self.intercept_[seen] = np.atleast_1d(model.intercept_)
             self.low_[seen], self.high_[seen] = np.nanmin(masked[:, seen], axis=0), np.nanmax(masked[:, seen], axis=0)
         return self
 
