@@ -35,19 +35,16 @@ class CostHeads:
         ``available``; a prompt an option did not answer counts as that option's mean cost."""
         known = available & np.isfinite(cost)
         seen = known.any(axis=0)
-        masked = np.where(known, cost, np.nan)
-        mean = np.nanmean(masked[:, seen], axis=0) if seen.any() else np.zeros(0)
         self.coef_ = np.zeros((x.shape[1], cost.shape[1]))
-        self.intercept_ = np.full(cost.shape[1], np.inf)
-        self.low_ = np.full(cost.shape[1], np.inf)
-        self.high_ = np.full(cost.shape[1], np.inf)
+        self.intercept_, self.low_, self.high_ = (np.full(cost.shape[1], np.inf) for _ in range(3))
         if seen.any():
-            targets = np.where(known[:, seen], cost[:, seen], mean[None, :])
+            paid = np.where(known[:, seen], cost[:, seen], np.nan)
+            targets = np.where(known[:, seen], paid, np.nanmean(paid, axis=0)[None, :])
             model = Ridge(alpha=self.alpha).fit(x, targets, sample_weight=weights)
             # one target: scikit-learn gives a vector of coefficients and a scalar intercept
             self.coef_[:, seen] = np.atleast_2d(model.coef_).T
             self.intercept_[seen] = np.atleast_1d(model.intercept_)
-            self.low_[seen], self.high_[seen] = np.nanmin(masked[:, seen], axis=0), np.nanmax(masked[:, seen], axis=0)
+            self.low_[seen], self.high_[seen] = np.nanmin(paid, axis=0), np.nanmax(paid, axis=0)
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -57,32 +54,30 @@ class CostHeads:
 
     def select(self, options: np.ndarray) -> "CostHeads":
         """The heads of ``options`` (indices) alone, in that order."""
-        kept = CostHeads(alpha=self.alpha)
-        kept.coef_, kept.intercept_ = self.coef_[:, options], self.intercept_[options]
-        kept.low_, kept.high_ = self.low_[options], self.high_[options]
-        return kept
+        return self._of(self.alpha, *(array[..., options] for array in self._arrays()))
 
     def extended(self, other: "CostHeads") -> "CostHeads":
         """These heads followed by ``other``'s (a router given new options)."""
-        joined = CostHeads(alpha=self.alpha)
-        joined.coef_ = np.hstack([self.coef_, other.coef_])
-        joined.intercept_, joined.low_, joined.high_ = (
-            np.r_[getattr(self, name), getattr(other, name)] for name in ("intercept_", "low_", "high_")
-        )
-        return joined
+        return self._of(self.alpha, *(np.concatenate(pair, axis=-1) for pair in zip(self._arrays(), other._arrays())))
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {"alpha": self.alpha}, {
-            "coef": self.coef_,
-            "intercept": self.intercept_,
-            "low": self.low_,
-            "high": self.high_,
-        }
+        return {"alpha": self.alpha}, dict(zip(_STATE_KEYS, self._arrays(), strict=True))
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "CostHeads":
-        heads = cls(alpha=float(meta["alpha"]))
-        heads.coef_, heads.intercept_, heads.low_, heads.high_ = (
-            np.asarray(arrays[key], dtype=float) for key in ("coef", "intercept", "low", "high")
-        )
+        return cls._of(float(meta["alpha"]), *(np.asarray(arrays[key], dtype=float) for key in _STATE_KEYS))
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The fitted arrays, each with one entry (a column of ``coef_``) per option, last axis."""
+        return self.coef_, self.intercept_, self.low_, self.high_
+
+    @classmethod
+    def _of(
+        cls, alpha: float, coef: np.ndarray, intercept: np.ndarray, low: np.ndarray, high: np.ndarray
+    ) -> "CostHeads":
+        heads = cls(alpha=alpha)
+        heads.coef_, heads.intercept_, heads.low_, heads.high_ = coef, intercept, low, high
         return heads
+
+
+_STATE_KEYS = ("coef", "intercept", "low", "high")  # the artifact's names of _arrays()
