@@ -170,6 +170,8 @@ HOSTILE_REQUESTS: list[tuple[str, bytes, int]] = [
     ("upstream: token count as text", json.dumps(_chat("text-usage", "hi")).encode(), 502),
     ("upstream: a JSON list", json.dumps(_chat("listy", "hi")).encode(), 502),
     ("upstream: stream of a JSON list", json.dumps(_chat("listy-stream", "hi", stream=True)).encode(), 502),
+    ("upstream: stream chunk not JSON", json.dumps(_chat("garbled-stream", "hi", stream=True)).encode(), 502),
+    ("upstream: stream chunk not UTF-8", json.dumps(_chat("bytes-stream", "hi", stream=True)).encode(), 502),
 ]
 
 
@@ -180,6 +182,8 @@ def test_hostile_requests_get_4xx_or_502_and_never_stop_the_log(log_url, tmp_pat
         "text-usage": Script(usage={"prompt_tokens": "abc", "completion_tokens": 3}),
         "listy": Script(raw=b"[1, 2, 3]"),
         "listy-stream": Script(raw=b"data: [1, 2]\n\n"),
+        "garbled-stream": Script(raw=b'data: {"choices": [\n\n'),
+        "bytes-stream": Script(raw=b'data: {"choices": [{"delta": {"content": "\xff\xfe"}}]}\n\n'),
     }
     with ExitStack() as stack:
         urls = {name: stack.enter_context(upstream(script)).url for name, script in hostile.items()}

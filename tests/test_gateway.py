@@ -510,6 +510,27 @@ def test_stream_breaking_after_it_started_ends_with_an_error_event(tmp_path, art
     assert rows(tmp_path)[-1]["status"] == 502
 
 
+@pytest.mark.parametrize("garbage", [b'data: {"choices": [\n\n', b'data: {"x": "\xff"}\n\n', b"data: [1]\n\n"])
+def test_a_malformed_chunk_after_the_stream_started_ends_it_with_an_error_event(tmp_path, artifact, garbage):
+    # a hostile upstream: one good chunk, then one that is not JSON, not UTF-8, or not an object
+    good = b'data: {"choices": [{"index": 0, "delta": {"content": "one"}}]}\n\n'
+    with (
+        upstream(Script(raw=good + garbage)) as s,
+        upstream(Script()) as b,
+        gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, _),
+    ):
+        with httpx.stream(
+            "POST",
+            server.url + "/v1/chat/completions",
+            json={"model": "small", "stream": True, "messages": [{"role": "user", "content": "q"}]},
+        ) as response:
+            assert response.status_code == 200
+            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        assert '"content":"one"' in events[0]
+        assert '"upstream_error"' in events[-1] and "stream broke after it started" in events[-1]
+    assert rows(tmp_path)[-1]["status"] == 502
+
+
 def test_trained_reward_model_selector(tmp_path, artifact, multisample_dir):
     data = load_dataset(multisample_dir)
     model_path = tmp_path / "reward.bestroute"

@@ -431,7 +431,7 @@ def _error_text(raw: bytes, secret: str | None) -> str:
     """What a failing upstream said, for the client's 502 and the log: its OpenAI-style error
     message or the start of its body, on one line, at most 300 characters, without our key."""
     try:
-        error = json.loads(raw).get("error")
+        error = parse_json(raw).get("error")
         said = error.get("message") if isinstance(error, dict) else error
     except (ValueError, AttributeError, RecursionError):
         said = None
@@ -452,7 +452,7 @@ def _error_fields(raw: bytes, status: int) -> dict[str, str | None]:
         "code": None,
     }
     try:
-        error = json.loads(raw).get("error")
+        error = parse_json(raw).get("error")
     except (ValueError, AttributeError, RecursionError):
         return fields
     if isinstance(error, dict):
@@ -470,13 +470,13 @@ async def _sse_events(response: aiohttp.ClientResponse) -> AsyncGenerator[dict[s
     Anything else (invalid UTF-8 or JSON, a payload that is not an object) raises ValueError."""
     try:
         async for raw in response.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:"):
+            line = raw.strip()
+            if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
-            if data == "[DONE]":
+            if data == b"[DONE]":
                 return
-            chunk = json.loads(data)
+            chunk = parse_json(data)  # invalid UTF-8 is a ValueError too
             if not isinstance(chunk, dict):
                 # ValueError, like invalid JSON: one kind of malformed stream for the callers
                 raise ValueError(f"stream chunk is a JSON {type(chunk).__name__}, not an object")  # noqa: TRY004
