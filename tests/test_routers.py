@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -7,6 +9,7 @@ from bestroute import ROUTERS, RouterError, load_dataset, load_router, split_pro
 from bestroute.evaluation import area_under_curve
 from bestroute.features import LexicalFeatures, apply_heads, fit_soft_heads
 from bestroute.routers import BestRouteRouter
+from bestroute.routers._base import column_means
 
 ROUTABLE = [name for name in ROUTERS if name != "oracle"]
 
@@ -206,3 +209,19 @@ def test_served_prompts_have_the_evaluated_prompts_features(subset_dir):
     embedder = make_extractor("static")
     served = np.vstack([embedder.transform([text]) for text in texts])
     np.testing.assert_array_equal(served, embedder.transform(texts))
+
+
+@given(
+    st.lists(st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6)), min_size=3, max_size=3), min_size=1, max_size=6),
+    st.floats(-10, 10),
+)
+@settings(max_examples=200, deadline=None)
+def test_column_means_are_nanmeans_and_an_empty_column_gets_its_value_without_a_warning(rows, empty):
+    values = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.nanmean warns on a column with no number; this must not
+        means = column_means(values, empty=empty)
+    known = ~np.isnan(values).all(axis=0)
+    if known.any():
+        np.testing.assert_array_equal(means[known], np.nanmean(values[:, known], axis=0))
+    assert (means[~known] == empty).all()

@@ -33,6 +33,16 @@ from ..selection import AcceptanceModel, Option, OptionOutcomes, SelectionCache,
 ARTIFACT_VERSION = 1
 
 
+def column_means(values: np.ndarray, *, empty: float) -> np.ndarray:
+    """Each column's mean over its known (not NaN) entries, ``empty`` for a column with none:
+    ``np.nanmean``'s arithmetic, without its warning for such a column (an option no training
+    prompt could run is expected, not an error)."""
+    known = ~np.isnan(values)
+    counts = known.sum(axis=0)
+    sums = np.where(known, values, 0.0).sum(axis=0)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), empty)
+
+
 @dataclass(frozen=True)
 class Decisions:
     """Offline outcome of one knob value on a set of prompts."""
@@ -151,7 +161,7 @@ class Router:
         self._fit_data = data
         self.reference_index_ = self.options_.index(self.reference_)
         cost = np.where(self.outcomes_.available[train], self.outcomes_.cost[train], np.nan)
-        self.option_cost_ = np.nan_to_num(np.nanmean(cost, axis=0), nan=np.inf)
+        self.option_cost_ = column_means(cost, empty=np.inf)
         self.cost_heads_ = (
             None
             if self.cost_alpha is None

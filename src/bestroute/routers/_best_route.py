@@ -10,7 +10,7 @@ from ..data import RoutingDataset
 from ..features import RepresentativePrompts, apply_heads, fit_soft_heads
 from ..policy import THRESHOLD_GRID
 from ..selection import AcceptanceModel, Option, SelectionCache, acceptance_examples, soft_labels
-from ._base import Router
+from ._base import Router, column_means
 
 
 @dataclass(kw_only=True, eq=False)
@@ -49,7 +49,7 @@ class BestRouteRouter(Router):
     def _fit_scores(self, data: RoutingDataset, x: np.ndarray, train: np.ndarray) -> None:
         labels = self._labels(self._cache, train, self.options_)
         labels[:, self.reference_index_] = 1.0  # the reference is always as good as itself
-        self.label_mean_ = np.nan_to_num(np.nanmean(labels, axis=0), nan=0.0)
+        self.label_mean_ = column_means(labels, empty=0.0)
         if self.prune_dominated:
             self.active_ = ~_dominated(self.label_mean_, self.option_cost_, self.outcomes_.available[train])
             self.active_[self.reference_index_] = True
