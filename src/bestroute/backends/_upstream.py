@@ -467,7 +467,8 @@ STREAM_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError)
 
 async def _sse_events(response: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any], None]:
     """The JSON objects of an SSE stream until [DONE]; closing it closes the connection.
-    Anything else (invalid UTF-8 or JSON, a payload that is not an object) raises ValueError."""
+    A data line that is not UTF-8 JSON of an object raises ValueError; other lines (comments,
+    event names) are skipped."""
     try:
         async for raw in response.content:
             line = raw.strip()
