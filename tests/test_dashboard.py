@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pydantic
 import pytest
 import sqlalchemy
 from hypothesis import given
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from servers import REFERENCE_COST, Script, decision, empty_database, gateway, priced_upstreams, upstream
 
 from bestroute.serving import DecisionLog
+from bestroute.serving._config import DecisionLogConfig
 from bestroute.serving._dashboard._session import SESSION_S, session_token, token_valid
 from bestroute.serving._log import (
     CallRow,
@@ -33,7 +35,17 @@ from bestroute.serving._log import (
     traffic_stats,
 )
 from bestroute.serving._log.database import open_database
-from bestroute.serving._log.rollup import ROLLUPS, bin_middle_ms, bucket_of, latency_bin
+from bestroute.serving._log.rollup import (
+    DAY,
+    MINUTE,
+    MINUTE_ROLLUPS,
+    ROLLUPS,
+    bin_middle_ms,
+    bucket_of,
+    latency_bin,
+    minutes_from,
+    prune_minutes,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ADMIN_KEY = "dashboard-admin-key-0123456789"
@@ -61,9 +73,10 @@ def _call(decision_id: str, model: str, cost: float, *, error: str | None = None
     )
 
 
-def _log_of(url: str, tmp_path: Path, count: int, now: float) -> list[dict[str, Any]]:
-    """``count`` decisions over the last ten hours (some failed, some escalated, three models and
-    two client keys), a call each, and a shadow check for every fifth; the rows as written."""
+def _log_of(url: str, tmp_path: Path, count: int, now: float, prefix: str = "d") -> list[dict[str, Any]]:
+    """``count`` decisions over the ten hours before ``now`` (some failed, some escalated, three
+    models and two client keys), a call each, and a shadow check for every fifth; the rows as
+    written. Their ids are ``prefix`` and a number."""
     rng = random.Random(7)
     log = DecisionLog(url, dead_letter_path=tmp_path / "dead.jsonl", batch_window_s=0.01)
     rows = []
@@ -82,7 +95,7 @@ def _log_of(url: str, tmp_path: Path, count: int, now: float) -> list[dict[str, 
             "threshold": 0.5 if i % 2 else None,  # routed, or a model asked by name
             "reference_cost_usd": None if failed or i % 2 == 0 else 0.02,
         }
-        row = decision(f"d{i:04d}", **fields)
+        row = decision(f"{prefix}{i:04d}", **fields)
         log.write(row)
         log.write(_call(row.id, model, row.cost_usd, error="boom" if failed else None))
         if i % 5 == 0 and not failed:
@@ -231,6 +244,71 @@ def test_the_rollups_equal_the_rows_and_an_older_log_gets_them(log_url, tmp_path
     per_client_day(again)
     agree(traffic_stats(again, reference="big", since=0.0))  # the other rollups not counted twice
     again.dispose()
+
+
+def test_old_minute_rollups_are_pruned_and_windows_before_them_read_the_hours(log_url, tmp_path):
+    """Pruning deletes the minute rows older than its cut (the hours stay); a short window
+    before the cut is then read from the hours, and every figure still equals the rows', a late
+    feedback on an old decision included; the gateway's writer prunes by itself."""
+    url = empty_database(log_url)
+    now = time.time()
+    old_now = now - 40 * DAY
+    recent, old = _log_of(url, tmp_path, 200, now), _log_of(url, tmp_path, 150, old_now, prefix="e")
+    engine = open_database(url)
+
+    def minute_rows(before: float) -> int:
+        with engine.connect() as connection:
+            return sum(
+                connection.execute(
+                    sqlalchemy.select(sqlalchemy.func.count()).where(t.c.width == MINUTE, t.c.bucket < before)
+                ).scalar_one()
+                for t in MINUTE_ROLLUPS
+            )
+
+    def requests_and_cost(since: float, until: float | None) -> tuple[int, float]:
+        stats = traffic_stats(engine, reference="big", since=since, until=until)
+        return stats.requests, stats.cost_usd
+
+    old_window = (bucket_of(old_now - 11 * 3600, 60), old_now + 3600)  # under a day: minutes if there are any
+    expected_old = (len(old), pytest.approx(sum(r["cost_usd"] for r in old)))
+    assert requests_and_cost(*old_window) == expected_old and minute_rows(now - 30 * DAY) > 0
+    cut = bucket_of(now - 30 * DAY, 3600)
+    assert prune_minutes(engine, now - 30 * DAY) > 0
+    assert minute_rows(cut) == 0 and minute_rows(now + 60) > 0  # the recent minutes stay
+    with engine.connect() as connection:
+        assert minutes_from(connection) == cut
+    assert requests_and_cost(*old_window) == expected_old  # from the hours now
+    assert requests_and_cost(bucket_of(now - 11 * 3600, 60), None) == (
+        len(recent),
+        pytest.approx(sum(r["cost_usd"] for r in recent)),
+    )
+    assert requests_and_cost(0.0, None)[0] == len(recent) + len(old)
+    assert sum(m.calls for m in model_stats(engine, since=old_window[0], until=old_window[1])) == len(old)
+    prune_minutes(engine, now - 60 * DAY)  # a replica keeping more minutes: the later start stays
+    with engine.connect() as connection:
+        assert minutes_from(connection) == cut
+    # a late feedback on an old decision: added to its hour (and to a minute row that is never read)
+    late = DecisionLog(url, dead_letter_path=tmp_path / "dead.jsonl", batch_window_s=0.01, minute_rollup_days=None)
+    late.write(FeedbackRow(decision_id=old[0]["id"], quality=1.0, comment=None, created_at=now))
+    late.close()
+    assert minute_rows(cut) > 0
+    stats = traffic_stats(engine, reference="big", since=old_window[0], until=old_window[1])
+    assert sum(o.feedback for o in stats.options) == 1 and stats.requests == len(old)
+    # the gateway's writer prunes at start-up: the stray minute row goes
+    writer = DecisionLog(url, dead_letter_path=tmp_path / "dead.jsonl", batch_window_s=0.01, minute_rollup_days=30)
+    deadline = time.monotonic() + 20
+    while minute_rows(cut) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.close()
+    assert minute_rows(cut) == 0
+    assert traffic_stats(engine, reference="big", since=0.0).requests == len(recent) + len(old)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("days", [0, -1, "x", float("inf")])
+def test_minute_rollup_days_must_be_a_positive_number(tmp_path, days):
+    with pytest.raises(pydantic.ValidationError, match="minute_rollup_days"):
+        DecisionLogConfig(minute_rollup_days=days)
 
 
 def test_session_tokens_expire_and_bind_to_their_key():

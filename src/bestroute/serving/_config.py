@@ -57,6 +57,12 @@ class DecisionLogConfig(Section):
         description="rows the database refused, or that could not wait for it",
     )
     max_backlog: int = Field(default=100_000, ge=1, description="rows kept in memory while the database is away")
+    minute_rollup_days: float | None = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="days the rollups' minute rows are kept (the hours are kept forever); null: forever",
+    )
 
     @field_validator("url")
     @classmethod

@@ -73,8 +73,8 @@ def latency_percentiles(
     """The answered requests' latency at each quantile, from the latency histogram: the middle
     of the bin holding the smallest latency at or above that share of them (None: no requests)."""
     r = latency_rollup
-    _, _, where = read_window(r, since, until)
     with engine.connect() as connection:
+        _, _, where = read_window(connection, r, since, until)
         rows = connection.execute(select(r.c.bin, func.sum(r.c.requests)).where(where).group_by(r.c.bin)).all()
     bins = sorted((int(b), int(count)) for b, count in rows)
     total = sum(count for _, count in bins)
@@ -96,9 +96,8 @@ def traffic_series(engine: Engine, *, since: float, until: float, buckets: int) 
     """The window cut into at most ``buckets`` equal spans of whole rollup buckets, each with its
     traffic (empty spans included)."""
     r = option_rollup
-    width, start, where = read_window(r, since, until)
-    step = max(1, math.ceil((until - start) / width / buckets)) * width
     with engine.connect() as connection:
+        width, start, where = read_window(connection, r, since, until)
         rows = connection.execute(
             select(
                 r.c.bucket,
@@ -111,6 +110,7 @@ def traffic_series(engine: Engine, *, since: float, until: float, buckets: int) 
             .where(where)
             .group_by(r.c.bucket)
         ).all()
+    step = max(1, math.ceil((until - start) / width / buckets)) * width
     spans = math.ceil((until - start) / step)
     sums = [[0, 0, 0.0, 0, 0.0] for _ in range(spans)]
     for bucket, *values in rows:
@@ -126,9 +126,9 @@ def traffic_series(engine: Engine, *, since: float, until: float, buckets: int) 
 def model_stats(engine: Engine, *, since: float, until: float | None) -> tuple[ModelStats, ...]:
     """Per model, the calls the window's requests made, busiest first."""
     r = model_rollup
-    _, _, where = read_window(r, since, until)
     names = ("calls", "samples", "failed", "cost_usd", "input_tokens", "output_tokens", "latency_ms")
     with engine.connect() as connection:
+        _, _, where = read_window(connection, r, since, until)
         rows = connection.execute(
             select(r.c.model, *(func.sum(r.c[name]) for name in names)).where(where).group_by(r.c.model)
         ).all()

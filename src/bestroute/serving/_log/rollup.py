@@ -28,6 +28,8 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    delete,
+    func,
     insert,
     select,
 )
@@ -98,6 +100,17 @@ client_rollup = Table(
 )
 
 ROLLUPS = (option_rollup, model_rollup, latency_rollup, client_rollup)
+MINUTE_ROLLUPS = (option_rollup, model_rollup, latency_rollup)  # those with minute rows
+
+# Where the minute rows start once old ones are pruned (:func:`prune_minutes`): a window that
+# begins earlier is read from the hours, which are kept.
+rollup_state = Table(
+    "rollup_state",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", Float, nullable=False),
+)
+MINUTES_FROM = "minutes_from"
 _KEYS = {
     option_rollup: ("width", "bucket", "option"),
     model_rollup: ("width", "bucket", "model"),
@@ -120,14 +133,53 @@ def bucket_of(at: float, width: int) -> int:
     return math.floor(at / width) * width
 
 
-def read_window(table: Table, since: float, until: float | None) -> tuple[int, int, ColumnElement[bool]]:
+def read_window(
+    connection: Connection, table: Table, since: float, until: float | None
+) -> tuple[int, int, ColumnElement[bool]]:
     """Where ``table``'s rows for the window from ``since`` to ``until`` (None: now) are: its
-    minutes for a window of a day or less, else its hours. Returns that width, the window's
-    start (``since`` aligned down to it) and the condition."""
-    width = MINUTE if (until if until is not None else time.time()) - since <= DAY else HOUR
+    minutes for a window of a day or less that starts where the log still has them, else its
+    hours. Returns that width, the window's start (``since`` aligned down to it) and the
+    condition."""
+    short = (until if until is not None else time.time()) - since <= DAY
+    width = MINUTE if short and since >= minutes_from(connection) else HOUR
     start = bucket_of(since, width)
     where = and_(table.c.width == width, table.c.bucket >= start)
     return width, start, where if until is None else and_(where, table.c.bucket < until)
+
+
+def minutes_from(connection: Connection) -> float:
+    """The start of the minute rows the log holds in full (-inf: none was ever pruned)."""
+    found = connection.execute(select(rollup_state.c.value).where(rollup_state.c.name == MINUTES_FROM)).scalar()
+    return -math.inf if found is None else float(found)
+
+
+def prune_minutes(engine: Engine, before: float) -> int:
+    """Delete the rollups' minute rows of the buckets before ``before`` (aligned down to the
+    hour) and return how many. Where the minutes now start is recorded first, in a transaction
+    of its own, so no reader sums a window from minutes half deleted; then a day of buckets is
+    deleted a transaction, so the writers of other replicas wait for one day's rows at most.
+    Several replicas may prune at once: the latest start recorded wins. A row that arrives
+    later for a pruned minute (a feedback on an old decision) is added to its hour as ever, and
+    its minute row, below the recorded start, is never read and goes at the next pruning."""
+    cut = bucket_of(before, HOUR)
+    dialect = engine.dialect.name
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(rollup_state)
+    statement = statement.values(name=MINUTES_FROM, value=float(cut)).on_conflict_do_update(
+        index_elements=["name"],
+        set_={"value": statement.excluded.value},
+        where=rollup_state.c.value < statement.excluded.value,
+    )
+    with engine.begin() as connection:
+        connection.execute(statement)
+    deleted = 0
+    for table in MINUTE_ROLLUPS:
+        with engine.connect() as connection:
+            oldest = connection.execute(select(func.min(table.c.bucket)).where(table.c.width == MINUTE)).scalar()
+        for start in range(int(oldest), cut, DAY) if oldest is not None else ():
+            with engine.begin() as connection:
+                minutes = and_(table.c.width == MINUTE, table.c.bucket < min(start + DAY, cut))
+                deleted += connection.execute(delete(table).where(minutes)).rowcount
+    return deleted
 
 
 Increments = dict[tuple[Any, ...], dict[str, float]]

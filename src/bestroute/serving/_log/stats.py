@@ -78,7 +78,6 @@ def log_stats(config: GatewayConfig, *, since: float = 0.0) -> TrafficStats:
 
 def traffic_stats(engine: Engine, *, reference: str, since: float = 0.0, until: float | None = None) -> TrafficStats:
     r = option_rollup
-    _, start, where = read_window(r, since, until)
     sums = [
         func.sum(r.c[name])
         for name in (
@@ -99,6 +98,7 @@ def traffic_stats(engine: Engine, *, reference: str, since: float = 0.0, until: 
         )
     ]
     with engine.connect() as connection:
+        _, start, where = read_window(connection, r, since, until)
         rows = connection.execute(select(r.c.option, *sums).where(where).group_by(r.c.option)).all()
     options = tuple(_option(row) for row in rows if row[1])
     return TrafficStats(

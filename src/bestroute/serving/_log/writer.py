@@ -24,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..._exceptions import BestRouteError
 from .database import open_database
-from .rollup import insert_rows
+from .rollup import DAY, insert_rows, prune_minutes
 from .schema import TABLE_OF, TABLES, Row, as_mapping, decisions, first_line, sanitize
 
 _logger = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ class DeadLetters:
         _logger.warning("decision log: %d row(s) written to %s (%s)", len(rows), self.path, reason)
 
 
+PRUNE_EVERY_S = 3600.0
+
+
 class DecisionLog:
     """Rows are appended in the event loop; a thread inserts what has accumulated every
     ``batch_window_s``. It wakes on a timer, not per row, so under load it takes the GIL
@@ -82,13 +85,24 @@ class DecisionLog:
     it). A batch the database refuses for its content is written row by row; a row still
     refused goes to the dead-letter file. Only an outage keeps rows waiting, at most
     ``max_backlog`` of them; the oldest beyond that, and any still waiting at shutdown, go to
-    the dead-letter file too. Nothing is dropped, and the writer thread survives any error."""
+    the dead-letter file too. Nothing is dropped, and the writer thread survives any error.
+
+    With ``minute_rollup_days``, the thread also deletes the rollups' minute rows older than
+    that, at start-up and every hour after (:func:`~.rollup.prune_minutes`); the hours stay."""
 
     def __init__(
-        self, url: str, *, dead_letter_path: Path, max_backlog: int = 100_000, batch_window_s: float = 0.05
+        self,
+        url: str,
+        *,
+        dead_letter_path: Path,
+        max_backlog: int = 100_000,
+        batch_window_s: float = 0.05,
+        minute_rollup_days: float | None = None,
     ) -> None:
         self.batch_window_s = batch_window_s
         self.max_backlog = max_backlog
+        self.minute_rollup_days = minute_rollup_days
+        self._next_prune = 0.0  # time.monotonic() of the next pruning: the first at start-up
         self.engine = open_database(url)
         self.dead_letters = DeadLetters(dead_letter_path)
         self.repaired = 0
@@ -131,10 +145,29 @@ class DecisionLog:
     def _run(self) -> None:
         while not self._closing.wait(self.batch_window_s):
             self._guarded(self._drain)
+            self._guarded(self._prune_when_due)
         self._guarded(self._drain)
         with self._writing:  # the database is still away at shutdown: keep the rows on disk
             if self._pending:
                 self._spill(len(self._pending), "database unavailable at shutdown")
+
+    def _prune_when_due(self) -> None:
+        if self.minute_rollup_days is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        try:
+            deleted = prune_minutes(self.engine, time.time() - self.minute_rollup_days * DAY)
+        except Exception as exc:  # noqa: BLE001 -- the database away or busy: the next hour tries again
+            _logger.warning(
+                "decision log: old minute rollups not pruned (%s: %s); tried again in an hour",
+                type(exc).__name__,
+                first_line(exc),
+            )
+            return
+        if deleted:
+            _logger.info(
+                "decision log: %d minute rollup rows older than %g days deleted", deleted, self.minute_rollup_days
+            )
 
     def _guarded(self, step: Callable[[], None]) -> None:
         try:
