@@ -173,11 +173,15 @@ def prune_minutes(engine: Engine, before: float) -> int:
         connection.execute(statement)
     deleted = 0
     for table in MINUTE_ROLLUPS:
-        with engine.connect() as connection:
-            oldest = connection.execute(select(func.min(table.c.bucket)).where(table.c.width == MINUTE)).scalar()
-        for start in range(int(oldest), cut, DAY) if oldest is not None else ():
+        while True:  # from the oldest minute row left, a day at a time (days without rows skipped)
             with engine.begin() as connection:
-                minutes = and_(table.c.width == MINUTE, table.c.bucket < min(start + DAY, cut))
+                oldest = connection.execute(
+                    select(func.min(table.c.bucket)).where(table.c.width == MINUTE, table.c.bucket < cut)
+                ).scalar()
+                if oldest is None:
+                    break
+                until = min(bucket_of(oldest, DAY) + DAY, cut)
+                minutes = and_(table.c.width == MINUTE, table.c.bucket < until)
                 deleted += connection.execute(delete(table).where(minutes)).rowcount
     return deleted
 
