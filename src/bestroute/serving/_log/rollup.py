@@ -6,6 +6,7 @@ replay) calls :func:`insert_rows`, which adds the rows to the rollups in the sam
 the rollups always equal the rows; reading a month of traffic then sums a few thousand rollup rows
 instead of scanning millions of decisions. A row that comes after its decision (a feedback, a
 shadow check, a call) is counted in its decision's minute and hour, under its decision's option.
+The hours are kept forever, the minutes until :func:`prune_minutes` deletes them.
 
 Latencies are kept as counts per bin, eight bins per doubling: a percentile read from them is the
 middle of its bin, within 4.4% of the exact value."""
@@ -162,8 +163,7 @@ def prune_minutes(engine: Engine, before: float) -> int:
     later for a pruned minute (a feedback on an old decision) is added to its hour as ever, and
     its minute row, below the recorded start, is never read and goes at the next pruning."""
     cut = bucket_of(before, HOUR)
-    dialect = engine.dialect.name
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(rollup_state)
+    statement = _insert_of(rollup_state, engine.dialect.name)
     statement = statement.values(name=MINUTES_FROM, value=float(cut)).on_conflict_do_update(
         index_elements=["name"],
         set_={"value": statement.excluded.value},
@@ -326,13 +326,18 @@ def _upsert(connection: Connection, table: Table, increments: Increments) -> Non
 def _upsert_statement(table: Table, dialect: str) -> tuple[Any, tuple[str, ...], frozenset[str]]:
     """The upsert of ``table`` on ``dialect``, its value columns and those of them that are
     integers: built once (the writer runs it on every batch)."""
-    if dialect not in ("sqlite", "postgresql"):
-        raise NotImplementedError(f"the decision log's rollups need SQLite or PostgreSQL, not {dialect}")
     keys = _KEYS[table]
     values = tuple(c.name for c in table.columns if c.name not in keys)
-    statement = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    statement = _insert_of(table, dialect)
     statement = statement.on_conflict_do_update(
         index_elements=list(keys), set_={name: table.c[name] + statement.excluded[name] for name in values}
     )
     whole = frozenset(c.name for c in table.columns if isinstance(c.type, Integer))
     return statement, values, whole
+
+
+def _insert_of(table: Table, dialect: str) -> Any:
+    """``table``'s INSERT in ``dialect``'s own form, which has ``ON CONFLICT`` (the rollups' upserts)."""
+    if dialect not in ("sqlite", "postgresql"):
+        raise NotImplementedError(f"the decision log's rollups need SQLite or PostgreSQL, not {dialect}")
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
