@@ -491,6 +491,14 @@ def test_real_local_model_routing_best_of_n_streaming_and_failover(tmp_path, art
         assert "connection failed" in answer.model_extra["bestroute"]["fallbacks"][0]
 
 
+def _streamed(url: str, model: str) -> tuple[httpx.Response, list[str]]:
+    """A streamed chat completion from the gateway at ``url``: its response and its data lines."""
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "q"}]}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data:")]
+    return response, events
+
+
 def test_stream_breaking_after_it_started_ends_with_an_error_event(tmp_path, artifact):
     small = Script(answers=["one two three"], always="break-stream")
     with (
@@ -498,13 +506,8 @@ def test_stream_breaking_after_it_started_ends_with_an_error_event(tmp_path, art
         upstream(Script()) as b,
         gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, _),
     ):
-        with httpx.stream(
-            "POST",
-            server.url + "/v1/chat/completions",
-            json={"model": "bestroute:0", "stream": True, "messages": [{"role": "user", "content": "q"}]},
-        ) as response:
-            assert response.status_code == 200 and response.headers["x-bestroute-model"] == "small"
-            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        response, events = _streamed(server.url, "bestroute:0")
+        assert response.status_code == 200 and response.headers["x-bestroute-model"] == "small"
         assert '"content":"one"' in events[0]
         assert '"upstream_error"' in events[-1]  # no [DONE]: the answer is incomplete
     assert rows(tmp_path)[-1]["status"] == 502
@@ -519,13 +522,8 @@ def test_a_malformed_chunk_after_the_stream_started_ends_it_with_an_error_event(
         upstream(Script()) as b,
         gateway(tmp_path, artifact, {"small": s.url, "big": b.url}) as (server, _),
     ):
-        with httpx.stream(
-            "POST",
-            server.url + "/v1/chat/completions",
-            json={"model": "small", "stream": True, "messages": [{"role": "user", "content": "q"}]},
-        ) as response:
-            assert response.status_code == 200
-            events = [line for line in response.iter_lines() if line.startswith("data:")]
+        response, events = _streamed(server.url, "small")
+        assert response.status_code == 200
         assert '"content":"one"' in events[0]
         assert '"upstream_error"' in events[-1] and "stream broke after it started" in events[-1]
     assert rows(tmp_path)[-1]["status"] == 502

@@ -145,7 +145,7 @@ class DecisionLog:
     def _run(self) -> None:
         while not self._closing.wait(self.batch_window_s):
             self._guarded(self._drain)
-            self._guarded(self._prune_when_due)
+            self._prune_when_due()  # catches its own failures
         self._guarded(self._drain)
         with self._writing:  # the database is still away at shutdown: keep the rows on disk
             if self._pending:
