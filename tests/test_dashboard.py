@@ -31,6 +31,7 @@ from bestroute.serving._log import (
     decision_page,
     latency_percentiles,
     model_stats,
+    shadow_tallies,
     traffic_series,
     traffic_stats,
 )
@@ -114,6 +115,26 @@ def _log_of(url: str, tmp_path: Path, count: int, now: float, prefix: str = "d")
         rows.append(fields | {"id": row.id})
     log.close()
     return rows
+
+
+def test_shadow_tallies_pool_every_replicas_checks_of_the_window(log_url, tmp_path):
+    """What replicas sharing shadow checks read: per option, the checks of the requests in the
+    window and how many agreed, whoever logged them (two replicas' ids), none from before it."""
+    url = empty_database(log_url)
+    now = time.time()
+    rows = _log_of(url, tmp_path, 200, now) + _log_of(url, tmp_path, 100, now, prefix="chatcmpl-aaaaaaaa")
+    _log_of(url, tmp_path, 100, now - 3 * DAY, prefix="e")  # checked too, but before the window
+    expected: dict[str, list[int]] = {}
+    for row in rows:
+        number = int(row["id"][-4:])
+        if number % 5 == 0 and row["status"] == 200:  # _log_of checks every fifth answered decision
+            tally = expected.setdefault(row["option"], [0, 0])
+            tally[0] += 1
+            tally[1] += number % 10 == 0
+    assert sum(checks for checks, _ in expected.values()) > 30
+    found = shadow_tallies(open_database(url), since=now - DAY)
+    assert found == {option: (checks, agreed) for option, (checks, agreed) in expected.items()}
+    assert shadow_tallies(open_database(url), since=now + 3600) == {}
 
 
 def test_dashboard_queries_give_the_rows_figures(log_url, tmp_path):

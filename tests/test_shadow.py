@@ -101,11 +101,61 @@ def test_on_breach_avoid_routes_around_an_option_below_its_target(tmp_path, arti
     assert later["bestroute"]["option"] == "small x2"  # 0 of 5 agreed: its whole interval is below 0.9
 
 
+def _checks_seen(client: httpx.Client, server, option: str, count: int) -> None:
+    """Wait until ``server``'s /healthz judges ``option`` by at least ``count`` checks."""
+    deadline = time.monotonic() + 20
+    while client.get(server.url + "/healthz").json()["shadow"].get(option, {}).get("checks", 0) < count:
+        assert time.monotonic() < deadline, f"{server.url} never saw {count} checks of {option!r}"
+        time.sleep(0.05)
+
+
+def test_replicas_sharing_checks_judge_an_option_by_every_replicas_checks(tmp_path, artifact):
+    """With ``shadow.shared``, replicas on one decision log judge an option by all the checks in
+    it: one that has checked nothing itself routes around the option another's checks found
+    below its target, and so does one started afterwards (a restart keeps the evidence); a
+    replica that does not share judges by its own checks, of which it has none."""
+    log = {"url": f"sqlite:///{tmp_path}/decisions.db"}
+    shadow = {"rate": 1.0, "target": 0.9, "min_checks": 5, "on_breach": "avoid", "shared": True, "refresh_s": 0.1}
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / name).mkdir()
+
+    def option(server, text: str) -> str:
+        response = httpx.post(server.url + "/v1/chat/completions", json=_chat("bestroute:0", text), timeout=30)
+        return str(response.json()["bestroute"]["option"])
+
+    with upstream(Script(answers=["7"])) as s, upstream(Script(answers=["42"])) as b:  # small never agrees
+        backends = {"small": s.url, "big": b.url}
+        with (
+            gateway(tmp_path / "a", artifact, backends, shadow=shadow, decision_log=log) as (checking, _),
+            gateway(tmp_path / "b", artifact, backends, shadow=shadow, decision_log=log) as (sharing, _),
+            gateway(tmp_path / "c", artifact, backends, shadow=shadow | {"shared": False}, decision_log=log) as (
+                alone,
+                _,
+            ),
+            httpx.Client(timeout=30) as client,
+        ):
+            assert [option(checking, f"q {i}") for i in range(5)] == ["small"] * 5
+            _shadow_rows(tmp_path, 5)
+            _checks_seen(client, sharing, "small", 5)
+            assert option(sharing, "q later") == "small x2"  # 0 of 5 agreed, all of them checked elsewhere
+            _checks_seen(client, checking, "small", 5)
+            assert option(checking, "q later") == "small x2"
+            assert client.get(alone.url + "/healthz").json()["shadow"] == {}
+            assert option(alone, "q later") == "small"
+        with gateway(tmp_path / "d", artifact, backends, shadow=shadow, decision_log=log) as (restarted, _):
+            with httpx.Client(timeout=30) as client:
+                _checks_seen(client, restarted, "small", 5)
+            assert option(restarted, "q after a restart") == "small x2"
+
+
 def test_bad_shadow_settings_are_one_clear_error(tmp_path, artifact):
     for shadow, message in (
         ({"rate": 1.5}, "shadow.rate: Input should be less than or equal to 1"),
         ({"rate": -0.1}, "shadow.rate: Input should be greater than or equal to 0"),
         ({"on_breach": "panic"}, "shadow.on_breach"),
+        ({"refresh_s": 0}, "shadow.refresh_s: Input should be greater than 0"),
+        ({"window_s": -1}, "shadow.window_s: Input should be greater than 0"),
+        ({"shared": "sometimes"}, "shadow.shared: Input should be a valid boolean"),
     ):
         path = write_gateway_config(
             tmp_path, artifact, {"small": "http://127.0.0.1:9", "big": "http://127.0.0.1:9"}, shadow=shadow

@@ -127,6 +127,38 @@ def test_budgets_hold_across_workers(tmp_path, artifact, monkeypatch):
     assert keys == {fingerprint("key-a")}
 
 
+def test_workers_judge_shadow_checks_together(tmp_path, artifact, monkeypatch):
+    """Each worker of a group judges an option by every worker's shadow checks (not `shared`:
+    the workers of a group always share them), so both route around an option found below its
+    target, however the checked requests were spread over them."""
+    monkeypatch.setenv("KEYS", "key-a")
+    with upstream(Script(answers=["7"])) as s, upstream(Script(answers=["42"])) as b:  # small never agrees
+        config = write_gateway_config(
+            tmp_path,
+            artifact,
+            {"small": s.url, "big": b.url},
+            client_api_keys_env="KEYS",
+            shadow={"rate": 1.0, "target": 0.9, "min_checks": 5, "on_breach": "avoid", "refresh_s": 0.1},
+        )
+        with serve_subprocess(config, "--workers", "2") as (_, url):
+            assert len(workers_seen(url, 2)) == 2
+            first = [chat(url).json()["bestroute"]["option"] for _ in range(5)]
+            judged: set[int] = set()
+
+            def both_judge() -> bool:
+                report = health(url)
+                if report["shadow"].get("small", {}).get("checks", 0) >= 5:
+                    judged.add(report["pid"])
+                return len(judged) == 2
+
+            wait_until(both_judge, seconds=30)
+            later = [chat(url).json() for _ in range(10)]
+    assert first == ["small"] * 5
+    # none on small (small x2, checked in turn and never agreeing either, gives way to small x3)
+    assert all(r["bestroute"]["option"] in ("small x2", "small x3") for r in later)
+    assert len({r["id"].removeprefix("chatcmpl-")[:8] for r in later}) == 2  # both workers answered
+
+
 def test_a_worker_that_cannot_start_stops_the_gateway_with_one_line(tmp_path, artifact):
     with upstream(Script()) as s:
         config = write_gateway_config(tmp_path, artifact, {"small": s.url, "big": s.url})

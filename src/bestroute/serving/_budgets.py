@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ._config import BudgetConfig, BudgetLimits
 from ._errors import RateLimited
-from ._log import REPLICA_ID_CHARS, DecisionLog, usage_by_client
+from ._log import REPLICA_ID_CHARS, DecisionLog, first_line, usage_by_client
 
 _logger = logging.getLogger(__name__)
 WINDOW_S = 60.0
@@ -109,11 +109,7 @@ class Budgets:
                     except_replica=self.replica,
                 )
             except Exception as exc:  # noqa: BLE001 -- keep the last reading and go on: budgets hold, a little stale
-                _logger.warning(
-                    "budgets: cannot read the shared usage (%s: %s)",
-                    type(exc).__name__,
-                    str(exc).splitlines()[0][:200] if str(exc) else "",
-                )
+                _logger.warning("budgets: cannot read the shared usage (%s: %s)", type(exc).__name__, first_line(exc))
             await asyncio.sleep(self.config.refresh_s)
 
 

@@ -93,6 +93,12 @@ class ShadowConfig(Section):
     )
     timeout_s: float = Field(default=60.0, gt=0, description="time a shadow call may take")
     max_in_flight: int = Field(default=100, ge=1, description="shadow calls at once; more are skipped and counted")
+    shared: bool = Field(
+        default=False,
+        description="judge every replica's checks of the last window_s, read from the decision log's database",
+    )
+    window_s: float = Field(default=86_400.0, gt=0, description="shared: the checked requests' window")
+    refresh_s: float = Field(default=5.0, gt=0, description="shared: how often a replica reads the checks")
 
 
 class ExploreConfig(Section):

@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -22,7 +23,7 @@ from ..backends import Deadline, UpstreamError
 from ..selection import AnswerSpec, equivalent, read_answer
 from ._arms import Arms, finished, shaped
 from ._config import ShadowConfig
-from ._log import DecisionLog, ShadowRow
+from ._log import DecisionLog, ShadowRow, first_line, shadow_tallies
 from ._metrics import GatewayMetrics
 from ._recording import RequestRecord
 from .protocol import ChatCompletionRequest
@@ -51,10 +52,16 @@ class Tally:
 
 @dataclass
 class ShadowTallies:
-    """Each option's shadow checks since the process started (kept across reloads)."""
+    """Each option's shadow checks: this process's since it started (kept across reloads), or,
+    where checks are shared, every replica's of the last ``shadow.window_s`` as last read from
+    the decision log (:func:`share_checks`)."""
 
     by_option: dict[str, Tally] = field(default_factory=dict)
     flagged: set[str] = field(default_factory=set)  # below target: warned about once per breach
+    in_group: bool = False  # a worker of `serve --workers N`: the workers' checks are always shared
+
+    def shared(self, config: ShadowConfig) -> bool:
+        return config.shared or self.in_group
 
     def add(self, option: str, agreed: bool) -> Tally:
         tally = self.by_option.setdefault(option, Tally())
@@ -183,8 +190,26 @@ class ShadowChecks:
                 output_tokens=tokens[1],
             )
         )
-        if agreed is not None:
+        if agreed is not None and not self.tallies.shared(self.config):  # shared: counted once read from the log
             self._judge(option, self.tallies.add(option, agreed))
+
+    async def read_shared(self) -> None:
+        """Take every replica's checks of the last ``window_s`` from the decision log as the
+        tallies, and judge each option by them; the last reading stays while the log is away."""
+        try:
+            read = await asyncio.to_thread(shadow_tallies, self.log.engine, since=time.time() - self.config.window_s)
+        except Exception as exc:  # noqa: BLE001 -- the database away or busy: judge by the last reading
+            _logger.warning(
+                "shadow checks: cannot read the shared tallies (%s: %s)", type(exc).__name__, first_line(exc)
+            )
+            return
+        gone = self.tallies.by_option.keys() - read.keys()
+        self.tallies.by_option = {option: Tally(checks, agreed) for option, (checks, agreed) in read.items()}
+        for option, tally in self.tallies.by_option.items():
+            self._judge(option, tally)
+        for option in gone:  # no checks in the window any more: nothing to judge it by
+            self.tallies.flagged.discard(option)
+            self.metrics.shadow_below_target.labels(option=option).set(0.0)
 
     def _judge(self, option: str, tally: Tally) -> None:
         lower, upper = wilson_interval(tally.agreed, tally.checks, self.config.confidence)
@@ -211,3 +236,14 @@ class ShadowChecks:
             )
         elif not below:
             self.tallies.flagged.discard(option)
+
+
+async def share_checks(current: Callable[[], ShadowChecks]) -> None:
+    """While the settings in force share checks (``shadow.shared``, or the workers of a group),
+    read every replica's from the decision log every ``shadow.refresh_s``, the first at once;
+    until cancelled. ``current`` gives the service's checks (a reload replaces them)."""
+    while True:
+        checks = current()
+        if checks.config.rate and checks.tallies.shared(checks.config):
+            await checks.read_shared()
+        await asyncio.sleep(checks.config.refresh_s)

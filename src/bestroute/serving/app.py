@@ -34,7 +34,7 @@ from ._recording import Recorder
 from ._reload import Reloader
 from ._requests import Access, unprocessable
 from ._responses import JSONResponse
-from ._shadow import ShadowTallies
+from ._shadow import ShadowTallies, share_checks
 from ._workers import group_dir, membership
 from .routes import CHAT_PATH, chat_completions, router
 from .serving import ChatService
@@ -154,6 +154,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             budgets=Budgets(config.budgets, log),
             store_prompts=config.decision_log.store_prompts,
         )
+        in_group = group_dir() is not None
         # Routing and in-process selection are CPU-bound: they run here, never on the event loop.
         pool = ThreadPoolExecutor(max_workers=config.limits.cpu_workers, thread_name_prefix="bestroute-cpu")
         build = functools.partial(
@@ -161,15 +162,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             session=session,
             recorder=recorder,
             pool=pool,
-            tallies=ShadowTallies(),
+            tallies=ShadowTallies(in_group=in_group),
             conversations=Conversations(lambda: recorder.log.engine, pool),
         )
         app.state.service = build(loaded, None)
         app.state.feedback = FeedbackService(log, answered)
         reloader = Reloader(app, config_path, loaded, build)
         app.state.reloader = reloader
-        tasks = [asyncio.create_task(_warn_unreachable(config.backends))]
-        in_group = group_dir() is not None
+        tasks = [
+            asyncio.create_task(_warn_unreachable(config.backends)),
+            asyncio.create_task(share_checks(lambda: app.state.service.shadow)),
+        ]
         if config.budgets.shared or in_group:  # each worker of a group is a replica
             tasks.append(asyncio.create_task(recorder.budgets.share()))
         if in_group:

@@ -361,5 +361,9 @@ async def backends(request: Request) -> Response:
             }
         )
     log = service.recorder.log
-    shadow = service.shadow.tallies.report(service.config.shadow)
-    return _page(request, "backends.html", rows=rows, log=log, shadow=shadow)
+    config = service.config.shadow
+    shared = service.shadow.tallies.shared(config)
+    shadow = service.shadow.tallies.report(config)
+    return _page(
+        request, "backends.html", rows=rows, log=log, shadow=shadow, shared=shared, window_h=config.window_s / 3600
+    )

@@ -21,8 +21,18 @@ from .dashboard import (
 from .database import check_database, open_database
 from .export import export_log, logged_prompts
 from .offpolicy import LogEvaluation, evaluate_log
-from .queries import decision_owner, latest_turn, newest_share_start, usage_by_client
-from .schema import REPLICA_ID_CHARS, REQUEST_ID_PREFIX, CallRow, DecisionRow, FeedbackRow, Row, ShadowRow, sanitize
+from .queries import decision_owner, latest_turn, newest_share_start, shadow_tallies, usage_by_client
+from .schema import (
+    REPLICA_ID_CHARS,
+    REQUEST_ID_PREFIX,
+    CallRow,
+    DecisionRow,
+    FeedbackRow,
+    Row,
+    ShadowRow,
+    first_line,
+    sanitize,
+)
 from .stats import OptionStats, TrafficStats, log_stats, traffic_stats
 from .writer import DeadLetters, DecisionLog, replay_dead_letters
 
@@ -50,6 +60,7 @@ __all__ = [
     "decision_page",
     "evaluate_log",
     "export_log",
+    "first_line",
     "first_logged",
     "latency_percentiles",
     "latest_turn",
@@ -60,6 +71,7 @@ __all__ = [
     "open_database",
     "replay_dead_letters",
     "sanitize",
+    "shadow_tallies",
     "traffic_series",
     "traffic_stats",
     "usage_by_client",

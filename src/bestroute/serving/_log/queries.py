@@ -1,13 +1,13 @@
-"""What the gateway reads back from the decision log: shared budget usage, who owns a decision,
-a conversation's latest turn (affinity across replicas), and where the newest share of the
-routed traffic starts (retraining's held-out part)."""
+"""What the gateway reads back from the decision log: shared budget usage, every replica's shadow
+checks, who owns a decision, a conversation's latest turn (affinity across replicas), and where the
+newest share of the routed traffic starts (retraining's held-out part)."""
 
 import math
 
 from sqlalchemy import Engine, func, select
 
 from ..._exceptions import BestRouteError
-from .rollup import DAY, bucket_of, client_rollup
+from .rollup import DAY, bucket_of, client_rollup, option_rollup, read_window
 from .schema import REQUEST_ID_PREFIX, decisions
 
 
@@ -38,6 +38,21 @@ def usage_by_client(
         requests = {r[0]: int(r[1]) for r in connection.execute(recent)}
         costs = {r[0] or None: float(r[1] or 0.0) for r in connection.execute(spent)}
     return requests, costs
+
+
+def shadow_tallies(engine: Engine, *, since: float) -> dict[str, tuple[int, int]]:
+    """Per option, the shadow checks whose comparison came out and how many of them agreed, of
+    every replica's requests since ``since`` (read from the rollups, aligned down to their minute
+    or hour: a replica's read does not grow with the traffic)."""
+    r = option_rollup
+    with engine.connect() as connection:
+        _, _, where = read_window(connection, r, since, None)
+        rows = connection.execute(
+            select(r.c.option, func.sum(r.c.shadow_checks), func.sum(r.c.shadow_agreed))
+            .where(where, r.c.shadow_checks > 0)
+            .group_by(r.c.option)
+        ).all()
+    return {str(option): (int(checks), int(agreed)) for option, checks, agreed in rows}
 
 
 def decision_owner(engine: Engine, decision_id: str) -> tuple[bool, str | None]:
