@@ -1,5 +1,5 @@
 """`bestroute serve --workers 2`: two worker processes on one port, with metrics added up over
-the workers, one decision log, budgets counted across workers, and reloads (POST /admin/reload
+the workers, one decision log, budgets and shadow checks counted across workers, and reloads (POST /admin/reload
 on one worker, SIGHUP to the supervisor) reaching every worker. Real processes on loopback."""
 
 import os
