@@ -154,7 +154,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             budgets=Budgets(config.budgets, log),
             store_prompts=config.decision_log.store_prompts,
         )
-        in_group = group_dir() is not None
+        in_group = group_dir() is not None  # a worker of `serve --workers N`: a replica of the others
         # Routing and in-process selection are CPU-bound: they run here, never on the event loop.
         pool = ThreadPoolExecutor(max_workers=config.limits.cpu_workers, thread_name_prefix="bestroute-cpu")
         build = functools.partial(
