@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydantic
 import pytest
 import sqlalchemy
 import yaml
 from servers import (
     REFERENCE_COST,
     Script,
+    ask,
     decision,
     empty_database,
     gateway,
@@ -32,6 +34,7 @@ from typer.testing import CliRunner
 
 from bestroute.cli import app as cli
 from bestroute.serving import DecisionLog
+from bestroute.serving._config import DecisionLogConfig
 from bestroute.serving._log.schema import TRUNCATED, metadata
 
 LONG_NAME = "backend-" + "x" * 242  # 250 characters; the column holds 200
@@ -362,3 +365,25 @@ def test_opening_an_older_log_drops_the_index_of_prompt_hashes(log_url):
     names = {i["name"] for i in sqlalchemy.inspect(engine).get_indexes("decisions")}
     engine.dispose()
     assert RETIRED_INDEX not in names and "ix_decisions_turn_key" in names
+
+
+def test_the_writer_inserts_once_a_batch_window_and_drains_at_shutdown(tmp_path, artifact):
+    # decision_log.batch_window_s reaches the writer: with a 30 s window nothing is inserted a
+    # second after the requests (the first insert is 30 s after start-up), and stopping the
+    # gateway writes every row.
+    log = {"url": f"sqlite:///{tmp_path}/decisions.db", "store_prompts": True, "batch_window_s": 30}
+    with (
+        upstream(Script(answers=["42"])) as small,
+        upstream(Script(answers=["big"])) as big,
+        gateway(tmp_path, artifact, {"small": small.url, "big": big.url}, decision_log=log) as (_, client),
+    ):
+        ids = [ask(client)[0].id for _ in range(5)]
+        time.sleep(1.0)
+        assert logged(log["url"], ids) == {}
+    assert set(logged(log["url"], ids)) == set(ids)
+
+
+@pytest.mark.parametrize("window", [0, -1, 61, "soon", float("nan")])
+def test_a_batch_window_must_be_a_positive_number_of_seconds(window):
+    with pytest.raises(pydantic.ValidationError, match="batch_window_s"):
+        DecisionLogConfig(batch_window_s=window)

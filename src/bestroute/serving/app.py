@@ -143,6 +143,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             config.decision_log.url,
             dead_letter_path=config.decision_log.dead_letter_path,
             max_backlog=config.decision_log.max_backlog,
+            batch_window_s=config.decision_log.batch_window_s,
             minute_rollup_days=config.decision_log.minute_rollup_days,
         )
         metrics.watch_log(log)

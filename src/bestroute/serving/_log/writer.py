@@ -23,6 +23,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..._exceptions import BestRouteError
+from .._config import LOG_BATCH_WINDOW_S
 from .database import open_database
 from .rollup import DAY, insert_rows, prune_minutes
 from .schema import TABLE_OF, TABLES, Row, as_mapping, decisions, first_line, sanitize
@@ -96,7 +97,7 @@ class DecisionLog:
         *,
         dead_letter_path: Path,
         max_backlog: int = 100_000,
-        batch_window_s: float = 0.05,
+        batch_window_s: float = LOG_BATCH_WINDOW_S,
         minute_rollup_days: float | None = None,
     ) -> None:
         self.batch_window_s = batch_window_s
