@@ -299,7 +299,8 @@ def explain(artifact: Annotated[Path, typer.Argument(help="Router artifact from 
         if "added" in change:
             console.print(
                 f"onboarded {', '.join(change['added'])} from {change['prompts']} representative prompts "
-                f"({change['options']} options); the table above is estimated on the representative prompts"
+                f"({change['options']} options, {len(change.get('twins', {}))} with the head of their twin); "
+                "the table above is estimated on the representative prompts"
             )
         else:
             console.print(f"removed {', '.join(change['removed'])}")
@@ -421,7 +422,8 @@ def onboard(
     change = onboarded.changes_[-1]
     console.print(
         f"onboarded {', '.join(change['added'])} from {change['prompts']} representative prompts: "
-        f"{change['options']} new options ({len(onboarded.options_)} in all), "
+        f"{change['options']} new options ({len(onboarded.options_)} in all; {len(change['twins'])} started from "
+        "the head of their twin, the same option with a model most like the new one), "
         f"{time.process_time() - started:.1f}s of CPU; saved to {out}"
     )
 

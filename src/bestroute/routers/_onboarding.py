@@ -2,7 +2,9 @@
 and removing models from it, without retraining."""
 
 import copy
-from collections.abc import Collection
+import dataclasses
+import itertools
+from collections.abc import Collection, Iterator
 
 import numpy as np
 from scipy.optimize import brentq
@@ -12,7 +14,7 @@ from .._exceptions import RouterError
 from ..data import RoutingDataset
 from ..features import CostHeads, RepresentativePrompts, fit_head_near
 from ..reward import load_selector
-from ..selection import Option, SelectionCache, option_outcomes
+from ..selection import Option, SelectionCache, equivalent, option_outcomes
 from ._best_route import BestRouteRouter, _dominated
 
 MIN_CALIBRATION_PROMPTS = 20
@@ -24,6 +26,9 @@ DISTANCE_FLOOR = 0.02
 # How strongly a new head is held to its prior, against the weighted cross-entropy of its labels
 # on the representative prompts (their weights average one).
 PRIOR_STRENGTH = 3.0
+# A new option's twin is the same option with each new model replaced by one of its TWINS existing
+# models most like it (see _twins); the nearest whose option the router uses lends its head.
+TWINS = 5
 # Standard errors below its labels' mean that a new head's mean prediction on the calibration
 # prompts is set to (onboard's ``caution``): a head that overrates an option makes the router pick
 # it where it loses quality, one that underrates it only forgoes a saving.
@@ -99,12 +104,24 @@ def onboard(router: BestRouteRouter, answers: RoutingDataset, *, caution: float 
     lenders = np.flatnonzero(router.active_)
     lenders = lenders[lenders != router.reference_index_]
     coef, intercept, cost, label_mean = [], [], [], []
+    lent: dict[str, str] = {}  # new option -> the twin that lent it its head
+    twins = {model: _twins(cache, data, model, router, weights) for model in answers.models}
+    shapes = {_shape(router.options_[o]): int(o) for o in lenders}
     for h in range(len(router.options_), len(options)):
         own = labels[:, h]
-        prior_coef, prior_intercept = _prior_head(router, labels[:, lenders], lenders, own, weights)
+        twin = _twin_option(options[h], twins, shapes)
+        if twin is None:
+            prior_coef, prior_intercept = _prior_head(router, labels[:, lenders], lenders, own, weights)
+        else:
+            prior_coef, prior_intercept = router.coef_[:, twin], float(router.intercept_[twin])
+            lent[options[h].label] = router.options_[twin].label
         head_coef, head_intercept = fit_head_near(x, own, weights, prior_coef, prior_intercept, strength=PRIOR_STRENGTH)
+        if twin is None:
+            target = _cautious_mean(own, weights, caution)
+        else:
+            target = _paired_mean(own, labels[:, twin], expit(x @ prior_coef + prior_intercept), weights, caution)
         coef.append(head_coef)
-        intercept.append(_cautious_intercept(x @ head_coef, own, weights, head_intercept, caution))
+        intercept.append(_intercept_for(x @ head_coef, own, weights, head_intercept, target))
         cost.append(_weighted_mean(outcomes.cost[:, h], weights, empty=np.inf))
         label_mean.append(_weighted_mean(own, weights, empty=0.0))
     onboarded.options_ = options
@@ -126,7 +143,7 @@ def onboard(router: BestRouteRouter, answers: RoutingDataset, *, caution: float 
     onboarded.active_ = np.r_[router.active_, fresh]
     onboarded.calibration_ = joined
     onboarded.changes_ = router.changes_ + [
-        {"added": list(answers.models), "prompts": len(chosen), "options": len(added)}
+        {"added": list(answers.models), "prompts": len(chosen), "options": len(added), "twins": lent}
     ]
     onboarded.outcomes_, onboarded._fit_data = outcomes, data
     onboarded.table_ = onboarded._operating_table(data, rows, x, weights)
@@ -213,21 +230,109 @@ def _prior_head(
     return router.coef_[:, chosen] @ share, float(router.intercept_[chosen] @ share)
 
 
-def _cautious_intercept(
-    logits: np.ndarray, labels: np.ndarray, weights: np.ndarray, intercept: float, caution: float
-) -> float:
-    """The intercept at which a head with ``logits`` (before its intercept) has, over the prompts
-    with labels, a weighted mean prediction of the labels' weighted mean less ``caution``
-    standard errors (of the mean of ``n`` prompts, ``n`` the weights' effective number, and the
-    mean moved towards 1/2 by one prompt each way, so all-right labels have an error too)."""
+def _twins(
+    cache: SelectionCache, data: RoutingDataset, model: str, router: BestRouteRouter, weights: np.ndarray
+) -> list[str]:
+    """The ``TWINS`` models of the router's options most like new ``model``: fewest calibration
+    prompts where their first answers differ (weighted, over the prompts both answered), then
+    nearest in mean cost (a log ratio). On prompts most models get right many tie on answers,
+    and a model of a similar price is the likelier stand-in."""
+    used = {m for o in np.flatnonzero(router.active_) for m in router.options_[o].models} - {router.reference_.model}
+    j = data.model_index(model)
+    cost = data.single_sample_cost()
+    ranked = []
+    for other in sorted(used):
+        k = data.model_index(other)
+        both = np.flatnonzero(data.available[:, j] & data.available[:, k])
+        if not both.size:
+            continue
+        differ = [not equivalent(cache.answer(i, model, 0), cache.answer(i, other, 0)) for i in both.tolist()]
+        share = float(np.average(differ, weights=weights[both]))
+        mean_cost = np.maximum([np.nanmean(cost[both, j]), np.nanmean(cost[both, k])], 1e-12)  # (free models)
+        gap = abs(float(np.log(mean_cost[0] / mean_cost[1])))
+        ranked.append((share, gap, other))
+    return [other for _, _, other in sorted(ranked)[:TWINS]]
+
+
+Shape = tuple[tuple[tuple[str, ...], int, float | None, float, bool], ...]
+
+
+def _shape(option: Option) -> Shape:
+    """What an option does, whatever the order its stages list their models in."""
+    return tuple((tuple(sorted(s.models)), s.n, s.accept, s.gate, s.calibrated) for s in option.stages)
+
+
+def _swapped(option: Option, swap: dict[str, str]) -> Option:
+    """``option`` with the models of ``swap`` replaced, in every stage."""
+    then = None if option.then is None else _swapped(option.then, swap)
+    if option.mix:
+        mix = tuple(swap.get(m, m) for m in option.mix)
+        return dataclasses.replace(option, model="+".join(mix), mix=mix, then=then)
+    return dataclasses.replace(option, model=swap.get(option.model, option.model), then=then)
+
+
+def _twin_option(option: Option, twins: dict[str, list[str]], shapes: dict[Shape, int]) -> int | None:
+    """The index of the lender that is ``option`` with each new model replaced by one of its
+    twins (nearest first), or None when the router has no such option or ``option`` samples only
+    new models: what those do alone is what their labels measure, and a few prompts on which
+    most models are right cannot tell which existing model would do as they do (a twin's head
+    can overrate them: 0.96 against 0.86 on the test prompts, docs/results.md)."""
+    new = [m for m in option.models if m in twins]
+    if not new or len(new) == len(option.models):
+        return None
+
+    def swaps() -> Iterator[dict[str, str]]:
+        for chosen in itertools.product(*(twins[m] for m in new)):
+            taken = set(option.models) - set(new)
+            if len(set(chosen)) == len(chosen) and not taken & set(chosen):
+                yield dict(zip(new, chosen))
+
+    return next((shapes[key] for swap in swaps() if (key := _shape(_swapped(option, swap))) in shapes), None)
+
+
+def _cautious_mean(labels: np.ndarray, weights: np.ndarray, caution: float) -> float:
+    """The labels' weighted mean less ``caution`` standard errors (of the mean of ``n`` prompts,
+    ``n`` the weights' effective number, and the mean moved towards 1/2 by one prompt each way,
+    so all-right labels have an error too)."""
     known = ~np.isnan(labels)
-    if not known.any():
-        return intercept
-    z, y, w = logits[known], labels[known], weights[known]
+    if not known.any():  # nothing to aim at: _intercept_for keeps the head's own intercept
+        return float("nan")
+    y, w = labels[known], weights[known]
     n = float(w.sum() ** 2 / (w * w).sum())
     mean = float(np.average(y, weights=w))
     moderated = (mean * n + 1) / (n + 2)
-    target = float(np.clip(mean - caution * np.sqrt(moderated * (1 - moderated) / n), 1e-4, 1 - 1e-4))
+    return mean - caution * float(np.sqrt(moderated * (1 - moderated) / n))
+
+
+def _paired_mean(
+    labels: np.ndarray, twin_labels: np.ndarray, twin_predicted: np.ndarray, weights: np.ndarray, caution: float
+) -> float:
+    """What a new option's mean prediction on the calibration prompts should be, read against its
+    twin's, whose head was fitted on the whole training set: the twin head's mean prediction
+    there plus the options' mean label difference, less ``caution`` standard errors of that
+    difference. An option that does as its twin on every prompt gets its twin's mean."""
+    known = ~np.isnan(labels)
+    both = known & ~np.isnan(twin_labels)
+    base = float(np.average(twin_predicted[known], weights=weights[known]))
+    if not both.any():
+        return base
+    d, w = labels[both] - twin_labels[both], weights[both]
+    n = float(w.sum() ** 2 / (w * w).sum())
+    mean = float(np.average(d, weights=w))
+    spread = float(np.average((d - mean) ** 2, weights=w))
+    return base + mean - caution * float(np.sqrt(spread / n))
+
+
+def _intercept_for(
+    logits: np.ndarray, labels: np.ndarray, weights: np.ndarray, intercept: float, target: float
+) -> float:
+    """The intercept at which a head with ``logits`` (before its intercept) has a weighted mean
+    prediction of ``target`` over the prompts with labels (``intercept`` where none has)."""
+    known = ~np.isnan(labels)
+    if not known.any():
+        return intercept
+    z, w = logits[known], weights[known]
+    target = float(np.clip(target, 1e-4, 1 - 1e-4))
     # every prediction below 1e-8 at the lower end and above 1 - 1e-8 at the upper: the target is between
     low, high = -float(z.max()) - 20.0, -float(z.min()) + 20.0
     return float(brentq(lambda b: float(np.average(expit(z + b), weights=w)) - target, low, high))
