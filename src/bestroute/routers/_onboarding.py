@@ -48,12 +48,17 @@ def onboard(router: BestRouteRouter, answers: RoutingDataset, *, caution: float 
     would have made for them (alone, in mixtures and staged options with the others) from the
     representative prompts, where every model's answers are known; each new option is
     represented by its labels on those prompts (how often it is as good as the reference there,
-    each prompt weighted by the training prompts it stands for), its head starts from the heads
-    of the existing options with the nearest labels and is fitted to its labels, held to that
-    start (:func:`~bestroute.features.fit_head_near`), its intercept then set so that its mean
-    prediction there is its labels' mean less ``caution`` standard errors (a borrowed start can
-    overrate an option, and a few prompts cannot say by how much), and its cost is its weighted
-    mean cost there. The operating table is re-estimated on the representative prompts.
+    each prompt weighted by the training prompts it stands for). An option that mixes new
+    models with existing ones starts from its twin's head, where the router has a twin: the same
+    option with each new model replaced by an existing model most like it (:func:`_twins`);
+    other options start from the heads of the existing options with the nearest labels. The
+    head is fitted to its labels, held to that start (:func:`~bestroute.features.fit_head_near`),
+    and its intercept then set so that its mean prediction there is its twin's plus the mean
+    difference of their labels, or without a twin its labels' mean, less ``caution`` standard
+    errors (a borrowed start can overrate an option, and a few prompts cannot say by how much).
+    Its cost is its weighted mean cost there. The change record (``changes_``) maps each new
+    option that had a twin to it. The operating table is re-estimated on the representative
+    prompts.
 
     Raises RouterError for a router without representative prompts, a model it already has, a
     prompt that is not one of its representative prompts (or has another text), fewer than
