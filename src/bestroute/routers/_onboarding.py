@@ -117,14 +117,12 @@ def onboard(router: BestRouteRouter, answers: RoutingDataset, *, caution: float 
         twin = _twin_option(options[h], twins, shapes)
         if twin is None:
             prior_coef, prior_intercept = _prior_head(router, labels[:, lenders], lenders, own, weights)
-        else:
-            prior_coef, prior_intercept = router.coef_[:, twin], float(router.intercept_[twin])
-            lent[options[h].label] = router.options_[twin].label
-        head_coef, head_intercept = fit_head_near(x, own, weights, prior_coef, prior_intercept, strength=PRIOR_STRENGTH)
-        if twin is None:
             target = _cautious_mean(own, weights, caution)
         else:
+            prior_coef, prior_intercept = router.coef_[:, twin], float(router.intercept_[twin])
             target = _paired_mean(own, labels[:, twin], expit(x @ prior_coef + prior_intercept), weights, caution)
+            lent[options[h].label] = router.options_[twin].label
+        head_coef, head_intercept = fit_head_near(x, own, weights, prior_coef, prior_intercept, strength=PRIOR_STRENGTH)
         coef.append(head_coef)
         intercept.append(_intercept_for(x @ head_coef, own, weights, head_intercept, target))
         cost.append(_weighted_mean(outcomes.cost[:, h], weights, empty=np.inf))
@@ -286,9 +284,10 @@ def _twin_option(option: Option, twins: dict[str, list[str]], shapes: dict[Shape
     if not new or len(new) == len(option.models):
         return None
 
+    taken = set(option.models) - set(new)
+
     def swaps() -> Iterator[dict[str, str]]:
         for chosen in itertools.product(*(twins[m] for m in new)):
-            taken = set(option.models) - set(new)
             if len(set(chosen)) == len(chosen) and not taken & set(chosen):
                 yield dict(zip(new, chosen))
 

@@ -51,7 +51,7 @@ class LimitsConfig(Section):
 
 # Seconds between the decision log's inserts. Each batch is a transaction with its rollup upserts,
 # whose cost hardly depends on the rows it holds: at 400 requests/s, 0.25 s against 0.05 s took
-# about 5% off the gateway's CPU a request (docs/benchmarks.md). A killed process loses one window.
+# about 6% off the gateway's CPU a request (docs/benchmarks.md). A killed process loses one window.
 LOG_BATCH_WINDOW_S = 0.25
 
 
